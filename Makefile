@@ -1,0 +1,88 @@
+# txlock developer tasks. `make test` is what CI runs (see .ci/run).
+#
+# Targets that need a server get its DSN from scripts/db.sh: $DBLOCK_DSN if
+# set, else MariaDB on 127.0.0.1:3306, else a throwaway mariadbd on port
+# 33306 (installed with apt-get when possible). `make db-stop` stops the
+# throwaway server.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+# Go from /usr/local/go when it is not on PATH already.
+export PATH := $(PATH):/usr/local/go/bin
+
+GO ?= go
+PKGS ?= ./...
+
+# WITH_DSN resolves the test server's DSN and exports it as DBLOCK_DSN for
+# the rest of the recipe line (a failure of scripts/db.sh stops the recipe).
+WITH_DSN = dsn="$$(scripts/db.sh)"; export DBLOCK_DSN="$$dsn";
+
+# FMT_CHECK fails, listing them, if some Go files are not gofmt-formatted.
+define FMT_CHECK
+unformatted="$$(gofmt -l .)"; \
+if [[ -n "$$unformatted" ]]; then \
+	echo "gofmt: these files need formatting (run 'make fmt'):" >&2; \
+	echo "$$unformatted" >&2; \
+	exit 1; \
+fi
+endef
+
+.PHONY: test demo bench db db-stop migrate generate torture fmt fmt-check vet tidy
+
+## test: go vet, gofmt check, then all tests with the race detector
+test:
+	@$(WITH_DSN) \
+	$(GO) vet $(PKGS); \
+	$(FMT_CHECK); \
+	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+
+## demo: run the orders example against the test server
+demo:
+	@$(WITH_DSN) $(GO) run ./examples/orders/cmd/demo
+
+## bench: the benchmark suite (bench/: txlock beside the raw floor and its
+## peers, a few minutes; BENCH_FLAGS=-quick for under one, -full for the long
+## run), then the dblock micro-benchmarks
+BENCH_FLAGS ?=
+bench:
+	@$(WITH_DSN) cd bench && $(GO) run . $(BENCH_FLAGS)
+	@$(WITH_DSN) $(GO) test -run '^$$' -bench . -benchmem ./dblock/
+
+## db: print the test server's DSN, starting a server if needed
+db:
+	@scripts/db.sh
+
+## db-stop: stop the throwaway server that scripts/db.sh started, if any
+db-stop:
+	@scripts/db.sh stop
+
+## migrate: create the lock tables (tb_lock) on the test server
+migrate:
+	@$(WITH_DSN) $(GO) run ./cmd/txlock migrate up
+
+## generate: run go generate
+generate:
+	$(GO) generate $(PKGS)
+
+## torture: the long randomized concurrency tests (up to an hour)
+torture:
+	@$(WITH_DSN) TXLOCK_TORTURE=1 $(GO) test -race -run Torture -timeout 60m $(PKGS)
+
+## fmt: format all Go files
+fmt:
+	gofmt -w .
+
+## fmt-check: fail if a Go file is not gofmt-formatted
+fmt-check:
+	@$(FMT_CHECK)
+
+## vet: go vet
+vet:
+	$(GO) vet $(PKGS)
+
+## tidy: go mod tidy
+tidy:
+	$(GO) mod tidy

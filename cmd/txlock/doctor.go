@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/txlock/txlock/migrations"
+	"github.com/txlock/txlock/schema"
+)
+
+// Check outcomes.
+const (
+	statusOK   = "OK"
+	statusWarn = "WARN"
+	statusFail = "FAIL"
+)
+
+// A check is one line of the doctor's report.
+type check struct {
+	Name    string `json:"name"`
+	Status  string `json:"status"`
+	Message string `json:"message"`
+	Advice  string `json:"advice,omitempty"`
+}
+
+// doctorReport is the doctor's JSON output.
+type doctorReport struct {
+	Server string  `json:"server"`
+	Where  string  `json:"where"`
+	Table  string  `json:"table"`
+	Checks []check `json:"checks"`
+	Fails  int     `json:"fails"`
+	Warns  int     `json:"warns"`
+}
+
+// errChecksFailed makes the command exit non-zero after its report.
+var errChecksFailed = errors.New("doctor found problems")
+
+// newDoctorCmd returns "txlock doctor".
+func newDoctorCmd(opts *rootOptions) *cobra.Command {
+	var (
+		asJSON       bool
+		singleWriter bool
+	)
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the server and the lock table, and say what to change",
+		Long: `doctor checks that the server suits txlock and prints one line per check:
+OK, WARN (works, but read the advice) or FAIL (txlock will not work right),
+with what to change. It only reads: server variables, the lock table and its
+migration version.
+
+Checks: server version and flavour (MariaDB >= 10.6, MySQL >= 8.0),
+isolation level, innodb_snapshot_isolation (MariaDB), innodb_lock_wait_timeout,
+wait_timeout (how long a silently cut-off holder keeps its lock),
+idle_transaction_timeout (MariaDB), innodb_deadlock_detect, read_only,
+super_read_only and innodb_read_only (a replica), Galera (wsrep_on),
+performance_schema (MySQL, for "txlock locks"), the PROCESS privilege (for
+"txlock locks" and "txlock release"), and the lock table: present, InnoDB,
+and at the latest migration.
+
+Variables are read with SHOW GLOBAL VARIABLES: they are the defaults new
+sessions get; a service can override some per session (e.g. DSN parameters).
+The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
+		Example: `  txlock doctor
+  txlock doctor --table billing_locks --json
+  txlock doctor --galera-single-writer`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+			ctx := cmd.Context()
+			db, where, err := opts.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer func() { err = errors.Join(err, db.Close()) }()
+			rep, err := diagnose(ctx, db, opts.table, singleWriter)
+			if err != nil {
+				return err
+			}
+			rep.Where = where
+			out := cmd.OutOrStdout()
+			if asJSON {
+				err = writeJSON(out, rep, true)
+			} else {
+				err = writeDoctor(out, rep)
+			}
+			if err != nil {
+				return err
+			}
+			if rep.Fails > 0 {
+				return fmt.Errorf("%w: %d check(s) failed", errChecksFailed, rep.Fails)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	f.BoolVar(&singleWriter, "galera-single-writer", false, "on Galera: every service locks through the same node, so node-local row locks are enough")
+	return cmd
+}
+
+func writeDoctor(out io.Writer, rep *doctorReport) error {
+	fmt.Fprintf(out, "%s on %s (%s):\n", rep.Table, rep.Where, rep.Server)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, c := range rep.Checks {
+		line := c.Message
+		if c.Advice != "" {
+			line += ". " + strings.ToUpper(c.Advice[:1]) + c.Advice[1:]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", c.Status, c.Name, line)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "%d check(s): %d FAIL, %d WARN\n", len(rep.Checks), rep.Fails, rep.Warns)
+	return err
+}
+
+// globalVars reads the named global variables that exist on this server.
+func globalVars(ctx context.Context, db *sql.DB, names ...string) (map[string]string, error) {
+	q := "SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + placeholders(len(names)) + ")"
+	args := make([]any, len(names))
+	for i, n := range names {
+		args[i] = n
+	}
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading server variables: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var n, v string
+		if err := rows.Scan(&n, &v); err != nil {
+			return nil, err
+		}
+		out[strings.ToLower(n)] = v
+	}
+	return out, rows.Err()
+}
+
+// isOn reports a boolean server variable's value.
+func isOn(v string) bool {
+	switch strings.ToUpper(strings.TrimSpace(v)) {
+	case "ON", "1", "TRUE", "YES":
+		return true
+	}
+	return false
+}
+
+// humanSeconds renders a count of seconds, e.g. "28800 s (8h0m0s)".
+func humanSeconds(n int64) string {
+	if n < 60 {
+		return fmt.Sprintf("%d s", n)
+	}
+	return fmt.Sprintf("%d s (%s)", n, time.Duration(n)*time.Second)
+}
+
+// diagnose runs every check.
+func diagnose(ctx context.Context, db *sql.DB, table string, singleWriter bool) (*doctorReport, error) {
+	srv, err := detectServer(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	vars, err := globalVars(ctx, db,
+		"tx_isolation", "transaction_isolation", "innodb_snapshot_isolation",
+		"innodb_lock_wait_timeout", "wait_timeout", "idle_transaction_timeout",
+		"innodb_deadlock_detect", "read_only", "super_read_only", "innodb_read_only",
+		"wsrep_on", "performance_schema")
+	if err != nil {
+		return nil, err
+	}
+	rep := &doctorReport{Server: srv.String(), Table: table, Checks: []check{}}
+	add := func(name, status, msg, advice string) {
+		rep.Checks = append(rep.Checks, check{Name: name, Status: status, Message: msg, Advice: advice})
+	}
+	for _, c := range serverChecks(srv, vars, singleWriter) {
+		add(c.Name, c.Status, c.Message, c.Advice)
+	}
+
+	// The PROCESS privilege, for locks and release.
+	var n int64
+	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.INNODB_TRX").Scan(&n); err != nil {
+		add("privileges", statusWarn, "cannot read information_schema.INNODB_TRX: "+err.Error(), "txlock locks and release need the PROCESS privilege (and CONNECTION ADMIN or SUPER to kill other users' connections)")
+	} else {
+		add("privileges", statusOK, "PROCESS: txlock locks can read INNODB_TRX", "")
+	}
+
+	// The table.
+	tableCheck(ctx, db, table, add)
+	for _, c := range rep.Checks {
+		switch c.Status {
+		case statusFail:
+			rep.Fails++
+		case statusWarn:
+			rep.Warns++
+		}
+	}
+	return rep, nil
+}
+
+// serverChecks judges the server from its version and global variables
+// (lower-case names; a variable missing from vars does not exist on the
+// server).
+func serverChecks(srv serverInfo, vars map[string]string, singleWriter bool) []check {
+	var checks []check
+	add := func(name, status, msg, advice string) {
+		checks = append(checks, check{Name: name, Status: status, Message: msg, Advice: advice})
+	}
+
+	// Version and flavour.
+	switch {
+	case srv.MariaDB && !srv.atLeast(10, 6):
+		add("version", statusFail, srv.String()+": txlock needs MariaDB 10.6 or later", "upgrade the server (10.6 has SKIP LOCKED, NOWAIT and the lock behaviour txlock was measured on)")
+	case !srv.MariaDB && !srv.atLeast(8, 0):
+		add("version", statusFail, srv.String()+": txlock needs MySQL 8.0 or later", "upgrade the server to MySQL 8.0+")
+	default:
+		add("version", statusOK, srv.String(), "")
+	}
+
+	// Isolation level: MariaDB before 11.1 has tx_isolation, MySQL 8 only
+	// transaction_isolation.
+	iso, ok := vars["transaction_isolation"]
+	if !ok {
+		iso, ok = vars["tx_isolation"]
+	}
+	switch iso = strings.ToUpper(strings.ReplaceAll(iso, " ", "-")); {
+	case !ok:
+		add("isolation", statusWarn, "neither @@transaction_isolation nor @@tx_isolation found", "check the server's default isolation level: txlock expects REPEATABLE READ or READ COMMITTED")
+	case iso == "REPEATABLE-READ" || iso == "READ-COMMITTED":
+		add("isolation", statusOK, iso+" (default for new sessions)", "")
+	case iso == "SERIALIZABLE":
+		add("isolation", statusWarn, iso+": every plain read in a lock's transaction takes a shared lock", "expect more lock waits and deadlocks; REPEATABLE READ (the default) or READ COMMITTED is enough with txlock")
+	default:
+		add("isolation", statusWarn, iso+": a lock's transaction can read other transactions' uncommitted writes", "use REPEATABLE READ (the default) or READ COMMITTED")
+	}
+
+	// Stale snapshots of joined transactions (MariaDB only).
+	if srv.MariaDB {
+		if v, ok := vars["innodb_snapshot_isolation"]; ok {
+			add("snapshot_isolation", statusOK, "innodb_snapshot_isolation available (global "+v+"): txlock turns it on in a joined transaction that read before its lock, so a stale write fails instead of losing an update", "")
+		} else {
+			add("snapshot_isolation", statusWarn, "innodb_snapshot_isolation is missing (MariaDB before 10.6.18/10.11.8): a transaction that reads, then joins a lock (LockTx, Do inside WithTx) can compute from stale reads",
+				"take locks first in a transaction, or upgrade MariaDB")
+		}
+	}
+
+	// Lock waits.
+	if v, ok := vars["innodb_lock_wait_timeout"]; ok {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if n > 120 {
+			add("innodb_lock_wait_timeout", statusWarn, humanSeconds(n)+": a waiter without WaitTimeout or context deadline queues that long",
+				"give lock calls a WaitTimeout or deadline, or lower it: SET GLOBAL innodb_lock_wait_timeout = 50")
+		} else {
+			add("innodb_lock_wait_timeout", statusOK, humanSeconds(n)+": the longest wait of a lock call without WaitTimeout or deadline", "")
+		}
+	}
+
+	// Silent partitions.
+	if v, ok := vars["wait_timeout"]; ok {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if n >= 3600 {
+			add("wait_timeout", statusWarn, humanSeconds(n)+": a holder cut off without a FIN or RST (a partition, a frozen VM) keeps its lock that long",
+				"lower it for the services' sessions, e.g. the DSN parameter wait_timeout=60 (keep the pool's SetConnMaxIdleTime below it), or SET GLOBAL wait_timeout = 600")
+		} else {
+			add("wait_timeout", statusOK, humanSeconds(n)+": the longest a silently cut-off holder keeps its lock", "")
+		}
+	}
+	if srv.MariaDB {
+		if v, ok := vars["idle_transaction_timeout"]; ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			if n == 0 {
+				add("idle_transaction_timeout", statusOK, "supported (global 0, off): a session can end its own idle transactions", "to bound a stuck holder without touching other applications, set it per session for the lock connections, e.g. DSN parameter idle_transaction_timeout=30")
+			} else {
+				add("idle_transaction_timeout", statusOK, "supported, global "+humanSeconds(n)+": a transaction idle that long is ended and its locks released", "")
+			}
+		} else {
+			add("idle_transaction_timeout", statusWarn, "idle_transaction_timeout is missing", "a holder idle in its transaction is only bounded by wait_timeout: upgrade to MariaDB 10.3+")
+		}
+	} else {
+		add("idle_transaction_timeout", statusWarn, "MySQL has no idle_transaction_timeout: a holder idle in its transaction is bounded only by wait_timeout and TCP keepalive",
+			"keep wait_timeout low for the lock connections (DSN parameter wait_timeout=60)")
+	}
+
+	// Deadlocks.
+	if v, ok := vars["innodb_deadlock_detect"]; ok {
+		if isOn(v) {
+			add("innodb_deadlock_detect", statusOK, "ON: deadlocks are broken at once (ErrDeadlock, retried by the Retry option)", "")
+		} else {
+			add("innodb_deadlock_detect", statusWarn, "OFF: a deadlock between lock holders lasts until innodb_lock_wait_timeout and surfaces as ErrNotAcquired, not ErrDeadlock",
+				"SET GLOBAL innodb_deadlock_detect = ON, or keep innodb_lock_wait_timeout short and take keys in one order (DoMulti)")
+		}
+	}
+
+	// Replicas.
+	var ro []string
+	for _, n := range []string{"read_only", "super_read_only", "innodb_read_only"} {
+		if isOn(vars[n]) {
+			ro = append(ro, n)
+		}
+	}
+	if len(ro) > 0 {
+		add("read_only", statusFail, strings.Join(ro, ", ")+" is ON: this server is a replica or read-only; key rows cannot be created and locks would not be seen by writers on the primary",
+			"point the DSN at the primary")
+	} else {
+		add("read_only", statusOK, "writable (read_only OFF)", "")
+	}
+
+	// Galera.
+	switch {
+	case !isOn(vars["wsrep_on"]):
+		add("galera", statusOK, "not a Galera node (wsrep_on OFF or absent)", "")
+	case singleWriter:
+		add("galera", statusOK, "Galera node; --galera-single-writer: all lockers use this one node", "")
+	default:
+		add("galera", statusWarn, "Galera node (wsrep_on ON): row locks are local to a node; two services on two nodes can both hold a key, and one of them fails only at COMMIT (certification conflict)",
+			"send every locker to one node (a single-writer proxy setup) and run doctor with --galera-single-writer")
+	}
+
+	// MySQL: "txlock locks" reads performance_schema.
+	if !srv.MariaDB {
+		if isOn(vars["performance_schema"]) {
+			add("performance_schema", statusOK, "ON: txlock locks can list every row lock (data_locks)", "")
+		} else {
+			add("performance_schema", statusWarn, "OFF: txlock locks and release cannot see row locks on MySQL", "set performance_schema=ON in the server configuration (needs a restart)")
+		}
+	}
+
+	return checks
+}
+
+// tableCheck checks the lock table: present, InnoDB, migrated.
+func tableCheck(ctx context.Context, db *sql.DB, table string, add func(name, status, msg, advice string)) {
+	rows, err := db.QueryContext(ctx, `SELECT table_name, COALESCE(engine, '') FROM information_schema.tables
+		WHERE table_schema = DATABASE() AND table_name IN (?, ?)`, table, schema.FenceTable(table))
+	if err != nil {
+		add("table", statusFail, "cannot look up "+table+": "+err.Error(), "check the DSN's database")
+		return
+	}
+	engines := map[string]string{}
+	for rows.Next() {
+		var name, engine string
+		if err := rows.Scan(&name, &engine); err != nil {
+			rows.Close()
+			add("table", statusFail, "cannot look up "+table+": "+err.Error(), "")
+			return
+		}
+		engines[name] = engine
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		add("table", statusFail, "cannot look up "+table+": "+err.Error(), "")
+		return
+	}
+	var missing []string
+	for _, name := range []string{table, schema.FenceTable(table)} {
+		if _, ok := engines[name]; !ok {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		add("table", statusFail, strings.Join(missing, " and ")+" missing in this database",
+			"create them: txlock migrate up --table "+table)
+		return
+	}
+	for _, name := range []string{table, schema.FenceTable(table)} {
+		if !strings.EqualFold(engines[name], "InnoDB") {
+			add("table", statusFail, name+" uses engine "+engines[name]+": row locks need InnoDB", "ALTER TABLE `"+name+"` ENGINE=InnoDB")
+			return
+		}
+	}
+	st, err := migrations.Status(ctx, db, migrations.WithTable(table))
+	if err != nil {
+		add("table", statusFail, "cannot read the migration status: "+err.Error(), "")
+		return
+	}
+	latest := migrations.Latest()
+	_, version := appliedCount(st)
+	switch {
+	case version >= latest:
+		add("table", statusOK, fmt.Sprintf("%s and %s present (InnoDB), at migration %d (latest)", table, schema.FenceTable(table), version), "")
+	case version == 0:
+		add("table", statusWarn, fmt.Sprintf("%s exists but %s records no migration: created by another tool?", table, migrations.VersionTable(table)),
+			fmt.Sprintf("make sure it matches migration %d of this txlock (migrations/sql)", latest))
+	default:
+		add("table", statusFail, fmt.Sprintf("%s is at migration %d, this txlock needs %d", table, version, latest),
+			"txlock migrate up --table "+table)
+	}
+}

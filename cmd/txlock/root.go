@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"github.com/spf13/cobra"
+
+	"github.com/txlock/txlock/schema"
+)
+
+// envDSN is the environment variable that --dsn defaults to.
+const envDSN = "DBLOCK_DSN"
+
+// defaultDSN is the server used when neither --dsn nor $DBLOCK_DSN is set.
+const defaultDSN = "root@tcp(127.0.0.1:3306)/test"
+
+// rootOptions holds the flags that every command shares.
+type rootOptions struct {
+	getenv func(string) string
+	dsn    string
+	table  string
+
+	// passwd is the password of the DSN in use, once known, so that no
+	// message ever shows it.
+	passwd string
+}
+
+// newRootCmd returns the txlock command with all its subcommands, and the
+// options that its flags fill in.
+func newRootCmd(getenv func(string) string) (*cobra.Command, *rootOptions) {
+	opts := &rootOptions{getenv: getenv}
+	cmd := &cobra.Command{
+		Use:   "txlock",
+		Short: "Operate the tables of txlock, the MySQL/MariaDB lock library",
+		Long: `txlock operates the tables of txlock, the distributed lock library on
+MySQL and MariaDB: it creates, drops and inspects them (migrate), shows who
+holds and who waits for which key (locks), deletes old key rows (gc), checks
+the server (doctor) and ends a stuck holder's connection (release).
+
+The server is named by --dsn, else by $` + envDSN + `, else it is
+` + defaultDSN + `. DSNs use the go-sql-driver/mysql format:
+user:password@tcp(host:port)/database. Passwords are never printed.`,
+		Example: `  export ` + envDSN + `='app:secret@tcp(db.internal:3306)/orders'
+  txlock migrate up
+  txlock migrate status --table tb_lock
+  txlock doctor
+  txlock locks --watch`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if err := schema.ValidTableName(opts.table); err != nil {
+				return fmt.Errorf("--table: %w", err)
+			}
+			return nil
+		},
+	}
+	f := cmd.PersistentFlags()
+	// The flag's default stays empty so that --help never prints a
+	// password taken from the environment.
+	f.StringVar(&opts.dsn, "dsn", "", "server DSN, user:password@tcp(host:port)/database (default $"+envDSN+", else "+defaultDSN+")")
+	f.StringVar(&opts.table, "table", schema.DefaultTable, "name of the lock table; its fence and version tables are named after it")
+	cmd.AddCommand(newMigrateCmd(opts), newLocksCmd(opts), newGCCmd(opts), newDoctorCmd(opts), newReleaseCmd(opts))
+	return cmd, opts
+}
+
+// resolvedDSN returns the DSN to use: --dsn, else $DBLOCK_DSN, else
+// defaultDSN.
+func (o *rootOptions) resolvedDSN() string {
+	if o.dsn != "" {
+		return o.dsn
+	}
+	if v := o.getenv(envDSN); v != "" {
+		return v
+	}
+	return defaultDSN
+}
+
+// open connects to the server, with parseTime=true, and returns the
+// database and a printable (password-free) description of the server.
+func (o *rootOptions) open(ctx context.Context) (*sql.DB, string, error) {
+	cfg, err := gomysql.ParseDSN(o.resolvedDSN())
+	if err != nil {
+		return nil, "", fmt.Errorf("parsing the DSN: %w", err)
+	}
+	o.passwd = cfg.Passwd
+	cfg.ParseTime = true
+	conn, err := gomysql.NewConnector(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("DSN: %w", err)
+	}
+	where := fmt.Sprintf("%s@%s(%s)/%s", cfg.User, cfg.Net, cfg.Addr, cfg.DBName)
+	db := sql.OpenDB(conn)
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, "", fmt.Errorf("connecting to %s: %w", where, err)
+	}
+	return db, where, nil
+}
+
+// scrub removes the DSN's password from msg, in case an error quotes it.
+func (o *rootOptions) scrub(msg string) string {
+	if o.passwd == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, o.passwd, "xxxxx")
+}

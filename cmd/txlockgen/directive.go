@@ -1,0 +1,199 @@
+package main
+
+import (
+	"fmt"
+	"go/token"
+	"strings"
+	"time"
+)
+
+// directivePrefix starts every txlockgen directive; lockDirective is the
+// one there is.
+const (
+	directivePrefix = "//txlock:"
+	lockDirective   = "//txlock:lock"
+)
+
+// keyTerms and optionTerms are the terms a //txlock:lock directive knows,
+// for messages.
+const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), wait, nowait (options)"
+
+// A lockSpec is one parsed //txlock:lock directive.
+type lockSpec struct {
+	pos     token.Position
+	text    string // the terms as written, for doc comments
+	keyText string // the key terms only
+
+	global    bool
+	method    bool   // a method term
+	methodArg string // its name, "" for the default Interface.Method
+	operation string
+	resource  *template
+	user      *template
+	userCtx   bool
+	keyFunc   string
+	wait      time.Duration
+	noWait    bool
+}
+
+// A template computes a string from the request: literal text and PATH
+// placeholders.
+type template struct {
+	text  string
+	parts []templatePart
+}
+
+type templatePart struct {
+	lit  string
+	path []string // nil for a literal
+}
+
+// parseLock parses the text of a //txlock:lock comment found at pos.
+func parseLock(text string, pos token.Position) (*lockSpec, error) {
+	fail := func(format string, args ...any) (*lockSpec, error) {
+		return nil, &posError{pos: pos, msg: fmt.Sprintf(format, args...)}
+	}
+	rest := strings.TrimPrefix(text, lockDirective)
+	if rest != "" && rest[0] != ' ' && rest[0] != '\t' {
+		return fail("unknown directive %s: the directive is %s", strings.Fields(text)[0], lockDirective)
+	}
+	s := &lockSpec{pos: pos, text: strings.Join(strings.Fields(rest), " ")}
+	seen := map[string]bool{}
+	for _, term := range strings.Fields(rest) {
+		name, value, hasValue := strings.Cut(term, "=")
+		if seen[name] {
+			return fail("%s given twice", name)
+		}
+		seen[name] = true
+		needValue := func(what string) error {
+			if !hasValue || value == "" {
+				return &posError{pos: pos, msg: fmt.Sprintf("%s needs a value: %s=%s", name, name, what)}
+			}
+			return nil
+		}
+		noValue := func() error {
+			if hasValue {
+				return &posError{pos: pos, msg: fmt.Sprintf("%s takes no value (got %s)", name, term)}
+			}
+			return nil
+		}
+		var err error
+		switch name {
+		case "global":
+			err = noValue()
+			s.global = true
+		case "method":
+			s.method, s.methodArg = true, value
+			if hasValue && value == "" {
+				err = needValue("NAME (or method alone for Interface.Method)")
+			}
+		case "operation":
+			err = needValue("NAME")
+			s.operation = value
+		case "resource":
+			if err = needValue("TEMPLATE, e.g. resource=order:{OrderID}"); err == nil {
+				s.resource, err = parseTemplate(name, value, pos)
+			}
+		case "user":
+			if err = needValue("TEMPLATE or user=ctx"); err == nil {
+				if value == "ctx" {
+					s.userCtx = true
+				} else {
+					s.user, err = parseTemplate(name, value, pos)
+				}
+			}
+		case "key":
+			if err = needValue("FUNC, a function of the package: func(ctx context.Context, <the method's other parameters>) dblock.Key"); err == nil && !token.IsIdentifier(value) {
+				err = &posError{pos: pos, msg: fmt.Sprintf("key=%s: want the name of a function of the package", value)}
+			}
+			s.keyFunc = value
+		case "wait":
+			if err = needValue("DURATION, e.g. wait=2s"); err == nil {
+				s.wait, err = time.ParseDuration(value)
+				if err != nil || s.wait <= 0 {
+					err = &posError{pos: pos, msg: fmt.Sprintf("wait=%s: want a positive duration such as 2s or 250ms", value)}
+				}
+			}
+		case "nowait":
+			err = noValue()
+			s.noWait = true
+		default:
+			return fail("unknown term %q in %s: want %s", name, lockDirective, knownTerms)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if name != "wait" && name != "nowait" {
+			s.keyText = strings.TrimPrefix(s.keyText+" "+term, " ")
+		}
+	}
+	keyTerms := 0
+	for _, t := range []string{"global", "method", "operation", "resource", "user"} {
+		if seen[t] {
+			keyTerms++
+		}
+	}
+	switch {
+	case keyTerms == 0 && s.keyFunc == "":
+		return fail("%s names no key: add global, method, operation=NAME, resource=TEMPLATE, user=TEMPLATE, user=ctx or key=FUNC", lockDirective)
+	case s.keyFunc != "" && keyTerms > 0:
+		return fail("key=%s computes the whole key: it cannot be combined with global, method, operation, resource or user", s.keyFunc)
+	case s.global && keyTerms > 1:
+		return fail("global is the one system-wide key: it cannot be combined with method, operation, resource or user")
+	case s.noWait && s.wait > 0:
+		return fail("wait and nowait exclude each other")
+	}
+	return s, nil
+}
+
+// parseTemplate parses the value of a resource= or user= term.
+func parseTemplate(term, v string, pos token.Position) (*template, error) {
+	fail := func(format string, args ...any) (*template, error) {
+		return nil, &posError{pos: pos, msg: fmt.Sprintf("%s=%s: ", term, v) + fmt.Sprintf(format, args...)}
+	}
+	t := &template{text: v}
+	if !strings.ContainsAny(v, "{}") {
+		p, err := parsePath(v)
+		if err != nil {
+			return fail("%v", err)
+		}
+		t.parts = []templatePart{{path: p}}
+		return t, nil
+	}
+	rest := v
+	for rest != "" {
+		open := strings.IndexByte(rest, '{')
+		if c := strings.IndexByte(rest, '}'); c >= 0 && (open < 0 || c < open) {
+			return fail("unbalanced '}'")
+		}
+		if open < 0 {
+			t.parts = append(t.parts, templatePart{lit: rest})
+			break
+		}
+		if open > 0 {
+			t.parts = append(t.parts, templatePart{lit: rest[:open]})
+		}
+		end := strings.IndexByte(rest[open:], '}')
+		if end < 0 {
+			return fail("unbalanced '{'")
+		}
+		p, err := parsePath(rest[open+1 : open+end])
+		if err != nil {
+			return fail("%v", err)
+		}
+		t.parts = append(t.parts, templatePart{path: p})
+		rest = rest[open+end+1:]
+	}
+	return t, nil
+}
+
+// parsePath splits a dotted selector such as req.Customer.ID.
+func parsePath(s string) ([]string, error) {
+	parts := strings.Split(s, ".")
+	for _, p := range parts {
+		if !token.IsIdentifier(p) {
+			return nil, fmt.Errorf("%q is not a path: want a field of the request (OrderID), or a parameter and fields (req.Customer.ID), or text with {PATH} placeholders", s)
+		}
+	}
+	return parts, nil
+}

@@ -1,0 +1,106 @@
+// Package sample is the golden input of txlockgen: an interface that uses
+// every kind of directive. Its generated proxy, service_txlock.go, is
+// compiled with the module, tested against the server, and checked by the
+// golden and regenerate-and-diff tests.
+package sample
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/txlock/txlock/dblock"
+)
+
+//go:generate go run github.com/txlock/txlock/cmd/txlockgen -type Service
+
+// Service is a service interface with locked and pass-through methods.
+type Service interface {
+	// Refund locks one order, named from a field of the request.
+	//txlock:lock resource=order:{OrderID} wait=2s
+	Refund(ctx context.Context, req RefundRequest) (Receipt, error)
+
+	// Cancel locks the user of the context on one order.
+	//txlock:lock user=ctx resource=order:{req.OrderID} nowait
+	Cancel(ctx context.Context, req *CancelRequest) error
+
+	// Transfer locks a user taken from a nested pointer field and an
+	// operation.
+	//txlock:lock user=From.ID operation=transfer
+	Transfer(ctx context.Context, req *TransferRequest) (int64, time.Time, error)
+
+	// Ship locks per shipment, with integers and a Stringer.
+	//txlock:lock resource=ship:{id}:{region}:{wh}
+	Ship(ctx context.Context, id int64, region Region, wh *Warehouse) error
+
+	// Audit locks the method itself.
+	//txlock:lock method wait=1500ms
+	Audit(ctx context.Context) error
+
+	// Rebuild locks everything.
+	//txlock:lock global nowait
+	Rebuild(ctx context.Context, tags ...string) (int, error)
+
+	// Report computes its key with a function of the package.
+	//txlock:lock key=reportKey
+	Report(ctx context.Context, day Day, format string) ([]byte, error)
+
+	// Renamed locks a method name of its own choosing, with a parameter
+	// named after an import.
+	//txlock:lock method=sample.Renamed resource=tenant:{strconv}
+	Renamed(ctx context.Context, strconv string) error
+
+	// Get is not locked: the proxy passes it through.
+	Get(ctx context.Context, id string) (Receipt, error)
+
+	// Ping has no context and is not locked.
+	Ping() bool
+
+	io.Closer
+}
+
+// RefundRequest asks for the refund of an order.
+type RefundRequest struct {
+	OrderID string
+	Amount  int64
+}
+
+// Receipt is the result of a refund.
+type Receipt struct {
+	OrderID string
+	Amount  int64
+}
+
+// CancelRequest asks for the cancellation of an order.
+type CancelRequest struct{ OrderID string }
+
+// Account is a party of a transfer.
+type Account struct{ ID string }
+
+// TransferRequest moves money between accounts.
+type TransferRequest struct {
+	From   *Account
+	To     *Account
+	Amount int64
+}
+
+// Region is a shipping region; as an integer type, its key is its number.
+type Region uint8
+
+// Warehouse ships orders; its key is its String.
+type Warehouse struct{ Site string }
+
+// String returns the warehouse's site.
+func (w *Warehouse) String() string { return "wh-" + w.Site }
+
+// Day is a calendar day.
+type Day struct{ Year, Month, Day int }
+
+// reportKey is the key of a report: one per day.
+func reportKey(_ context.Context, day Day, _ string) dblock.Key {
+	return dblock.Resource(fmt.Sprintf("report:%04d-%02d-%02d", day.Year, day.Month, day.Day))
+}
+
+var _ = strconv.Itoa // the import Renamed's parameter shadows in the proxy

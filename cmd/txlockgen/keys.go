@@ -1,0 +1,315 @@
+package main
+
+import (
+	"fmt"
+	"go/types"
+	"strconv"
+	"strings"
+)
+
+// A keyPlan is the body of a locked method's key method.
+type keyPlan struct {
+	stmts []string // statements before the return
+	ret   string   // the returned dblock.Key expression
+}
+
+// planKey computes how the key of the locked method m is built, recording
+// an error at the directive when it cannot be.
+func (g *generator) planKey(m *method) *keyPlan {
+	s := m.lock
+	if s.keyFunc != "" {
+		return g.planKeyFunc(m)
+	}
+	kp := &keyPlan{}
+	b := &keyBuilder{g: g, m: m, kp: kp, guarded: map[string]bool{}}
+	var fields []string
+	if s.resource != nil {
+		v, ok := b.template("resource", s.resource)
+		if !ok {
+			return nil
+		}
+		fields = append(fields, "Resource: "+v)
+	}
+	if s.operation != "" {
+		fields = append(fields, "Operation: "+strconv.Quote(s.operation))
+	}
+	if s.method {
+		name := s.methodArg
+		if name == "" {
+			name = g.iface + "." + m.name
+		}
+		fields = append(fields, "Method: "+strconv.Quote(name))
+	}
+	switch {
+	case s.userCtx:
+		v := b.newVar()
+		kp.stmts = append(kp.stmts, fmt.Sprintf("%s, _ := %s.UserFrom(ctx)", v, g.imports.use(decoratorPath, "decorator")), b.emptyCheck(v))
+		fields = append(fields, "User: "+v)
+	case s.user != nil:
+		v, ok := b.template("user", s.user)
+		if !ok {
+			return nil
+		}
+		fields = append(fields, "User: "+v)
+	}
+	if s.global {
+		fields = append(fields, "Global: true")
+	}
+	kp.ret = "dblock.Key{" + strings.Join(fields, ", ") + "}"
+	return kp
+}
+
+// planKeyFunc checks the key=FUNC function and calls it.
+func (g *generator) planKeyFunc(m *method) *keyPlan {
+	s := m.lock
+	want := g.wantKeySig(m)
+	obj := g.pkg.Types.Scope().Lookup(s.keyFunc)
+	fn, ok := obj.(*types.Func)
+	if !ok {
+		if obj == nil {
+			g.errAt(s.pos, "key=%s: no function %s in package %s; want %s", s.keyFunc, s.keyFunc, g.pkg.Name, want)
+		} else {
+			g.errAt(s.pos, "key=%s: %s is not a function; want %s", s.keyFunc, s.keyFunc, want)
+		}
+		return nil
+	}
+	sig := fn.Type().(*types.Signature)
+	ok = sig.Params().Len() == m.sig.Params().Len() && sig.Variadic() == m.sig.Variadic() &&
+		sig.Results().Len() == 1 && isDblockKey(sig.Results().At(0).Type()) && sig.TypeParams().Len() == 0
+	for i := 0; ok && i < sig.Params().Len(); i++ {
+		ok = types.Identical(sig.Params().At(i).Type(), m.sig.Params().At(i).Type())
+	}
+	if !ok {
+		got := types.TypeString(sig, g.shortQualifier)
+		g.errAt(s.pos, "key=%s: %s is func%s; want %s", s.keyFunc, s.keyFunc, strings.TrimPrefix(got, "func"), want)
+		return nil
+	}
+	args := make([]string, len(m.params))
+	for i, p := range m.params {
+		args[i] = p.name
+	}
+	call := s.keyFunc + "(" + strings.Join(args, ", ")
+	if m.sig.Variadic() {
+		call += "..."
+	}
+	return &keyPlan{ret: call + ")"}
+}
+
+// wantKeySig renders the signature a key function of m must have.
+func (g *generator) wantKeySig(m *method) string {
+	var ps []string
+	for i := range m.sig.Params().Len() {
+		t := m.sig.Params().At(i).Type()
+		if m.sig.Variadic() && i == m.sig.Params().Len()-1 {
+			ps = append(ps, "..."+types.TypeString(t.(*types.Slice).Elem(), g.shortQualifier))
+			continue
+		}
+		ps = append(ps, types.TypeString(t, g.shortQualifier))
+	}
+	return "func(" + strings.Join(ps, ", ") + ") dblock.Key"
+}
+
+func isDblockKey(t types.Type) bool {
+	n, ok := types.Unalias(t).(*types.Named)
+	return ok && n.Obj().Pkg() != nil && n.Obj().Pkg().Path() == dblockPath && n.Obj().Name() == "Key"
+}
+
+// keyBuilder emits the statements that compute the values of a key.
+type keyBuilder struct {
+	g       *generator
+	m       *method
+	kp      *keyPlan
+	n       int
+	guarded map[string]bool
+}
+
+func (b *keyBuilder) newVar() string {
+	v := fmt.Sprintf("v%d", b.n)
+	b.n++
+	for b.clashes(v) {
+		v += "_"
+	}
+	return v
+}
+
+func (b *keyBuilder) clashes(name string) bool {
+	for _, p := range b.m.params {
+		if p.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *keyBuilder) emptyCheck(v string) string {
+	return fmt.Sprintf("if %s == \"\" {\nreturn dblock.Key{}\n}", v)
+}
+
+// template emits the values of t's placeholders and returns the
+// expression that concatenates them with its literal text.
+func (b *keyBuilder) template(term string, t *template) (string, bool) {
+	var parts []string
+	for _, p := range t.parts {
+		if p.path == nil {
+			parts = append(parts, strconv.Quote(p.lit))
+			continue
+		}
+		v, err := b.path(p.path)
+		if err != nil {
+			b.g.errAt(b.m.lock.pos, "%s=%s: %s cannot compute the key: %v", term, t.text, b.m.name, err)
+			return "", false
+		}
+		parts = append(parts, v)
+	}
+	return strings.Join(parts, " + "), true
+}
+
+// path emits the statements that compute the string value of a path and
+// returns the variable that holds it.
+func (b *keyBuilder) path(path []string) (string, error) {
+	m := b.m
+	start := -1
+	for i := 1; i < len(m.params); i++ {
+		if m.params[i].source == path[0] {
+			start, path = i, path[1:]
+			break
+		}
+	}
+	if start < 0 {
+		if len(m.params) < 2 {
+			return "", fmt.Errorf("%s has no parameter %s, and no request parameter after ctx whose field it could be", m.name, path[0])
+		}
+		start = 1
+	}
+	if m.sig.Variadic() && start == len(m.params)-1 && len(path) > 0 {
+		return "", fmt.Errorf("%s is variadic: a key cannot be taken from the fields of ...%s", m.params[start].name, b.g.typeString(m.params[start].t.(*types.Slice).Elem()))
+	}
+	expr, desc := m.params[start].name, m.params[start].source
+	if desc == "" || desc == "_" {
+		desc = fmt.Sprintf("parameter %d", start)
+	}
+	t := m.params[start].t
+	addressable := true
+	var guards []string
+	guard := func() {
+		if isNillable(t) && !b.guarded[expr] {
+			guards = append(guards, expr+" == nil")
+			b.guarded[expr] = true
+		}
+	}
+	for _, seg := range path {
+		obj, index, _ := types.LookupFieldOrMethod(t, addressable, b.g.pkg.Types, seg)
+		if obj == nil {
+			if o, _, _ := types.LookupFieldOrMethod(t, true, b.g.pkg.Types, seg); o != nil {
+				return "", fmt.Errorf("%s.%s has a pointer receiver, and %s is not addressable", desc, seg, desc)
+			}
+			return "", fmt.Errorf("%s (%s) has no field or method %s", desc, b.g.typeString(t), seg)
+		}
+		guard()
+		// Walk embedded fields explicitly, to guard embedded pointers.
+		cur := t
+		for _, idx := range index[:len(index)-1] {
+			st, ok := derefStruct(cur)
+			if !ok {
+				break
+			}
+			f := st.Field(idx)
+			expr, cur = expr+"."+f.Name(), f.Type()
+			t = cur
+			guard()
+		}
+		desc += "." + seg
+		switch o := obj.(type) {
+		case *types.Var:
+			_, viaPtr := cur.Underlying().(*types.Pointer)
+			expr, t, addressable = expr+"."+seg, o.Type(), addressable || viaPtr
+		case *types.Func:
+			sig := o.Type().(*types.Signature)
+			if sig.Params().Len() != 0 || sig.Results().Len() != 1 {
+				return "", fmt.Errorf("%s is a method with parameters or not exactly one result; want a field or a method without arguments returning one value", desc)
+			}
+			expr, t, addressable = expr+"."+seg+"()", sig.Results().At(0).Type(), false
+		}
+	}
+	return b.stringValue(expr, desc, t, guards)
+}
+
+// stringValue emits the guards and the conversion of expr (of type t) to a
+// string and returns the variable that holds it.
+func (b *keyBuilder) stringValue(expr, desc string, t types.Type, guards []string) (string, error) {
+	conv, isString := "", false
+	switch u := t.Underlying().(type) {
+	case *types.Basic:
+		switch {
+		case u.Info()&types.IsString != 0:
+			conv, isString = expr, true
+			if types.Unalias(t) != types.Typ[types.String] {
+				conv = "string(" + expr + ")"
+			}
+		case u.Info()&types.IsInteger != 0 && u.Info()&types.IsUnsigned != 0:
+			conv = b.g.imports.use("strconv", "strconv") + ".FormatUint(" + convert("uint64", t, expr) + ", 10)"
+		case u.Info()&types.IsInteger != 0:
+			conv = b.g.imports.use("strconv", "strconv") + ".FormatInt(" + convert("int64", t, expr) + ", 10)"
+		}
+	}
+	if conv == "" {
+		obj, _, _ := types.LookupFieldOrMethod(t, false, b.g.pkg.Types, "String")
+		fn, ok := obj.(*types.Func)
+		if ok {
+			sig := fn.Type().(*types.Signature)
+			ok = sig.Params().Len() == 0 && sig.Results().Len() == 1 && types.Identical(sig.Results().At(0).Type(), types.Typ[types.String])
+		}
+		if !ok {
+			return "", fmt.Errorf("%s is %s; want a string, an integer, or a type with a String() string method", desc, b.g.typeString(t))
+		}
+		if isNillable(t) && !b.guarded[expr] {
+			guards = append(guards, expr+" == nil")
+			b.guarded[expr] = true
+		}
+		conv, isString = expr+".String()", true
+	}
+	if len(guards) > 0 {
+		b.kp.stmts = append(b.kp.stmts, "if "+strings.Join(guards, " || ")+" {\nreturn dblock.Key{}\n}")
+	}
+	v := b.newVar()
+	b.kp.stmts = append(b.kp.stmts, v+" := "+conv)
+	if isString {
+		b.kp.stmts = append(b.kp.stmts, b.emptyCheck(v))
+	}
+	return v, nil
+}
+
+// isNillable reports whether selecting through a value of type t may
+// dereference nil.
+func isNillable(t types.Type) bool {
+	switch t.Underlying().(type) {
+	case *types.Pointer, *types.Interface:
+		return true
+	}
+	return false
+}
+
+func derefStruct(t types.Type) (*types.Struct, bool) {
+	if p, ok := t.Underlying().(*types.Pointer); ok {
+		t = p.Elem()
+	}
+	st, ok := t.Underlying().(*types.Struct)
+	return st, ok
+}
+
+// convert returns expr converted to the basic type named to, unless it is
+// of that type already.
+func convert(to string, t types.Type, expr string) string {
+	if b, ok := types.Unalias(t).(*types.Basic); ok && b.Name() == to {
+		return expr
+	}
+	return to + "(" + expr + ")"
+}
+
+// shortQualifier names packages by their name, for messages.
+func (g *generator) shortQualifier(p *types.Package) string {
+	if p == g.pkg.Types {
+		return ""
+	}
+	return p.Name()
+}

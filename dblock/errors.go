@@ -1,0 +1,150 @@
+package dblock
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// Sentinel errors. Match them with errors.Is; errors that come from the
+// server also wrap the driver's *mysql.MySQLError, reachable with errors.As.
+var (
+	// ErrNotAcquired means the key is held by someone else and the caller
+	// asked not to wait (TryLock, NoWait) or its wait timed out. The
+	// transaction it was asked in is still open and keeps its other locks.
+	ErrNotAcquired = errors.New("dblock: lock not acquired")
+
+	// ErrLockLost means the lock can no longer be vouched for: the
+	// connection or the transaction holding it ended before the caller
+	// released it (server restart, network failure, a killed session, a
+	// failed COMMIT). The business writes of that transaction were not
+	// committed, or their fate is unknown; the caller must treat them as
+	// not done.
+	ErrLockLost = errors.New("dblock: lock lost")
+
+	// ErrDeadlock means the server chose this transaction as the victim of a
+	// deadlock (error 1213) and rolled the whole transaction back, including
+	// every lock and write it held. Running the work again from the start
+	// is safe.
+	ErrDeadlock = errors.New("dblock: deadlock, transaction rolled back")
+
+	// ErrInvalidKey means a Key cannot name a lock: it is empty, combines
+	// Global with another field, holds invalid UTF-8 or is too long for its
+	// column.
+	ErrInvalidKey = errors.New("dblock: invalid key")
+
+	// ErrTableMissing means the lock table does not exist: run the
+	// migrations (migrations.Up, or `make migrate`).
+	ErrTableMissing = errors.New("dblock: lock table missing, run the migrations (migrations.Up or `txlock migrate up`)")
+
+	// ErrStaleSnapshot means a transaction that had already read data
+	// before it took a lock tried to write rows that another holder changed
+	// meanwhile (MariaDB error 1020 with innodb_snapshot_isolation). Its
+	// reads were stale; roll back and run the work again.
+	ErrStaleSnapshot = errors.New("dblock: transaction snapshot predates the lock, retry the transaction")
+
+	// ErrNoTransaction means LockTx was given nil, a *gorm.DB that is not
+	// inside a transaction, or a transaction that has already ended.
+	ErrNoTransaction = errors.New("dblock: not an open transaction")
+)
+
+// MySQL and MariaDB error numbers the library maps.
+const (
+	erLockWaitTimeout     = 1205 // innodb_lock_wait_timeout; MariaDB NOWAIT and WAIT n
+	erLockDeadlock        = 1213
+	erNoSuchTable         = 1146
+	erCheckRead           = 1020 // "Record has changed since last read" (snapshot isolation)
+	erStatementTimeout    = 1969 // MariaDB max_statement_time
+	erQueryTimeout        = 3024 // MySQL max_execution_time
+	erLockNowait          = 3572 // MySQL NOWAIT
+	erOptionPreventsStmt  = 1290 // read_only server
+	erUnknownCommand      = 1047 // Galera: node not ready
+	erQueryInterrupted    = 1317
+	erConnectionWasKilled = 1927 // MariaDB
+)
+
+// mysqlErrorNumber returns the server error number err wraps, or 0.
+func mysqlErrorNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// isConnectionLoss reports whether err means the connection (and with it
+// the transaction) is gone.
+func isConnectionLoss(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) || errors.Is(err, sql.ErrConnDone) {
+		return true
+	}
+	switch mysqlErrorNumber(err) {
+	case erConnectionWasKilled, erOptionPreventsStmt, erUnknownCommand:
+		return true
+	}
+	return false
+}
+
+// acquireError maps an error of the locking statement to the library's
+// sentinels, keeping the original in the chain.
+func acquireError(key Key, err error, waitFromCtx error) error {
+	switch n := mysqlErrorNumber(err); n {
+	case erLockWaitTimeout, erStatementTimeout, erQueryTimeout, erLockNowait, erQueryInterrupted:
+		if waitFromCtx != nil {
+			// The wait was bounded by the context's deadline: say both.
+			return fmt.Errorf("%w: %s: %w (%w)", ErrNotAcquired, key, waitFromCtx, err)
+		}
+		return fmt.Errorf("%w: %s: %w", ErrNotAcquired, key, err)
+	case erLockDeadlock:
+		return fmt.Errorf("%w: acquiring %s: %w", ErrDeadlock, key, err)
+	case erNoSuchTable:
+		return fmt.Errorf("%w: %w", ErrTableMissing, err)
+	}
+	if errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("%w: acquiring %s: %w", ErrNoTransaction, key, err)
+	}
+	return fmt.Errorf("dblock: acquiring %s: %w", key, err)
+}
+
+// releaseError maps an error of COMMIT. A commit that fails leaves the
+// writes not committed (or in doubt), so the lock the transaction held
+// cannot be vouched for.
+func releaseError(key Key, err error) error {
+	if err == nil {
+		return nil
+	}
+	switch mysqlErrorNumber(err) {
+	case erLockDeadlock:
+		return fmt.Errorf("%w: commit of %s: %w", ErrDeadlock, key, err)
+	case erCheckRead:
+		return fmt.Errorf("%w: commit of %s: %w", ErrStaleSnapshot, key, err)
+	}
+	if errors.Is(err, sql.ErrTxDone) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || isConnectionLoss(err) {
+		return fmt.Errorf("%w: commit of %s failed, writes not committed: %w", ErrLockLost, key, err)
+	}
+	return fmt.Errorf("dblock: commit of %s: %w", key, err)
+}
+
+// fnError maps the error fn returned so that server outcomes the caller can
+// act on are recognisable, without hiding the caller's own errors: errors
+// that are not the server's are returned unchanged.
+func fnError(err error) error {
+	if err == nil {
+		return nil
+	}
+	switch mysqlErrorNumber(err) {
+	case erLockDeadlock:
+		if !errors.Is(err, ErrDeadlock) {
+			return fmt.Errorf("%w: %w", ErrDeadlock, err)
+		}
+	case erCheckRead:
+		if !errors.Is(err, ErrStaleSnapshot) {
+			return fmt.Errorf("%w: %w", ErrStaleSnapshot, err)
+		}
+	}
+	return err
+}

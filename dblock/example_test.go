@@ -1,0 +1,204 @@
+package dblock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+
+	"gorm.io/driver/mysql"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/migrations"
+)
+
+// The examples run against the server named by $DBLOCK_DSN (the tests of
+// this package set it to their test server), or else a local MySQL or
+// MariaDB with root and a database named "test". They use the default lock
+// table, tb_lock, and a small business table of their own.
+
+func exampleDSN() string {
+	if dsn := os.Getenv("DBLOCK_DSN"); dsn != "" {
+		return dsn
+	}
+	return "root@tcp(127.0.0.1:3306)/test"
+}
+
+// exampleSetup opens gorm, migrates tb_lock, creates the examples'
+// business table and returns a Locker, with a function that closes them.
+func exampleSetup() (*gorm.DB, *dblock.Locker, func()) {
+	ctx := context.Background()
+	db, err := gorm.Open(mysql.Open(exampleDSN()), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		log.Fatal(err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := migrations.Up(ctx, sqlDB); err != nil {
+		log.Fatal(err)
+	}
+	if err := db.Exec(`CREATE TABLE IF NOT EXISTS dblock_example_orders (
+		id BIGINT NOT NULL PRIMARY KEY, status VARCHAR(16) NOT NULL)`).Error; err != nil {
+		log.Fatal(err)
+	}
+	locker, err := dblock.New(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return db, locker, func() { _ = locker.Close(); _ = sqlDB.Close() }
+}
+
+// orderStatus reads an order's status outside any transaction.
+func orderStatus(db *gorm.DB, id int) string {
+	var status string
+	if err := db.Raw("SELECT status FROM dblock_example_orders WHERE id = ?", id).Row().Scan(&status); err != nil {
+		log.Fatal(err)
+	}
+	return status
+}
+
+// The quick start: open gorm, create the lock table, and hold a key while
+// writing through the lock's transaction. The write commits with the
+// release.
+func ExampleLocker_Do() {
+	ctx := context.Background()
+	db, err := gorm.Open(mysql.Open(exampleDSN()), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		log.Fatal(err)
+	}
+	sqlDB, _ := db.DB()
+	defer sqlDB.Close()
+	if err := migrations.Up(ctx, sqlDB); err != nil { // creates tb_lock
+		log.Fatal(err)
+	}
+	locker, err := dblock.New(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer locker.Close()
+
+	db.Exec("CREATE TABLE IF NOT EXISTS dblock_example_orders (id BIGINT NOT NULL PRIMARY KEY, status VARCHAR(16) NOT NULL)")
+	err = locker.Do(ctx, dblock.Resource("order:42"), func(ctx context.Context, tx *gorm.DB) error {
+		// Only one process at a time runs this for order 42.
+		return tx.Exec("REPLACE INTO dblock_example_orders (id, status) VALUES (?, ?)", 42, "refunded").Error
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("order 42:", orderStatus(db, 42))
+	// Output: order 42: refunded
+}
+
+// TryLock does not wait: a key that is held gives ErrNotAcquired at once.
+func ExampleLocker_TryLock() {
+	_, locker, closeAll := exampleSetup()
+	defer closeAll()
+	ctx := context.Background()
+	key := dblock.Operation("rebuild-search-index")
+
+	first, err := locker.TryLock(ctx, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = locker.TryLock(ctx, key)
+	fmt.Println("while held:", errors.Is(err, dblock.ErrNotAcquired))
+
+	if err := first.Commit(); err != nil { // releases the key
+		log.Fatal(err)
+	}
+	second, err := locker.TryLock(ctx, key)
+	fmt.Println("after Commit:", err)
+	_ = second.Rollback()
+	// Output:
+	// while held: true
+	// after Commit: <nil>
+}
+
+// LockTx takes a key inside a transaction the caller opened with gorm;
+// the transaction's end releases it.
+func ExampleLocker_LockTx() {
+	db, locker, closeAll := exampleSetup()
+	defer closeAll()
+	ctx := context.Background()
+
+	err := db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := locker.LockTx(ctx, tx, dblock.Resource("order:43")); err != nil {
+			return err
+		}
+		return tx.Exec("REPLACE INTO dblock_example_orders (id, status) VALUES (?, ?)", 43, "shipped").Error
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("order 43:", orderStatus(db, 43))
+	// Output: order 43: shipped
+}
+
+// WithTx lets a service method that locks with Do, and the repositories
+// it calls through DB, join the caller's transaction: the lock is held and
+// the writes commit when the caller commits.
+func ExampleWithTx() {
+	db, locker, closeAll := exampleSetup()
+	defer closeAll()
+
+	// A repository: it writes through the transaction in scope, if any.
+	setStatus := func(ctx context.Context, id int, status string) error {
+		return dblock.DB(ctx, db).Exec("REPLACE INTO dblock_example_orders (id, status) VALUES (?, ?)", id, status).Error
+	}
+	// A service method that locks the order.
+	cancelOrder := func(ctx context.Context, id int) error {
+		return locker.Do(ctx, dblock.Resource(fmt.Sprint("order:", id)), func(ctx context.Context, _ *gorm.DB) error {
+			return setStatus(ctx, id, "cancelled")
+		})
+	}
+
+	tx := db.Begin()
+	ctx := dblock.WithTx(context.Background(), tx)
+	if err := setStatus(ctx, 44, "new"); err != nil {
+		log.Fatal(err)
+	}
+	if err := cancelOrder(ctx, 44); err != nil {
+		log.Fatal(err)
+	}
+	_, inTx := dblock.TxFrom(ctx)
+	fmt.Println("in the caller's transaction:", inTx)
+	if err := tx.Commit().Error; err != nil { // commits both writes, releases order:44
+		log.Fatal(err)
+	}
+	fmt.Println("order 44:", orderStatus(db, 44))
+	// Output:
+	// in the caller's transaction: true
+	// order 44: cancelled
+}
+
+// Keys combine granularities: a user's key on an order is a lock of its
+// own, distinct from the order's key and from the user's.
+func ExampleKey() {
+	_, locker, closeAll := exampleSetup()
+	defer closeAll()
+	ctx := context.Background()
+
+	key := dblock.User("u-7").WithResource("order:4711")
+	fmt.Println(key, "/", key.Granularity())
+	fmt.Println("same lock as Resource+User:", key == dblock.Resource("order:4711").WithUser("u-7"))
+	fmt.Println("Global with a field:", errors.Is(dblock.Key{Global: true, User: "u-7"}.Validate(), dblock.ErrInvalidKey))
+
+	held, err := locker.TryLock(ctx, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer held.Rollback()
+	order, err := locker.TryLock(ctx, dblock.Resource("order:4711"))
+	fmt.Println("order alone while the user's key is held:", err)
+	_ = order.Rollback()
+	// Output:
+	// user="u-7" resource="order:4711" / user+resource
+	// same lock as Resource+User: true
+	// Global with a field: true
+	// order alone while the user's key is held: <nil>
+}

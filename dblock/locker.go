@@ -1,0 +1,213 @@
+package dblock
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
+	"gorm.io/gorm"
+
+	"github.com/txlock/txlock/schema"
+)
+
+// A Locker takes locks on one lock table of one database. It is safe for
+// concurrent use; create one per database and share it. Its key cache and
+// statements are its own: Lockers do not share state.
+type Locker struct {
+	db      *gorm.DB // the caller's handle: lock transactions are begun on it
+	sqlDB   *sql.DB  // the caller's pool
+	side    *sql.DB  // autocommit work beside a lock transaction
+	ownSide bool     // side was opened by New and is closed by Close
+	cfg     config
+	srv     server
+	cache   *lru[Key, int64]
+	leased  *lru[any, int] // driver connection -> lease seconds its session was set to
+	q       queries
+	log     *slog.Logger
+	marker  string // "txlock:<random>-" prefix that tags this Locker's waiting statements
+	seq     atomic.Uint64
+	closed  atomic.Bool
+}
+
+// detectTimeout bounds the server detection New performs.
+const detectTimeout = 10 * time.Second
+
+// New returns a Locker on db, a gorm handle opened with gorm.io/driver/mysql
+// on MySQL 8.0+ or MariaDB 10.6+. New asks the server for its version once
+// (bounded by 10 s) and fails on a closed or unreachable database, or a
+// server too old for txlock. It does not check the lock table: a missing
+// table is reported by the first acquisition as ErrTableMissing.
+//
+// Call Close when done with the Locker, to release its side pool.
+func New(db *gorm.DB, opts ...Option) (*Locker, error) {
+	if db == nil {
+		return nil, errors.New("dblock: New: nil *gorm.DB")
+	}
+	cfg := config{table: schema.DefaultTable, cacheSize: DefaultKeyCacheSize}
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, fmt.Errorf("dblock: New: the *gorm.DB has no *sql.DB underneath: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), detectTimeout)
+	defer cancel()
+	srv, err := detectServer(ctx, sqlDB)
+	if err != nil {
+		return nil, err
+	}
+	var nonce [6]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, fmt.Errorf("dblock: New: %w", err)
+	}
+	l := &Locker{
+		db:     db,
+		sqlDB:  sqlDB,
+		cfg:    cfg,
+		srv:    srv,
+		cache:  newLRU[Key, int64](cfg.cacheSize),
+		leased: newLRU[any, int](leasedConnsTracked),
+		q:      buildQueries(cfg.table),
+		log:    cfg.logger,
+		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case cfg.sideDB != nil:
+		l.side = cfg.sideDB
+	default:
+		l.side, l.ownSide = openSidePool(db), true
+		if l.side == nil {
+			l.side, l.ownSide = sqlDB, false
+		}
+	}
+	return l, nil
+}
+
+// openSidePool opens a small pool of the Locker's own from the DSN of the
+// gorm MySQL dialector, or returns nil when there is none.
+func openSidePool(db *gorm.DB) *sql.DB {
+	d, ok := db.Dialector.(*mysql.Dialector)
+	if !ok || d.Config == nil || d.Conn != nil {
+		return nil
+	}
+	cfg := d.DSNConfig
+	if cfg == nil {
+		if d.DSN == "" {
+			return nil
+		}
+		parsed, err := gomysql.ParseDSN(d.DSN)
+		if err != nil {
+			return nil
+		}
+		cfg = parsed
+	}
+	connector, err := gomysql.NewConnector(cfg)
+	if err != nil {
+		return nil
+	}
+	side := sql.OpenDB(connector)
+	side.SetMaxOpenConns(2)
+	side.SetMaxIdleConns(1)
+	side.SetConnMaxIdleTime(time.Minute)
+	return side
+}
+
+// Close releases the Locker's side pool. It does not close the caller's
+// *gorm.DB, and it does not release locks held through the Locker: those
+// end with their transactions. Acquisitions after Close fail.
+func (l *Locker) Close() error {
+	if l == nil || !l.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	if l.ownSide {
+		return l.side.Close()
+	}
+	return nil
+}
+
+// Table returns the name of the lock table.
+func (l *Locker) Table() string { return l.cfg.table }
+
+// ServerVersion returns the version string of the server New detected.
+func (l *Locker) ServerVersion() string { return l.srv.version }
+
+// errClosed is returned by acquisitions on a closed Locker.
+var errClosed = errors.New("dblock: Locker is closed")
+
+// check validates the common arguments of an acquisition.
+func (l *Locker) check(ctx context.Context, key Key) error {
+	if l == nil {
+		return errors.New("dblock: nil *Locker")
+	}
+	if ctx == nil {
+		return errors.New("dblock: nil context")
+	}
+	if l.closed.Load() {
+		return errClosed
+	}
+	if err := key.Validate(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("dblock: acquiring %s: %w", key, err)
+	}
+	return nil
+}
+
+// rowID returns the id of key's row, creating the row when it is missing
+// (protocol step 1): a plain read, then INSERT IGNORE, both in autocommit on
+// the side pool, never inside a lock transaction.
+func (l *Locker) rowID(ctx context.Context, key Key) (int64, error) {
+	if id, ok := l.cache.get(key); ok {
+		return id, nil
+	}
+	h := key.Hash()
+	id, err := l.lookupRow(ctx, h[:])
+	if errors.Is(err, sql.ErrNoRows) {
+		global := 0
+		if key.Global {
+			global = 1
+		}
+		var res sql.Result
+		res, err = l.side.ExecContext(ctx, l.q.insertRow, h[:], key.Resource, key.Operation, key.Method, key.User, global)
+		if err == nil {
+			if n, _ := res.RowsAffected(); n == 1 {
+				id, err = res.LastInsertId()
+				l.log.DebugContext(ctx, "dblock: created key row", "granularity", key.Granularity(), "id", id)
+			} else {
+				id, err = l.lookupRow(ctx, h[:]) // a concurrent creator won
+			}
+		}
+	}
+	if err != nil {
+		if mysqlErrorNumber(err) == erNoSuchTable {
+			return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
+		}
+		return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, err)
+	}
+	l.cache.put(key, id)
+	return id, nil
+}
+
+func (l *Locker) lookupRow(ctx context.Context, hash []byte) (int64, error) {
+	var id int64
+	err := l.side.QueryRowContext(ctx, l.q.selectRow, hash).Scan(&id)
+	return id, err
+}

@@ -1,0 +1,155 @@
+package dblock
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/txlock/txlock/schema"
+)
+
+// An Option configures a Locker. Options are validated by New.
+type Option func(*config) error
+
+// A LockOption configures one acquisition. Passed to New through Defaults,
+// it applies to every acquisition of that Locker.
+type LockOption func(*lockConfig) error
+
+// DefaultKeyCacheSize is how many key-to-row-id entries a Locker keeps by
+// default (least recently used are evicted first).
+const DefaultKeyCacheSize = 10_000
+
+type config struct {
+	table     string
+	cacheSize int
+	logger    *slog.Logger
+	sideDB    *sql.DB
+	defaults  []LockOption
+}
+
+// Table sets the lock table's name (default "tb_lock"). The name is
+// validated so that it can never inject SQL: letters, digits and
+// underscores, starting with a letter or underscore, at most
+// schema.MaxTableNameLen (49) characters.
+// Create the table with migrations.Up(ctx, db, migrations.WithTable(name)).
+func Table(name string) Option {
+	return func(c *config) error {
+		if err := schema.ValidTableName(name); err != nil {
+			return fmt.Errorf("dblock: Table: %w", err)
+		}
+		c.table = name
+		return nil
+	}
+}
+
+// KeyCacheSize sets how many key-to-row-id entries the Locker caches
+// (default DefaultKeyCacheSize). Memory grows with distinct keys up to this
+// bound, never with the number of acquisitions.
+func KeyCacheSize(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("dblock: KeyCacheSize must be at least 1, got %d", n)
+		}
+		c.cacheSize = n
+		return nil
+	}
+}
+
+// Logger sets a structured logger for events worth an operator's attention
+// (row creation, lost locks, cleanup failures). The default logs nothing.
+// DSNs and credentials are never logged.
+func Logger(l *slog.Logger) Option {
+	return func(c *config) error {
+		if l == nil {
+			return errors.New("dblock: Logger: nil *slog.Logger")
+		}
+		c.logger = l
+		return nil
+	}
+}
+
+// SideDB sets the pool the Locker uses for work that must run beside a
+// lock transaction in autocommit (creating a key's row). By default the
+// Locker opens a small pool of its own (at most 2 connections) from the
+// DSN of the gorm MySQL dialector, so that a caller holding its last pool
+// connection never waits for a second one; when the DSN is not available
+// (a gorm.DB built on an existing connection) the caller's pool is used.
+// A pool passed here is not closed by Locker.Close.
+func SideDB(db *sql.DB) Option {
+	return func(c *config) error {
+		if db == nil {
+			return errors.New("dblock: SideDB: nil *sql.DB")
+		}
+		c.sideDB = db
+		return nil
+	}
+}
+
+// Defaults sets lock options applied to every acquisition of the Locker,
+// before the options given to the call itself.
+func Defaults(opts ...LockOption) Option {
+	return func(c *config) error {
+		var lc lockConfig
+		if err := lc.apply(opts); err != nil {
+			return err
+		}
+		c.defaults = append(c.defaults, opts...)
+		return nil
+	}
+}
+
+type lockConfig struct {
+	wait    time.Duration // > 0: bounded wait
+	noWait  bool
+	retry   RetryPolicy // Attempts > 1: Do retries deadlock victims
+	fencing bool
+	lease   time.Duration // server and client bound on a silent holder
+}
+
+func (lc *lockConfig) apply(opts []LockOption) error {
+	if lc.lease == 0 {
+		lc.lease = DefaultLease
+	}
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(lc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxWait is the longest wait the servers accept (innodb_lock_wait_timeout
+// is at most 1073741824 seconds); longer waits are clamped.
+const maxWait = 1 << 30 * time.Second
+
+// WaitTimeout bounds how long an acquisition waits for a held key; when it
+// runs out the acquisition fails with ErrNotAcquired. Sub-second values are
+// honoured (MariaDB: a per-statement max_statement_time; MySQL: the
+// statement's lock-wait timeout rounded up, cut short by a client
+// deadline). Without it, a wait is bounded by the context's deadline, or
+// else by the server's innodb_lock_wait_timeout (50 s by default).
+func WaitTimeout(d time.Duration) LockOption {
+	return func(lc *lockConfig) error {
+		if d <= 0 {
+			return fmt.Errorf("dblock: WaitTimeout must be positive, got %v (use NoWait to not wait)", d)
+		}
+		lc.wait = min(d, maxWait)
+		lc.noWait = false
+		return nil
+	}
+}
+
+// NoWait makes an acquisition fail at once with ErrNotAcquired when the key
+// is held (SELECT ... FOR UPDATE NOWAIT).
+func NoWait() LockOption {
+	return func(lc *lockConfig) error {
+		lc.noWait = true
+		lc.wait = 0
+		return nil
+	}
+}

@@ -1,0 +1,762 @@
+package dblock_test
+
+// SQL shape: these tests pin the statements and round trips the library
+// sends, on go-sqlmock instead of a server. Behaviour is tested against the
+// real server in the other files.
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/txlock/txlock/dblock"
+)
+
+// Server identities the mock answers New's detection with.
+const (
+	mariaVersion = "10.11.19-MariaDB-0+deb12u1"
+	mariaComment = "Debian 12"
+	mysqlVersion = "8.0.36"
+	mysqlComment = "MySQL Community Server - GPL"
+)
+
+// The statements of the default table, as the library must send them.
+const (
+	qDetect     = "SELECT VERSION(), @@version_comment"
+	qSnapshot   = "SHOW VARIABLES LIKE 'innodb_snapshot_isolation'"
+	qLookup     = "SELECT id FROM `tb_lock` WHERE key_hash = ?"
+	qInsert     = "INSERT IGNORE INTO `tb_lock` (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)"
+	qLock7      = "SELECT id FROM `tb_lock` WHERE id = 7 FOR UPDATE"
+	qGuard      = "SET SESSION innodb_snapshot_isolation = ON"
+	qGuardOff   = "SET SESSION innodb_snapshot_isolation = DEFAULT"
+	qProcesses  = "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
+	reTag       = `/\*txlock:[0-9a-f]{12}-[0-9]+\*/ `
+	regexPrefix = "re:"
+)
+
+// queryLog records every statement the matcher sees.
+type queryLog struct {
+	mu  sync.Mutex
+	all []string
+}
+
+func (q *queryLog) add(s string) {
+	q.mu.Lock()
+	q.all = append(q.all, s)
+	q.mu.Unlock()
+}
+
+func (q *queryLog) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.all)
+}
+
+// matcher compares SQL exactly (whitespace-insensitive, as
+// sqlmock.QueryMatcherEqual), or with a regular expression when the
+// expectation starts with "re:"; it logs what it is given.
+func matcher(log *queryLog) sqlmock.QueryMatcher {
+	return sqlmock.QueryMatcherFunc(func(expected, actual string) error {
+		log.add(actual)
+		if re, ok := strings.CutPrefix(expected, regexPrefix); ok {
+			if regexp.MustCompile(re).MatchString(actual) {
+				return nil
+			}
+			return fmt.Errorf("actual sql %q does not match %q", actual, re)
+		}
+		return sqlmock.QueryMatcherEqual.Match(expected, actual)
+	})
+}
+
+// mocked is a gorm handle on go-sqlmock.
+type mocked struct {
+	db    *gorm.DB
+	sqlDB *sql.DB
+	mock  sqlmock.Sqlmock
+	log   *queryLog
+}
+
+// newMocked opens gorm on a fresh sqlmock, the way an application that
+// builds gorm on an existing connection does (Conn, no DSN: the Locker then
+// uses the caller's pool for its side work).
+func newMocked(t *testing.T) mocked {
+	t.Helper()
+	verifyNoGoroutineLeak(t)
+	return newMockedPool(t)
+}
+
+// newMockedPool is newMocked without the goroutine check, for a second
+// pool of the same test (whose cleanup closes it before the check runs).
+func newMockedPool(t *testing.T) mocked {
+	t.Helper()
+	log := &queryLog{}
+	sqlDB, mock, err := sqlmock.New(sqlmock.QueryMatcherOption(matcher(log)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sqlDB.Close() })
+	db, err := gorm.Open(mysql.New(mysql.Config{Conn: sqlDB, SkipInitializeWithVersion: true}),
+		&gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mocked{db: db, sqlDB: sqlDB, mock: mock, log: log}
+}
+
+// expectDetect expects New's server detection.
+func (m mocked) expectDetect(version, comment string, snapshotVar bool) {
+	m.mock.ExpectQuery(qDetect).WillReturnRows(
+		sqlmock.NewRows([]string{"VERSION()", "@@version_comment"}).AddRow(version, comment))
+	if strings.Contains(version, "MariaDB") {
+		rows := sqlmock.NewRows([]string{"Variable_name", "Value"})
+		if snapshotVar {
+			rows.AddRow("innodb_snapshot_isolation", "OFF")
+		}
+		m.mock.ExpectQuery(qSnapshot).WillReturnRows(rows)
+	}
+}
+
+// locker expects the detection of a server and returns a Locker on it.
+func (m mocked) locker(t *testing.T, version, comment string, snapshotVar bool, opts ...dblock.Option) *dblock.Locker {
+	t.Helper()
+	m.expectDetect(version, comment, snapshotVar)
+	l, err := dblock.New(m.db, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return l
+}
+
+// expectLookup expects the row lookup of key, answering id.
+func (m mocked) expectLookup(key dblock.Key, id int64) {
+	h := key.Hash()
+	m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}).AddRow(id))
+}
+
+// The statements that set the lease on a connection's session, before the
+// first transaction a Locker opens on it (DefaultLease, 60 s).
+const (
+	mariaLease = "SET SESSION idle_transaction_timeout = 60"
+	mysqlLease = "SET SESSION wait_timeout = 60"
+)
+
+// expectLeasedBegin expects the first lock transaction of a Locker on the
+// mock's connection: the lease statement, then BEGIN.
+func (m mocked) expectLeasedBegin(lease string) {
+	m.mock.ExpectExec(lease).WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectBegin()
+}
+
+// done checks that every expectation was met.
+func (m mocked) done(t *testing.T) {
+	t.Helper()
+	if err := m.mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lockRow answers a locking read: the row id.
+func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).AddRow(id) }
+
+// lockStmt returns a pattern matching the locking read of row id, after
+// prefix and before suffix (both literal). The statements of transactions
+// the Locker opens carry a tag comment (/*txlock:<nonce>-<n>*/) by which a
+// waiter that gives up is found in the process list and killed; the
+// pattern allows it.
+func lockStmt(prefix string, id int64, suffix string) string {
+	return fmt.Sprintf("%s^%sSELECT (?:%s)?id FROM `tb_lock` WHERE id = %d FOR UPDATE%s$",
+		regexPrefix, regexp.QuoteMeta(prefix), reTag, id, regexp.QuoteMeta(suffix))
+}
+
+// nop is a fn that does nothing.
+func nop(context.Context, *gorm.DB) error { return nil }
+
+// TestSQLNestedAcquireSendsNoSQL: a nested acquire of a held key sends
+// nothing to the server.
+func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
+	t.Run("Do in Do", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+
+		nested := 0
+		inner := func(ctx context.Context) error {
+			return l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error { nested++; return nil })
+		}
+		middle := func(ctx context.Context) error {
+			return l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
+				nested++
+				return inner(ctx)
+			}, dblock.NoWait())
+		}
+		before := 0
+		err := l.Do(context.Background(), key, func(ctx context.Context, tx *gorm.DB) error {
+			before = m.log.len()
+			if err := middle(ctx); err != nil {
+				return err
+			}
+			if err := l.Do(ctx, key, nop, dblock.WaitTimeout(time.Second)); err != nil {
+				return err
+			}
+			if n := m.log.len(); n != before {
+				t.Errorf("the nested acquisitions sent %d statements", n-before)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("Do: %v", err)
+		}
+		if nested != 2 {
+			t.Errorf("nested fns ran %d times, want 2", nested)
+		}
+		m.done(t)
+	})
+	t.Run("LockTx remembered by WithTx", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, false)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.mock.ExpectBegin()
+		m.expectLookup(key, 7)
+		m.mock.ExpectQuery(qLock7).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+
+		tx := m.db.Begin()
+		ctx := dblock.WithTx(context.Background(), tx)
+		if err := l.LockTx(ctx, tx, key); err != nil {
+			t.Fatalf("LockTx: %v", err)
+		}
+		before := m.log.len()
+		if err := l.Do(ctx, key, nop, dblock.NoWait()); err != nil {
+			t.Fatalf("Do after LockTx: %v", err)
+		}
+		if err := l.LockTx(ctx, tx, key); err != nil {
+			t.Fatalf("second LockTx: %v", err)
+		}
+		if n := m.log.len(); n != before {
+			t.Errorf("the acquisitions of a key the transaction holds sent %d statements", n-before)
+		}
+		if err := tx.Commit().Error; err != nil {
+			t.Fatal(err)
+		}
+		m.done(t)
+	})
+}
+
+// TestSQLUncontendedPath pins the statements of an uncontended acquisition:
+// the first one looks the row up (autocommit, before BEGIN) and sets the
+// lease on the connection's session; later ones use the cached id and the
+// configured session: BEGIN, the locking read, COMMIT, 3 round trips.
+func TestSQLUncontendedPath(t *testing.T) {
+	m := newMocked(t)
+	l := m.locker(t, mariaVersion, mariaComment, true)
+	defer l.Close()
+	key := dblock.Resource("order:42")
+	ctx := context.Background()
+
+	m.expectLookup(key, 7)
+	m.expectLeasedBegin(mariaLease)
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectCommit()
+	if err := l.Do(ctx, key, nop); err != nil {
+		t.Fatalf("first Do: %v", err)
+	}
+	m.done(t)
+
+	before := m.log.len()
+	m.mock.ExpectBegin()
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectCommit()
+	if err := l.Do(ctx, key, nop); err != nil {
+		t.Fatalf("second Do: %v", err)
+	}
+	m.done(t)
+	if n := m.log.len() - before; n != 1 {
+		t.Errorf("second Do sent %d queries besides BEGIN and COMMIT, want 1 (the locking read)", n)
+	}
+
+	// Lock then Rollback: BEGIN, the locking read, ROLLBACK.
+	m.mock.ExpectBegin()
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectRollback()
+	k, err := l.Lock(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Rollback(); err != nil { // idempotent: no second ROLLBACK
+		t.Fatal(err)
+	}
+	m.done(t)
+
+	// Another lease: the connection's session is set again, once.
+	m.mock.ExpectExec("SET SESSION idle_transaction_timeout = 5").WillReturnResult(sqlmock.NewResult(0, 0))
+	for range 2 {
+		m.mock.ExpectBegin()
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+	}
+	for range 2 {
+		if err := l.Do(ctx, key, nop, dblock.Lease(5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.done(t)
+}
+
+// TestSQLRowCreation pins the creation of a missing row: a lookup that
+// finds nothing, INSERT IGNORE in autocommit (before BEGIN), the id from
+// LastInsertId; or, when a concurrent creator won, a second lookup.
+func TestSQLRowCreation(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		key    dblock.Key
+		args   []driver.Value // after key_hash
+		result driver.Result
+		relook bool
+	}{
+		{"composite", dblock.User("u-7").WithResource("order:42").WithOperation("refund").WithMethod("OrderService.Refund"),
+			[]driver.Value{"order:42", "refund", "OrderService.Refund", "u-7", int64(0)}, sqlmock.NewResult(7, 1), false},
+		{"global", dblock.Global(), []driver.Value{"", "", "", "", int64(1)}, sqlmock.NewResult(7, 1), false},
+		{"concurrent creator", dblock.Resource("order:42"), []driver.Value{"order:42", "", "", "", int64(0)}, sqlmock.NewResult(0, 0), true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMocked(t)
+			l := m.locker(t, mariaVersion, mariaComment, true)
+			defer l.Close()
+			h := c.key.Hash()
+			m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}))
+			m.mock.ExpectExec(qInsert).WithArgs(append([]driver.Value{h[:]}, c.args...)...).WillReturnResult(c.result)
+			if c.relook {
+				m.expectLookup(c.key, 7)
+			}
+			m.expectLeasedBegin(mariaLease)
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+			m.mock.ExpectCommit()
+			if err := l.Do(context.Background(), c.key, nop); err != nil {
+				t.Fatalf("Do: %v", err)
+			}
+			m.done(t)
+		})
+	}
+}
+
+// TestSQLWaitStatements pins the locking read of each wait mode on MariaDB:
+// NOWAIT, and the per-statement timeouts of a bounded wait.
+func TestSQLWaitStatements(t *testing.T) {
+	// Under a deadline 2 s away, a wait is bounded by what remains of it,
+	// less a margin: between 1 and 2 s however slow the machine. TryLock
+	// ignores the deadline (NOWAIT).
+	deadlineCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		name     string
+		deadline bool
+		opts     []dblock.LockOption
+		want     string
+	}{
+		{"default", false, nil, lockStmt("", 7, "")},
+		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt("", 7, " NOWAIT")},
+		{"WaitTimeout(300ms)", false, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
+			lockStmt("SET STATEMENT max_statement_time=0.300000, innodb_lock_wait_timeout=2 FOR ", 7, "")},
+		{"WaitTimeout(1.5s)", false, []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)},
+			lockStmt("SET STATEMENT max_statement_time=1.500000, innodb_lock_wait_timeout=3 FOR ", 7, "")},
+		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt("", 7, " NOWAIT")},
+		{"context deadline", true, nil,
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag +
+				"id FROM `tb_lock` WHERE id = 7 FOR UPDATE$"},
+		{"context deadline under WaitTimeout(300ms)", true, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.300000, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag +
+				"id FROM `tb_lock` WHERE id = 7 FOR UPDATE$"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			if c.deadline {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+			}
+			m := newMocked(t)
+			l := m.locker(t, mariaVersion, mariaComment, true)
+			defer l.Close()
+			key := dblock.Resource("order:42")
+			m.expectLookup(key, 7)
+			m.expectLeasedBegin(mariaLease)
+			m.mock.ExpectQuery(c.want).WillReturnRows(lockRow(7))
+			m.mock.ExpectCommit()
+			if err := l.Do(ctx, key, nop, c.opts...); err != nil {
+				t.Fatalf("Do: %v", err)
+			}
+			m.done(t)
+		})
+	}
+	t.Run("TryLock", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		// Tagged: a context that can end may leave a statement to kill.
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE NOWAIT$").WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+		k, err := l.TryLock(deadlineCtx, key, dblock.WaitTimeout(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		m.done(t)
+	})
+}
+
+// TestSQLErrorMapping: the server errors of the locking read map to the
+// library's sentinels, and the *mysql.MySQLError stays reachable.
+func TestSQLErrorMapping(t *testing.T) {
+	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrLockLost, dblock.ErrInvalidKey}
+	for _, c := range []struct {
+		number uint16
+		want   error
+	}{
+		{1205, dblock.ErrNotAcquired}, // MariaDB NOWAIT, lock-wait timeout
+		{1969, dblock.ErrNotAcquired}, // MariaDB max_statement_time
+		{3572, dblock.ErrNotAcquired}, // MySQL NOWAIT
+		{3024, dblock.ErrNotAcquired}, // MySQL max_execution_time
+		{1317, dblock.ErrNotAcquired}, // query interrupted (MySQL bounded wait)
+		{1213, dblock.ErrDeadlock},
+		{1146, dblock.ErrTableMissing},
+	} {
+		t.Run(fmt.Sprint(c.number), func(t *testing.T) {
+			m := newMocked(t)
+			l := m.locker(t, mariaVersion, mariaComment, true)
+			defer l.Close()
+			key := dblock.Resource("order:42")
+			m.expectLookup(key, 7)
+			m.expectLeasedBegin(mariaLease)
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnError(&gomysql.MySQLError{Number: c.number, Message: "mocked"})
+			m.mock.ExpectRollback()
+			err := l.Do(context.Background(), key, func(context.Context, *gorm.DB) error {
+				t.Error("fn ran without the lock")
+				return nil
+			})
+			checkMapped(t, err, c.want, c.number, sentinels)
+			m.done(t)
+		})
+	}
+	t.Run("1146 on the row lookup", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		h := key.Hash()
+		m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(&gomysql.MySQLError{Number: 1146, Message: "Table 'test.tb_lock' doesn't exist"})
+		_, err := l.Lock(context.Background(), key)
+		checkMapped(t, err, dblock.ErrTableMissing, 1146, sentinels)
+		mustContain(t, err, "migrations")
+		m.done(t)
+	})
+	t.Run("deadlock returned by fn", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, func(context.Context, *gorm.DB) error {
+			return fmt.Errorf("saving: %w", &gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
+		})
+		checkMapped(t, err, dblock.ErrDeadlock, 1213, sentinels)
+		m.done(t)
+	})
+	t.Run("deadlock on COMMIT", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
+		err := l.Do(context.Background(), key, nop)
+		checkMapped(t, err, dblock.ErrDeadlock, 1213, sentinels)
+		m.done(t)
+	})
+	t.Run("connection lost on COMMIT", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit().WillReturnError(driver.ErrBadConn)
+		err := l.Do(context.Background(), key, nop)
+		if !errors.Is(err, dblock.ErrLockLost) {
+			t.Fatalf("Do = %v, want ErrLockLost", err)
+		}
+		m.done(t)
+	})
+}
+
+// TestSQLDeadlockInFn: a statement of fn that the server answers with a
+// deadlock (1213: it rolled the whole transaction back) makes Do return
+// ErrDeadlock, the error Retry acts on. (Retry itself needs a second
+// connection, which sqlmock cannot give after this one is discarded: the
+// fault tests run it on the server.)
+func TestSQLDeadlockInFn(t *testing.T) {
+	// The transaction is gone with its lock: ErrLockLost may be said too.
+	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrInvalidKey}
+	m := newMocked(t)
+	l := m.locker(t, mariaVersion, mariaComment, true)
+	defer l.Close()
+	key := dblock.Resource("order:42")
+	m.expectLookup(key, 7)
+	m.expectLeasedBegin(mariaLease)
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectExec("UPDATE orders SET status = 'paid' WHERE id = 42").
+		WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock"})
+	m.mock.ExpectRollback()
+	err := l.Do(context.Background(), key, func(ctx context.Context, tx *gorm.DB) error {
+		return tx.Exec("UPDATE orders SET status = 'paid' WHERE id = 42").Error
+	})
+	checkMapped(t, err, dblock.ErrDeadlock, 1213, sentinels)
+	// database/sql may roll the lost transaction back in a goroutine of its
+	// own: wait for the connection to be given back.
+	deadline := time.Now().Add(5 * time.Second)
+	for m.sqlDB.Stats().InUse > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	m.done(t)
+}
+
+// checkMapped checks that err is want (and no other sentinel), and wraps a
+// *mysql.MySQLError numbered number.
+func checkMapped(t *testing.T, err, want error, number uint16, sentinels []error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("error %v, want %v", err, want)
+	}
+	for _, s := range sentinels {
+		if s != want && errors.Is(err, s) {
+			t.Errorf("error %v is also %v", err, s)
+		}
+	}
+	if n := mysqlNumber(t, err); n != number {
+		t.Errorf("MySQLError.Number = %d, want %d", n, number)
+	}
+}
+
+// patternArg matches the LIKE pattern that finds a tagged waiting statement.
+type patternArg struct{}
+
+func (patternArg) Match(v driver.Value) bool {
+	s, ok := v.(string)
+	return ok && regexp.MustCompile(`^%`+reTag[:len(reTag)-1]+`%$`).MatchString(s)
+}
+
+// TestSQLMySQLDialect: on MySQL (detected from the version), NOWAIT is the
+// same statement, a bounded wait has no SET STATEMENT (a client timer
+// interrupts the tagged statement with KILL QUERY from the side pool), and
+// there is no snapshot-isolation probe.
+func TestSQLMySQLDialect(t *testing.T) {
+	t.Run("NoWait", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mysqlVersion, mysqlComment, false)
+		defer l.Close()
+		if v := l.ServerVersion(); v != mysqlVersion {
+			t.Errorf("ServerVersion() = %q", v)
+		}
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mysqlLease)
+		m.mock.ExpectQuery(lockStmt("", 7, " NOWAIT")).WillReturnError(&gomysql.MySQLError{Number: 3572, Message: "NOWAIT"})
+		m.mock.ExpectRollback()
+		_, err := l.TryLock(context.Background(), key)
+		if !errors.Is(err, dblock.ErrNotAcquired) {
+			t.Fatalf("TryLock = %v, want ErrNotAcquired", err)
+		}
+		m.done(t)
+	})
+	t.Run("WaitTimeout granted", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mysqlVersion, mysqlComment, false)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mysqlLease)
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE$").WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+		if err := l.Do(context.Background(), key, nop, dblock.WaitTimeout(300*time.Millisecond)); err != nil {
+			t.Fatalf("Do: %v", err)
+		}
+		m.done(t)
+	})
+	t.Run("WaitTimeout runs out", func(t *testing.T) {
+		m := newMocked(t)
+		side := newMockedPool(t)
+		l := m.locker(t, mysqlVersion, mysqlComment, false, dblock.SideDB(side.sqlDB))
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		side.expectLookup(key, 7) // the row step runs on the side pool
+		m.expectLeasedBegin(mysqlLease)
+		// The server would interrupt the waiting statement when KILL QUERY
+		// arrives; the mock answers 1317 after a delay longer than the wait.
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE$").
+			WillDelayFor(700 * time.Millisecond).
+			WillReturnError(&gomysql.MySQLError{Number: 1317, Message: "Query execution was interrupted"})
+		m.mock.ExpectRollback()
+		side.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID"}).AddRow(42))
+		side.mock.ExpectExec("KILL QUERY 42").WillReturnResult(sqlmock.NewResult(0, 0))
+		_, err := l.Lock(context.Background(), key, dblock.WaitTimeout(300*time.Millisecond))
+		if !errors.Is(err, dblock.ErrNotAcquired) {
+			t.Fatalf("Lock = %v, want ErrNotAcquired", err)
+		}
+		m.done(t)
+		side.done(t) // the KILL was sent while the statement waited
+	})
+}
+
+// TestSQLSnapshotGuard pins the stale-snapshot guard of a transaction Do
+// opened, on MariaDB with innodb_snapshot_isolation: a lock taken after the
+// transaction's first one (it may follow reads) switches the guard on, once;
+// it is switched back to the server's default before COMMIT or ROLLBACK, so
+// that it does not stay on the pool's connection. Nothing is sent when the
+// server lacks the variable.
+func TestSQLSnapshotGuard(t *testing.T) {
+	a, b, c := dblock.Resource("a"), dblock.Resource("b"), dblock.Resource("c")
+	for _, snapshotVar := range []bool{true, false} {
+		for _, fail := range []bool{false, true} {
+			t.Run(fmt.Sprintf("variable=%v,fnError=%v", snapshotVar, fail), func(t *testing.T) {
+				m := newMocked(t)
+				l := m.locker(t, mariaVersion, mariaComment, snapshotVar)
+				defer l.Close()
+				m.expectLookup(a, 7)
+				m.expectLeasedBegin(mariaLease)
+				m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+				m.expectLookup(b, 8)
+				m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnRows(lockRow(8))
+				if snapshotVar {
+					m.mock.ExpectExec(qGuard).WillReturnResult(sqlmock.NewResult(0, 0))
+				}
+				m.expectLookup(c, 9)
+				m.mock.ExpectQuery(lockStmt("", 9, "")).WillReturnRows(lockRow(9))
+				if snapshotVar {
+					m.mock.ExpectExec(qGuardOff).WillReturnResult(sqlmock.NewResult(0, 0))
+				}
+				if fail {
+					m.mock.ExpectRollback()
+				} else {
+					m.mock.ExpectCommit()
+				}
+				err := l.Do(context.Background(), a, func(ctx context.Context, tx *gorm.DB) error {
+					if err := l.Do(ctx, b, nop); err != nil {
+						return err
+					}
+					if err := l.Do(ctx, c, nop); err != nil {
+						return err
+					}
+					if fail {
+						return errBusiness
+					}
+					return nil
+				})
+				if fail != errors.Is(err, errBusiness) || (!fail && err != nil) {
+					t.Fatalf("Do = %v", err)
+				}
+				m.done(t)
+			})
+		}
+	}
+}
+
+// TestSQLCancelledContextSendsNothing: an acquisition with a cancelled
+// context fails with context.Canceled before any statement is sent.
+func TestSQLCancelledContextSendsNothing(t *testing.T) {
+	m := newMocked(t)
+	l := m.locker(t, mariaVersion, mariaComment, true)
+	defer l.Close()
+	m.done(t)
+	before := m.log.len()
+	// A trap: any statement would be shown to the matcher.
+	m.mock.ExpectQuery(regexPrefix + "^TRAP$")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	key := dblock.Resource("order:42")
+	_, lockErr := l.Lock(ctx, key)
+	_, tryErr := l.TryLock(ctx, key)
+	for name, err := range map[string]error{
+		"Do":      l.Do(ctx, key, nop),
+		"Lock":    lockErr,
+		"TryLock": tryErr,
+		"LockTx":  l.LockTx(ctx, m.db, key),
+	} {
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("%s = %v, want context.Canceled", name, err)
+		}
+	}
+	if n := m.log.len(); n != before {
+		t.Errorf("%d statements sent with a cancelled context", n-before)
+	}
+}
+
+// TestSQLContextDeadlineRace reproduces, deterministically, a race of
+// acquisitions bounded by the context's deadline: the library asks the
+// server to stop waiting 10 ms before the deadline (deadlineMargin), but
+// when the server's answer comes later than the deadline (a loaded machine,
+// a slow network), the driver returns the context's error and Lock reports
+// context.DeadlineExceeded without ErrNotAcquired, although its documentation
+// says that running out of the wait gives ErrNotAcquired.
+// TestContextDeadlineBoundsWait sees it on the real server under CPU load.
+func TestSQLContextDeadlineRace(t *testing.T) {
+	t.Skip("BUG: dblock/acquire.go:143-150 (lockRowOnce, the ctx.Err() branch): when the context's deadline, " +
+		"not WaitTimeout, bounded the wait (ctxBound set) and fires before the server's statement-timeout answer " +
+		"arrives, Lock returns `dblock: acquiring <key>: context deadline exceeded` without ErrNotAcquired; it " +
+		"should wrap ErrNotAcquired as acquireError does with ctxBound. Only deadlineMargin (10 ms, acquire.go:46) " +
+		"separates the two outcomes, so callers see either error depending on load")
+	m := newMocked(t)
+	l := m.locker(t, mariaVersion, mariaComment, true)
+	defer l.Close()
+	key := dblock.Resource("order:42")
+	m.expectLookup(key, 7)
+	m.expectLeasedBegin(mariaLease)
+	// The server's 1969 arrives after the client's deadline.
+	m.mock.ExpectQuery(regexPrefix + "^SET STATEMENT max_statement_time=").WillDelayFor(2 * time.Second).
+		WillReturnError(&gomysql.MySQLError{Number: 1969, Message: "Query execution was interrupted (max_statement_time exceeded)"})
+	m.mock.MatchExpectationsInOrder(false)
+	m.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID"}))
+	m.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID"}))
+	m.mock.ExpectRollback()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := l.Lock(ctx, key)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock = %v, want context.DeadlineExceeded", err)
+	}
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("Lock = %v, want ErrNotAcquired as well: the wait bounded by the deadline ran out", err)
+	}
+}

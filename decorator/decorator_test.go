@@ -1,0 +1,398 @@
+package decorator_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/decorator"
+	"github.com/txlock/txlock/internal/testdb"
+)
+
+func TestMain(m *testing.M) { testdb.Main(m) }
+
+// env is one test's database, lock table, Locker and business table.
+type env struct {
+	db     *gorm.DB
+	locker *dblock.Locker
+	biz    string // business table: (name VARCHAR PRIMARY KEY, v BIGINT)
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	db := testdb.Open(t)
+	table := testdb.Table(t, db)
+	testdb.NoLeaks(t, db)
+	locker, err := dblock.New(db, dblock.Table(table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = locker.Close() })
+	biz := table + "_biz"
+	if err := db.Exec("CREATE TABLE `" + biz + "` (name VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL) ENGINE=InnoDB").Error; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS `" + biz + "`") })
+	return &env{db: db, locker: locker, biz: biz}
+}
+
+// put writes name=v through the transaction in ctx, if any.
+func (e *env) put(ctx context.Context, name string, v int64) error {
+	return dblock.DB(ctx, e.db).Exec("INSERT INTO `"+e.biz+"` (name, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)", name, v).Error
+}
+
+// get reads name outside any transaction; -1 when missing.
+func (e *env) get(t testing.TB, name string) int64 {
+	t.Helper()
+	var v []int64
+	if err := e.db.Raw("SELECT v FROM `"+e.biz+"` WHERE name = ?", name).Scan(&v).Error; err != nil {
+		t.Fatal(err)
+	}
+	if len(v) == 0 {
+		return -1
+	}
+	return v[0]
+}
+
+// heldElsewhere reports whether another transaction holds k right now.
+func (e *env) heldElsewhere(t testing.TB, k dblock.Key) bool {
+	t.Helper()
+	lk, err := e.locker.TryLock(context.Background(), k)
+	if errors.Is(err, dblock.ErrNotAcquired) {
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	return false
+}
+
+type req struct {
+	ID   string
+	User string
+}
+
+func TestShapesHoldTheKeyAndTheTransaction(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	want := dblock.Resource("order:1")
+	key := decorator.ResourceKey("order:", func(r req) string { return r.ID })
+
+	check := func(ctx context.Context, k dblock.Key) {
+		t.Helper()
+		if _, ok := dblock.TxFrom(ctx); !ok {
+			t.Error("fn's ctx carries no transaction")
+		}
+		if !e.heldElsewhere(t, k) {
+			t.Errorf("%s is not held during the call", k)
+		}
+	}
+
+	withResp := decorator.WithLock(e.locker, key, func(ctx context.Context, r req) (string, error) {
+		check(ctx, want)
+		return "ok " + r.ID, e.put(ctx, "resp", 1)
+	})
+	got, err := withResp(ctx, req{ID: "1"})
+	if err != nil || got != "ok 1" {
+		t.Fatalf("WithLock: got %q, %v", got, err)
+	}
+
+	withErr := decorator.WithLockErr(e.locker, key, func(ctx context.Context, r req) error {
+		check(ctx, want)
+		return e.put(ctx, "err", 2)
+	})
+	if err := withErr(ctx, req{ID: "1"}); err != nil {
+		t.Fatalf("WithLockErr: %v", err)
+	}
+
+	noReq := decorator.WithLock0(e.locker, decorator.GlobalKey, func(ctx context.Context) error {
+		check(ctx, dblock.Global())
+		return e.put(ctx, "zero", 3)
+	})
+	if err := noReq(ctx); err != nil {
+		t.Fatalf("WithLock0: %v", err)
+	}
+
+	for name, v := range map[string]int64{"resp": 1, "err": 2, "zero": 3} {
+		if got := e.get(t, name); got != v {
+			t.Errorf("%s = %d after commit, want %d", name, got, v)
+		}
+	}
+	if e.heldElsewhere(t, want) || e.heldElsewhere(t, dblock.Global()) {
+		t.Error("a key is still held after the calls returned")
+	}
+}
+
+var errService = errors.New("service: insufficient funds")
+
+func TestServiceErrorsPassUnchangedAndRollBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	fn := decorator.WithLock(e.locker, decorator.MethodKey[req]("Svc.M"), func(ctx context.Context, r req) (int, error) {
+		if err := e.put(ctx, "x", 1); err != nil {
+			return 0, err
+		}
+		return 7, errService
+	})
+	got, err := fn(context.Background(), req{})
+	if err != errService { // unchanged: the very value fn returned
+		t.Fatalf("err = %v, want errService itself", err)
+	}
+	if got != 7 {
+		t.Errorf("resp = %d, want the 7 fn returned with its error", got)
+	}
+	if errors.Is(err, dblock.ErrNotAcquired) {
+		t.Error("a service error matches ErrNotAcquired")
+	}
+	if v := e.get(t, "x"); v != -1 {
+		t.Errorf("write of a failed call committed (v=%d)", v)
+	}
+}
+
+func TestLockErrorsAreDblockSentinels(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	k := dblock.Operation("settle")
+	holder, err := e.locker.Lock(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback()
+
+	called := false
+	body := func(context.Context, req) (int, error) { called = true; return 1, nil }
+
+	noWait := decorator.WithLock(e.locker, decorator.OperationKey[req]("settle"), body, dblock.NoWait())
+	start := time.Now()
+	got, err := noWait(ctx, req{})
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("NoWait on a held key: %v, want ErrNotAcquired", err)
+	}
+	if got != 0 || called {
+		t.Errorf("fn ran (%v) or resp not zero (%d) on a lock error", called, got)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("NoWait took %v", d)
+	}
+
+	wait := decorator.WithLock(e.locker, decorator.OperationKey[req]("settle"), body, dblock.WaitTimeout(300*time.Millisecond))
+	start = time.Now()
+	_, err = wait(ctx, req{})
+	d := time.Since(start)
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("WaitTimeout on a held key: %v, want ErrNotAcquired", err)
+	}
+	if d < 250*time.Millisecond || d > 3*time.Second {
+		t.Errorf("WaitTimeout(300ms) gave up after %v", d)
+	}
+	if called {
+		t.Error("fn ran without the lock")
+	}
+}
+
+func TestEmptyKeyIsInvalid(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	called := false
+	body := func(context.Context, req) error { called = true; return nil }
+	cases := map[string]decorator.KeyFunc[req]{
+		"empty resource field": decorator.ResourceKey("order:", func(r req) string { return r.ID }),
+		"empty user field":     decorator.UserKey(func(r req) string { return r.User }),
+		"no user in ctx":       decorator.UserFromContext[req],
+		"compose, one empty": decorator.Compose(decorator.UserFromContext[req],
+			decorator.ResourceKey("order:", func(req) string { return "1" })),
+	}
+	for name, key := range cases {
+		err := decorator.WithLockErr(e.locker, key, body)(context.Background(), req{})
+		if !errors.Is(err, dblock.ErrInvalidKey) {
+			t.Errorf("%s: %v, want ErrInvalidKey", name, err)
+		}
+	}
+	if called {
+		t.Error("fn ran with an empty key")
+	}
+	err := decorator.Call(context.Background(), e.locker, "Svc.M", dblock.Key{}, func(context.Context) error { return nil })
+	if !errors.Is(err, dblock.ErrInvalidKey) || !strings.Contains(err.Error(), "Svc.M") {
+		t.Errorf("Call with the zero key: %v", err)
+	}
+}
+
+func TestKeyHelpers(t *testing.T) {
+	t.Parallel()
+	ctx := decorator.ContextWithUser(context.Background(), "u-7")
+	r := req{ID: "42", User: "u-9"}
+	id := func(r req) string { return r.ID }
+	for _, c := range []struct {
+		name string
+		key  decorator.KeyFunc[req]
+		want dblock.Key
+	}{
+		{"method", decorator.MethodKey[req]("Orders.Refund"), dblock.Method("Orders.Refund")},
+		{"operation", decorator.OperationKey[req]("refund"), dblock.Operation("refund")},
+		{"global", decorator.GlobalKey[req], dblock.Global()},
+		{"fixed", decorator.Fixed[req](dblock.User("x")), dblock.User("x")},
+		{"resource", decorator.ResourceKey("order:", id), dblock.Resource("order:42")},
+		{"user from request", decorator.UserKey(func(r req) string { return r.User }), dblock.User("u-9")},
+		{"user from ctx", decorator.UserFromContext[req], dblock.User("u-7")},
+		{"user + resource", decorator.Compose(decorator.UserFromContext, decorator.ResourceKey("order:", id)),
+			dblock.User("u-7").WithResource("order:42")},
+		{"same field twice, same value", decorator.Compose(decorator.MethodKey[req]("M"), decorator.MethodKey[req]("M")), dblock.Method("M")},
+		{"same field twice, conflict", decorator.Compose(decorator.MethodKey[req]("M"), decorator.MethodKey[req]("N")), dblock.Key{}},
+	} {
+		if got := c.key(ctx, r); got != c.want {
+			t.Errorf("%s: got %s, want %s", c.name, got, c.want)
+		}
+	}
+	if got := decorator.UserFromContext(context.Background(), r); !got.IsZero() {
+		t.Errorf("UserFromContext without a user: %s", got)
+	}
+	if u, ok := decorator.UserFrom(decorator.ContextWithUser(context.Background(), "")); ok {
+		t.Errorf("UserFrom of an empty id: %q, true", u)
+	}
+}
+
+func TestNilArgumentsPanicAtDecoration(t *testing.T) {
+	t.Parallel()
+	for name, f := range map[string]func(){
+		"nil locker": func() { decorator.WithLock0(nil, decorator.GlobalKey, func(context.Context) error { return nil }) },
+		"nil key": func() {
+			decorator.WithLockErr[req](&dblock.Locker{}, nil, func(context.Context, req) error { return nil })
+		},
+		"nil fn": func() { decorator.WithLock[req, int](&dblock.Locker{}, decorator.GlobalKey, nil) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: no panic", name)
+				}
+			}()
+			f()
+		}()
+	}
+}
+
+// Two decorated services, the outer calling the inner with its ctx: one
+// transaction, both writes commit together or roll back together, and a
+// key held by the outer is reentrant in the inner.
+func TestNestedServicesShareOneTransaction(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+
+	type transfer struct {
+		Order  string
+		User   string
+		Fail   string // "inner", "outer" or ""
+		Amount int64
+	}
+	var innerTx, outerTx *gorm.DB
+	// The inner service: a ledger, locked per user.
+	ledger := decorator.WithLockErr(e.locker, decorator.UserKey(func(r transfer) string { return r.User }),
+		func(ctx context.Context, r transfer) error {
+			innerTx, _ = dblock.TxFrom(ctx)
+			if err := e.put(ctx, "ledger:"+r.Order, r.Amount); err != nil {
+				return err
+			}
+			if r.Fail == "inner" {
+				return errService
+			}
+			return nil
+		})
+	// A reentrant call: the same key as the outer service.
+	audit := decorator.WithLockErr(e.locker, decorator.ResourceKey("order:", func(r transfer) string { return r.Order }),
+		func(ctx context.Context, r transfer) error { return e.put(ctx, "audit:"+r.Order, r.Amount) })
+	// The outer service: refunds, locked per order.
+	refund := decorator.WithLock(e.locker, decorator.ResourceKey("order:", func(r transfer) string { return r.Order }),
+		func(ctx context.Context, r transfer) (string, error) {
+			outerTx, _ = dblock.TxFrom(ctx)
+			if err := e.put(ctx, "order:"+r.Order, r.Amount); err != nil {
+				return "", err
+			}
+			if err := ledger(ctx, r); err != nil {
+				return "", fmt.Errorf("ledger: %w", err)
+			}
+			if err := audit(ctx, r); err != nil {
+				return "", err
+			}
+			if r.Fail == "outer" {
+				return "", errService
+			}
+			return "done", nil
+		}, dblock.WaitTimeout(5*time.Second))
+
+	ctx := context.Background()
+	got, err := refund(ctx, transfer{Order: "1", User: "u-1", Amount: 10})
+	if err != nil || got != "done" {
+		t.Fatalf("refund: %q, %v", got, err)
+	}
+	if innerTx == nil || innerTx != outerTx {
+		t.Error("the inner service did not run in the outer service's transaction")
+	}
+	for _, n := range []string{"order:1", "ledger:1", "audit:1"} {
+		if v := e.get(t, n); v != 10 {
+			t.Errorf("%s = %d after commit, want 10", n, v)
+		}
+	}
+
+	for i, fail := range []string{"inner", "outer"} {
+		order := fmt.Sprint(2 + i)
+		_, err := refund(ctx, transfer{Order: order, User: "u-1", Amount: 20, Fail: fail})
+		if !errors.Is(err, errService) {
+			t.Fatalf("failing %s: %v, want errService", fail, err)
+		}
+		for _, n := range []string{"order:", "ledger:", "audit:"} {
+			if v := e.get(t, n+order); v != -1 {
+				t.Errorf("failing %s: %s%s = %d, want rolled back", fail, n, order, v)
+			}
+		}
+	}
+	if e.heldElsewhere(t, dblock.User("u-1")) || e.heldElsewhere(t, dblock.Resource("order:1")) {
+		t.Error("a key is still held after the calls")
+	}
+}
+
+// Concurrent decorated calls on one key run one at a time.
+func TestDecoratedCallsExcludeEachOther(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var mu sync.Mutex
+	inside, maxInside := 0, 0
+	fn := decorator.WithLockErr(e.locker, decorator.ResourceKey("acct:", func(r req) string { return r.ID }),
+		func(ctx context.Context, r req) error {
+			mu.Lock()
+			inside++
+			maxInside = max(maxInside, inside)
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+			mu.Lock()
+			inside--
+			mu.Unlock()
+			return nil
+		}, dblock.WaitTimeout(10*time.Second))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() { errs <- fn(context.Background(), req{ID: "1"}) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if maxInside != 1 {
+		t.Errorf("%d calls inside at once, want 1", maxInside)
+	}
+}

@@ -1,0 +1,79 @@
+// Package decorator adds txlock locks around plain service functions, so
+// that service code stays plain Go and locking is declared where the
+// service is wired.
+//
+// # Decorators
+//
+// [WithLock], [WithLockErr] and [WithLock0] take a function of one of the
+// three shapes services have, func(ctx, Req) (Resp, error), func(ctx, Req)
+// error and func(ctx) error, and return a function of the same signature
+// that holds a lock for each call:
+//
+//	refund := decorator.WithLock(locker,
+//		decorator.ResourceKey("order:", func(r RefundRequest) string { return r.OrderID }),
+//		orders.Refund,
+//		dblock.WaitTimeout(2*time.Second))
+//
+// The call runs inside the lock's transaction, which its ctx carries:
+// repositories that get their handle with dblock.DB(ctx, db) write in it,
+// and the writes commit with the release, or roll back when the call
+// returns an error or panics. Decorated functions that call each other
+// with the same ctx share that one transaction: their writes commit or
+// roll back together, and a key already held by an outer call is taken
+// again at once (reentrancy). An inner call's error rolls back only if it
+// reaches the outermost call: an outer function that swallows it and
+// returns nil commits the inner writes made so far.
+//
+// Lock options (dblock.WaitTimeout, dblock.NoWait, ...) are passed through.
+// Errors of the lock are dblock's sentinels, told apart with errors.Is
+// (dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrLockLost,
+// dblock.ErrInvalidKey, ...); the service's own errors are returned
+// unchanged. There is no reflection at call time: a decorated call costs
+// a closure call over [dblock.Locker.Do].
+//
+// # Keys
+//
+// A [KeyFunc] computes a call's key from its context and request. There is
+// a helper per granularity: [MethodKey] and [OperationKey] (fixed names),
+// [ResourceKey] (a business object named by a request field), [UserKey]
+// (a user id in the request), [UserFromContext] (the user that
+// [ContextWithUser] put in the context), [GlobalKey], and [Compose] to
+// combine them, e.g. user + resource. A KeyFunc that cannot compute its key
+// (an empty field, no user) returns the zero key and the call fails with
+// dblock.ErrInvalidKey rather than take a different lock than intended.
+//
+// # Proxies
+//
+// For a service behind an interface, a proxy implements the interface by
+// wrapping an implementation and locking some of its methods. The command
+// github.com/txlock/txlock/cmd/txlockgen generates one from comment
+// directives on the interface's methods:
+//
+//	type OrderService interface {
+//		//txlock:lock resource=order:{OrderID} wait=2s
+//		Refund(ctx context.Context, req RefundRequest) (Refund, error)
+//		Get(ctx context.Context, id string) (Order, error) // not locked: passed through
+//	}
+//
+// Generated code calls [Call]. Without code generation, write the proxy by
+// hand: a struct that embeds the interface (the methods it does not
+// override pass through) and overrides the methods to lock:
+//
+//	type lockedOrders struct {
+//		OrderService // the implementation
+//		locker *dblock.Locker
+//	}
+//
+//	func (p lockedOrders) Refund(ctx context.Context, req RefundRequest) (r Refund, err error) {
+//		err = decorator.Call(ctx, p.locker, "OrderService.Refund", dblock.Resource("order:"+req.OrderID),
+//			func(ctx context.Context) error {
+//				r, err = p.OrderService.Refund(ctx, req)
+//				return err
+//			}, dblock.WaitTimeout(2*time.Second))
+//		return r, err
+//	}
+//
+// Package github.com/txlock/txlock/decorator/wireset provides the Locker to
+// google/wire injectors, which bind a service interface to its proxy with
+// wire.Bind; this package does not import wire.
+package decorator

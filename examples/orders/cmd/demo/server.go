@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/decorator/wireset"
+	"github.com/txlock/txlock/examples/orders"
+)
+
+// serve runs one instance of the HTTP order service until SIGINT or
+// SIGTERM. Its first line on stdout is "listening on http://ADDR".
+func serve(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:0", "listen address")
+	lockTable := fs.String("lock-table", "tb_lock", "lock table")
+	prefix := fs.String("tables-prefix", "demo_", "prefix of the business tables")
+	delay := fs.Duration("gateway-delay", 150*time.Millisecond, "fake gateway delay")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "server:", err)
+		return 1
+	}
+	db, err := openDB(dsnFromEnv())
+	if err != nil {
+		return fail(err)
+	}
+	handler, cleanup, err := orders.InitializeHandler(db, wireset.LockerOptions{dblock.Table(*lockTable)},
+		orders.TablesWithPrefix(*prefix), orders.FakeGateway{Delay: *delay})
+	if err != nil {
+		return fail(err)
+	}
+	defer cleanup()
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fail(err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fail(err)
+	}
+	return 0
+}
+
+// openDB opens gorm on dsn, with parseTime and a silent logger.
+func openDB(dsn string) (*gorm.DB, error) {
+	cfg, err := gomysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the DSN: %w", err)
+	}
+	cfg.ParseTime = true
+	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		return nil, fmt.Errorf("opening the database: %w", err)
+	}
+	return db, nil
+}
+
+// redact returns dsn without its password, for the report.
+func redact(dsn string) string {
+	cfg, err := gomysql.ParseDSN(dsn)
+	if err != nil {
+		return "<unparsable DSN>"
+	}
+	if cfg.Passwd != "" {
+		cfg.Passwd = "xxxxx"
+	}
+	return cfg.FormatDSN()
+}
