@@ -230,22 +230,6 @@ func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockC
 	return nil
 }
 
-// guardSnapshot protects a joined transaction, which may have read before
-// this lock, against a silent lost update (DESIGN.md protocol step 8): on
-// MariaDB with innodb_snapshot_isolation, a write based on a snapshot that
-// predates the previous holder's commit then fails (ErrStaleSnapshot)
-// instead of overwriting it. Once per transaction.
-func (l *Locker) guardSnapshot(ctx context.Context, scope *txScope, pool gorm.ConnPool) error {
-	if !l.srv.snapshotIsolation || !scope.needsGuard() {
-		return nil
-	}
-	if _, err := pool.ExecContext(ctx, l.q.snapshotOn); err != nil {
-		return fmt.Errorf("dblock: enabling innodb_snapshot_isolation on the joined transaction: %w", err)
-	}
-	scope.setGuarded()
-	return nil
-}
-
 // lockConfig merges the Locker's defaults and opts.
 func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
 	var lc lockConfig

@@ -93,10 +93,15 @@ func (k *Lock) run(fn func(ctx context.Context, tx *gorm.DB) error) error {
 // later acquisition of it through ctx needs no round trip.
 //
 // Take locks before reading the data they protect: under REPEATABLE READ a
-// transaction's reads come from a snapshot taken at its first read. On
-// MariaDB with innodb_snapshot_isolation, LockTx makes a write based on a
-// stale snapshot fail with ErrStaleSnapshot rather than silently overwrite
-// the previous holder's update.
+// transaction's reads come from a snapshot taken at its first read, which
+// may predate the previous holder's commit. On MariaDB with
+// innodb_snapshot_isolation (10.6.18, 10.11.8 and later), LockTx turns it
+// on for the transaction, so that a write based on a stale read fails with
+// error 1020 (ErrStaleSnapshot through Do) instead of silently overwriting
+// the previous holder's update; tx's Commit and Rollback turn it back to the
+// server's default. That costs two round trips, once per transaction. On
+// other servers, read what the lock protects with locking reads (FOR
+// UPDATE) or use READ COMMITTED in transactions that read before locking.
 func (l *Locker) LockTx(ctx context.Context, tx *gorm.DB, key Key, opts ...LockOption) error {
 	if err := l.check(ctx, key); err != nil {
 		return err

@@ -74,13 +74,6 @@ func TestJoinedStaleSnapshot(t *testing.T) {
 
 	for _, c := range staleSnapshotCases {
 		t.Run(c.name, func(t *testing.T) {
-			if c.name != "nested Do of another key" {
-				t.Skip("BUG: dblock/txcontext.go:79-83 (txScope.needsGuard) guards only transactions the Locker " +
-					"opened, so LockTx and a Do joined through WithTx never switch innodb_snapshot_isolation on: a " +
-					"transaction that read before the lock silently overwrites the previous holder's update " +
-					"(v ends 1, not 10 or 11), although LockTx's documentation (do.go:95-99), the README and " +
-					"DESIGN.md step 8 promise ErrStaleSnapshot or fresh reads")
-			}
 			ctx := ctxT(t)
 			if err := put(e.db, kv, "v", 0); err != nil {
 				t.Fatal(err)

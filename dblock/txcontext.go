@@ -72,14 +72,13 @@ func (s *txScope) add(l *Locker, k Key, token int64) {
 	}
 }
 
-// needsGuard reports whether a lock just taken may follow reads of a
-// transaction the library opened (any lock after its first ones), which it
-// can guard and then reset before the transaction ends. Transactions the
-// caller opened keep the caller's session settings.
+// needsGuard reports whether a lock just taken may follow reads of the
+// transaction: any lock of a transaction the caller opened, any lock after
+// the first ones of a transaction the library opened.
 func (s *txScope) needsGuard() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.fresh && !s.guarded && s.nheld > 0
+	return !s.guarded && (!s.fresh || s.nheld > 0)
 }
 
 func (s *txScope) isGuarded() bool {
