@@ -26,11 +26,15 @@ type queries struct {
 	bumpFence   string // take the next fencing token, autocommit
 }
 
-func buildQueries(table string) queries {
+func buildQueries(table string, mariaDB bool) queries {
 	t := "`" + table + "`"
+	insertWait := ""
+	if mariaDB {
+		insertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR "
+	}
 	return queries{
 		selectRow:   "SELECT id FROM " + t + " WHERE key_hash = ?",
-		insertRow:   "INSERT IGNORE INTO " + t + " (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)",
+		insertRow:   insertWait + "INSERT IGNORE INTO " + t + " (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)",
 		lockFrom:    "id FROM " + t + " WHERE id = ",
 		processes:   "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?",
 		snapshotOn:  "SET SESSION innodb_snapshot_isolation = ON",
@@ -82,7 +86,9 @@ func (l *Locker) lockStatement(buf []byte, id int64, tag uint64, wait time.Durat
 
 // lockRow takes the row lock of key (row id) on pool, the connection of an
 // open transaction. A row that was collected since its id was cached is
-// created again and locked (protocol steps 1 and 2).
+// created again and locked (protocol steps 1 and 2); the locking read of the
+// missing row took a gap lock below the highest id, and the new row gets an
+// id above it, so creating it does not wait for this transaction.
 func (l *Locker) lockRow(ctx context.Context, pool gorm.ConnPool, key Key, id int64, lc lockConfig) error {
 	for attempt := 0; ; attempt++ {
 		err := l.lockRowOnce(ctx, pool, key, id, lc)

@@ -80,6 +80,10 @@ func (l *Locker) lockOne(ctx context.Context, key Key, opts []LockOption, noWait
 // begin opens a transaction and takes keys (in canonical order) as its
 // first statements.
 func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig) (*Lock, error) {
+	return l.beginAttempt(ctx, keys, lc, 1)
+}
+
+func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, attempt int) (*Lock, error) {
 	// The row step runs before BEGIN: a caller must never hold one pool
 	// connection while waiting for a second (DESIGN.md protocol step 9).
 	var idBuf [1]int64
@@ -99,8 +103,18 @@ func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig) (*Lock, e
 	}
 	sent := time.Now()
 	for i, key := range keys {
-		if err := l.lockRow(lctx, k.leased.tx, key, ids[i], lc); err != nil {
+		if err := l.lockRowOnce(lctx, k.leased.tx, key, ids[i], lc); err != nil {
 			k.abort()
+			if errors.Is(err, errRowGone) && attempt < rowAttempts {
+				// The row was collected. Create it again outside this
+				// transaction, whose locking read of the missing row holds a
+				// gap lock that could block the insert, and start over.
+				l.cache.forget(key, ids[i])
+				return l.beginAttempt(ctx, keys, lc, attempt+1)
+			}
+			if errors.Is(err, errRowGone) {
+				err = fmt.Errorf("dblock: the row of %s in %s disappeared %d times while locking it: is a gc deleting live rows?", key, l.cfg.table, attempt)
+			}
 			return nil, err
 		}
 	}

@@ -37,6 +37,10 @@ type Locker struct {
 	closed  atomic.Bool
 }
 
+// sidePoolSize bounds the Locker's own pool, used beside lock transactions
+// for row creation, fencing tokens and withdrawing abandoned waits.
+const sidePoolSize = 4
+
 // detectTimeout bounds the server detection New performs.
 const detectTimeout = 10 * time.Second
 
@@ -81,7 +85,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		srv:    srv,
 		cache:  newLRU[Key, int64](cfg.cacheSize),
 		leased: newLRU[any, int](leasedConnsTracked),
-		q:      buildQueries(cfg.table),
+		q:      buildQueries(cfg.table, srv.mariaDB),
 		log:    cfg.logger,
 		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
 	}
@@ -123,7 +127,7 @@ func openSidePool(db *gorm.DB) *sql.DB {
 		return nil
 	}
 	side := sql.OpenDB(connector)
-	side.SetMaxOpenConns(2)
+	side.SetMaxOpenConns(sidePoolSize)
 	side.SetMaxIdleConns(1)
 	side.SetConnMaxIdleTime(time.Minute)
 	return side
@@ -171,6 +175,11 @@ func (l *Locker) check(ctx context.Context, key Key) error {
 	return nil
 }
 
+// rowAttempts bounds the row step's retries: a concurrent creator, a gc
+// deleting the row between two statements, or two creators of one key
+// deadlocking on a deleted row's index entry.
+const rowAttempts = 6
+
 // rowID returns the id of key's row, creating the row when it is missing
 // (protocol step 1): a plain read, then INSERT IGNORE, both in autocommit on
 // the side pool, never inside a lock transaction.
@@ -179,31 +188,61 @@ func (l *Locker) rowID(ctx context.Context, key Key) (int64, error) {
 		return id, nil
 	}
 	h := key.Hash()
-	id, err := l.lookupRow(ctx, h[:])
-	if errors.Is(err, sql.ErrNoRows) {
-		global := 0
-		if key.Global {
-			global = 1
+	var err error
+	for attempt := 0; attempt < rowAttempts; attempt++ {
+		var id int64
+		if id, err = l.lookupRow(ctx, h[:]); err == nil {
+			l.cache.put(key, id)
+			return id, nil
 		}
-		var res sql.Result
-		res, err = l.side.ExecContext(ctx, l.q.insertRow, h[:], key.Resource, key.Operation, key.Method, key.User, global)
-		if err == nil {
-			if n, _ := res.RowsAffected(); n == 1 {
-				id, err = res.LastInsertId()
-				l.log.DebugContext(ctx, "dblock: created key row", "granularity", key.Granularity(), "id", id)
-			} else {
-				id, err = l.lookupRow(ctx, h[:]) // a concurrent creator won
+		if !errors.Is(err, sql.ErrNoRows) {
+			break
+		}
+		if id, err = l.createRow(ctx, key, h[:]); err == nil {
+			if id != 0 {
+				l.cache.put(key, id)
+				return id, nil
 			}
+			continue // a concurrent creator won: read its row
 		}
+		// Autocommit statements: safe to run again. Two creators of one
+		// key can deadlock on a deleted row's index entry: back off apart.
+		switch mysqlErrorNumber(err) {
+		case erLockDeadlock, erLockWaitTimeout, erStatementTimeout:
+			if err := sleepCtx(ctx, DefaultRetryPolicy.backoff(attempt+1)); err != nil {
+				return 0, fmt.Errorf("dblock: finding the row of %s: %w", key, err)
+			}
+			continue
+		}
+		break
 	}
+	if mysqlErrorNumber(err) == erNoSuchTable {
+		return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
+	}
+	return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, err)
+}
+
+// createRow inserts key's row and returns its id, or 0 when the row exists
+// already. On MariaDB the insert waits at most a second: INSERT IGNORE of a
+// row that a holder has locked waits for the holder, and the side pool is
+// small.
+func (l *Locker) createRow(ctx context.Context, key Key, hash []byte) (int64, error) {
+	global := 0
+	if key.Global {
+		global = 1
+	}
+	res, err := l.side.ExecContext(ctx, l.q.insertRow, hash, key.Resource, key.Operation, key.Method, key.User, global)
 	if err != nil {
-		if mysqlErrorNumber(err) == erNoSuchTable {
-			return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
-		}
-		return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, err)
+		return 0, err
 	}
-	l.cache.put(key, id)
-	return id, nil
+	if n, _ := res.RowsAffected(); n != 1 {
+		return 0, nil
+	}
+	id, err := res.LastInsertId()
+	if err == nil {
+		l.log.DebugContext(ctx, "dblock: created key row", "granularity", key.Granularity(), "id", id)
+	}
+	return id, err
 }
 
 func (l *Locker) lookupRow(ctx context.Context, hash []byte) (int64, error) {

@@ -73,12 +73,20 @@ func retrying(ctx context.Context, p RetryPolicy, attempt func() error) error {
 		if err == nil || !errors.Is(err, ErrDeadlock) || n >= p.Attempts {
 			return err
 		}
-		t := time.NewTimer(p.backoff(n))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w (retry abandoned: %w)", err, context.Cause(ctx))
-		case <-t.C:
+		if serr := sleepCtx(ctx, p.backoff(n)); serr != nil {
+			return fmt.Errorf("%w (retry abandoned: %w)", err, serr)
 		}
+	}
+}
+
+// sleepCtx pauses for d, or until ctx ends (returning its cause).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
 	}
 }

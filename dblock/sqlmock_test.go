@@ -39,6 +39,7 @@ const (
 	qSnapshot   = "SHOW VARIABLES LIKE 'innodb_snapshot_isolation'"
 	qLookup     = "SELECT id FROM `tb_lock` WHERE key_hash = ?"
 	qInsert     = "INSERT IGNORE INTO `tb_lock` (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)"
+	qInsertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR " // MariaDB: the insert waits at most 1 s for a holder
 	qLock7      = "SELECT id FROM `tb_lock` WHERE id = 7 FOR UPDATE"
 	qGuard      = "SET SESSION innodb_snapshot_isolation = ON"
 	qGuardOff   = "SET SESSION innodb_snapshot_isolation = DEFAULT"
@@ -325,32 +326,42 @@ func TestSQLUncontendedPath(t *testing.T) {
 }
 
 // TestSQLRowCreation pins the creation of a missing row: a lookup that
-// finds nothing, INSERT IGNORE in autocommit (before BEGIN), the id from
-// LastInsertId; or, when a concurrent creator won, a second lookup.
+// finds nothing, INSERT IGNORE in autocommit (before BEGIN; on MariaDB with
+// a 1 s lock-wait bound, in case a holder's transaction locked the row's
+// key), the id from LastInsertId; or, when a concurrent creator won, a
+// second lookup.
 func TestSQLRowCreation(t *testing.T) {
 	for _, c := range []struct {
 		name   string
+		mysql  bool
 		key    dblock.Key
 		args   []driver.Value // after key_hash
 		result driver.Result
 		relook bool
 	}{
-		{"composite", dblock.User("u-7").WithResource("order:42").WithOperation("refund").WithMethod("OrderService.Refund"),
+		{"composite", false, dblock.User("u-7").WithResource("order:42").WithOperation("refund").WithMethod("OrderService.Refund"),
 			[]driver.Value{"order:42", "refund", "OrderService.Refund", "u-7", int64(0)}, sqlmock.NewResult(7, 1), false},
-		{"global", dblock.Global(), []driver.Value{"", "", "", "", int64(1)}, sqlmock.NewResult(7, 1), false},
-		{"concurrent creator", dblock.Resource("order:42"), []driver.Value{"order:42", "", "", "", int64(0)}, sqlmock.NewResult(0, 0), true},
+		{"global", false, dblock.Global(), []driver.Value{"", "", "", "", int64(1)}, sqlmock.NewResult(7, 1), false},
+		{"concurrent creator", false, dblock.Resource("order:42"), []driver.Value{"order:42", "", "", "", int64(0)}, sqlmock.NewResult(0, 0), true},
+		{"MySQL", true, dblock.Resource("order:42"), []driver.Value{"order:42", "", "", "", int64(0)}, sqlmock.NewResult(7, 1), false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := newMocked(t)
+			insert, lease := qInsertWait+qInsert, mariaLease
 			l := m.locker(t, mariaVersion, mariaComment, true)
+			if c.mysql {
+				_ = l.Close()
+				insert, lease = qInsert, mysqlLease
+				l = m.locker(t, mysqlVersion, mysqlComment, false)
+			}
 			defer l.Close()
 			h := c.key.Hash()
 			m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}))
-			m.mock.ExpectExec(qInsert).WithArgs(append([]driver.Value{h[:]}, c.args...)...).WillReturnResult(c.result)
+			m.mock.ExpectExec(insert).WithArgs(append([]driver.Value{h[:]}, c.args...)...).WillReturnResult(c.result)
 			if c.relook {
 				m.expectLookup(c.key, 7)
 			}
-			m.expectLeasedBegin(mariaLease)
+			m.expectLeasedBegin(lease)
 			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 			m.mock.ExpectCommit()
 			if err := l.Do(context.Background(), c.key, nop); err != nil {

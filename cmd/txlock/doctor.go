@@ -126,13 +126,14 @@ func writeDoctor(out io.Writer, rep *doctorReport) error {
 }
 
 // globalVars reads the named global variables that exist on this server.
+// The names are constants of this file, quoted into the statement: SHOW is
+// sent as text, not prepared (not every server prepares SHOW).
 func globalVars(ctx context.Context, db *sql.DB, names ...string) (map[string]string, error) {
-	q := "SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + placeholders(len(names)) + ")"
-	args := make([]any, len(names))
+	quoted := make([]string, len(names))
 	for i, n := range names {
-		args[i] = n
+		quoted[i] = "'" + strings.ReplaceAll(n, "'", "''") + "'"
 	}
-	rows, err := db.QueryContext(ctx, q, args...)
+	rows, err := db.QueryContext(ctx, "SHOW GLOBAL VARIABLES WHERE Variable_name IN ("+strings.Join(quoted, ", ")+")")
 	if err != nil {
 		return nil, fmt.Errorf("reading server variables: %w", err)
 	}

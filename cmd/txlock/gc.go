@@ -38,7 +38,7 @@ and creates it again.
 gc never deletes a row that is held. It works in batches, each one READ
 COMMITTED transaction:
 
-  SELECT id FROM <table> WHERE id > <last> AND id <= <max id at start>
+  SELECT id FROM <table> WHERE id > <last> AND id < <max id at start>
     AND updated_at < <cutoff> ORDER BY id LIMIT <batch> FOR UPDATE SKIP LOCKED
   DELETE FROM <table> WHERE id IN (<those ids>)
   COMMIT
@@ -48,6 +48,10 @@ locks cannot be taken by a locker until gc commits: a locker that queued
 behind gc then finds the row gone and creates it again. The cutoff
 (server's NOW(6) minus --older-than, in the session time zone) and the
 highest id are fixed when gc starts, so it ends even while new keys appear.
+The row with the highest id is never deleted: a locker that finds its row
+gone holds a gap lock where the row was, and a key row created again gets
+an id above the highest, outside every such gap, so it is never blocked by
+one.
 Rows skipped because they were held are counted as left.
 
 The fence table (<table>_fence, the fencing counters) is never touched:
@@ -122,14 +126,14 @@ func collect(ctx context.Context, db *sql.DB, table string, olderThan time.Durat
 		olderThan.Microseconds()).Scan(&res.Cutoff, &res.MaxID); err != nil {
 		return res, fmt.Errorf("gc %s: %w", table, err)
 	}
-	count := "SELECT COUNT(*) FROM " + t + " WHERE id <= ? AND updated_at < ?"
+	count := "SELECT COUNT(*) FROM " + t + " WHERE id < ? AND updated_at < ?"
 	if dryRun {
 		if err := db.QueryRowContext(ctx, count, res.MaxID, res.Cutoff).Scan(&res.Found); err != nil {
 			return res, fmt.Errorf("gc %s: %w", table, err)
 		}
 		return res, nil
 	}
-	selectQ := "SELECT id FROM " + t + " WHERE id > ? AND id <= ? AND updated_at < ? ORDER BY id LIMIT " +
+	selectQ := "SELECT id FROM " + t + " WHERE id > ? AND id < ? AND updated_at < ? ORDER BY id LIMIT " +
 		strconv.Itoa(batch) + " FOR UPDATE SKIP LOCKED"
 	var after int64
 	for {

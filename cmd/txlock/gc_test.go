@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,10 +12,7 @@ import (
 	"testing"
 	"time"
 
-	gomysql "github.com/go-sql-driver/mysql"
-	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/schema"
@@ -55,21 +51,16 @@ func TestGCNeverBreaksMutualExclusion(t *testing.T) {
 		}
 	}
 
-	// Two liveness bugs of the library (reported; not gc's, and not breaches
-	// of mutual exclusion) would stall this test until its deadline, so the
-	// lockers here avoid them:
-	//
-	//  1. Under REPEATABLE READ, a lock transaction whose locking read finds
-	//     the key's row collected (and purged; it was the newest row) keeps a
-	//     gap lock up to the supremum, and the library then re-creates the
-	//     row on its side pool while that transaction is still open: the
-	//     INSERT, whose new id is the highest, waits for its own caller's gap
-	//     lock. The lockers' sessions use READ COMMITTED (no gap locks).
-	//  2. The default side pool has 2 connections: two re-creations' INSERT
-	//     IGNOREs blocked behind the holder of the re-created row take both,
-	//     and that holder waits for one to bump its fencing token. The side
-	//     pool here is unbounded.
-	locker := readCommittedLocker(t, f, sqlDB)
+	// The lockers use the library's defaults: REPEATABLE READ sessions and
+	// the Locker's own small side pool. A locker that finds its key's row
+	// collected creates it again outside its transaction and starts over,
+	// and gc never deletes the newest row (see the gc command), so neither
+	// the gap lock of a missing row nor a full side pool stalls them.
+	locker, err := dblock.New(f.db, dblock.Table(f.table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = locker.Close() })
 
 	const workers, perWorker = 8, 100
 	var (
@@ -77,8 +68,6 @@ func TestGCNeverBreaksMutualExclusion(t *testing.T) {
 		overlaps atomic.Int64
 		done     [4]atomic.Int64
 		retries  atomic.Int64
-		rowDead  atomic.Int64 // row step: 1213
-		rowGone  atomic.Int64 // row step: no rows after a duplicate
 		lastTok  [4]atomic.Int64
 		tokenBad atomic.Int64
 		errs     = make(chan error, workers+2)
@@ -172,15 +161,6 @@ func TestGCNeverBreaksMutualExclusion(t *testing.T) {
 						// running.
 						retries.Add(1)
 						continue
-					case rowStepRace(err):
-						if errors.Is(err, sql.ErrNoRows) {
-							rowGone.Add(1)
-						} else {
-							rowDead.Add(1)
-						}
-						// Re-creators that deadlocked would meet again at once.
-						time.Sleep(time.Duration(1+(w+i)%3) * time.Millisecond)
-						continue
 					}
 					errs <- fmt.Errorf("worker %d: %w", w, err)
 					return
@@ -231,66 +211,8 @@ func TestGCNeverBreaksMutualExclusion(t *testing.T) {
 	if err := sqlDB.QueryRow("SELECT COALESCE(MAX(id), 0) FROM `" + f.table + "`").Scan(&maxID); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d Do calls, %d retried (row collected 3 times running, or deadlock), row step retried %d times after a deadlock and %d after the row vanished (see rowStepRace); gc: %d runs deleted %d rows (%d batch retries); key rows created: %d; binary: %s",
-		sum, retries.Load(), rowDead.Load(), rowGone.Load(), gcRuns.Load(), gcDeleted.Load(), gcRetries.Load(), maxID, strings.TrimSpace(binOut))
-}
-
-// readCommittedLocker returns a Locker on f's table whose sessions run
-// READ COMMITTED, with sqlDB (unbounded) as its side pool.
-func readCommittedLocker(t *testing.T, f *fixture, sqlDB *sql.DB) *dblock.Locker {
-	t.Helper()
-	srv, err := detectServer(context.Background(), sqlDB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := gomysql.ParseDSN(f.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ParseTime = true
-	iso := "transaction_isolation" // MySQL 8, MariaDB 11.1+
-	if srv.MariaDB && !srv.atLeast(11, 1) {
-		iso = "tx_isolation"
-	}
-	cfg.Params = map[string]string{iso: "'READ-COMMITTED'"}
-	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcDB, err := db.DB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rcDB.Close() })
-	locker, err := dblock.New(db, dblock.Table(f.table), dblock.SideDB(sqlDB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = locker.Close() })
-	var level string
-	if err := locker.Do(context.Background(), dblock.Resource("isolation-check"), func(_ context.Context, tx *gorm.DB) error {
-		return tx.Raw("SELECT @@" + iso).Scan(&level).Error
-	}); err != nil || level != "READ-COMMITTED" {
-		t.Fatalf("lock transaction isolation %q, %v; want READ-COMMITTED", level, err)
-	}
-	return locker
-}
-
-// rowStepRace reports the two ways the library's row step (protocol step 1,
-// autocommit, before the lock transaction begins, so fn never ran) fails
-// when gc deletes rows under it; the library does not retry them itself:
-//
-//   - Error 1213: two lockers re-create the same collected key at once. Both
-//     INSERT IGNOREs S-lock the delete-marked, not yet purged uk_key_hash
-//     entry that gc left, then both ask for an insert-intention lock: the
-//     classic duplicate-insert deadlock (SHOW ENGINE INNODB STATUS shows two
-//     INSERT IGNOREs, no gc).
-//   - sql.ErrNoRows: INSERT IGNORE found the key's row (a duplicate), then gc
-//     deleted it before the lookup that follows.
-func rowStepRace(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "dblock: finding the row of") &&
-		(strings.Contains(msg, "Error 1213") || errors.Is(err, sql.ErrNoRows))
+	t.Logf("%d Do calls, %d retried (row collected 3 times running, or deadlock), gc: %d runs deleted %d rows (%d batch retries); key rows created: %d; binary: %s",
+		sum, retries.Load(), gcRuns.Load(), gcDeleted.Load(), gcRetries.Load(), maxID, strings.TrimSpace(binOut))
 }
 
 func TestBinaryGC(t *testing.T) {

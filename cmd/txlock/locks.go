@@ -129,7 +129,7 @@ privilege (without it only your own connections show).`,
 		},
 	}
 	f := cmd.Flags()
-	kf.register(f, "show only the keys whose")
+	kf.register(f, "show only the keys whose", "show only the keys that have these fields (the others may be anything)")
 	f.BoolVar(&watch, "watch", false, "print a new snapshot every --interval until interrupted (with --json: one JSON object per line)")
 	f.DurationVar(&interval, "interval", time.Second, "time between snapshots with --watch (MariaDB: at least 200ms)")
 	f.BoolVar(&asJSON, "json", false, "print JSON for scripts instead of a table")
@@ -149,8 +149,8 @@ type keyFlags struct {
 	global                            bool
 }
 
-func (kf *keyFlags) register(f *pflag.FlagSet, what string) {
-	f.StringVar(&kf.spec, "key", "", what+` fields are these, e.g. "resource=order:42,user=u-7" (fields: resource, operation, method, user, global)`)
+func (kf *keyFlags) register(f *pflag.FlagSet, what, keyHelp string) {
+	f.StringVar(&kf.spec, "key", "", keyHelp+`, e.g. "resource=order:42,user=u-7" (fields: resource, operation, method, user, global)`)
 	f.StringVar(&kf.resource, "key-resource", "", what+" resource is this (e.g. order:42)")
 	f.StringVar(&kf.operation, "key-operation", "", what+" operation is this (e.g. refund)")
 	f.StringVar(&kf.method, "key-method", "", what+" method is this (e.g. OrderService.Refund)")
@@ -427,14 +427,16 @@ const minMariaDBInterval = 200 * time.Millisecond
 
 // A Conn is a connection that holds or waits for a key.
 type Conn struct {
-	ID     int64  `json:"connection_id"`
-	User   string `json:"user"`
-	Host   string `json:"host"`
-	DB     string `json:"db,omitempty"`
-	TrxID  string `json:"trx_id,omitempty"`
-	Cmd    string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
-	State  string `json:"state,omitempty"`
-	TrxAge *int64 `json:"trx_open_seconds,omitempty"` // nil: unknown
+	ID    int64  `json:"connection_id"`
+	User  string `json:"user"`
+	Host  string `json:"host"`
+	DB    string `json:"db,omitempty"`
+	TrxID string `json:"trx_id,omitempty"`
+	Cmd   string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
+	State string `json:"state,omitempty"`
+	// TrxAge is how long its transaction has been open, in whole seconds
+	// (INNODB_TRX.trx_started has no fraction); nil: unknown.
+	TrxAge *int64 `json:"trx_open_seconds,omitempty"`
 	// Idle is how long a holder has been idle (COMMAND Sleep), seconds.
 	Idle *float64 `json:"idle_seconds,omitempty"`
 	// Waited is how long a waiter has waited (its statement's time), seconds.
@@ -995,11 +997,11 @@ func identifyHolder(ctx context.Context, db *sql.DB, lockTable, table string, id
 	// the KILL QUERY below not happen.
 	limit := (maxWait + time.Second).Seconds()
 	stmt := "SET STATEMENT max_statement_time=" + strconv.FormatFloat(limit, 'f', 3, 64) +
-		" FOR SELECT /*" + probeTag + "*/ id FROM `" + table + "` WHERE id = ? FOR UPDATE"
+		" FOR SELECT /*" + probeTag + "*/ id FROM `" + table + "` WHERE id = " + strconv.FormatInt(id, 10) + " FOR UPDATE"
 	done := make(chan error, 1)
 	go func() {
 		var got int64
-		done <- probe.QueryRowContext(context.WithoutCancel(ctx), stmt, id).Scan(&got)
+		done <- probe.QueryRowContext(context.WithoutCancel(ctx), stmt).Scan(&got)
 	}()
 	// ended reports how the probe's statement ended on its own: granted
 	// (nobody holds the row any more), no row, or an error (timeout).

@@ -172,6 +172,12 @@ func TestBinaryNeverPrintsThePassword(t *testing.T) {
 		{[]string{envDSN + "=" + dsn}, []string{"migrate", "up"}},
 		{[]string{envDSN + "=" + dsn}, []string{"--help"}},
 		{[]string{envDSN + "=" + dsn}, []string{"migrate", "status", "--help"}},
+		{nil, []string{"locks", "--dsn", dsn}},
+		{[]string{envDSN + "=" + dsn}, []string{"locks", "--json"}},
+		{nil, []string{"gc", "--older-than", "1h", "--dsn", dsn}},
+		{[]string{envDSN + "=" + dsn}, []string{"doctor", "--json"}},
+		{nil, []string{"release", "--key", "resource=x", "--force", "--dsn", dsn}},
+		{[]string{envDSN + "=" + dsn}, []string{"release", "--help"}},
 	} {
 		out, errOut, _ := txlock(t, bin, tc.env, tc.args...)
 		if strings.Contains(out+errOut, secret) {

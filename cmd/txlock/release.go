@@ -83,7 +83,7 @@ CONNECTION ADMIN (or SUPER) to kill other users' connections.`,
 			return r.release(ctx, key, force)
 		},
 	}
-	kf.register(cmd.Flags(), "the key whose")
+	kf.register(cmd.Flags(), "the key whose", "the key with exactly these fields")
 	cmd.Flags().BoolVar(&force, "force", false, "kill without asking")
 	return cmd
 }
@@ -218,7 +218,7 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 		_, err = fmt.Fprintf(r.out, "%s: connection %d is still listed after %v (rolling back a large transaction?); check with txlock locks\n", in.table, holder.conn, goneWait)
 		return err
 	}
-	_, err = fmt.Fprintf(r.out, "%s: connection %d is gone; %s is released\n", in.table, holder.conn, key)
+	_, err = fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, holder.conn, key)
 	return err
 }
 
