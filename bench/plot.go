@@ -25,6 +25,8 @@ type style struct {
 
 var styles = map[string]style{
 	"raw":            {color.RGBA{0, 0, 0, 255}, nil, 2.5, draw.CircleGlyph{}},
+	"raw-implicit":   {color.RGBA{0, 0, 0, 255}, []vg.Length{vg.Points(2), vg.Points(3)}, 1.5, draw.BoxGlyph{}},
+	"raw-again":      {color.RGBA{90, 90, 90, 255}, nil, 1, draw.CircleGlyph{}},
 	"biz-alone":      {color.RGBA{120, 120, 120, 255}, []vg.Length{vg.Points(6), vg.Points(3)}, 1.5, draw.CircleGlyph{}},
 	"gorm-biz-alone": {color.RGBA{170, 170, 170, 255}, []vg.Length{vg.Points(2), vg.Points(2)}, 1.5, draw.CircleGlyph{}},
 	"do":             {color.RGBA{31, 90, 200, 255}, nil, 2, draw.SquareGlyph{}},
@@ -104,7 +106,10 @@ func writePlot(path string, rec *recorder, cs []*contender, o *options, e *env) 
 				if err != nil {
 					return err
 				}
-				st := styles[ct.id]
+				st, ok := styles[ct.id]
+				if !ok {
+					st = style{color.RGBA{128, 128, 128, 255}, nil, 1, draw.CircleGlyph{}}
+				}
 				line.Color, line.Dashes, line.Width = st.color, st.dashes, st.width
 				points.Color, points.Shape, points.Radius = st.color, st.glyph, vg.Points(3)
 				p.Add(line, points)

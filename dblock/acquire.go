@@ -136,7 +136,9 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 		})
 	}
 	var got int64
+	l.tel.waiting(ctx, key, 1)
 	err := pool.QueryRowContext(ctx, q).Scan(&got)
+	l.tel.waiting(ctx, key, -1)
 	if t != nil && !t.Stop() {
 		<-killed
 	}
@@ -152,6 +154,11 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 			// statement queued for the lock until its own timeout, and a
 			// later grant to it would delay live waiters. Take it out.
 			l.killWaiting(ctx, tag)
+		}
+		if ctxBound != nil && errors.Is(cerr, context.DeadlineExceeded) {
+			// The server's own timeout, set just before the deadline, lost
+			// the race with the client's: the wait ran out all the same.
+			return fmt.Errorf("%w: %s: %w", ErrNotAcquired, key, context.Cause(ctx))
 		}
 		return fmt.Errorf("dblock: acquiring %s: %w", key, context.Cause(ctx))
 	}
@@ -216,11 +223,13 @@ func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockC
 	if err != nil {
 		return err
 	}
+	done := l.tel.startAcquire(ctx, key)
 	id, err := l.rowID(ctx, key)
-	if err != nil {
-		return err
+	if err == nil {
+		err = l.lockRow(ctx, pool, key, id, lc)
 	}
-	if err := l.lockRow(ctx, pool, key, id, lc); err != nil {
+	done(err)
+	if err != nil {
 		return err
 	}
 	if err := l.guardSnapshot(ctx, scope, pool); err != nil {

@@ -37,7 +37,9 @@ func (l *Locker) Do(ctx context.Context, key Key, fn func(ctx context.Context, t
 
 // do is Do over one or more keys, already validated and in canonical
 // order.
-func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context, tx *gorm.DB) error, opts []LockOption) error {
+func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context, tx *gorm.DB) error, opts []LockOption) (err error) {
+	ctx, end := l.tel.startDo(ctx, keys[0], len(keys))
+	defer func() { end(err) }()
 	lc, err := l.lockConfig(opts)
 	if err != nil {
 		return err

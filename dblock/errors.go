@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 )
@@ -147,4 +148,18 @@ func fnError(err error) error {
 		}
 	}
 	return err
+}
+
+// withCause adds ctx's cause to err when ctx has ended, so that an error
+// the driver reports in its own words (a dial "i/o timeout", "invalid
+// connection") still matches context.Canceled or DeadlineExceeded.
+func withCause(ctx context.Context, err error) error {
+	cause := context.Cause(ctx)
+	if dl, ok := ctx.Deadline(); cause == nil && ok && !time.Now().Before(dl) {
+		cause = context.DeadlineExceeded // passed, the context's timer not run yet
+	}
+	if cause == nil || errors.Is(err, cause) {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, cause)
 }

@@ -29,7 +29,7 @@ func (l *Locker) nextToken(ctx context.Context, key Key) (int64, error) {
 	h := key.Hash()
 	res, err := l.side.ExecContext(ctx, l.q.bumpFence, h[:])
 	if err != nil {
-		return 0, fmt.Errorf("dblock: taking the fencing token of %s: %w", key, err)
+		return 0, fmt.Errorf("dblock: taking the fencing token of %s: %w", key, withCause(ctx, err))
 	}
 	token, err := res.LastInsertId()
 	if err != nil || token <= 0 {

@@ -17,16 +17,17 @@ import (
 // Commit. A Lock is not safe for concurrent use by several goroutines, as
 // the transaction underneath is not.
 type Lock struct {
-	l      *Locker
-	key    Key
-	tx     *gorm.DB
-	scope  *txScope
-	owned  txScope // the scope of the transaction the Lock opened
-	token  int64
-	conn   *sql.Conn       // the pool connection the transaction runs on
-	leased *leasedTx       // the transaction's connection, as gorm sees it
-	ctx    context.Context // the lock's context: cancelled with the loss as cause
-	cancel context.CancelCauseFunc
+	l       *Locker
+	key     Key
+	tx      *gorm.DB
+	scope   *txScope
+	owned   txScope // the scope of the transaction the Lock opened
+	token   int64
+	conn    *sql.Conn       // the pool connection the transaction runs on
+	leased  *leasedTx       // the transaction's connection, as gorm sees it
+	ctx     context.Context // the lock's context: cancelled with the loss as cause
+	cancel  context.CancelCauseFunc
+	granted time.Time
 
 	mu       sync.Mutex
 	state    lockState
@@ -80,7 +81,10 @@ func (l *Locker) lockOne(ctx context.Context, key Key, opts []LockOption, noWait
 // begin opens a transaction and takes keys (in canonical order) as its
 // first statements.
 func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig) (*Lock, error) {
-	return l.beginAttempt(ctx, keys, lc, 1)
+	done := l.tel.startAcquire(ctx, keys[0])
+	k, err := l.beginAttempt(ctx, keys, lc, 1)
+	done(err)
+	return k, err
 }
 
 func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, attempt int) (*Lock, error) {
@@ -141,6 +145,7 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 		}
 		k.scope.add(l, key, token)
 	}
+	k.granted = time.Now()
 	// database/sql rolls the transaction back when ctx ends: the lock is
 	// gone then, and Lost says so.
 	stop := context.AfterFunc(ctx, func() {
@@ -224,6 +229,8 @@ func (k *Lock) lose(err error) {
 	close(k.lost)
 	k.mu.Unlock()
 	k.l.log.Warn("dblock: lock lost", "granularity", k.key.Granularity(), "error", err)
+	k.l.tel.lost(k.ctx, k.key, err)
+	k.l.tel.held(k.ctx, k.key, time.Since(k.granted))
 	k.cancel(err)
 	go k.finish() // the rollback may wait for a statement the holder has in flight
 }
@@ -288,6 +295,7 @@ func (k *Lock) end() (bool, error) {
 	case held:
 		k.state = released
 		close(k.lost)
+		k.l.tel.held(k.ctx, k.key, time.Since(k.granted))
 		return true, nil
 	case lost:
 		return false, k.lostErr
@@ -319,6 +327,9 @@ func (k *Lock) Commit() error {
 		k.tx.Rollback()
 	}
 	k.finish()
+	if err != nil {
+		err = withCause(k.ctx, err)
+	}
 	return releaseError(k.key, err)
 }
 

@@ -32,6 +32,7 @@ type Locker struct {
 	leased  *lru[any, int] // driver connection -> lease seconds its session was set to
 	q       queries
 	log     *slog.Logger
+	tel     *telemetry
 	marker  string // "txlock:<random>-" prefix that tags this Locker's waiting statements
 	seq     atomic.Uint64
 	closed  atomic.Bool
@@ -91,6 +92,9 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
+	}
+	if l.tel, err = newTelemetry(&cfg); err != nil {
+		return nil, err
 	}
 	switch {
 	case cfg.sideDB != nil:
@@ -219,7 +223,7 @@ func (l *Locker) rowID(ctx context.Context, key Key) (int64, error) {
 	if mysqlErrorNumber(err) == erNoSuchTable {
 		return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
 	}
-	return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, err)
+	return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, withCause(ctx, err))
 }
 
 // createRow inserts key's row and returns its id, or 0 when the row exists

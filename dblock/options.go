@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/txlock/txlock/schema"
 )
 
@@ -27,6 +30,8 @@ type config struct {
 	logger    *slog.Logger
 	sideDB    *sql.DB
 	defaults  []LockOption
+	meters    metric.MeterProvider // nil: otel.GetMeterProvider()
+	tracers   trace.TracerProvider // nil: otel.GetTracerProvider()
 }
 
 // Table sets the lock table's name (default "tb_lock"). The name is
@@ -150,6 +155,38 @@ func NoWait() LockOption {
 	return func(lc *lockConfig) error {
 		lc.noWait = true
 		lc.wait = 0
+		return nil
+	}
+}
+
+// MeterProvider sets the OpenTelemetry MeterProvider the Locker records its
+// metrics with (instrumentation scope "github.com/txlock/txlock/dblock"):
+// acquisition durations by outcome, hold durations, lost locks and waiting
+// acquisitions, by key granularity and lock table, never by key. By default
+// the Locker uses otel.GetMeterProvider(), the global provider, which
+// records nothing until the application sets one (and then records, even
+// for Lockers created earlier).
+func MeterProvider(mp metric.MeterProvider) Option {
+	return func(c *config) error {
+		if mp == nil {
+			return errors.New("dblock: MeterProvider: nil metric.MeterProvider")
+		}
+		c.meters = mp
+		return nil
+	}
+}
+
+// TracerProvider sets the OpenTelemetry TracerProvider the Locker makes its
+// spans with: "txlock.Do" around Do and DoMulti, and "txlock.acquire"
+// around each acquisition that goes to the server. By default the Locker
+// uses otel.GetTracerProvider(), the global provider; while the
+// application has set none, the Locker starts no span at all.
+func TracerProvider(tp trace.TracerProvider) Option {
+	return func(c *config) error {
+		if tp == nil {
+			return errors.New("dblock: TracerProvider: nil trace.TracerProvider")
+		}
+		c.tracers = tp
 		return nil
 	}
 }
