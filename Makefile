@@ -45,10 +45,12 @@ demo:
 
 ## bench: the benchmark suite (bench/: txlock beside the raw floor and its
 ## peers, a few minutes; BENCH_FLAGS=-quick for under one, -full for the long
-## run), then the dblock micro-benchmarks
+## run), then the dblock micro-benchmarks. bench/ is a module of its own
+## (redis, gonum/plot stay out of the library's go.mod); -mod=mod lets its
+## go.sum follow the library's new dependencies.
 BENCH_FLAGS ?=
 bench:
-	@$(WITH_DSN) cd bench && $(GO) run . $(BENCH_FLAGS)
+	@$(WITH_DSN) cd bench && $(GO) run -mod=mod . $(BENCH_FLAGS)
 	@$(WITH_DSN) $(GO) test -run '^$$' -bench . -benchmem ./dblock/
 
 ## db: print the test server's DSN, starting a server if needed

@@ -112,6 +112,16 @@ func setup(ctx context.Context, o *options) (*env, error) {
 	}
 	e.connectRedis(ctx, o.redisAddr)
 	e.serverPID = findServerPID(e.transport)
+	// The GET_LOCK pattern holds two connections per goroutine.
+	var maxConns, connected int
+	var name string
+	if err := e.admin.QueryRowContext(ctx, "SELECT @@max_connections").Scan(&maxConns); err == nil &&
+		e.admin.QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'Threads_connected'").Scan(&name, &connected) == nil {
+		if need := 2*max(slicesMax(o.own), slicesMax(o.hot)) + 8; need > maxConns-connected {
+			fmt.Fprintf(os.Stderr, "txlock-bench: warning: the largest cells need about %d connections; the server allows %d and %d are in use (runs that cannot connect are retried, then skipped)\n",
+				need, maxConns, connected)
+		}
+	}
 	return e, nil
 }
 

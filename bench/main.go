@@ -50,6 +50,7 @@ type options struct {
 	quick, full    bool
 	keep           bool
 	aa             bool
+	replot         string
 	quiet          time.Duration
 	args           []string
 }
@@ -107,6 +108,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.full, "full", false, "a long run: 5 repetitions of 2 s after 500 ms of warm-up (about 35 minutes)")
 	fs.BoolVar(&o.aa, "aa", false, "also run the raw floor a second time as a contender (an A/A control: its ratio to the floor shows the run's noise)")
 	fs.DurationVar(&o.quiet, "quiet", 0, "before each repetition, wait up to this long for the machine to be quiet (other processes, the server serving others, below 10% of the CPU); for shared machines")
+	fs.StringVar(&o.replot, "replot", "", "draw the plot (-plot) again from the results.jsonl `file` of an earlier run, without measuring")
 	fs.BoolVar(&o.keep, "keep", false, "keep the tables the run creates (for inspection)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -177,6 +179,9 @@ func parseFlags(args []string) (*options, error) {
 	if o.plotPath == "" {
 		o.plotPath = filepath.Join(o.outDir, "throughput.png")
 	}
+	if o.replot != "" && o.plotPath == "-" {
+		return nil, errors.New("-replot needs a -plot file")
+	}
 	return o, nil
 }
 
@@ -208,6 +213,9 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.replot != "" {
+		return replot(o)
 	}
 	if err := os.MkdirAll(o.outDir, 0o755); err != nil {
 		return err
@@ -263,7 +271,13 @@ func run(ctx context.Context, o *options) (err error) {
 				}
 				r, err := runOne(ctx, e, ct, c, o)
 				if err != nil {
-					return fmt.Errorf("%s, %s: %w", ct.id, c, err)
+					if ctx.Err() != nil {
+						return fmt.Errorf("%s, %s: %w", ct.id, c, err)
+					}
+					// One contender failing (the server out of
+					// connections, Redis gone) does not end the run.
+					rec.fail(ct, c, rep, err)
+					continue
 				}
 				r.rep = rep
 				rec.add(r)
@@ -281,7 +295,11 @@ func run(ctx context.Context, o *options) (err error) {
 		return err
 	}
 	if o.plotPath != "-" {
-		if err := writePlot(o.plotPath, rec, cs, o, e); err != nil {
+		if err := writePlot(o.plotPath, rec, cs, o, []string{
+			e.serverVersion + " over " + e.transport,
+			e.machine,
+			fmt.Sprintf("median of %d reps, %v each; see bench/README.md", o.reps, o.duration),
+		}); err != nil {
 			return fmt.Errorf("plot: %w", err)
 		}
 		fmt.Fprintf(os.Stderr, "txlock-bench: plot written to %s\n", o.plotPath)

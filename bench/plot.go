@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"image/color"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -42,7 +47,7 @@ var styles = map[string]style{
 
 // writePlot draws throughput against goroutines: one row per workload,
 // own keys on the left, the hot key in the middle, the legend on the right.
-func writePlot(path string, rec *recorder, cs []*contender, o *options, e *env) error {
+func writePlot(path string, rec *recorder, cs []*contender, o *options, notes []string) error {
 	rows := len(o.workloads)
 	cols := 0
 	if len(o.own) > 0 {
@@ -147,11 +152,7 @@ func writePlot(path string, rec *recorder, cs []*contender, o *options, e *env) 
 	note := plot.NewLegend()
 	note.Top, note.Left = false, true
 	note.TextStyle.Font.Size = vg.Points(9)
-	for _, s := range []string{
-		e.serverVersion + " over " + e.transport,
-		e.machine,
-		fmt.Sprintf("median of %d reps, %v each; see bench/README.md", o.reps, o.duration),
-	} {
+	for _, s := range notes {
 		note.Add(s)
 	}
 	noteArea := side
@@ -169,4 +170,82 @@ func writePlot(path string, rec *recorder, cs []*contender, o *options, e *env) 
 		return err
 	}
 	return f.Close()
+}
+
+// replot draws the plot of an earlier run from its results.jsonl: the
+// medians of the runs' throughputs, as the run itself would have.
+func replot(o *options) error {
+	f, err := os.Open(o.replot)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rec := &recorder{o: o, results: map[cell]map[string][]result{}}
+	seen := map[string]bool{}
+	works, own, hot := map[workload]bool{}, map[int]bool{}, map[int]bool{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l runLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil || l.Type != "run" {
+			continue
+		}
+		c := cell{work: lockOnly, hot: l.Mode == "hot", g: l.Goroutines}
+		if l.Workload == "business" {
+			c.work = lockBusiness
+		}
+		works[c.work] = true
+		if c.hot {
+			hot[c.g] = true
+		} else {
+			own[c.g] = true
+		}
+		seen[l.Contender] = true
+		m := rec.results[c]
+		if m == nil {
+			m = map[string][]result{}
+			rec.results[c] = m
+		}
+		// One second at the recorded rate gives the same throughput.
+		m[l.Contender] = append(m[l.Contender], result{cell: c, contender: l.Contender, rep: l.Rep,
+			cycles: int64(math.Round(l.CyclesPerS)), elapsed: time.Second})
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	o.workloads, o.own, o.hot = nil, sortedKeys(own), sortedKeys(hot)
+	for _, w := range []workload{lockOnly, lockBusiness} {
+		if works[w] {
+			o.workloads = append(o.workloads, w)
+		}
+	}
+	var cs []*contender
+	for _, ct := range allContenders() {
+		if seen[ct.id] {
+			cs = append(cs, ct)
+		}
+	}
+	reps := 0
+	for _, m := range rec.results {
+		for _, rs := range m {
+			reps = max(reps, len(rs))
+		}
+	}
+	if err := writePlot(o.plotPath, rec, cs, o, []string{
+		"redrawn from " + o.replot,
+		fmt.Sprintf("medians of %d repetitions per cell; see bench/README.md", reps),
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "txlock-bench: plot written to %s\n", o.plotPath)
+	return nil
+}
+
+func sortedKeys(m map[int]bool) []int {
+	var out []int
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }

@@ -22,6 +22,17 @@ type recorder struct {
 	results map[cell]map[string][]result // by cell, contender; in repetition order
 	f       *os.File
 	w       *bufio.Writer
+	failed  []string // contenders that could not run in a cell
+}
+
+// fail records that contender ct could not run in cell c.
+func (rec *recorder) fail(ct *contender, c cell, rep int, err error) {
+	msg := fmt.Sprintf("%s, %s, repetition %d: %v", ct.label, c, rep+1, err)
+	rec.failed = append(rec.failed, msg)
+	fmt.Fprintln(os.Stderr, "txlock-bench: skipped:", msg)
+	line, _ := json.Marshal(map[string]any{"type": "failed", "workload": c.work.String(), "mode": c.mode(),
+		"goroutines": c.g, "contender": ct.id, "rep": rep, "error": err.Error()})
+	rec.w.Write(append(line, '\n'))
 }
 
 func newRecorder(o *options, e *env) (*recorder, error) {
@@ -341,6 +352,13 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 		}
 	}
 
+	if len(rec.failed) > 0 {
+		b.WriteString("### Runs that failed (left out of the medians)\n\n")
+		for _, f := range rec.failed {
+			fmt.Fprintf(&b, "- %s\n", f)
+		}
+		b.WriteString("\n")
+	}
 	ts := rec.targets()
 	if len(ts) > 0 {
 		b.WriteString("### Targets of issue 8, checked on this run\n\n| target | measured | goal | |\n|---|---:|---:|---|\n")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	gomysql "github.com/go-sql-driver/mysql"
 	"os"
 	"runtime"
 	"strconv"
@@ -163,6 +165,13 @@ func runOne(ctx context.Context, e *env, ct *contender, c cell, o *options) (res
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
 	fns, release, err := ct.start(runCtx, e, c)
+	for try := 0; err != nil && isTooManyConnections(err) && try < 5; try++ {
+		// Other clients hold the server's connections: wait for them.
+		if sleep(ctx, 2*time.Second) != nil {
+			break
+		}
+		fns, release, err = ct.start(runCtx, e, c)
+	}
 	if err != nil {
 		return result{}, fmt.Errorf("setting up: %w", err)
 	}
@@ -290,4 +299,10 @@ func waitQuiet(ctx context.Context, limit time.Duration) (time.Duration, float64
 			return time.Since(start), busy
 		}
 	}
+}
+
+// isTooManyConnections reports the server's error 1040.
+func isTooManyConnections(err error) bool {
+	var me *gomysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1040
 }

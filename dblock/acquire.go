@@ -223,7 +223,7 @@ func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockC
 	if err != nil {
 		return err
 	}
-	done := l.tel.startAcquire(ctx, key)
+	done := l.tel.startAcquire(ctx, key, lc.noWait)
 	id, err := l.rowID(ctx, key)
 	if err == nil {
 		err = l.lockRow(ctx, pool, key, id, lc)

@@ -13,9 +13,7 @@ import (
 
 // TestDoCommits: fn's writes through tx commit with the release.
 func TestDoCommits(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
@@ -47,9 +45,7 @@ var errBusiness = errors.New("business rule violated")
 // TestDoErrorRollsBack: fn's error rolls its writes back, releases the key
 // and is returned unchanged.
 func TestDoErrorRollsBack(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
@@ -83,9 +79,7 @@ func TestDoErrorRollsBack(t *testing.T) {
 // TestDoPanicRollsBack: a panic in fn rolls back, releases the key, and is
 // re-raised with its value.
 func TestDoPanicRollsBack(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
@@ -116,9 +110,7 @@ func TestDoPanicRollsBack(t *testing.T) {
 // transaction is rolled back by database/sql: Do reports ErrLockLost and the
 // writes are not committed.
 func TestDoContextCancelledInFn(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx, cancel := context.WithCancel(ctxT(t))
 	defer cancel()
@@ -143,9 +135,7 @@ func TestDoContextCancelledInFn(t *testing.T) {
 // TestLockCommit: Lock.Commit keeps the writes made through Tx and releases
 // the key; Lost is open while held and closed after.
 func TestLockCommit(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
@@ -194,9 +184,7 @@ func TestLockCommit(t *testing.T) {
 // TestLockRollback: Lock.Rollback drops the writes and releases the key;
 // it is idempotent; Commit after it reports ErrLockLost.
 func TestLockRollback(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
@@ -239,9 +227,7 @@ func TestLockRollback(t *testing.T) {
 // transaction: Lost is closed, the key is free, the writes are dropped;
 // Rollback then returns nil and Commit ErrLockLost.
 func TestLockContextCancelled(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	key := dblock.Resource("order:1")
 

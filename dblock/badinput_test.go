@@ -83,9 +83,7 @@ func TestNewInvalidOptions(t *testing.T) {
 // pool itself, a committed and a rolled back transaction are
 // ErrNoTransaction, and nothing is held or leaked.
 func TestLockTxNotATransaction(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
 
@@ -133,14 +131,7 @@ func TestMissingTable(t *testing.T) {
 
 	tx := e.db.WithContext(ctx).Begin()
 	defer tx.Rollback()
-	_, lockErr := l.Lock(ctx, key)
-	_, tryErr := l.TryLock(ctx, key)
-	for name, err := range map[string]error{
-		"Do":      l.Do(ctx, key, nop),
-		"Lock":    lockErr,
-		"TryLock": tryErr,
-		"LockTx":  l.LockTx(ctx, tx, key),
-	} {
+	for name, err := range acquireAll(ctx, l, tx, key, nop) {
 		if !errors.Is(err, dblock.ErrTableMissing) {
 			t.Errorf("%s = %v, want ErrTableMissing", name, err)
 			continue
@@ -155,23 +146,14 @@ func TestMissingTable(t *testing.T) {
 // TestCancelledContext: an acquisition with a cancelled context fails with
 // context.Canceled before it reaches the server: no row is created.
 func TestCancelledContext(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	key := dblock.Resource("order:1")
 	tx := e.db.WithContext(ctxT(t)).Begin()
 	defer tx.Rollback()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, lockErr := l.Lock(ctx, key)
-	_, tryErr := l.TryLock(ctx, key)
-	for name, err := range map[string]error{
-		"Do":      l.Do(ctx, key, func(context.Context, *gorm.DB) error { t.Error("fn ran"); return nil }),
-		"Lock":    lockErr,
-		"TryLock": tryErr,
-		"LockTx":  l.LockTx(ctx, tx, key),
-	} {
+	for name, err := range acquireAll(ctx, l, tx, key, fnMustNotRun(t)) {
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("%s = %v, want context.Canceled", name, err)
 		}
@@ -182,9 +164,7 @@ func TestCancelledContext(t *testing.T) {
 // TestNilArguments: a nil fn, a nil context and a nil *Locker are errors,
 // not panics, and nothing reaches the server.
 func TestNilArguments(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	key := dblock.Resource("order:1")
 	ctx := ctxT(t)
 
@@ -204,24 +184,14 @@ func TestNilArguments(t *testing.T) {
 // TestBadWaitTimeout: WaitTimeout(0) or negative is an error for every
 // acquisition (NoWait is the way not to wait), and nothing is held.
 func TestBadWaitTimeout(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	key := dblock.Resource("order:1")
 	ctx := ctxT(t)
 	tx := e.db.WithContext(ctx).Begin()
 	defer tx.Rollback()
 
 	for _, d := range []time.Duration{0, -time.Second} {
-		opt := dblock.WaitTimeout(d)
-		_, lockErr := l.Lock(ctx, key, opt)
-		_, tryErr := l.TryLock(ctx, key, opt)
-		for name, err := range map[string]error{
-			"Do":      l.Do(ctx, key, func(context.Context, *gorm.DB) error { t.Error("fn ran"); return nil }, opt),
-			"Lock":    lockErr,
-			"TryLock": tryErr,
-			"LockTx":  l.LockTx(ctx, tx, key, opt),
-		} {
+		for name, err := range acquireAll(ctx, l, tx, key, fnMustNotRun(t), dblock.WaitTimeout(d)) {
 			if err == nil {
 				t.Errorf("%s(WaitTimeout(%v)) succeeded", name, d)
 				continue
@@ -235,9 +205,7 @@ func TestBadWaitTimeout(t *testing.T) {
 
 // TestClosedLocker: acquisitions after Close fail; Close is idempotent.
 func TestClosedLocker(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
 	if err := l.Do(ctx, key, nop); err != nil {

@@ -4,8 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strconv"
-	"strings"
+
+	"github.com/txlock/txlock/internal/serverinfo"
 )
 
 // server is what the Locker learned about the server at New.
@@ -22,13 +22,8 @@ type server struct {
 	snapshotIsolation bool
 }
 
-// Flavor returns "MariaDB" or "MySQL".
-func (s server) flavor() string {
-	if s.mariaDB {
-		return "MariaDB"
-	}
-	return "MySQL"
-}
+// flavor returns "MariaDB" or "MySQL".
+func (s server) flavor() string { return serverinfo.Flavor(s.mariaDB) }
 
 // atLeast reports whether the server version is >= major.minor.patch.
 func (s server) atLeast(major, minor, patch int) bool {
@@ -41,24 +36,6 @@ func (s server) atLeast(major, minor, patch int) bool {
 	return s.patch >= patch
 }
 
-// parseVersion reads "10.11.19-MariaDB-0+deb12u1" or "8.0.36".
-func parseVersion(v string) (major, minor, patch int, ok bool) {
-	core, _, _ := strings.Cut(v, "-")
-	parts := strings.SplitN(core, ".", 3)
-	if len(parts) < 2 {
-		return 0, 0, 0, false
-	}
-	nums := [3]int{}
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil {
-			return 0, 0, 0, false
-		}
-		nums[i] = n
-	}
-	return nums[0], nums[1], nums[2], true
-}
-
 // detectServer queries the server's version and features.
 func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	var s server
@@ -66,11 +43,11 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 		return s, fmt.Errorf("dblock: detecting the server: %w", err)
 	}
 	var ok bool
-	s.major, s.minor, s.patch, ok = parseVersion(s.version)
+	s.major, s.minor, s.patch, ok = serverinfo.ParseVersion(s.version)
 	if !ok {
 		return s, fmt.Errorf("dblock: cannot parse server version %q", s.version)
 	}
-	s.mariaDB = strings.Contains(strings.ToLower(s.version+" "+s.comment), "mariadb")
+	s.mariaDB = serverinfo.IsMariaDB(s.version, s.comment)
 	switch {
 	case s.mariaDB && !s.atLeast(10, 6, 0):
 		return s, fmt.Errorf("dblock: MariaDB %s is too old: txlock needs MariaDB 10.6 or later (or MySQL 8.0)", s.version)

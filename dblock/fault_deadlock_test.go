@@ -57,9 +57,7 @@ func crossUpdate(t *testing.T, l *dblock.Locker, table string, opts ...dblock.Lo
 // writes rolled back, the other's committed); with Retry(DefaultRetryPolicy)
 // the victim runs again and both succeed.
 func TestFaultDeadlock(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	reset := func() {
 		t.Helper()
@@ -120,9 +118,7 @@ func TestFaultDeadlock(t *testing.T) {
 // the two business rows in the order the caller listed them: the keys are
 // taken in one canonical order, so no call ever deadlocks.
 func TestFaultDoMultiNoDeadlock(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	for _, k := range []string{"a", "b"} {
 		if err := put(e.db, kv, k, 0); err != nil {

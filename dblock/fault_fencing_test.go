@@ -111,9 +111,7 @@ func TestFaultFencingRejectsStaleHolder(t *testing.T) {
 // fencing token and is killed (SIGKILL) before committing; the next holder's
 // token is above it. Three rounds: tokens strictly increase, none reused.
 func TestFaultFencingTokenSurvivesCrash(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("crash")
 	var tokens []int64

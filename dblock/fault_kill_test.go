@@ -14,9 +14,7 @@ import (
 // kill to the waiter's grant is logged and must be under 2 s (DESIGN.md
 // measured 2.7 ms with raw database/sql).
 func TestFaultKillHolder(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	const rounds = 5
 	var took []time.Duration
 	for i := range rounds {

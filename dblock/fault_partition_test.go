@@ -32,6 +32,18 @@ func partitionSetup(t *testing.T) (e env, relay interface {
 	return e, p, holderL, waiterL
 }
 
+// leasedLock takes key with l under partitionLease, failing the test if
+// it cannot, and rolls it back when the test ends.
+func leasedLock(t *testing.T, ctx context.Context, l *dblock.Locker, key dblock.Key) *dblock.Lock {
+	t.Helper()
+	h, err := l.Lock(ctx, key, dblock.Lease(partitionLease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Rollback() })
+	return h
+}
+
 // lockAsync takes key with l in a goroutine and reports the outcome.
 func lockAsync(ctx context.Context, l *dblock.Locker, key dblock.Key, opts ...dblock.LockOption) <-chan lockResult {
 	ch := make(chan lockResult, 1)
@@ -74,6 +86,19 @@ func commitWithin(t *testing.T, k *dblock.Lock, d time.Duration) error {
 	}
 }
 
+// checkHandedOver checks the two holders of a key after the first one's
+// connection failed (after, e.g. "the reset"): the lost holder's Commit
+// returns ErrLockLost without blocking, the granted waiter's commits.
+func checkHandedOver(t *testing.T, lost, granted *dblock.Lock, after string) {
+	t.Helper()
+	if err := commitWithin(t, lost, 5*time.Second); !errors.Is(err, dblock.ErrLockLost) {
+		t.Errorf("holder Commit after %s = %v, want ErrLockLost", after, err)
+	}
+	if err := granted.Commit(); err != nil {
+		t.Errorf("waiter Commit: %v", err)
+	}
+}
+
 // TestFaultPartitionBlackhole: the holder's connection is silently cut (no
 // FIN, no RST). The holder learns it lost the lock (Lost closed) strictly
 // before the server frees the key and grants it to a waiter, about one
@@ -83,11 +108,7 @@ func TestFaultPartitionBlackhole(t *testing.T) {
 	ctx := ctxT(t)
 	key := dblock.Resource("partition")
 
-	h, err := holderL.Lock(ctx, key, dblock.Lease(partitionLease))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Rollback()
+	h := leasedLock(t, ctx, holderL, key)
 	// A fresh answer, so that the lease counts from now.
 	if err := h.KeepAlive(ctx); err != nil {
 		t.Fatal(err)
@@ -119,12 +140,7 @@ func TestFaultPartitionBlackhole(t *testing.T) {
 	if err := h.Err(); !errors.Is(err, dblock.ErrLockLost) {
 		t.Errorf("holder Err() = %v, want ErrLockLost", err)
 	}
-	if err := commitWithin(t, h, 5*time.Second); !errors.Is(err, dblock.ErrLockLost) {
-		t.Errorf("holder Commit after the partition = %v, want ErrLockLost", err)
-	}
-	if err := r.k.Commit(); err != nil {
-		t.Errorf("waiter Commit: %v", err)
-	}
+	checkHandedOver(t, h, r.k, "the partition")
 }
 
 // TestFaultPartitionReset: the holder's connection is reset (RST both
@@ -136,11 +152,7 @@ func TestFaultPartitionReset(t *testing.T) {
 	ctx := ctxT(t)
 	key := dblock.Resource("reset")
 
-	h, err := holderL.Lock(ctx, key, dblock.Lease(partitionLease))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Rollback()
+	h := leasedLock(t, ctx, holderL, key)
 	if err := h.KeepAlive(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -162,12 +174,7 @@ func TestFaultPartitionReset(t *testing.T) {
 		r.at.Sub(reset).Round(time.Millisecond), lostAt.Sub(reset).Round(time.Millisecond))
 	within(t, "the grant to the waiter after the reset", r.at.Sub(reset), 0, time.Second)
 	within(t, "the holder's Lost after the reset", lostAt.Sub(reset), 0, time.Second)
-	if err := commitWithin(t, h, 5*time.Second); !errors.Is(err, dblock.ErrLockLost) {
-		t.Errorf("holder Commit after the reset = %v, want ErrLockLost", err)
-	}
-	if err := r.k.Commit(); err != nil {
-		t.Errorf("waiter Commit: %v", err)
-	}
+	checkHandedOver(t, h, r.k, "the reset")
 }
 
 // TestFaultPartitionLatency: 50 ms each way between holder and server, a
@@ -179,11 +186,7 @@ func TestFaultPartitionLatency(t *testing.T) {
 	key := dblock.Resource("latency")
 
 	relay.Latency(50 * time.Millisecond)
-	h, err := holderL.Lock(ctx, key, dblock.Lease(partitionLease))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Rollback()
+	h := leasedLock(t, ctx, holderL, key)
 	start := time.Now()
 	var stmts int
 	for time.Since(start) < 1500*time.Millisecond {
@@ -215,19 +218,13 @@ func TestFaultPartitionLatency(t *testing.T) {
 // connected, keeps its lock: the keepalive stops the server's idle timeout.
 // Another Locker's TryLock fails throughout and Lost never closes.
 func TestFaultIdleHolderKeptAlive(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	other := e.locker(t)
 	defer other.Close()
 	ctx := ctxT(t)
 	key := dblock.Resource("idle")
 
-	h, err := l.Lock(ctx, key, dblock.Lease(partitionLease))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Rollback()
+	h := leasedLock(t, ctx, l, key)
 	start := time.Now()
 	checks := 0
 	for time.Since(start) < 5*time.Second {

@@ -2,14 +2,11 @@ package dblock_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
-
-	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/schema"
@@ -19,13 +16,10 @@ import (
 // own; equal fields make the same lock however the key is built; the
 // Global key is one lock.
 func TestKeysAreDistinctLocks(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 
-	held := mustLock(t, ctx, l, dblock.Resource("a"))
-	defer held.Rollback()
+	holdKey(t, ctx, l, dblock.Resource("a"))
 	for _, k := range []dblock.Key{
 		dblock.User("u").WithResource("a"),
 		dblock.Operation("a"),
@@ -42,15 +36,13 @@ func TestKeysAreDistinctLocks(t *testing.T) {
 	assertHeld(t, l, dblock.Key{}.WithResource("a"))
 	assertHeld(t, l, dblock.Key{Resource: "a"})
 
-	composite := mustLock(t, ctx, l, dblock.User("u").WithResource("a"))
-	defer composite.Rollback()
+	holdKey(t, ctx, l, dblock.User("u").WithResource("a"))
 	assertHeld(t, l, dblock.Resource("a").WithUser("u"))
 	assertHeld(t, l, dblock.Key{User: "u", Resource: "a"})
 	assertFree(t, l, dblock.User("u"))
 	assertFree(t, l, dblock.User("u").WithResource("a").WithOperation("refund"))
 
-	global := mustLock(t, ctx, l, dblock.Global())
-	defer global.Rollback()
+	holdKey(t, ctx, l, dblock.Global())
 	assertHeld(t, l, dblock.Global())
 	assertHeld(t, l, dblock.Key{Global: true})
 	assertFree(t, l, dblock.Resource("global"))
@@ -132,9 +124,7 @@ func TestKeyValidate(t *testing.T) {
 // TestKeyColumnsRoundTrip: keys at the column limits, in multi-byte
 // characters, are stored whole in their columns (utf8mb4) and lock.
 func TestKeyColumnsRoundTrip(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 
 	for _, key := range []dblock.Key{
@@ -166,22 +156,13 @@ func TestKeyColumnsRoundTrip(t *testing.T) {
 // TestInvalidKeyRejected: acquisitions of an invalid key fail with
 // ErrInvalidKey before touching the server: no row is created.
 func TestInvalidKeyRejected(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	bad := dblock.Key{Global: true, User: "u-7"}
 
 	tx := e.db.WithContext(ctx).Begin()
 	defer tx.Rollback()
-	_, lockErr := l.Lock(ctx, bad)
-	_, tryErr := l.TryLock(ctx, bad)
-	for name, err := range map[string]error{
-		"Do":      l.Do(ctx, bad, func(context.Context, *gorm.DB) error { t.Error("fn ran"); return nil }),
-		"Lock":    lockErr,
-		"TryLock": tryErr,
-		"LockTx":  l.LockTx(ctx, tx, bad),
-	} {
+	for name, err := range acquireAll(ctx, l, tx, bad, fnMustNotRun(t)) {
 		if !errors.Is(err, dblock.ErrInvalidKey) {
 			t.Errorf("%s = %v, want ErrInvalidKey", name, err)
 		}

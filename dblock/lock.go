@@ -81,7 +81,7 @@ func (l *Locker) lockOne(ctx context.Context, key Key, opts []LockOption, noWait
 // begin opens a transaction and takes keys (in canonical order) as its
 // first statements.
 func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig) (*Lock, error) {
-	done := l.tel.startAcquire(ctx, keys[0])
+	done := l.tel.startAcquire(ctx, keys[0], lc.noWait)
 	k, err := l.beginAttempt(ctx, keys, lc, 1)
 	done(err)
 	return k, err

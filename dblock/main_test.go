@@ -90,6 +90,16 @@ func (e env) locker(t *testing.T, opts ...dblock.Option) *dblock.Locker {
 	return l
 }
 
+// setupLocker is setup with a Locker on the test's table, closed when the
+// test ends (before the checks of setup run).
+func setupLocker(t *testing.T, opts ...dblock.Option) (env, *dblock.Locker) {
+	t.Helper()
+	e := setup(t)
+	l := e.locker(t, opts...)
+	t.Cleanup(func() { _ = l.Close() })
+	return e, l
+}
+
 // businessTable creates a business table named after the lock table with
 // the given suffix and columns, and drops it when the test ends. A
 // transaction left open on it would make the DROP wait: the wait is bounded
@@ -148,7 +158,13 @@ func get(t *testing.T, db *gorm.DB, table, k string) int64 {
 // ctxT returns a context bounded by opTimeout, cancelled when the test ends.
 func ctxT(t *testing.T) context.Context {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	return ctxWithin(t, opTimeout)
+}
+
+// ctxWithin returns a context bounded by d, cancelled when the test ends.
+func ctxWithin(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -161,6 +177,39 @@ func mustLock(t *testing.T, ctx context.Context, l *dblock.Locker, key dblock.Ke
 		t.Fatalf("TryLock(%s): %v", key, err)
 	}
 	return k
+}
+
+// holdKey takes key with TryLock, failing the test if it cannot, and holds
+// it until the test ends (or the caller ends the lock).
+func holdKey(t *testing.T, ctx context.Context, l *dblock.Locker, key dblock.Key) *dblock.Lock {
+	t.Helper()
+	k := mustLock(t, ctx, l, key)
+	t.Cleanup(func() { _ = k.Rollback() })
+	return k
+}
+
+// fnMustNotRun returns a fn for the acquisitions that must fail: it fails
+// the test if it runs.
+func fnMustNotRun(t *testing.T) func(context.Context, *gorm.DB) error {
+	return func(context.Context, *gorm.DB) error {
+		t.Error("fn ran without the lock")
+		return nil
+	}
+}
+
+// acquireAll runs every kind of acquisition of key once, with opts (Lock,
+// TryLock, Do with fn, then LockTx in tx), and returns their errors by
+// name. It is for acquisitions that must fail: a lock that Lock or TryLock
+// got would stay held.
+func acquireAll(ctx context.Context, l *dblock.Locker, tx *gorm.DB, key dblock.Key, fn func(context.Context, *gorm.DB) error, opts ...dblock.LockOption) map[string]error {
+	_, lockErr := l.Lock(ctx, key, opts...)
+	_, tryErr := l.TryLock(ctx, key, opts...)
+	return map[string]error{
+		"Do":      l.Do(ctx, key, fn, opts...),
+		"Lock":    lockErr,
+		"TryLock": tryErr,
+		"LockTx":  l.LockTx(ctx, tx, key, opts...),
+	}
 }
 
 // assertHeld checks that key is held by someone else: TryLock fails with

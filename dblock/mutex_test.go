@@ -155,9 +155,7 @@ func (c counter) checkIntervals(t *testing.T, db *gorm.DB, total int) (switches 
 // one counter row, each under the same key. The counter is exact, and the
 // in-memory detector never sees two holders at once.
 func TestMutualExclusion(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	c := e.createCounter(t, true)
 	ctx := ctxT(t)
 	key := dblock.Resource("counter:1")

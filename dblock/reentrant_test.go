@@ -20,13 +20,10 @@ const reentrancyTimeout = 5 * time.Second
 // holds returns to its fn at once, in the same transaction, even with
 // NoWait; so does a Do under Lock.Context.
 func TestReentrantSameKey(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	key := dblock.Resource("order:1")
-	ctx, cancel := context.WithTimeout(context.Background(), reentrancyTimeout)
-	defer cancel()
+	ctx := ctxWithin(t, reentrancyTimeout)
 
 	err := l.Do(ctx, key, func(ctx context.Context, outer *gorm.DB) error {
 		start := time.Now()
@@ -77,13 +74,10 @@ func TestReentrantSameKey(t *testing.T) {
 // transaction: both keys are held until the outer Do ends, both writes
 // commit together, and both roll back when the outer fn fails.
 func TestReentrantOtherKey(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	a, b := dblock.Resource("order:1"), dblock.User("u-7")
-	ctx, cancel := context.WithTimeout(context.Background(), reentrancyTimeout)
-	defer cancel()
+	ctx := ctxWithin(t, reentrancyTimeout)
 
 	for _, fail := range []string{"", "outer", "inner"} {
 		t.Run("fail="+fail, func(t *testing.T) {
@@ -142,13 +136,10 @@ func TestReentrantOtherKey(t *testing.T) {
 // the decorator package produces), run in one transaction and do not
 // deadlock.
 func TestReentrantDecorators(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	key := dblock.Resource("order:42")
-	ctx, cancel := context.WithTimeout(context.Background(), reentrancyTimeout)
-	defer cancel()
+	ctx := ctxWithin(t, reentrancyTimeout)
 
 	withLock := func(name string, body func(ctx context.Context) error) func(ctx context.Context) error {
 		return func(ctx context.Context) error {

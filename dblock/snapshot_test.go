@@ -66,9 +66,7 @@ var staleSnapshotCases = []staleSnapshotCase{
 // holder sets v from 0 to 10 while the transaction waits for the lock; the
 // transaction then writes what it reads plus one: 1 is a lost update.
 func TestJoinedStaleSnapshot(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	key := dblock.Resource("order:1")
 
@@ -78,8 +76,7 @@ func TestJoinedStaleSnapshot(t *testing.T) {
 			if err := put(e.db, kv, "v", 0); err != nil {
 				t.Fatal(err)
 			}
-			holder := mustLock(t, ctx, l, key)
-			defer holder.Rollback()
+			holder := holdKey(t, ctx, l, key)
 
 			var stale, seen int64 = -1, -1
 			didRead := make(chan struct{})

@@ -161,6 +161,34 @@ func (m mocked) expectLeasedBegin(lease string) {
 	m.mock.ExpectBegin()
 }
 
+// A mockServer is a server identity the mock answers New's detection
+// with, and the lease statement of its dialect.
+type mockServer struct {
+	version, comment string
+	snapshotVar      bool // MariaDB's innodb_snapshot_isolation exists
+	lease            string
+}
+
+var (
+	mockMariaDB = mockServer{mariaVersion, mariaComment, true, mariaLease}
+	mockMySQL   = mockServer{mysqlVersion, mysqlComment, false, mysqlLease}
+)
+
+// firstAcquire returns a mock of srv with a Locker on it, closed when the
+// test ends, and expects the first acquisition of the key it returns
+// (order:42, row 7) up to BEGIN: the lookup of its row, the lease on the
+// connection's session, BEGIN.
+func firstAcquire(t *testing.T, srv mockServer) (mocked, *dblock.Locker, dblock.Key) {
+	t.Helper()
+	m := newMocked(t)
+	l := m.locker(t, srv.version, srv.comment, srv.snapshotVar)
+	t.Cleanup(func() { _ = l.Close() })
+	key := dblock.Resource("order:42")
+	m.expectLookup(key, 7)
+	m.expectLeasedBegin(srv.lease)
+	return m, l, key
+}
+
 // done checks that every expectation was met.
 func (m mocked) done(t *testing.T) {
 	t.Helper()
@@ -189,12 +217,7 @@ func nop(context.Context, *gorm.DB) error { return nil }
 // nothing to the server.
 func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 	t.Run("Do in Do", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mariaVersion, mariaComment, true)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
+		m, l, key := firstAcquire(t, mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit()
 
@@ -267,14 +290,9 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 // lease on the connection's session; later ones use the cached id and the
 // configured session: BEGIN, the locking read, COMMIT, 3 round trips.
 func TestSQLUncontendedPath(t *testing.T) {
-	m := newMocked(t)
-	l := m.locker(t, mariaVersion, mariaComment, true)
-	defer l.Close()
-	key := dblock.Resource("order:42")
+	m, l, key := firstAcquire(t, mockMariaDB)
 	ctx := context.Background()
 
-	m.expectLookup(key, 7)
-	m.expectLeasedBegin(mariaLease)
 	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 	m.mock.ExpectCommit()
 	if err := l.Do(ctx, key, nop); err != nil {
@@ -407,12 +425,7 @@ func TestSQLWaitStatements(t *testing.T) {
 				ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
 				defer cancel()
 			}
-			m := newMocked(t)
-			l := m.locker(t, mariaVersion, mariaComment, true)
-			defer l.Close()
-			key := dblock.Resource("order:42")
-			m.expectLookup(key, 7)
-			m.expectLeasedBegin(mariaLease)
+			m, l, key := firstAcquire(t, mockMariaDB)
 			m.mock.ExpectQuery(c.want).WillReturnRows(lockRow(7))
 			m.mock.ExpectCommit()
 			if err := l.Do(ctx, key, nop, c.opts...); err != nil {
@@ -422,12 +435,7 @@ func TestSQLWaitStatements(t *testing.T) {
 		})
 	}
 	t.Run("TryLock", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mariaVersion, mariaComment, true)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
+		m, l, key := firstAcquire(t, mockMariaDB)
 		// Tagged: a context that can end may leave a statement to kill.
 		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE NOWAIT$").WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit()
@@ -459,18 +467,10 @@ func TestSQLErrorMapping(t *testing.T) {
 		{1146, dblock.ErrTableMissing},
 	} {
 		t.Run(fmt.Sprint(c.number), func(t *testing.T) {
-			m := newMocked(t)
-			l := m.locker(t, mariaVersion, mariaComment, true)
-			defer l.Close()
-			key := dblock.Resource("order:42")
-			m.expectLookup(key, 7)
-			m.expectLeasedBegin(mariaLease)
+			m, l, key := firstAcquire(t, mockMariaDB)
 			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnError(&gomysql.MySQLError{Number: c.number, Message: "mocked"})
 			m.mock.ExpectRollback()
-			err := l.Do(context.Background(), key, func(context.Context, *gorm.DB) error {
-				t.Error("fn ran without the lock")
-				return nil
-			})
+			err := l.Do(context.Background(), key, fnMustNotRun(t))
 			checkMapped(t, err, c.want, c.number, sentinels)
 			m.done(t)
 		})
@@ -488,12 +488,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("deadlock returned by fn", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mariaVersion, mariaComment, true)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
+		m, l, key := firstAcquire(t, mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, func(context.Context, *gorm.DB) error {
@@ -503,12 +498,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("deadlock on COMMIT", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mariaVersion, mariaComment, true)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
+		m, l, key := firstAcquire(t, mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
 		err := l.Do(context.Background(), key, nop)
@@ -516,12 +506,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("connection lost on COMMIT", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mariaVersion, mariaComment, true)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
+		m, l, key := firstAcquire(t, mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit().WillReturnError(driver.ErrBadConn)
 		err := l.Do(context.Background(), key, nop)
@@ -540,12 +525,7 @@ func TestSQLErrorMapping(t *testing.T) {
 func TestSQLDeadlockInFn(t *testing.T) {
 	// The transaction is gone with its lock: ErrLockLost may be said too.
 	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrInvalidKey}
-	m := newMocked(t)
-	l := m.locker(t, mariaVersion, mariaComment, true)
-	defer l.Close()
-	key := dblock.Resource("order:42")
-	m.expectLookup(key, 7)
-	m.expectLeasedBegin(mariaLease)
+	m, l, key := firstAcquire(t, mockMariaDB)
 	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 	m.mock.ExpectExec("UPDATE orders SET status = 'paid' WHERE id = 42").
 		WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock"})
@@ -594,15 +574,10 @@ func (patternArg) Match(v driver.Value) bool {
 // there is no snapshot-isolation probe.
 func TestSQLMySQLDialect(t *testing.T) {
 	t.Run("NoWait", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mysqlVersion, mysqlComment, false)
-		defer l.Close()
+		m, l, key := firstAcquire(t, mockMySQL)
 		if v := l.ServerVersion(); v != mysqlVersion {
 			t.Errorf("ServerVersion() = %q", v)
 		}
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mysqlLease)
 		m.mock.ExpectQuery(lockStmt("", 7, " NOWAIT")).WillReturnError(&gomysql.MySQLError{Number: 3572, Message: "NOWAIT"})
 		m.mock.ExpectRollback()
 		_, err := l.TryLock(context.Background(), key)
@@ -612,12 +587,7 @@ func TestSQLMySQLDialect(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("WaitTimeout granted", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mysqlVersion, mysqlComment, false)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mysqlLease)
+		m, l, key := firstAcquire(t, mockMySQL)
 		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE$").WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit()
 		if err := l.Do(context.Background(), key, nop, dblock.WaitTimeout(300*time.Millisecond)); err != nil {
@@ -717,14 +687,7 @@ func TestSQLCancelledContextSendsNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	key := dblock.Resource("order:42")
-	_, lockErr := l.Lock(ctx, key)
-	_, tryErr := l.TryLock(ctx, key)
-	for name, err := range map[string]error{
-		"Do":      l.Do(ctx, key, nop),
-		"Lock":    lockErr,
-		"TryLock": tryErr,
-		"LockTx":  l.LockTx(ctx, m.db, key),
-	} {
+	for name, err := range acquireAll(ctx, l, m.db, key, nop) {
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("%s = %v, want context.Canceled", name, err)
 		}
@@ -744,12 +707,7 @@ func TestSQLCancelledContextSendsNothing(t *testing.T) {
 // TestContextDeadlineBoundsWait saw it on the real server under CPU load.
 // The wait ran out either way: the error must say ErrNotAcquired.
 func TestSQLContextDeadlineRace(t *testing.T) {
-	m := newMocked(t)
-	l := m.locker(t, mariaVersion, mariaComment, true)
-	defer l.Close()
-	key := dblock.Resource("order:42")
-	m.expectLookup(key, 7)
-	m.expectLeasedBegin(mariaLease)
+	m, l, key := firstAcquire(t, mockMariaDB)
 	// The server's 1969 arrives after the client's deadline.
 	m.mock.ExpectQuery(regexPrefix + "^SET STATEMENT max_statement_time=").WillDelayFor(2 * time.Second).
 		WillReturnError(&gomysql.MySQLError{Number: 1969, Message: "Query execution was interrupted (max_statement_time exceeded)"})

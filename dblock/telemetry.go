@@ -2,31 +2,379 @@ package dblock
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
-// telemetry records the Locker's metrics and traces. This stub records
-// nothing; see the observability work.
-type telemetry struct{}
+// ScopeName is the OpenTelemetry instrumentation scope of the Locker's
+// meter and tracer.
+const ScopeName = "github.com/txlock/txlock/dblock"
 
-func newTelemetry(*config) (*telemetry, error) { return &telemetry{}, nil }
+// The Locker's instruments. Every measurement carries the attributes
+// granularity (Key.Granularity: "resource", "user+resource", "global", ...)
+// and table (the lock table's name): both are bounded, the raw key never
+// appears. For DoMulti and for Lock, the granularity is that of the first
+// key in canonical order.
+//
+//   - txlock.acquire.duration (histogram, s), with outcome: the time from
+//     the call to the grant or the failure, row lookup and pool connection
+//     included, of every acquisition that goes to the server (a reentrant
+//     one does not); one per attempt when Do retries. Its count by outcome
+//     is the acquisition counter: there is no separate one.
+//   - txlock.held.duration (histogram, s): from the grant to the release
+//     (Commit, Rollback, the end of Do) or the loss, for the locks the
+//     Locker's own transactions hold (Do, DoMulti, Lock, TryLock; not
+//     LockTx, whose transaction the caller ends).
+//   - txlock.lost (counter, {lock}): locks lost while held (Lock.Lost).
+//   - txlock.waiting (up-down counter, {acquisition}): locking reads in
+//     flight on the server, that is acquisitions waiting for a key.
+//
+// The outcome of an acquisition is read from its error:
+//
+//	acquired      nil
+//	deadlock      ErrDeadlock
+//	timeout       ErrNotAcquired because a wait ran out: WaitTimeout (MariaDB
+//	              1969 max_statement_time, MySQL 3024, or 1317 when the
+//	              library interrupted the wait), the context's deadline
+//	              (the error wraps context.DeadlineExceeded, or the context
+//	              has expired), or the server's innodb_lock_wait_timeout
+//	              (1205 when the acquisition was not NoWait)
+//	not_acquired  ErrNotAcquired without a wait: TryLock or NoWait (MySQL
+//	              3572; MariaDB answers NOWAIT with 1205)
+//	canceled      the context was cancelled (context.Canceled in the chain,
+//	              or ctx.Err() once the call failed)
+//	timeout       also: another failure once the context's deadline passed
+//	error         anything else (missing table, connection failure, ...)
+const (
+	metricAcquireDuration = "txlock.acquire.duration"
+	metricHeldDuration    = "txlock.held.duration"
+	metricLost            = "txlock.lost"
+	metricWaiting         = "txlock.waiting"
+
+	spanDo      = "txlock.Do"
+	spanAcquire = "txlock.acquire"
+)
+
+// Attribute keys of the metrics and spans.
+const (
+	attrGranularity = attribute.Key("granularity")
+	attrTable       = attribute.Key("table")
+	attrOutcome     = attribute.Key("outcome")
+	attrKeys        = attribute.Key("keys")         // txlock.Do: how many keys
+	attrWait        = attribute.Key("wait_seconds") // txlock.acquire: time to the outcome
+)
+
+// Bucket boundaries (seconds). Acquisitions are sub-millisecond to
+// milliseconds uncontended, up to the wait bounds under contention; holds
+// last as long as the work under the lock.
+var (
+	acquireBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+	heldBuckets    = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600}
+)
+
+// outcome is an acquisition's outcome, the value of the outcome attribute.
+type outcome uint8
+
+const (
+	outAcquired outcome = iota
+	outNotAcquired
+	outTimeout
+	outDeadlock
+	outCanceled
+	outError
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"acquired", "not_acquired", "timeout", "deadlock", "canceled", "error"}
+
+func (o outcome) String() string { return outcomeNames[o] }
+
+// acquireOutcome classifies the error of an acquisition; noWait says it
+// was not to wait (MariaDB answers NOWAIT with 1205, like a wait that ran
+// out).
+func acquireOutcome(ctx context.Context, err error, noWait bool) outcome {
+	switch {
+	case err == nil:
+		return outAcquired
+	case errors.Is(err, ErrDeadlock):
+		return outDeadlock
+	case errors.Is(err, ErrNotAcquired):
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The context's deadline bounded the wait (its cause, which
+			// the error carries, may be the caller's own error).
+			return outTimeout
+		}
+		switch mysqlErrorNumber(err) {
+		case erStatementTimeout, erQueryTimeout, erQueryInterrupted:
+			return outTimeout
+		case erLockWaitTimeout:
+			if !noWait {
+				return outTimeout
+			}
+		}
+		return outNotAcquired
+	case errors.Is(err, context.Canceled):
+		return outCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return outTimeout
+	}
+	switch ctx.Err() {
+	case context.Canceled:
+		return outCanceled
+	case context.DeadlineExceeded:
+		return outTimeout
+	}
+	return outError
+}
+
+// doOutcome classifies the error of a Do: "ok", "lost", "stale_snapshot",
+// or the acquisition's outcomes (fn's own errors are "error", or
+// "canceled"/"timeout" when they are the context's).
+func doOutcome(ctx context.Context, err error, took time.Duration) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrLockLost):
+		return "lost"
+	case errors.Is(err, ErrStaleSnapshot):
+		return "stale_snapshot"
+	}
+	// A Do does not know its options when its span starts: a 1205 answered
+	// within a second (innodb_lock_wait_timeout counts whole seconds) was a
+	// NOWAIT.
+	return acquireOutcome(ctx, err, took < time.Second).String()
+}
+
+// Granularities are indexed without allocating: one bit per field
+// (user, method, operation, resource), and globalGran for Global, which
+// no valid key combines with another field.
+const (
+	globalGran = 16
+	numGrans   = 17
+)
+
+func granIndex(k Key) int {
+	if k.Global {
+		return globalGran
+	}
+	i := 0
+	if k.User != "" {
+		i |= 1
+	}
+	if k.Method != "" {
+		i |= 2
+	}
+	if k.Operation != "" {
+		i |= 4
+	}
+	if k.Resource != "" {
+		i |= 8
+	}
+	return i
+}
+
+// granKey returns a key of granularity index i.
+func granKey(i int) Key {
+	if i == globalGran {
+		return Global()
+	}
+	var k Key
+	if i&1 != 0 {
+		k.User = "x"
+	}
+	if i&2 != 0 {
+		k.Method = "x"
+	}
+	if i&4 != 0 {
+		k.Operation = "x"
+	}
+	if i&8 != 0 {
+		k.Resource = "x"
+	}
+	return k
+}
+
+// granTelemetry holds the measurement options of one granularity, built
+// once so that recording allocates nothing of its own.
+type granTelemetry struct {
+	attrs   []attribute.KeyValue // granularity, table
+	add     []metric.AddOption
+	record  []metric.RecordOption
+	acquire [numOutcomes][]metric.RecordOption // attrs and outcome
+	span    []trace.SpanStartOption            // attrs
+}
+
+// telemetry records the Locker's metrics and traces (see the instruments
+// above). With the default providers and no SDK set by the application,
+// each hook costs a few loads and no allocation.
+type telemetry struct {
+	acquireDur metric.Float64Histogram
+	heldDur    metric.Float64Histogram
+	lostN      metric.Int64Counter
+	waitingN   metric.Int64UpDownCounter
+
+	tracer trace.Tracer // nil: no spans
+	// unsetGlobal is the global TracerProvider as it was at New, before the
+	// application set one (the OTel delegate that forwards to the provider
+	// set later), or nil. While otel.GetTracerProvider still returns it,
+	// spans would not record: none is started.
+	unsetGlobal trace.TracerProvider
+
+	grans [numGrans]granTelemetry
+}
+
+func newTelemetry(cfg *config) (*telemetry, error) {
+	t := &telemetry{}
+	mp := cfg.meters
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(ScopeName)
+	var err error
+	if t.acquireDur, err = meter.Float64Histogram(metricAcquireDuration,
+		metric.WithUnit("s"),
+		metric.WithDescription("Time to acquire a txlock lock (to the grant or the failure), by outcome."),
+		metric.WithExplicitBucketBoundaries(acquireBuckets...)); err != nil {
+		return nil, fmt.Errorf("dblock: creating the %s histogram: %w", metricAcquireDuration, err)
+	}
+	if t.heldDur, err = meter.Float64Histogram(metricHeldDuration,
+		metric.WithUnit("s"),
+		metric.WithDescription("Time a txlock lock was held, from the grant to the release or the loss."),
+		metric.WithExplicitBucketBoundaries(heldBuckets...)); err != nil {
+		return nil, fmt.Errorf("dblock: creating the %s histogram: %w", metricHeldDuration, err)
+	}
+	if t.lostN, err = meter.Int64Counter(metricLost,
+		metric.WithUnit("{lock}"),
+		metric.WithDescription("txlock locks lost while held (lease expired, connection or transaction gone, context ended).")); err != nil {
+		return nil, fmt.Errorf("dblock: creating the %s counter: %w", metricLost, err)
+	}
+	if t.waitingN, err = meter.Int64UpDownCounter(metricWaiting,
+		metric.WithUnit("{acquisition}"),
+		metric.WithDescription("txlock acquisitions waiting on the server for a key (locking reads in flight).")); err != nil {
+		return nil, fmt.Errorf("dblock: creating the %s up-down counter: %w", metricWaiting, err)
+	}
+
+	tp := cfg.tracers
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+		if isGlobalDelegate(tp) {
+			t.unsetGlobal = tp
+		}
+	}
+	if _, noop := tp.(tracenoop.TracerProvider); !noop {
+		t.tracer = tp.Tracer(ScopeName)
+	}
+
+	table := attrTable.String(cfg.table)
+	for i := range t.grans {
+		g := &t.grans[i]
+		g.attrs = []attribute.KeyValue{attrGranularity.String(granKey(i).Granularity()), table}
+		set := attribute.NewSet(g.attrs...)
+		g.add = []metric.AddOption{metric.WithAttributeSet(set)}
+		g.record = []metric.RecordOption{metric.WithAttributeSet(set)}
+		for o := range numOutcomes {
+			set := attribute.NewSet(g.attrs[0], g.attrs[1], attrOutcome.String(o.String()))
+			g.acquire[o] = []metric.RecordOption{metric.WithAttributeSet(set)}
+		}
+		g.span = []trace.SpanStartOption{trace.WithAttributes(g.attrs...)}
+	}
+	return t, nil
+}
+
+// isGlobalDelegate reports whether tp is the OTel global provider's
+// delegate, which otel.GetTracerProvider returns until the application sets
+// a provider.
+func isGlobalDelegate(tp trace.TracerProvider) bool {
+	rt := reflect.TypeOf(tp)
+	return rt != nil && rt.Kind() == reflect.Pointer && rt.Elem().PkgPath() == "go.opentelemetry.io/otel/internal/global"
+}
+
+// tracing reports whether spans may record.
+func (t *telemetry) tracing() bool {
+	return t.tracer != nil && (t.unsetGlobal == nil || otel.GetTracerProvider() != t.unsetGlobal)
+}
+
+func nopEnd(error) {}
 
 // startDo starts the span of a Do (or DoMulti) over keys.
 func (t *telemetry) startDo(ctx context.Context, key Key, keys int) (context.Context, func(error)) {
-	return ctx, func(error) {}
+	if !t.tracing() {
+		return ctx, nopEnd
+	}
+	g := &t.grans[granIndex(key)]
+	start := time.Now()
+	ctx, span := t.tracer.Start(ctx, spanDo, trace.WithAttributes(g.attrs[0], g.attrs[1], attrKeys.Int(keys)))
+	return ctx, func(err error) {
+		o := doOutcome(ctx, err, time.Since(start))
+		span.SetAttributes(attrOutcome.String(o))
+		if err != nil {
+			// The error's message names the key: it stays out of the span.
+			span.SetStatus(codes.Error, o)
+		}
+		span.End()
+	}
 }
 
 // startAcquire starts timing an acquisition (not a reentrant one) of key;
 // the returned func records its outcome from err.
-func (t *telemetry) startAcquire(ctx context.Context, key Key) func(error) {
-	return func(error) {}
+func (t *telemetry) startAcquire(ctx context.Context, key Key, noWait bool) func(error) {
+	measure := t.acquireDur.Enabled(ctx)
+	tracing := t.tracing()
+	if !measure && !tracing {
+		return nopEnd
+	}
+	g := &t.grans[granIndex(key)]
+	var span trace.Span
+	if tracing {
+		_, span = t.tracer.Start(ctx, spanAcquire, g.span...)
+	}
+	start := time.Now()
+	return func(err error) {
+		took := time.Since(start)
+		o := acquireOutcome(ctx, err, noWait)
+		if measure {
+			t.acquireDur.Record(ctx, took.Seconds(), g.acquire[o]...)
+		}
+		if span != nil {
+			if span.IsRecording() {
+				span.SetAttributes(attrOutcome.String(o.String()), attrWait.Float64(took.Seconds()))
+			}
+			if o != outAcquired {
+				span.SetStatus(codes.Error, o.String())
+			}
+			span.End()
+		}
+	}
 }
 
 // waiting adds delta to the number of acquisitions waiting on the server.
-func (t *telemetry) waiting(ctx context.Context, key Key, delta int64) {}
+func (t *telemetry) waiting(ctx context.Context, key Key, delta int64) {
+	t.waitingN.Add(ctx, delta, t.grans[granIndex(key)].add...)
+}
+
+// maxDuration is what time.Since returns for the zero time: a hold whose
+// start was not recorded.
+const maxDuration = time.Duration(math.MaxInt64)
 
 // held records how long a lock was held, at its release or loss.
-func (t *telemetry) held(ctx context.Context, key Key, d time.Duration) {}
+func (t *telemetry) held(ctx context.Context, key Key, d time.Duration) {
+	if d < 0 || d == maxDuration {
+		return
+	}
+	t.heldDur.Record(ctx, d.Seconds(), t.grans[granIndex(key)].record...)
+}
 
 // lost counts a lost lock.
-func (t *telemetry) lost(ctx context.Context, key Key, err error) {}
+func (t *telemetry) lost(ctx context.Context, key Key, err error) {
+	t.lostN.Add(ctx, 1, t.grans[granIndex(key)].add...)
+}

@@ -40,9 +40,7 @@ func heldElsewhere(t *testing.T, l *dblock.Locker, key dblock.Key) {
 // gets it, its writes commit only when the caller commits, and the key is
 // held until then.
 func TestDoJoinsWithTx(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	key := dblock.Resource("order:1")
 
@@ -92,9 +90,7 @@ func TestDoJoinsWithTx(t *testing.T) {
 // TestDoJoinedErrorLeavesTxToOwner: a joined Do returns fn's error without
 // rolling back the caller's transaction: the owner decides.
 func TestDoJoinedErrorLeavesTxToOwner(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
@@ -128,9 +124,7 @@ func TestDoJoinedErrorLeavesTxToOwner(t *testing.T) {
 // TestLockTxInTransaction: LockTx inside db.Transaction holds the key until
 // the callback returns; the writes commit (or roll back) with it.
 func TestLockTxInTransaction(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.User("u-7")
@@ -171,9 +165,7 @@ func TestLockTxInTransaction(t *testing.T) {
 // TestLockTxInBegin: LockTx inside db.Begin holds the key until the
 // caller's Commit, which keeps the writes.
 func TestLockTxInBegin(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Method("OrderService.Refund")
@@ -204,9 +196,7 @@ func TestLockTxInBegin(t *testing.T) {
 // commit or roll back with the lock) and the fallback outside; TxFrom says
 // whether there is one.
 func TestDBAndTxFrom(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")

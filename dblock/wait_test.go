@@ -20,13 +20,10 @@ const (
 // TestWaitTimeout: a WaitTimeout(1s) acquisition of a held key fails with
 // ErrNotAcquired after about 1 s, wrapping the server's error 1969.
 func TestWaitTimeout(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	_, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("held")
-	holder := mustLock(t, ctx, l, key)
-	defer holder.Rollback()
+	holdKey(t, ctx, l, key)
 
 	start := time.Now()
 	k, err := l.Lock(ctx, key, dblock.WaitTimeout(time.Second))
@@ -49,19 +46,13 @@ func TestWaitTimeout(t *testing.T) {
 // TestWaitTimeoutSubSecond: WaitTimeout(300ms) is honoured although the
 // server's lock-wait timeout takes whole seconds.
 func TestWaitTimeoutSubSecond(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	_, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("held")
-	holder := mustLock(t, ctx, l, key)
-	defer holder.Rollback()
+	holdKey(t, ctx, l, key)
 
 	start := time.Now()
-	err := l.Do(ctx, key, func(context.Context, *gorm.DB) error {
-		t.Error("fn ran without the lock")
-		return nil
-	}, dblock.WaitTimeout(300*time.Millisecond))
+	err := l.Do(ctx, key, fnMustNotRun(t), dblock.WaitTimeout(300*time.Millisecond))
 	elapsed := time.Since(start)
 	if !errors.Is(err, dblock.ErrNotAcquired) {
 		t.Fatalf("Do = %v, want ErrNotAcquired", err)
@@ -75,13 +66,10 @@ func TestWaitTimeoutSubSecond(t *testing.T) {
 // TestWaitTimeoutDefault: WaitTimeout given through Defaults at New
 // applies to every acquisition; a call's own option overrides it.
 func TestWaitTimeoutDefault(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t, dblock.Defaults(dblock.WaitTimeout(300*time.Millisecond)))
-	defer l.Close()
+	_, l := setupLocker(t, dblock.Defaults(dblock.WaitTimeout(300*time.Millisecond)))
 	ctx := ctxT(t)
 	key := dblock.Resource("held")
-	holder := mustLock(t, ctx, l, key)
-	defer holder.Rollback()
+	holdKey(t, ctx, l, key)
 
 	start := time.Now()
 	_, err := l.Lock(ctx, key)
@@ -101,12 +89,9 @@ func TestWaitTimeoutDefault(t *testing.T) {
 // deadline bounds the wait; the error says both ErrNotAcquired and
 // context.DeadlineExceeded.
 func TestContextDeadlineBoundsWait(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	_, l := setupLocker(t)
 	key := dblock.Resource("held")
-	holder := mustLock(t, ctxT(t), l, key)
-	defer holder.Rollback()
+	holdKey(t, ctxT(t), l, key)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
@@ -156,13 +141,10 @@ func checkDeadlineError(t *testing.T, err error) {
 // TestTryLockHeld: TryLock, and Lock or Do with NoWait, of a held key fail
 // at once with ErrNotAcquired, wrapping the server's 1205.
 func TestTryLockHeld(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	_, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.User("u-7")
-	holder := mustLock(t, ctx, l, key)
-	defer holder.Rollback()
+	holdKey(t, ctx, l, key)
 
 	for _, c := range []struct {
 		name string
@@ -183,10 +165,7 @@ func TestTryLockHeld(t *testing.T) {
 			return err
 		}},
 		{"Do(NoWait)", func() error {
-			return l.Do(ctx, key, func(context.Context, *gorm.DB) error {
-				t.Error("fn ran without the lock")
-				return nil
-			}, dblock.NoWait())
+			return l.Do(ctx, key, fnMustNotRun(t), dblock.NoWait())
 		}},
 		{"TryLock over WaitTimeout", func() error {
 			k, err := l.TryLock(ctx, key, dblock.WaitTimeout(5*time.Second))
@@ -214,9 +193,7 @@ func TestTryLockHeld(t *testing.T) {
 // TestHandOff: Lock waits while the key is held, and gets it once the
 // holder commits; the holder's writes are visible to the new holder.
 func TestHandOff(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:42")
@@ -262,13 +239,10 @@ func TestHandOff(t *testing.T) {
 // library kills it), and a live waiter queued behind it gets the key as
 // soon as the holder commits.
 func TestCancelWhileWaiting(t *testing.T) {
-	e := setup(t)
-	l := e.locker(t)
-	defer l.Close()
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("hot")
-	holder := mustLock(t, ctx, l, key)
-	defer holder.Rollback()
+	holder := holdKey(t, ctx, l, key)
 
 	// The waiter that gives up.
 	wctx, cancel := context.WithCancel(ctx)

@@ -75,31 +75,28 @@ The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
   txlock doctor --table billing_locks --json
   txlock doctor --galera-single-writer`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			db, where, err := opts.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer func() { err = errors.Join(err, db.Close()) }()
-			rep, err := diagnose(ctx, db, opts.table, singleWriter)
-			if err != nil {
-				return err
-			}
-			rep.Where = where
-			out := cmd.OutOrStdout()
-			if asJSON {
-				err = writeJSON(out, rep, true)
-			} else {
-				err = writeDoctor(out, rep)
-			}
-			if err != nil {
-				return err
-			}
-			if rep.Fails > 0 {
-				return fmt.Errorf("%w: %d check(s) failed", errChecksFailed, rep.Fails)
-			}
-			return nil
+			return opts.withDB(ctx, func(db *sql.DB, where string) error {
+				rep, err := diagnose(ctx, db, opts.table, singleWriter)
+				if err != nil {
+					return err
+				}
+				rep.Where = where
+				out := cmd.OutOrStdout()
+				if asJSON {
+					err = writeJSON(out, rep, true)
+				} else {
+					err = writeDoctor(out, rep)
+				}
+				if err != nil {
+					return err
+				}
+				if rep.Fails > 0 {
+					return fmt.Errorf("%w: %d check(s) failed", errChecksFailed, rep.Fails)
+				}
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()

@@ -68,16 +68,13 @@ a key's counter must survive the deletion of its row.`,
 				return fmt.Errorf("--batch must be between 1 and %d, got %d", maxGCBatch, batch)
 			}
 			ctx := cmd.Context()
-			db, where, err := opts.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer func() { err = errors.Join(err, db.Close()) }()
-			res, err := collect(ctx, db, opts.table, olderThan, batch, dryRun)
-			if err != nil {
-				return err
-			}
-			return res.print(cmd.OutOrStdout(), opts.table, where)
+			return opts.withDB(ctx, func(db *sql.DB, where string) error {
+				res, err := collect(ctx, db, opts.table, olderThan, batch, dryRun)
+				if err != nil {
+					return err
+				}
+				return res.print(cmd.OutOrStdout(), opts.table, where)
+			})
 		},
 	}
 	f := cmd.Flags()

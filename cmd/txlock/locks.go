@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/serverinfo"
 )
 
 // newLocksCmd returns "txlock locks".
@@ -78,7 +79,7 @@ privilege (without it only your own connections show).`,
   txlock locks --identify
   txlock locks --json | jq '.keys[] | select(.waiters | length > 0)'`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			filter, err := kf.filter()
 			if err != nil {
 				return err
@@ -87,45 +88,38 @@ privilege (without it only your own connections show).`,
 				return fmt.Errorf("--interval must be positive, got %v", interval)
 			}
 			ctx := cmd.Context()
-			db, where, err := opts.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer func() { err = errors.Join(err, db.Close()) }()
-			srv, err := detectServer(ctx, db)
-			if err != nil {
-				return err
-			}
-			if watch && srv.MariaDB && interval < minMariaDBInterval {
-				return fmt.Errorf("--interval %v: on MariaDB it must be at least %v, or the INNODB_* cache, which the server refreshes only after 100 ms without reads, would never be refreshed", interval, minMariaDBInterval)
-			}
-			ins := &inspector{db: db, srv: srv, table: opts.table, where: where, probe: probe, identify: identify}
-			out := cmd.OutOrStdout()
-			for first := true; ; first = false {
-				snap, err := ins.snapshot(ctx, filter)
-				if err != nil {
-					if !first && ctx.Err() != nil {
-						return nil // interrupted while watching
+			return opts.withServer(ctx, func(db *sql.DB, where string, srv serverInfo) error {
+				if watch && srv.MariaDB && interval < minMariaDBInterval {
+					return fmt.Errorf("--interval %v: on MariaDB it must be at least %v, or the INNODB_* cache, which the server refreshes only after 100 ms without reads, would never be refreshed", interval, minMariaDBInterval)
+				}
+				ins := &inspector{db: db, srv: srv, table: opts.table, where: where, probe: probe, identify: identify}
+				out := cmd.OutOrStdout()
+				for first := true; ; first = false {
+					snap, err := ins.snapshot(ctx, filter)
+					if err != nil {
+						if !first && ctx.Err() != nil {
+							return nil // interrupted while watching
+						}
+						return err
 					}
-					return err
-				}
-				if asJSON {
-					err = writeJSON(out, snap, !watch)
-				} else {
-					if !first {
-						fmt.Fprintln(out)
+					if asJSON {
+						err = writeJSON(out, snap, !watch)
+					} else {
+						if !first {
+							fmt.Fprintln(out)
+						}
+						err = writeLocksTable(out, snap)
 					}
-					err = writeLocksTable(out, snap)
+					if err != nil || !watch {
+						return err
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(interval):
+					}
 				}
-				if err != nil || !watch {
-					return err
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(interval):
-				}
-			}
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -314,12 +308,7 @@ type serverInfo struct {
 }
 
 // Flavor returns "MariaDB" or "MySQL".
-func (s serverInfo) Flavor() string {
-	if s.MariaDB {
-		return "MariaDB"
-	}
-	return "MySQL"
-}
+func (s serverInfo) Flavor() string { return serverinfo.Flavor(s.MariaDB) }
 
 // String returns e.g. "MariaDB 10.11.19-MariaDB-0+deb12u1".
 func (s serverInfo) String() string { return s.Flavor() + " " + s.Version }
@@ -332,24 +321,6 @@ func (s serverInfo) atLeast(major, minor int) bool {
 	return s.Minor >= minor
 }
 
-// parseVersion reads "10.11.19-MariaDB-0+deb12u1" or "8.0.36".
-func parseVersion(v string) (major, minor, patch int, ok bool) {
-	core, _, _ := strings.Cut(v, "-")
-	parts := strings.SplitN(core, ".", 3)
-	if len(parts) < 2 {
-		return 0, 0, 0, false
-	}
-	var nums [3]int
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil {
-			return 0, 0, 0, false
-		}
-		nums[i] = n
-	}
-	return nums[0], nums[1], nums[2], true
-}
-
 // detectServer asks the server for its version, flavour and database.
 func detectServer(ctx context.Context, db *sql.DB) (serverInfo, error) {
 	var s serverInfo
@@ -359,10 +330,10 @@ func detectServer(ctx context.Context, db *sql.DB) (serverInfo, error) {
 	}
 	s.DB = dbName.String
 	var ok bool
-	if s.Major, s.Minor, s.Patch, ok = parseVersion(s.Version); !ok {
+	if s.Major, s.Minor, s.Patch, ok = serverinfo.ParseVersion(s.Version); !ok {
 		return s, fmt.Errorf("cannot parse the server version %q", s.Version)
 	}
-	s.MariaDB = strings.Contains(strings.ToLower(s.Version+" "+s.Comment), "mariadb")
+	s.MariaDB = serverinfo.IsMariaDB(s.Version, s.Comment)
 	return s, nil
 }
 

@@ -498,18 +498,4 @@ func TestLockViewSQL(t *testing.T) {
 	if got := in.lockTableName(); got != "tb_lock" {
 		t.Errorf("MySQL OBJECT_NAME = %s", got)
 	}
-	for _, tc := range []struct {
-		v       string
-		mariaDB bool
-		major   int
-		minor   int
-	}{
-		{"10.11.19-MariaDB-0+deb12u1", true, 10, 11},
-		{"8.0.36", false, 8, 0},
-	} {
-		ma, mi, _, ok := parseVersion(tc.v)
-		if !ok || ma != tc.major || mi != tc.minor {
-			t.Errorf("parseVersion(%q) = %d.%d %v", tc.v, ma, mi, ok)
-		}
-	}
 }

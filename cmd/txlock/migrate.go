@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -70,15 +69,10 @@ its fence table. Locks held at that moment block it until they are released.`,
 type migrateFunc func(ctx context.Context, out io.Writer, db *sql.DB, table, where string) error
 
 // withDB opens the database, runs fn on it and closes it.
-func withDB(cmd *cobra.Command, opts *rootOptions, fn migrateFunc) (err error) {
-	db, where, err := opts.open(cmd.Context())
-	if err != nil {
-		return err
-	}
-	defer func() {
-		err = errors.Join(err, db.Close())
-	}()
-	return fn(cmd.Context(), cmd.OutOrStdout(), db, opts.table, where)
+func withDB(cmd *cobra.Command, opts *rootOptions, fn migrateFunc) error {
+	return opts.withDB(cmd.Context(), func(db *sql.DB, where string) error {
+		return fn(cmd.Context(), cmd.OutOrStdout(), db, opts.table, where)
+	})
 }
 
 // appliedCount returns how many of the migrations are applied, and the

@@ -59,28 +59,21 @@ CONNECTION ADMIN (or SUPER) to kill other users' connections.`,
   txlock release --key-user u-7 --key-operation refund
   txlock release --key global --force --table billing_locks`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			key, err := kf.exact()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			db, where, err := opts.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer func() { err = errors.Join(err, db.Close()) }()
-			srv, err := detectServer(ctx, db)
-			if err != nil {
-				return err
-			}
-			r := &releaser{
-				in:    &inspector{db: db, srv: srv, table: opts.table, where: where},
-				out:   cmd.OutOrStdout(),
-				log:   cmd.ErrOrStderr(),
-				stdin: cmd.InOrStdin(),
-			}
-			return r.release(ctx, key, force)
+			return opts.withServer(ctx, func(db *sql.DB, where string, srv serverInfo) error {
+				r := &releaser{
+					in:    &inspector{db: db, srv: srv, table: opts.table, where: where},
+					out:   cmd.OutOrStdout(),
+					log:   cmd.ErrOrStderr(),
+					stdin: cmd.InOrStdin(),
+				}
+				return r.release(ctx, key, force)
+			})
 		},
 	}
 	kf.register(cmd.Flags(), "the key whose", "the key with exactly these fields")

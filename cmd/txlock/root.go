@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -99,6 +100,29 @@ func (o *rootOptions) open(ctx context.Context) (*sql.DB, string, error) {
 		return nil, "", fmt.Errorf("connecting to %s: %w", where, err)
 	}
 	return db, where, nil
+}
+
+// withDB opens the database, runs fn on it and closes it; an error of Close
+// is returned with fn's.
+func (o *rootOptions) withDB(ctx context.Context, fn func(db *sql.DB, where string) error) (err error) {
+	db, where, err := o.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, db.Close()) }()
+	return fn(db, where)
+}
+
+// withServer is withDB for the commands that depend on the server's
+// flavour: fn also gets what detectServer learned.
+func (o *rootOptions) withServer(ctx context.Context, fn func(db *sql.DB, where string, srv serverInfo) error) error {
+	return o.withDB(ctx, func(db *sql.DB, where string) error {
+		srv, err := detectServer(ctx, db)
+		if err != nil {
+			return err
+		}
+		return fn(db, where, srv)
+	})
 }
 
 // scrub removes the DSN's password from msg, in case an error quotes it.

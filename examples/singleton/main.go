@@ -29,13 +29,8 @@ import (
 	"sync"
 	"time"
 
-	gomysql "github.com/go-sql-driver/mysql"
-	"gorm.io/driver/mysql"
-	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
-
 	"github.com/txlock/txlock/dblock"
-	"github.com/txlock/txlock/migrations"
+	"github.com/txlock/txlock/examples/internal/exampledb"
 )
 
 // envRole makes the process a worker: the supervisor starts its workers by
@@ -58,7 +53,7 @@ func main() {
 	if os.Getenv(envRole) == "worker" {
 		os.Exit(workerMain(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	cfg := config{DSN: dsnFromEnv(), LockTable: "tb_lock", Prefix: "demo_job_"}
+	cfg := config{DSN: exampledb.DSN(), LockTable: "tb_lock", Prefix: "demo_job_"}
 	flag.IntVar(&cfg.Workers, "workers", 3, "worker processes")
 	flag.DurationVar(&cfg.For, "for", 3*time.Second, "how long each worker keeps its schedule")
 	flag.DurationVar(&cfg.Every, "every", 100*time.Millisecond, "the schedule's period")
@@ -80,13 +75,6 @@ func main() {
 	}
 }
 
-func dsnFromEnv() string {
-	if dsn := os.Getenv("DBLOCK_DSN"); dsn != "" {
-		return dsn
-	}
-	return "root@tcp(127.0.0.1:3306)/test"
-}
-
 // summary is what a worker reports on its last line of stdout.
 type summary struct {
 	Worker  string        `json:"worker"`
@@ -99,18 +87,11 @@ type summary struct {
 // run starts the workers, waits for them, and writes a report to out. It
 // reports whether the job never ran twice at once, ran, and was skipped.
 func run(ctx context.Context, cfg config, out io.Writer) (bool, error) {
-	db, err := openDB(cfg.DSN)
-	if err != nil {
-		return false, err
-	}
-	sqlDB, err := db.DB()
+	db, sqlDB, err := exampledb.OpenMigrated(ctx, cfg.DSN, cfg.LockTable)
 	if err != nil {
 		return false, err
 	}
 	defer sqlDB.Close()
-	if err := migrations.Up(ctx, sqlDB, migrations.WithTable(cfg.LockTable)); err != nil {
-		return false, err
-	}
 	job, err := NewJob(db, cfg.Prefix, "supervisor", cfg.Job)
 	if err != nil {
 		return false, err
@@ -168,7 +149,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (bool, error) {
 func startWorker(ctx context.Context, cfg config, name string) (summary, error) {
 	cmd := exec.CommandContext(ctx, cfg.Self, "-name", name, "-lock-table", cfg.LockTable, "-prefix", cfg.Prefix,
 		"-for", cfg.For.String(), "-every", cfg.Every.String(), "-job", cfg.Job.String())
-	cmd.Env = append(os.Environ(), envRole+"=worker", "DBLOCK_DSN="+cfg.DSN)
+	cmd.Env = append(os.Environ(), envRole+"=worker", exampledb.EnvDSN+"="+cfg.DSN)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.Output()
@@ -201,7 +182,7 @@ func workerMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, *name+":", err)
 		return 1
 	}
-	db, err := openDB(dsnFromEnv())
+	db, err := exampledb.Open(exampledb.DSN())
 	if err != nil {
 		return fail(err)
 	}
@@ -257,14 +238,4 @@ func tick1(ctx context.Context, locker *dblock.Locker, job *Job, s *summary) err
 	}
 	s.Runs++
 	return nil
-}
-
-// openDB opens gorm on dsn with a silent logger.
-func openDB(dsn string) (*gorm.DB, error) {
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("parsing the DSN: %w", err)
-	}
-	cfg.ParseTime = true
-	return gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
 }

@@ -23,14 +23,9 @@ import (
 	"sync"
 	"time"
 
-	gomysql "github.com/go-sql-driver/mysql"
-	"gorm.io/driver/mysql"
-	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
-
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/decorator"
-	"github.com/txlock/txlock/migrations"
+	"github.com/txlock/txlock/examples/internal/exampledb"
 )
 
 // config is one run.
@@ -44,10 +39,7 @@ type config struct {
 }
 
 func main() {
-	cfg := config{DSN: os.Getenv("DBLOCK_DSN"), LockTable: "tb_lock", Table: "demo_wallets"}
-	if cfg.DSN == "" {
-		cfg.DSN = "root@tcp(127.0.0.1:3306)/test"
-	}
+	cfg := config{DSN: exampledb.DSN(), LockTable: "tb_lock", Table: "demo_wallets"}
 	flag.DurationVar(&cfg.Check, "check", 50*time.Millisecond, "time a withdrawal takes while its user's lock is held")
 	flag.IntVar(&cfg.Alice, "alice", 20, "concurrent withdrawals of 10 from alice's 100")
 	flag.IntVar(&cfg.Bob, "bob", 5, "concurrent withdrawals of 10 from bob's 100")
@@ -80,18 +72,11 @@ type outcome struct {
 // run runs the withdrawals and writes a report to out. It reports whether
 // no wallet was overdrawn or lost an update, and bob finished before alice.
 func run(ctx context.Context, cfg config, out io.Writer) (bool, error) {
-	db, err := openDB(cfg.DSN)
-	if err != nil {
-		return false, err
-	}
-	sqlDB, err := db.DB()
+	db, sqlDB, err := exampledb.OpenMigrated(ctx, cfg.DSN, cfg.LockTable)
 	if err != nil {
 		return false, err
 	}
 	defer sqlDB.Close()
-	if err := migrations.Up(ctx, sqlDB, migrations.WithTable(cfg.LockTable)); err != nil {
-		return false, err
-	}
 	locker, err := dblock.New(db, dblock.Table(cfg.LockTable))
 	if err != nil {
 		return false, err
@@ -170,14 +155,4 @@ func run(ctx context.Context, cfg config, out io.Writer) (bool, error) {
 		fmt.Fprintln(out, "\nOK: no wallet overdrawn or miscounted; bob's withdrawals did not wait for alice's")
 	}
 	return good, nil
-}
-
-// openDB opens gorm on dsn with a silent logger.
-func openDB(dsn string) (*gorm.DB, error) {
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("parsing the DSN: %w", err)
-	}
-	cfg.ParseTime = true
-	return gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
 }

@@ -28,6 +28,7 @@ const (
 // without password on its own TCP port of 127.0.0.1.
 type server struct {
 	dir     string
+	port    int
 	dsn     string
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd has exited
@@ -67,21 +68,22 @@ func findInstallDB(bin string) (string, error) {
 	return "", errors.New("mariadb-install-db not found next to " + bin + " nor in PATH")
 }
 
-// startServer initialises a data directory and starts bin on it, waiting
-// until it answers as root without password.
-func startServer(bin string) (*server, error) {
+// startServer initialises a data directory in a new temporary directory
+// named after prefix and starts bin on it, waiting until it answers as root
+// without password.
+func startServer(bin, prefix string) (*server, error) {
 	installDB, err := findInstallDB(bin)
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "txlock-testdb-")
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
 	if len(filepath.Join(dir, "mysqld.sock")) > maxSocketLen {
 		// $TMPDIR is too deep for a unix socket path: use /tmp.
 		_ = os.RemoveAll(dir)
-		if dir, err = os.MkdirTemp("/tmp", "txlock-testdb-"); err != nil {
+		if dir, err = os.MkdirTemp("/tmp", prefix); err != nil {
 			return nil, fmt.Errorf("temporary directory: %w", err)
 		}
 	}
@@ -98,7 +100,11 @@ func startServer(bin string) (*server, error) {
 func asRoot() bool { return os.Geteuid() == 0 }
 
 // initAndStart installs the system tables in dir/data and starts the
-// server, retrying with another port if the one chosen was taken.
+// server, retrying with another port if the one chosen was taken. The
+// installer's temporary files go to dir too: with the default (/tmp), two
+// installs that run at once (tests of several packages in parallel) can
+// collide on their temporary tables and fail ("Unknown table
+// 'mysql.tmp_user_sys'").
 func initAndStart(bin, installDB, dir string) (*server, error) {
 	data := filepath.Join(dir, "data")
 	args := []string{
@@ -163,6 +169,7 @@ func launch(bin, dir string, port int) (*server, error) {
 	}
 	srv := &server{
 		dir:    dir,
+		port:   port,
 		dsn:    fmt.Sprintf("root@tcp(127.0.0.1:%d)/test", port),
 		cmd:    cmd,
 		exited: make(chan struct{}),

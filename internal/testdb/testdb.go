@@ -87,7 +87,7 @@ func resolve(envDSN, fallback string, findBin func() string) (string, *server, e
 		return "", nil, fmt.Errorf("testdb: no MySQL/MariaDB server at %s (%w) and no mariadbd to start one: %s",
 			Redact(fallback), probeErr, howToGetAServer)
 	}
-	srv, err := startServer(bin)
+	srv, err := startServer(bin, "txlock-testdb-")
 	if err != nil {
 		return "", nil, fmt.Errorf("testdb: no server at %s (%v), and starting a throwaway %s failed: %w; %s",
 			Redact(fallback), probeErr, bin, err, howToGetAServer)

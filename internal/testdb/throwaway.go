@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -39,65 +37,11 @@ func StartThrowaway() (*Throwaway, error) {
 	if bin == "" {
 		return nil, ErrNoMariadbd
 	}
-	installDB, err := findInstallDB(bin)
+	srv, err := startServer(bin, "txlock-throwaway-")
 	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "txlock-throwaway-")
-	if err != nil {
-		return nil, fmt.Errorf("testdb: temporary directory: %w", err)
-	}
-	if len(filepath.Join(dir, "mysqld.sock")) > maxSocketLen {
-		_ = os.RemoveAll(dir)
-		if dir, err = os.MkdirTemp("/tmp", "txlock-throwaway-"); err != nil {
-			return nil, fmt.Errorf("testdb: temporary directory: %w", err)
-		}
-	}
-	s, err := installAndLaunch(bin, installDB, dir)
-	if err != nil {
-		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("testdb: starting a throwaway server: %w", err)
 	}
-	return s, nil
-}
-
-// installAndLaunch is initAndStart with a temporary directory of the
-// server's own for mariadb-install-db: with the default (/tmp), two
-// installs that run at once (tests of several packages in parallel) can
-// collide on their temporary tables and fail ("Unknown table
-// 'mysql.tmp_user_sys'").
-func installAndLaunch(bin, installDB, dir string) (*Throwaway, error) {
-	args := []string{
-		"--no-defaults",
-		"--datadir=" + filepath.Join(dir, "data"),
-		"--tmpdir=" + dir,
-		"--auth-root-authentication-method=normal",
-		"--skip-test-db",
-		"--skip-name-resolve",
-	}
-	if asRoot() {
-		args = append(args, "--user=root")
-	}
-	if out, err := exec.Command(installDB, args...).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", installDB, err, lastLines(out, 10))
-	}
-	initFile := filepath.Join(dir, "init.sql")
-	if err := os.WriteFile(initFile, []byte("CREATE DATABASE IF NOT EXISTS test;\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("writing %s: %w", initFile, err)
-	}
-	var lastErr error
-	for range startTries {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		srv, err := launch(bin, dir, port)
-		if err == nil {
-			return &Throwaway{bin: bin, dir: dir, port: port, srv: srv}, nil
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+	return &Throwaway{bin: bin, dir: srv.dir, port: srv.port, srv: srv}, nil
 }
 
 // ThrowawayFor starts a throwaway server for t (skipping t when mariadbd is

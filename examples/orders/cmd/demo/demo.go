@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -202,6 +205,16 @@ func runDemo(ctx context.Context, cfg config, out io.Writer) (bool, error) {
 		ms(wall), ms(took[0]), ms(took[len(took)/2]), ms(took[len(took)-1]))
 	w.Flush()
 
+	fmt.Fprintf(out, "\nlock acquisitions by outcome, from GET /metrics of each instance (txlock_acquire_duration_seconds_count)\n")
+	for _, in := range insts {
+		line, err := acquisitionsByOutcome(ctx, client, in.url+"/metrics")
+		if err != nil {
+			line = "unavailable: " + err.Error()
+		}
+		fmt.Fprintf(w, "  instance %s\t%s\n", in.name, line)
+	}
+	w.Flush()
+
 	ok := applied == 1 && stored == 1 && other == 0 && already+timeouts == cfg.Refunds-1 && final.Status == orders.StatusRefunded
 	if ok {
 		fmt.Fprintf(out, "\nOK: exactly one refund applied; the %d other requests were told \"already refunded\" or \"lock timeout\" (total %s)\n", cfg.Refunds-1, ms(time.Since(started)))
@@ -300,6 +313,51 @@ func postBody(ctx context.Context, c *http.Client, url, body string) (orders.Res
 		return out, resp.StatusCode, fmt.Errorf("HTTP %d, body %q: %w", resp.StatusCode, bytes.TrimSpace(b), err)
 	}
 	return out, resp.StatusCode, nil
+}
+
+// countRE matches a sample of the acquisition count in the Prometheus
+// text format, and outcomeRE its outcome label.
+var (
+	countRE   = regexp.MustCompile(`(?m)^txlock_acquire_duration_seconds_count\{([^}]*)\} (\S+)$`)
+	outcomeRE = regexp.MustCompile(`\boutcome="([^"]*)"`)
+)
+
+// acquisitionsByOutcome scrapes url (an instance's /metrics) and renders
+// its lock acquisitions by outcome, e.g. "acquired 7, timeout 3".
+func acquisitionsByOutcome(ctx context.Context, c *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	counts := map[string]float64{}
+	for _, m := range countRE.FindAllStringSubmatch(string(b), -1) {
+		o := outcomeRE.FindStringSubmatch(m[1])
+		v, err := strconv.ParseFloat(m[2], 64)
+		if o == nil || err != nil {
+			continue
+		}
+		counts[o[1]] += v
+	}
+	if len(counts) == 0 {
+		return "none recorded", nil
+	}
+	var parts []string
+	for _, o := range slices.Sorted(maps.Keys(counts)) {
+		parts = append(parts, fmt.Sprintf("%s %g", o, counts[o]))
+	}
+	return strings.Join(parts, ", "), nil
 }
 
 // ms renders d in milliseconds, e.g. "12.3ms".

@@ -24,7 +24,8 @@ import (
 )
 
 // serve runs one instance of the HTTP order service until SIGINT or
-// SIGTERM. Its first line on stdout is "listening on http://ADDR".
+// SIGTERM, with its Prometheus metrics on GET /metrics. Its first line on
+// stdout is "listening on http://ADDR".
 func serve(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -43,7 +44,13 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	handler, cleanup, err := orders.InitializeHandler(db, wireset.LockerOptions{dblock.Table(*lockTable)},
+	// The Locker records its metrics into m, served on GET /metrics.
+	m, err := orders.NewMetrics()
+	if err != nil {
+		return fail(err)
+	}
+	defer m.Shutdown(context.Background())
+	handler, cleanup, err := orders.InitializeHandler(db, wireset.LockerOptions{dblock.Table(*lockTable), m.LockerOption()},
 		orders.TablesWithPrefix(*prefix), orders.FakeGateway{Delay: *delay})
 	if err != nil {
 		return fail(err)
@@ -54,7 +61,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: m.Wrap(handler), ReadHeaderTimeout: 5 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
