@@ -247,6 +247,9 @@ func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockC
 
 // lockConfig merges the Locker's defaults and opts.
 func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
+	if len(opts) == 0 && len(l.cfg.defaults) == 0 {
+		return lockConfig{lease: DefaultLease}, nil
+	}
 	var lc lockConfig
 	if len(l.cfg.defaults) > 0 {
 		if err := lc.apply(l.cfg.defaults); err != nil {

@@ -53,7 +53,7 @@ func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context
 		return fnError(fn(ctx, scope.tx))
 	}
 	attempt := func() error {
-		k, err := l.begin(ctx, keys, lc)
+		k, err := l.begin(ctx, keys, lc, false)
 		if err != nil {
 			return err
 		}
@@ -77,7 +77,7 @@ func (k *Lock) run(fn func(ctx context.Context, tx *gorm.DB) error) error {
 			_ = k.Rollback() // the panic goes on unchanged
 		}
 	}()
-	err := fn(k.Context(k.ctx), k.tx)
+	err := fn(&k.fnCtx, k.tx)
 	finished = true
 	if err != nil {
 		_ = k.Rollback()

@@ -26,13 +26,14 @@ type Lock struct {
 	conn    *sql.Conn       // the pool connection the transaction runs on
 	leased  *leasedTx       // the transaction's connection, as gorm sees it
 	ctx     context.Context // the lock's context: cancelled with the loss as cause
+	fnCtx   scopedCtx       // ctx carrying the transaction scope, for Do's fn
 	cancel  context.CancelCauseFunc
 	granted time.Time
 
 	mu       sync.Mutex
 	state    lockState
-	lostErr  error // why, in state lost
-	lost     chan struct{}
+	lostErr  error         // why, in state lost
+	lost     chan struct{} // made by the first Lost call; closed when the lock ends
 	stopLost func() bool
 	closing  sync.Once
 }
@@ -75,19 +76,22 @@ func (l *Locker) lockOne(ctx context.Context, key Key, opts []LockOption, noWait
 		lc.noWait, lc.wait = true, 0
 	}
 	keys := [1]Key{key}
-	return l.begin(ctx, keys[:], lc)
+	return l.begin(ctx, keys[:], lc, true)
 }
 
 // begin opens a transaction and takes keys (in canonical order) as its
 // first statements.
-func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig) (*Lock, error) {
+//
+// watch makes the Lock watch ctx, for handles (Lock, TryLock) whose holder
+// learns of a loss through Lost.
+func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig, watch bool) (*Lock, error) {
 	done := l.tel.startAcquire(ctx, keys[0], lc.noWait)
-	k, err := l.beginAttempt(ctx, keys, lc, 1)
+	k, err := l.beginAttempt(ctx, keys, lc, 1, watch)
 	done(err)
 	return k, err
 }
 
-func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, attempt int) (*Lock, error) {
+func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, attempt int, watch bool) (*Lock, error) {
 	// The row step runs before BEGIN: a caller must never hold one pool
 	// connection while waiting for a second (DESIGN.md protocol step 9).
 	var idBuf [1]int64
@@ -100,7 +104,16 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 		ids = append(ids, id)
 	}
 	lctx, cancel := context.WithCancelCause(ctx)
-	k := &Lock{l: l, key: keys[0], ctx: lctx, cancel: cancel, lost: make(chan struct{})}
+	if t := l.db.Config.DefaultTransactionTimeout; t > 0 {
+		// gorm's bound on a transaction without a deadline, as its Begin
+		// applies it.
+		if _, ok := ctx.Deadline(); !ok {
+			var stop context.CancelFunc
+			tctx, stop := context.WithTimeout(lctx, t)
+			lctx, cancel = tctx, func(cause error) { stop(); cancel(cause) }
+		}
+	}
+	k := &Lock{l: l, key: keys[0], ctx: lctx, cancel: cancel}
 	if err := k.open(lctx, lc.lease); err != nil {
 		k.finish()
 		return nil, fmt.Errorf("dblock: beginning the lock transaction for %s: %w", keys[0], err)
@@ -114,7 +127,7 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 				// transaction, whose locking read of the missing row holds a
 				// gap lock that could block the insert, and start over.
 				l.cache.forget(key, ids[i])
-				return l.beginAttempt(ctx, keys, lc, attempt+1)
+				return l.beginAttempt(ctx, keys, lc, attempt+1, watch)
 			}
 			if errors.Is(err, errRowGone) {
 				err = fmt.Errorf("dblock: the row of %s in %s disappeared %d times while locking it: is a gc deleting live rows?", key, l.cfg.table, attempt)
@@ -146,14 +159,18 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 		k.scope.add(l, key, token)
 	}
 	k.granted = time.Now()
-	// database/sql rolls the transaction back when ctx ends: the lock is
-	// gone then, and Lost says so.
-	stop := context.AfterFunc(ctx, func() {
-		k.lose(fmt.Errorf("%w: %s: the lock's context ended: %w", ErrLockLost, k.key, context.Cause(ctx)))
-	})
-	k.mu.Lock()
-	k.stopLost = stop
-	k.mu.Unlock()
+	k.fnCtx = scopedCtx{Context: lctx, scope: k.scope}
+	if watch {
+		// database/sql rolls the transaction back when ctx ends: the lock
+		// is gone then, and Lost says so. (Do needs no watch: fn's context
+		// ends with ctx, and its commit then fails with ErrLockLost.)
+		stop := context.AfterFunc(lctx, func() {
+			k.lose(fmt.Errorf("%w: %s: the lock's context ended: %w", ErrLockLost, k.key, context.Cause(lctx)))
+		})
+		k.mu.Lock()
+		k.stopLost = stop
+		k.mu.Unlock()
+	}
 	k.leased.start(sent, k.lose)
 	return k, nil
 }
@@ -170,18 +187,16 @@ func (k *Lock) open(ctx context.Context, lease time.Duration) error {
 	if err := l.configureSession(ctx, conn, lease); err != nil {
 		return err
 	}
-	s := l.db.WithContext(ctx) // a Statement of its own: safe to repoint
-	s.Statement.ConnPool = conn
-	tx := s.Begin()
-	if tx.Error != nil {
-		return tx.Error
-	}
-	sqlTx, ok := tx.Statement.ConnPool.(*sql.Tx)
-	if !ok {
-		tx.Rollback()
-		return fmt.Errorf("unexpected transaction type %T", tx.Statement.ConnPool)
+	sqlTx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
 	}
 	k.leased = newLeasedTx(sqlTx, lease)
+	// One new session on the caller's gorm configuration (logger, hooks,
+	// naming), with a Statement of its own: safe to point at the lock's
+	// transaction. This is what gorm's Begin does, in one clone instead of
+	// two.
+	tx := l.db.Session(&gorm.Session{Context: ctx, NewDB: true})
 	tx.Statement.ConnPool = k.leased
 	k.tx = tx
 	k.owned.tx, k.owned.fresh = tx, true
@@ -226,7 +241,7 @@ func (k *Lock) lose(err error) {
 		return
 	}
 	k.state, k.lostErr = lost, err
-	close(k.lost)
+	k.closeLostLocked()
 	k.mu.Unlock()
 	k.l.log.Warn("dblock: lock lost", "granularity", k.key.Granularity(), "error", err)
 	k.l.tel.lost(k.ctx, k.key, err)
@@ -249,6 +264,21 @@ func (k *Lock) Context(parent context.Context) context.Context {
 	return context.WithValue(parent, ctxKey{}, k.scope)
 }
 
+// scopedCtx is the lock's own context carrying its transaction scope: fn's
+// context in Do, stored in the Lock so that it costs no allocation.
+type scopedCtx struct {
+	context.Context
+	scope *txScope
+}
+
+// Value implements context.Context.
+func (c *scopedCtx) Value(key any) any {
+	if key == (ctxKey{}) {
+		return c.scope
+	}
+	return c.Context.Value(key)
+}
+
 // Token returns the lock's fencing token, or 0 when fencing was not asked
 // for.
 func (k *Lock) Token() int64 { return k.token }
@@ -259,7 +289,26 @@ func (k *Lock) Token() int64 { return k.token }
 // lock's connection failed, or the lock's context ended. A holder that sees
 // Lost closed must stop acting on the lock: the server may hand it to
 // someone else, and the transaction will not commit.
-func (k *Lock) Lost() <-chan struct{} { return k.lost }
+func (k *Lock) Lost() <-chan struct{} {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.lost == nil {
+		k.lost = make(chan struct{})
+		if k.state != held {
+			close(k.lost)
+		}
+	}
+	return k.lost
+}
+
+// closeLostLocked closes Lost's channel if someone asked for it; a later
+// Lost call returns a closed one. The caller holds k.mu and has just moved
+// the lock out of the held state.
+func (k *Lock) closeLostLocked() {
+	if k.lost != nil {
+		close(k.lost)
+	}
+}
 
 // Err returns nil while the lock is held or after it was released, and an
 // error wrapping ErrLockLost once it was lost.
@@ -294,7 +343,7 @@ func (k *Lock) end() (bool, error) {
 	switch k.state {
 	case held:
 		k.state = released
-		close(k.lost)
+		k.closeLostLocked()
 		k.l.tel.held(k.ctx, k.key, time.Since(k.granted))
 		return true, nil
 	case lost:

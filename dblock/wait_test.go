@@ -17,6 +17,18 @@ const (
 	erStatementTimeout = 1969 // max_statement_time
 )
 
+// checkNotAcquired checks that the acquisition what failed with
+// ErrNotAcquired, wrapping the server's error number.
+func checkNotAcquired(t *testing.T, what string, err error, number uint16) {
+	t.Helper()
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("%s = %v, want ErrNotAcquired", what, err)
+	}
+	if n := mysqlNumber(t, err); n != number {
+		t.Errorf("server error %d, want %d", n, number)
+	}
+}
+
 // TestWaitTimeout: a WaitTimeout(1s) acquisition of a held key fails with
 // ErrNotAcquired after about 1 s, wrapping the server's error 1969.
 func TestWaitTimeout(t *testing.T) {
@@ -32,12 +44,7 @@ func TestWaitTimeout(t *testing.T) {
 		_ = k.Rollback()
 		t.Fatal("Lock of a held key succeeded")
 	}
-	if !errors.Is(err, dblock.ErrNotAcquired) {
-		t.Fatalf("Lock = %v, want ErrNotAcquired", err)
-	}
-	if n := mysqlNumber(t, err); n != erStatementTimeout {
-		t.Errorf("server error %d, want %d", n, erStatementTimeout)
-	}
+	checkNotAcquired(t, "Lock", err, erStatementTimeout)
 	within(t, "WaitTimeout(1s)", elapsed, 900*time.Millisecond, 3*time.Second)
 	// The holder still holds the key.
 	assertHeld(t, l, key)
@@ -54,12 +61,7 @@ func TestWaitTimeoutSubSecond(t *testing.T) {
 	start := time.Now()
 	err := l.Do(ctx, key, fnMustNotRun(t), dblock.WaitTimeout(300*time.Millisecond))
 	elapsed := time.Since(start)
-	if !errors.Is(err, dblock.ErrNotAcquired) {
-		t.Fatalf("Do = %v, want ErrNotAcquired", err)
-	}
-	if n := mysqlNumber(t, err); n != erStatementTimeout {
-		t.Errorf("server error %d, want %d", n, erStatementTimeout)
-	}
+	checkNotAcquired(t, "Do", err, erStatementTimeout)
 	within(t, "WaitTimeout(300ms)", elapsed, 250*time.Millisecond, 1500*time.Millisecond)
 }
 
@@ -179,12 +181,7 @@ func TestTryLockHeld(t *testing.T) {
 			start := time.Now()
 			err := c.try()
 			elapsed := time.Since(start)
-			if !errors.Is(err, dblock.ErrNotAcquired) {
-				t.Fatalf("%s = %v, want ErrNotAcquired", c.name, err)
-			}
-			if n := mysqlNumber(t, err); n != erLockWaitTimeout {
-				t.Errorf("server error %d, want %d", n, erLockWaitTimeout)
-			}
+			checkNotAcquired(t, c.name, err, erLockWaitTimeout)
 			within(t, c.name, elapsed, 0, 500*time.Millisecond)
 		})
 	}
