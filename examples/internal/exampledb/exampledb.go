@@ -38,7 +38,11 @@ func Open(dsn string) (*gorm.DB, error) {
 		return nil, fmt.Errorf("parsing the DSN: %w", err)
 	}
 	cfg.ParseTime = true
-	return gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
+	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		return nil, fmt.Errorf("opening the database: %w", err)
+	}
+	return db, nil
 }
 
 // OpenMigrated opens gorm on dsn and applies txlock's migrations to

@@ -20,8 +20,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/txlock/txlock/examples/internal/exampledb"
 	"github.com/txlock/txlock/examples/orders"
-	"github.com/txlock/txlock/migrations"
 )
 
 // config is one run of the demo.
@@ -64,18 +64,11 @@ func runDemo(ctx context.Context, cfg config, out io.Writer) (bool, error) {
 		return false, errors.New("want at least 2 refunds")
 	}
 	started := time.Now()
-	db, err := openDB(cfg.DSN)
-	if err != nil {
-		return false, err
-	}
-	sqlDB, err := db.DB()
+	db, sqlDB, err := exampledb.OpenMigrated(ctx, cfg.DSN, cfg.LockTable)
 	if err != nil {
 		return false, err
 	}
 	defer sqlDB.Close()
-	if err := migrations.Up(ctx, sqlDB, migrations.WithTable(cfg.LockTable)); err != nil {
-		return false, err
-	}
 	if err := orders.CreateTables(ctx, db, cfg.Tables); err != nil {
 		return false, err
 	}
@@ -229,7 +222,7 @@ func runDemo(ctx context.Context, cfg config, out io.Writer) (bool, error) {
 func startInstance(ctx context.Context, cfg config, name, prefix string) (*instance, error) {
 	cmd := exec.Command(cfg.Self, "-addr", "127.0.0.1:0", "-lock-table", cfg.LockTable,
 		"-tables-prefix", prefix, "-gateway-delay", cfg.GatewayDelay.String())
-	cmd.Env = append(os.Environ(), envRole+"=server", envDSN+"="+cfg.DSN)
+	cmd.Env = append(os.Environ(), envRole+"=server", exampledb.EnvDSN+"="+cfg.DSN)
 	cmd.Stderr = &prefixWriter{prefix: "[instance " + name + "] ", w: os.Stderr}
 	dieWithParent(cmd)
 	stdout, err := cmd.StdoutPipe()

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/txlock/txlock/examples/internal/exampledb"
 	"github.com/txlock/txlock/examples/orders"
 )
 
@@ -31,17 +32,11 @@ import (
 // the demo: the demo starts its instances by running itself again.
 const envRole = "TXLOCK_DEMO_ROLE"
 
-// envDSN names the database server.
-const envDSN = "DBLOCK_DSN"
-
-// defaultDSN is the server when $DBLOCK_DSN is not set.
-const defaultDSN = "root@tcp(127.0.0.1:3306)/test"
-
 func main() {
 	if os.Getenv(envRole) == "server" {
 		os.Exit(serve(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	cfg := config{DSN: dsnFromEnv(), Tables: orders.DefaultTables}
+	cfg := config{DSN: exampledb.DSN(), Tables: orders.DefaultTables}
 	flag.IntVar(&cfg.Refunds, "n", 20, "concurrent refund requests, split across the two instances")
 	flag.DurationVar(&cfg.GatewayDelay, "gateway-delay", 150*time.Millisecond, "time the fake payment gateway takes per refund (the lock is held meanwhile)")
 	flag.StringVar(&cfg.LockTable, "lock-table", "tb_lock", "the lock table")
@@ -63,11 +58,4 @@ func main() {
 	if !ok {
 		os.Exit(1)
 	}
-}
-
-func dsnFromEnv() string {
-	if dsn := os.Getenv(envDSN); dsn != "" {
-		return dsn
-	}
-	return defaultDSN
 }

@@ -14,12 +14,10 @@ import (
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
-	"gorm.io/driver/mysql"
-	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/decorator/wireset"
+	"github.com/txlock/txlock/examples/internal/exampledb"
 	"github.com/txlock/txlock/examples/orders"
 )
 
@@ -40,7 +38,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "server:", err)
 		return 1
 	}
-	db, err := openDB(dsnFromEnv())
+	db, err := exampledb.Open(exampledb.DSN())
 	if err != nil {
 		return fail(err)
 	}
@@ -75,20 +73,6 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	return 0
-}
-
-// openDB opens gorm on dsn, with parseTime and a silent logger.
-func openDB(dsn string) (*gorm.DB, error) {
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("parsing the DSN: %w", err)
-	}
-	cfg.ParseTime = true
-	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		return nil, fmt.Errorf("opening the database: %w", err)
-	}
-	return db, nil
 }
 
 // redact returns dsn without its password, for the report.
