@@ -232,8 +232,10 @@ func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockC
 	if err != nil {
 		return err
 	}
-	if err := l.guardSnapshot(ctx, scope, pool); err != nil {
-		return err
+	if !lc.fresh {
+		if err := l.guardSnapshot(ctx, scope, pool); err != nil {
+			return err
+		}
 	}
 	var token int64
 	if lc.fencing {

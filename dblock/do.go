@@ -101,7 +101,8 @@ func (k *Lock) run(fn func(ctx context.Context, tx *gorm.DB) error) error {
 // on for the transaction, so that a write based on a stale read fails with
 // error 1020 (ErrStaleSnapshot through Do) instead of silently overwriting
 // the previous holder's update; tx's Commit and Rollback turn it back to the
-// server's default. That costs two round trips, once per transaction. On
+// server's default. That costs two round trips, once per transaction
+// (NoPriorReads skips it when the lock comes before any read). On
 // other servers, read what the lock protects with locking reads (FOR
 // UPDATE) or use READ COMMITTED in transactions that read before locking.
 func (l *Locker) LockTx(ctx context.Context, tx *gorm.DB, key Key, opts ...LockOption) error {

@@ -111,6 +111,7 @@ type lockConfig struct {
 	retry   RetryPolicy // Attempts > 1: Do retries deadlock victims
 	fencing bool
 	lease   time.Duration // server and client bound on a silent holder
+	fresh   bool          // the caller's transaction has not read before this lock
 }
 
 func (lc *lockConfig) apply(opts []LockOption) error {
@@ -145,6 +146,20 @@ func WaitTimeout(d time.Duration) LockOption {
 		}
 		lc.wait = min(d, maxWait)
 		lc.noWait = false
+		return nil
+	}
+}
+
+// NoPriorReads tells LockTx (or a Do that joins a caller's transaction)
+// that the transaction has not read anything before this acquisition, so
+// its snapshot cannot predate the lock: the snapshot guard (MariaDB's
+// innodb_snapshot_isolation turned on, then back, two round trips) is
+// skipped. Only promise it when the lock is the transaction's first
+// statement, or when every earlier read was a locking read; a wrong promise
+// brings back the silent lost update the guard prevents.
+func NoPriorReads() LockOption {
+	return func(lc *lockConfig) error {
+		lc.fresh = true
 		return nil
 	}
 }

@@ -93,3 +93,31 @@ func TestSessionSettingsDoNotLeak(t *testing.T) {
 		})
 	}
 }
+
+// TestNoPriorReadsSkipsGuard: a caller that promises its transaction has
+// not read before the lock gets no snapshot guard (no round trips for it),
+// and a stale-read write is then on the caller, as promised.
+func TestNoPriorReadsSkipsGuard(t *testing.T) {
+	e := setup(t)
+	e.sqlDB.SetMaxOpenConns(1)
+	l := e.locker(t)
+	defer l.Close()
+	ctx := ctxT(t)
+	var global int
+	if err := e.db.Raw("SELECT @@GLOBAL.innodb_snapshot_isolation").Row().Scan(&global); err != nil {
+		t.Skipf("server without innodb_snapshot_isolation: %v", err)
+	}
+	var inside int
+	err := e.db.Transaction(func(tx *gorm.DB) error {
+		if err := l.LockTx(ctx, tx, dblock.Resource("a"), dblock.NoPriorReads()); err != nil {
+			return err
+		}
+		return tx.Raw("SELECT @@SESSION.innodb_snapshot_isolation = @@GLOBAL.innodb_snapshot_isolation").Row().Scan(&inside)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inside != 1 {
+		t.Fatal("with NoPriorReads the session's innodb_snapshot_isolation was changed")
+	}
+}
