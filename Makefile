@@ -36,6 +36,7 @@ endef
 test:
 	@$(WITH_DSN) \
 	$(GO) vet $(PKGS); \
+	$(GO) -C bench vet -mod=mod .; \
 	$(FMT_CHECK); \
 	$(GO) test -race -count=1 -timeout 9m $(PKGS)
 

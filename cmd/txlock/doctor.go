@@ -267,7 +267,7 @@ func serverChecks(srv serverInfo, vars map[string]string, singleWriter bool) []c
 	if v, ok := vars["wait_timeout"]; ok {
 		n, _ := strconv.ParseInt(v, 10, 64)
 		if n >= 3600 {
-			add("wait_timeout", statusWarn, humanSeconds(n)+": a holder cut off without a FIN or RST (a partition, a frozen VM) keeps its lock that long",
+			add("wait_timeout", statusWarn, humanSeconds(n)+": locks taken with LockTx or WithTx in your own transactions, whose holder is cut off without a FIN or RST (a partition, a frozen VM), stay held that long (the transactions Do and Lock open are bounded by their Lease instead)",
 				"lower it for the services' sessions, e.g. the DSN parameter wait_timeout=60 (keep the pool's SetConnMaxIdleTime below it), or SET GLOBAL wait_timeout = 600")
 		} else {
 			add("wait_timeout", statusOK, humanSeconds(n)+": the longest a silently cut-off holder keeps its lock", "")
@@ -277,7 +277,7 @@ func serverChecks(srv serverInfo, vars map[string]string, singleWriter bool) []c
 		if v, ok := vars["idle_transaction_timeout"]; ok {
 			n, _ := strconv.ParseInt(v, 10, 64)
 			if n == 0 {
-				add("idle_transaction_timeout", statusOK, "supported (global 0, off): a session can end its own idle transactions", "to bound a stuck holder without touching other applications, set it per session for the lock connections, e.g. DSN parameter idle_transaction_timeout=30")
+				add("idle_transaction_timeout", statusOK, "supported (global 0, off): txlock sets it to the Lease on the sessions of the transactions it opens", "for locks in your own transactions (LockTx, WithTx), set it per session, e.g. DSN parameter idle_transaction_timeout=60")
 			} else {
 				add("idle_transaction_timeout", statusOK, "supported, global "+humanSeconds(n)+": a transaction idle that long is ended and its locks released", "")
 			}
