@@ -85,10 +85,12 @@ func (l *Locker) lockStatement(buf []byte, id int64, tag uint64, wait time.Durat
 }
 
 // lockRow takes the row lock of key (row id) on pool, the connection of an
-// open transaction. A row that was collected since its id was cached is
-// created again and locked (protocol steps 1 and 2); the locking read of the
-// missing row took a gap lock below the highest id, and the new row gets an
-// id above it, so creating it does not wait for this transaction.
+// open transaction the caller owns. A row that was collected since its id
+// was cached is created again and locked (protocol steps 1 and 2). The
+// locking read of the missing row took a gap lock; `txlock gc` never
+// deletes the newest row, so that gap lies below the highest id and the new
+// row, with an id above it, does not wait for this transaction. A row
+// deleted otherwise fails fast with ErrNotAcquired (see findRow).
 func (l *Locker) lockRow(ctx context.Context, pool gorm.ConnPool, key Key, id int64, lc lockConfig) error {
 	for attempt := 0; ; attempt++ {
 		err := l.lockRowOnce(ctx, pool, key, id, lc)
@@ -99,7 +101,7 @@ func (l *Locker) lockRow(ctx context.Context, pool gorm.ConnPool, key Key, id in
 		if attempt == 2 {
 			return fmt.Errorf("dblock: the row of %s in %s disappeared %d times while locking it: is a gc deleting live rows?", key, l.cfg.table, attempt+1)
 		}
-		if id, err = l.rowID(ctx, key); err != nil {
+		if id, err = l.findRow(ctx, key, true); err != nil {
 			return err
 		}
 	}
@@ -156,9 +158,16 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 			l.killWaiting(ctx, tag)
 		}
 		if ctxBound != nil && errors.Is(cerr, context.DeadlineExceeded) {
-			// The server's own timeout, set just before the deadline, lost
-			// the race with the client's: the wait ran out all the same.
-			return fmt.Errorf("%w: %s: %w", ErrNotAcquired, key, context.Cause(ctx))
+			if mysqlErrorNumber(err) != 0 {
+				// The server answered (its own timeout, set just before the
+				// deadline): the connection and the transaction are intact.
+				return acquireError(key, err, ctxBound)
+			}
+			// The client's deadline won the race with the server's answer:
+			// the wait ran out all the same, but the driver closed the
+			// connection, and the transaction with its other locks is gone.
+			return fmt.Errorf("%w: %s: %w; the driver closed the transaction's connection, its other locks are gone (%w)",
+				ErrNotAcquired, key, context.Cause(ctx), ErrLockLost)
 		}
 		return fmt.Errorf("dblock: acquiring %s: %w", key, context.Cause(ctx))
 	}
@@ -216,6 +225,12 @@ func txPool(tx *gorm.DB) (gorm.ConnPool, error) {
 // joinLock takes key inside the transaction of scope, unless scope holds
 // it already (reentrancy: no round trip).
 func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockConfig) error {
+	if err := scope.endedErr(); err != nil {
+		// A context kept past its lock (Lock.Context after Commit, or
+		// context.WithoutCancel of fn's context): joining would run fn
+		// without the lock.
+		return fmt.Errorf("%w: %s: the transaction this context carries has ended: %w", ErrLockLost, key, err)
+	}
 	if scope.holds(l, key) {
 		return nil
 	}

@@ -40,7 +40,9 @@ const rowGrace = 100 * time.Millisecond
 // cancelled with cause ErrLockLost, when no statement on the lock's
 // connection got an answer for the lease minus a margin (a fifth of it, at
 // least 200 ms), which is before the server can free the key; no clock
-// synchronisation is assumed. While the holder is connected, a keepalive
+// synchronisation is assumed. Waiting for a further key inside the lock's
+// transaction counts as a statement: keep such waits (WaitTimeout) below
+// the lease. While the holder is connected, a keepalive
 // (DO 1) runs on the lock's connection whenever it has been idle for a
 // third of the lease, between the holder's own statements, never beside
 // them. So a statement that runs longer than the lease minus the margin
@@ -48,8 +50,16 @@ const rowGrace = 100 * time.Millisecond
 // statement.
 //
 // It applies to the transactions the Locker opens (Do, DoMulti, Lock,
-// TryLock). A transaction the caller opened (LockTx, WithTx) keeps the
-// caller's session settings.
+// TryLock); LockTx and WithTx run in the caller's transaction and leave its
+// session alone. The server-side setting is made once per pooled
+// connection, the first time a lock uses it, and stays on that connection:
+// a transaction of yours that later runs on it is also ended after being
+// idle for the lease (on MySQL, wait_timeout also closes the connection
+// after being idle in the pool that long; database/sql then opens another).
+// Give your own sessions the same bound (the DSN parameter
+// idle_transaction_timeout) if you want one policy everywhere, and do not
+// change the variable on connections behind the Locker's back: it sets it
+// again only on connections it has not seen.
 func Lease(d time.Duration) LockOption {
 	return func(lc *lockConfig) error {
 		if d < minLease {

@@ -38,6 +38,9 @@ type Lock struct {
 	closing  sync.Once
 }
 
+// errReleased is why a released lock's transaction scope ended.
+var errReleased = errors.New("the lock was released")
+
 type lockState uint8
 
 const (
@@ -110,7 +113,8 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 		if _, ok := ctx.Deadline(); !ok {
 			var stop context.CancelFunc
 			tctx, stop := context.WithTimeout(lctx, t)
-			lctx, cancel = tctx, func(cause error) { stop(); cancel(cause) }
+			parent := cancel
+			lctx, cancel = tctx, func(cause error) { stop(); parent(cause) }
 		}
 	}
 	k := &Lock{l: l, key: keys[0], ctx: lctx, cancel: cancel}
@@ -242,8 +246,10 @@ func (k *Lock) lose(err error) {
 	}
 	k.state, k.lostErr = lost, err
 	k.closeLostLocked()
+	k.scope.end(err)
 	k.mu.Unlock()
 	k.l.log.Warn("dblock: lock lost", "granularity", k.key.Granularity(), "error", err)
+	k.leased.stop()
 	k.l.tel.lost(k.ctx, k.key, err)
 	k.l.tel.held(k.ctx, k.key, time.Since(k.granted))
 	k.cancel(err)
@@ -344,6 +350,7 @@ func (k *Lock) end() (bool, error) {
 	case held:
 		k.state = released
 		k.closeLostLocked()
+		k.scope.end(errReleased)
 		k.l.tel.held(k.ctx, k.key, time.Since(k.granted))
 		return true, nil
 	case lost:

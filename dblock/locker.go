@@ -188,6 +188,13 @@ const rowAttempts = 6
 // (protocol step 1): a plain read, then INSERT IGNORE, both in autocommit on
 // the side pool, never inside a lock transaction.
 func (l *Locker) rowID(ctx context.Context, key Key) (int64, error) {
+	return l.findRow(ctx, key, false)
+}
+
+// findRow is rowID; inTx says the caller's open transaction has just found
+// the row missing with a locking read, whose gap lock may block the
+// insert: a lock wait then fails at once instead of being retried.
+func (l *Locker) findRow(ctx context.Context, key Key, inTx bool) (int64, error) {
 	if id, ok := l.cache.get(key); ok {
 		return id, nil
 	}
@@ -211,8 +218,14 @@ func (l *Locker) rowID(ctx context.Context, key Key) (int64, error) {
 		}
 		// Autocommit statements: safe to run again. Two creators of one
 		// key can deadlock on a deleted row's index entry: back off apart.
-		switch mysqlErrorNumber(err) {
-		case erLockDeadlock, erLockWaitTimeout, erStatementTimeout:
+		switch n := mysqlErrorNumber(err); n {
+		case erLockWaitTimeout, erStatementTimeout:
+			if inTx {
+				return 0, fmt.Errorf("%w: %s: its row was deleted (outside `txlock gc`, which keeps the newest row) and creating it again waits for this transaction's own gap lock: roll the transaction back and retry: %w",
+					ErrNotAcquired, key, err)
+			}
+			fallthrough
+		case erLockDeadlock:
 			if err := sleepCtx(ctx, DefaultRetryPolicy.backoff(attempt+1)); err != nil {
 				return 0, fmt.Errorf("dblock: finding the row of %s: %w", key, err)
 			}

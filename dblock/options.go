@@ -77,7 +77,7 @@ func Logger(l *slog.Logger) Option {
 
 // SideDB sets the pool the Locker uses for work that must run beside a
 // lock transaction in autocommit (creating a key's row). By default the
-// Locker opens a small pool of its own (at most 2 connections) from the
+// Locker opens a small pool of its own (at most 4 connections) from the
 // DSN of the gorm MySQL dialector, so that a caller holding its last pool
 // connection never waits for a second one; when the DSN is not available
 // (a gorm.DB built on an existing connection) the caller's pool is used.

@@ -25,11 +25,30 @@ type txScope struct {
 	// statement, so its first lock cannot have a stale snapshot.
 	fresh   bool
 	guarded bool
+	ended   error // set when the Lock that owns the transaction released or lost it
 }
 
 type heldKey struct {
 	table string
 	key   Key
+}
+
+// end records that the transaction ended (err says how), so that a context
+// that still carries the scope cannot join it.
+func (s *txScope) end(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended == nil {
+		s.ended = err
+	}
+}
+
+// endedErr returns why the transaction ended, or nil while it is open (as
+// far as the library knows: a caller's own transaction is not tracked).
+func (s *txScope) endedErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
 }
 
 func (s *txScope) holds(l *Locker, k Key) bool {
