@@ -17,15 +17,8 @@ import (
 // pool has one connection, so every transaction and check uses the same
 // session.
 func TestSessionSettingsDoNotLeak(t *testing.T) {
-	e := setup(t)
-	e.sqlDB.SetMaxOpenConns(1)
-	l := e.locker(t)
-	defer l.Close()
+	e, l, global := oneSession(t)
 	ctx := ctxT(t)
-	var global int
-	if err := e.db.Raw("SELECT @@GLOBAL.innodb_snapshot_isolation").Row().Scan(&global); err != nil {
-		t.Skipf("server without innodb_snapshot_isolation: %v", err)
-	}
 	session := func(tx *gorm.DB) int {
 		t.Helper()
 		var v int
@@ -98,26 +91,36 @@ func TestSessionSettingsDoNotLeak(t *testing.T) {
 // not read before the lock gets no snapshot guard (no round trips for it),
 // and a stale-read write is then on the caller, as promised.
 func TestNoPriorReadsSkipsGuard(t *testing.T) {
-	e := setup(t)
-	e.sqlDB.SetMaxOpenConns(1)
-	l := e.locker(t)
-	defer l.Close()
+	e, l, global := oneSession(t)
 	ctx := ctxT(t)
-	var global int
-	if err := e.db.Raw("SELECT @@GLOBAL.innodb_snapshot_isolation").Row().Scan(&global); err != nil {
-		t.Skipf("server without innodb_snapshot_isolation: %v", err)
-	}
-	var inside int
+	inside := -1
 	err := e.db.Transaction(func(tx *gorm.DB) error {
 		if err := l.LockTx(ctx, tx, dblock.Resource("a"), dblock.NoPriorReads()); err != nil {
 			return err
 		}
-		return tx.Raw("SELECT @@SESSION.innodb_snapshot_isolation = @@GLOBAL.innodb_snapshot_isolation").Row().Scan(&inside)
+		return tx.Raw("SELECT @@SESSION.innodb_snapshot_isolation").Row().Scan(&inside)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inside != 1 {
-		t.Fatal("with NoPriorReads the session's innodb_snapshot_isolation was changed")
+	if inside != global {
+		t.Fatalf("with NoPriorReads the session's innodb_snapshot_isolation was %d inside the transaction, want the global %d", inside, global)
 	}
+}
+
+// oneSession sets up a test whose pool has one connection, so that every
+// transaction and check uses the same session, with a Locker (closed at
+// cleanup) and the server's global innodb_snapshot_isolation. It skips on
+// servers without that variable.
+func oneSession(t *testing.T) (env, *dblock.Locker, int) {
+	t.Helper()
+	e := setup(t)
+	e.sqlDB.SetMaxOpenConns(1)
+	l := e.locker(t)
+	t.Cleanup(func() { _ = l.Close() })
+	var global int
+	if err := e.db.Raw("SELECT @@GLOBAL.innodb_snapshot_isolation").Row().Scan(&global); err != nil {
+		t.Skipf("server without innodb_snapshot_isolation: %v", err)
+	}
+	return e, l, global
 }
