@@ -30,7 +30,7 @@ if [[ -n "$$unformatted" ]]; then \
 fi
 endef
 
-.PHONY: test demo bench db db-stop migrate generate torture fmt fmt-check vet tidy
+.PHONY: test demo bench db db-stop migrate generate torture fmt fmt-check vet tidy test-ha
 
 ## test: go vet, gofmt check, then all tests with the race detector
 test:
@@ -89,3 +89,11 @@ vet:
 ## tidy: go mod tidy
 tidy:
 	$(GO) mod tidy
+
+## test-ha: the high-availability tests (internal/hatest, opt-in with
+## TXLOCK_HA=1): throwaway primary + replica MariaDB pairs (async and
+## semi-sync) started in temp dirs on free ports, failover with a relay,
+## split brain with and without read-only fencing, fencing tokens across
+## repeated failovers. Needs mariadb-server; no test server DSN. See docs/HA.md.
+test-ha:
+	TXLOCK_HA=1 $(GO) test -race -count=1 -timeout 20m -v ./internal/hatest/...

@@ -24,6 +24,7 @@ type queries struct {
 	snapshotOn  string // MariaDB: make a joined transaction's stale writes fail
 	snapshotOff string // and back to the server's default before the transaction ends
 	bumpFence   string // take the next fencing token, autocommit
+	touchFrom   string // Galera multi-writer: write the locked row, before its id
 }
 
 func buildQueries(table string, mariaDB bool) queries {
@@ -39,6 +40,7 @@ func buildQueries(table string, mariaDB bool) queries {
 		processes:   "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?",
 		snapshotOn:  "SET SESSION innodb_snapshot_isolation = ON",
 		snapshotOff: "SET SESSION innodb_snapshot_isolation = DEFAULT",
+		touchFrom:   "UPDATE " + t + " SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = ",
 		bumpFence: "INSERT INTO `" + schema.FenceTable(table) + "` (key_hash, token) VALUES (?, LAST_INSERT_ID(1))" +
 			" ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
 	}
@@ -146,6 +148,9 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 	}
 	switch {
 	case err == nil:
+		if l.touch {
+			return l.touchRow(ctx, pool, key, id)
+		}
 		return nil
 	case errors.Is(err, sql.ErrNoRows):
 		return errRowGone
@@ -172,6 +177,20 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 		return fmt.Errorf("dblock: acquiring %s: %w", key, context.Cause(ctx))
 	}
 	return acquireError(key, err, ctxBound)
+}
+
+// touchRow writes the locked row id in the holding transaction (Galera
+// multi-writer): the row is then in the transaction's write set, so that
+// certification lets at most one of two overlapping holders on different
+// nodes commit. The value always changes (an update that changes nothing
+// writes nothing), and it does not wait: the transaction holds the row.
+func (l *Locker) touchRow(ctx context.Context, pool gorm.ConnPool, key Key, id int64) error {
+	var buf [160]byte
+	q := strconv.AppendInt(append(buf[:0], l.q.touchFrom...), id, 10)
+	if _, err := pool.ExecContext(ctx, string(q)); err != nil {
+		return acquireError(key, withCause(ctx, err), nil)
+	}
+	return nil
 }
 
 // killTimeout bounds the cleanup of an abandoned waiting statement.

@@ -4,13 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 
 	"github.com/txlock/txlock/internal/serverinfo"
 )
 
 // server is what the Locker learned about the server at New.
 type server struct {
-	version string // VERSION()
+	version string // @@version, the same as VERSION()
 	comment string // @@version_comment
 	mariaDB bool
 	major   int
@@ -20,6 +21,40 @@ type server struct {
 	// joined transaction's stale write can be made to fail (1020) instead
 	// of silently losing an update.
 	snapshotIsolation bool
+	topology          Topology
+}
+
+// A Topology is what New learned about the server's place in a
+// replication setup, from its global variables and the account's grants
+// (see Locker.Topology).
+type Topology struct {
+	// ReadOnly: read_only (or MySQL's super_read_only) is ON. The server is
+	// most likely a replica: locks taken there are not seen by the holders
+	// on the primary. New refuses such a server unless AllowReadOnly is
+	// given.
+	ReadOnly bool
+	// SuperReadOnly: MySQL's super_read_only is ON; no account can write,
+	// whatever its privileges.
+	SuperReadOnly bool
+	// ReadOnlyBypass: the account's global privileges let it write while
+	// read_only is ON (MariaDB: READ_ONLY ADMIN, or SUPER before 10.11;
+	// MySQL: SUPER or CONNECTION_ADMIN; ALL PRIVILEGES on both), so that
+	// switching a primary to read_only does not stop its lock holders.
+	// It is read from SHOW GRANTS of the current account: privileges that
+	// come only through a role that SHOW GRANTS does not expand are not
+	// seen (false), and so is everything when SHOW GRANTS fails.
+	ReadOnlyBypass bool
+	// Galera: the server is a Galera cluster node (wsrep_on=ON). See
+	// GaleraSingleWriter and GaleraMultiWriter.
+	Galera bool
+	// SemiSyncSource: semi-synchronous replication is enabled on the
+	// server as a source (rpl_semi_sync_master_enabled or
+	// rpl_semi_sync_source_enabled).
+	SemiSyncSource bool
+	// SemiSyncReplica: semi-synchronous replication is enabled on the
+	// server as a replica (rpl_semi_sync_slave_enabled or
+	// rpl_semi_sync_replica_enabled).
+	SemiSyncReplica bool
 }
 
 // flavor returns "MariaDB" or "MySQL".
@@ -36,12 +71,26 @@ func (s server) atLeast(major, minor, patch int) bool {
 	return s.patch >= patch
 }
 
-// detectServer queries the server's version and features.
+// The statements of New's detection: two round trips on both flavours.
+// Variables that a server lacks (wsrep_on without Galera support, the
+// semi-sync variables without their plugin, innodb_snapshot_isolation on
+// MySQL and older MariaDB) are simply absent from the answer.
+const (
+	detectVariables = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', " +
+		"'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', " +
+		"'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', " +
+		"'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
+	detectGrants = "SHOW GRANTS"
+)
+
+// detectServer queries the server's version, features and topology.
 func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	var s server
-	if err := db.QueryRowContext(ctx, "SELECT VERSION(), @@version_comment").Scan(&s.version, &s.comment); err != nil {
+	vars, err := showVariables(ctx, db)
+	if err != nil {
 		return s, fmt.Errorf("dblock: detecting the server: %w", err)
 	}
+	s.version, s.comment = vars["version"], vars["version_comment"]
 	var ok bool
 	s.major, s.minor, s.patch, ok = serverinfo.ParseVersion(s.version)
 	if !ok {
@@ -54,15 +103,88 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	case !s.mariaDB && !s.atLeast(8, 0, 0):
 		return s, fmt.Errorf("dblock: MySQL %s is too old: txlock needs MySQL 8.0 or later (or MariaDB 10.6)", s.version)
 	}
-	if s.mariaDB {
-		rows, err := db.QueryContext(ctx, "SHOW VARIABLES LIKE 'innodb_snapshot_isolation'")
-		if err != nil {
-			return s, fmt.Errorf("dblock: detecting the server: %w", err)
+	_, s.snapshotIsolation = vars["innodb_snapshot_isolation"]
+	s.snapshotIsolation = s.snapshotIsolation && s.mariaDB
+	on := func(names ...string) bool {
+		for _, n := range names {
+			if v := strings.ToUpper(vars[n]); v == "ON" || v == "1" {
+				return true
+			}
 		}
-		s.snapshotIsolation = rows.Next()
-		if err := rows.Close(); err != nil {
-			return s, fmt.Errorf("dblock: detecting the server: %w", err)
-		}
+		return false
+	}
+	t := &s.topology
+	t.SuperReadOnly = on("super_read_only")
+	t.ReadOnly = t.SuperReadOnly || on("read_only")
+	t.Galera = on("wsrep_on")
+	t.SemiSyncSource = on("rpl_semi_sync_master_enabled", "rpl_semi_sync_source_enabled")
+	t.SemiSyncReplica = on("rpl_semi_sync_slave_enabled", "rpl_semi_sync_replica_enabled")
+	if grants, err := showGrants(ctx, db); err == nil {
+		t.ReadOnlyBypass = !t.SuperReadOnly && bypassesReadOnly(grants, s.mariaDB && s.atLeast(10, 11, 0))
 	}
 	return s, nil
+}
+
+// showVariables runs detectVariables: name -> value.
+func showVariables(ctx context.Context, db *sql.DB) (map[string]string, error) {
+	rows, err := db.QueryContext(ctx, detectVariables)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	vars := make(map[string]string, 8)
+	for rows.Next() {
+		var name, value string
+		if err := rows.Scan(&name, &value); err != nil {
+			return nil, err
+		}
+		vars[strings.ToLower(name)] = value
+	}
+	return vars, rows.Err()
+}
+
+// showGrants returns the lines of SHOW GRANTS for the current account.
+func showGrants(ctx context.Context, db *sql.DB) ([]string, error) {
+	rows, err := db.QueryContext(ctx, detectGrants)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var grants []string
+	for rows.Next() {
+		var g string
+		if err := rows.Scan(&g); err != nil {
+			return nil, err
+		}
+		grants = append(grants, g)
+	}
+	return grants, rows.Err()
+}
+
+// bypassesReadOnly reports whether grants (lines of SHOW GRANTS) give a
+// global privilege that lets the account write while read_only is ON.
+// From MariaDB 10.11 SUPER no longer does (superNoBypass): only READ_ONLY
+// ADMIN.
+func bypassesReadOnly(grants []string, superNoBypass bool) bool {
+	for _, g := range grants {
+		rest, ok := strings.CutPrefix(strings.ToUpper(strings.TrimSpace(g)), "GRANT ")
+		if !ok {
+			continue
+		}
+		privs, _, ok := strings.Cut(rest, " ON *.* TO ")
+		if !ok {
+			continue
+		}
+		for _, p := range strings.Split(privs, ",") {
+			switch strings.Join(strings.Fields(p), " ") {
+			case "ALL", "ALL PRIVILEGES", "READ_ONLY ADMIN", "READ ONLY ADMIN", "CONNECTION_ADMIN":
+				return true
+			case "SUPER":
+				if !superNoBypass {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

@@ -37,12 +37,42 @@
 // The context remembers which keys its transaction holds. A nested Do of a
 // held key returns to fn at once, without a round trip to the server.
 //
+// # Replicas and clusters
+//
+// A lock excludes only the holders that lock the same row on the same
+// server. New reads where it is ([Locker.Topology]) and refuses two setups
+// where that would silently fail:
+//
+//   - A read-only server (read_only ON), most likely a replica: locks taken
+//     there are not seen by the holders on the primary. New returns
+//     [ErrReadOnly] unless [AllowReadOnly] is given. A holder whose server
+//     becomes read-only while it holds the lock (a failover that fences the
+//     old primary) gets [ErrLockLost] at its next write or at COMMIT
+//     (error 1290), with its writes not committed; accounts with SUPER
+//     (MySQL, MariaDB before 10.11), CONNECTION_ADMIN (MySQL) or
+//     READ_ONLY ADMIN (MariaDB) are not stopped by read_only
+//     (Topology.ReadOnlyBypass).
+//   - A Galera node (wsrep_on=ON), where row locks are local to a node. Pass
+//     [GaleraSingleWriter] when all lock traffic goes to one node at a time,
+//     or [GaleraMultiWriter] when it may reach several: each holder then also
+//     writes its lock row, so that certification lets only one of two
+//     overlapping holders commit, and the other gets [ErrLockLost]. A node
+//     that leaves the cluster's primary component answers 1047, also
+//     [ErrLockLost].
+//
+// In a transaction the Locker opened (Do, Lock, TryLock), once a statement
+// has failed with a deadlock (1213), 1290 or 1047, the lock is lost and
+// Commit never reports success: on Galera a COMMIT after a brute-force
+// abort may answer OK and commit nothing, so it is not sent. A caller's own
+// transaction (LockTx, WithTx) is the caller's to commit: treat such an
+// error there as the end of the transaction.
+//
 // # Errors
 //
 // Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired]
 // (NoWait, TryLock or a wait timeout), [ErrDeadlock] (the server chose this
 // transaction as a deadlock victim and rolled it back), [ErrLockLost],
-// [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot]. Errors coming from
+// [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot], [ErrReadOnly]. Errors coming from
 // the server also wrap the driver's *mysql.MySQLError, reachable with
 // [errors.As].
 package dblock

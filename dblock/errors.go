@@ -48,6 +48,14 @@ var (
 	// reads were stale; roll back and run the work again.
 	ErrStaleSnapshot = errors.New("dblock: transaction snapshot predates the lock, retry the transaction")
 
+	// ErrReadOnly means New found the server read-only (read_only or
+	// super_read_only ON), most likely a replica: locks taken there are
+	// not seen by the holders on the primary. AllowReadOnly lifts the
+	// check. An acquisition that the server refuses because it is
+	// read-only (error 1290: MariaDB refuses SELECT ... FOR UPDATE to
+	// accounts that cannot bypass read_only) returns it too.
+	ErrReadOnly = errors.New("dblock: server is read-only (a replica?): locks taken there are not seen by the primary's holders")
+
 	// ErrNoTransaction means LockTx was given nil, a *gorm.DB that is not
 	// inside a transaction, or a transaction that has already ended.
 	ErrNoTransaction = errors.New("dblock: not an open transaction")
@@ -104,6 +112,8 @@ func acquireError(key Key, err error, waitFromCtx error) error {
 		return fmt.Errorf("%w: acquiring %s: %w", ErrDeadlock, key, err)
 	case erNoSuchTable:
 		return fmt.Errorf("%w: %w", ErrTableMissing, err)
+	case erOptionPreventsStmt:
+		return fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err)
 	}
 	if errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("%w: acquiring %s: %w", ErrNoTransaction, key, err)
@@ -113,14 +123,17 @@ func acquireError(key Key, err error, waitFromCtx error) error {
 
 // releaseError maps an error of COMMIT. A commit that fails leaves the
 // writes not committed (or in doubt), so the lock the transaction held
-// cannot be vouched for.
+// cannot be vouched for. A deadlock at COMMIT (on Galera, a certification
+// failure: another node's holder committed first) means the transaction
+// did not commit: it is both ErrLockLost and ErrDeadlock (Retry runs the
+// work again).
 func releaseError(key Key, err error) error {
 	if err == nil {
 		return nil
 	}
 	switch mysqlErrorNumber(err) {
 	case erLockDeadlock:
-		return fmt.Errorf("%w: commit of %s: %w", ErrDeadlock, key, err)
+		return fmt.Errorf("%w: %w: commit of %s, the transaction did not commit: %w", ErrLockLost, ErrDeadlock, key, err)
 	case erCheckRead:
 		return fmt.Errorf("%w: commit of %s: %w", ErrStaleSnapshot, key, err)
 	}

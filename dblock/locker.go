@@ -34,6 +34,7 @@ type Locker struct {
 	log     *slog.Logger
 	tel     *telemetry
 	marker  string // "txlock:<random>-" prefix that tags this Locker's waiting statements
+	touch   bool   // Galera multi-writer: write the lock row after the locking read
 	seq     atomic.Uint64
 	closed  atomic.Bool
 }
@@ -46,9 +47,13 @@ const sidePoolSize = 4
 const detectTimeout = 10 * time.Second
 
 // New returns a Locker on db, a gorm handle opened with gorm.io/driver/mysql
-// on MySQL 8.0+ or MariaDB 10.6+. New asks the server for its version once
-// (bounded by 10 s) and fails on a closed or unreachable database, or a
-// server too old for txlock. It does not check the lock table: a missing
+// on MySQL 8.0+ or MariaDB 10.6+. New asks the server for its version and
+// topology (two round trips, bounded by 10 s: SHOW GLOBAL VARIABLES of the
+// version, read_only, wsrep_on and the semi-sync state, and SHOW GRANTS;
+// see Topology) and fails on a closed or unreachable database, a server
+// too old for txlock, a read-only server (ErrReadOnly, unless
+// AllowReadOnly), or a Galera node when neither GaleraSingleWriter nor
+// GaleraMultiWriter is given. It does not check the lock table: a missing
 // table is reported by the first acquisition as ErrTableMissing.
 //
 // Call Close when done with the Locker, to release its side pool.
@@ -75,6 +80,9 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkTopology(srv.topology, cfg); err != nil {
+		return nil, err
+	}
 	var nonce [6]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return nil, fmt.Errorf("dblock: New: %w", err)
@@ -87,6 +95,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		cache:  newLRU[Key, int64](cfg.cacheSize),
 		leased: newLRU[any, int](leasedConnsTracked),
 		q:      buildQueries(cfg.table, srv.mariaDB),
+		touch:  srv.topology.Galera && cfg.galera == galeraMultiWriter,
 		log:    cfg.logger,
 		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
 	}
@@ -155,6 +164,27 @@ func (l *Locker) Table() string { return l.cfg.table }
 
 // ServerVersion returns the version string of the server New detected.
 func (l *Locker) ServerVersion() string { return l.srv.version }
+
+// Topology returns what New learned about the server's place in a
+// replication setup. It is not refreshed: a later failover or a change of
+// read_only shows in the errors of acquisitions and commits (ErrLockLost),
+// not here.
+func (l *Locker) Topology() Topology { return l.srv.topology }
+
+// checkTopology refuses servers where locks would not exclude the holders
+// they must exclude, unless cfg says the caller knows.
+func checkTopology(t Topology, cfg config) error {
+	if t.ReadOnly && !cfg.allowReadOnly {
+		return fmt.Errorf("%w (read_only is ON; pass AllowReadOnly to accept it)", ErrReadOnly)
+	}
+	if t.Galera && cfg.galera == galeraUnset {
+		return errors.New("dblock: the server is a Galera cluster node (wsrep_on=ON), where row locks are local to a node: " +
+			"pass GaleraSingleWriter() if all lock traffic goes to one node at a time (plain blocking locks), " +
+			"or GaleraMultiWriter() if holders may reach different nodes (each holder also writes its lock row, so that " +
+			"certification lets only one of two overlapping holders commit; the other gets ErrLockLost)")
+	}
+	return nil
+}
 
 // errClosed is returned by acquisitions on a closed Locker.
 var errClosed = errors.New("dblock: Locker is closed")

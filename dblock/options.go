@@ -32,6 +32,70 @@ type config struct {
 	defaults  []LockOption
 	meters    metric.MeterProvider // nil: otel.GetMeterProvider()
 	tracers   trace.TracerProvider // nil: otel.GetTracerProvider()
+
+	allowReadOnly bool
+	galera        galeraMode
+}
+
+// galeraMode is how a Locker on a Galera node makes its locks hold across
+// the cluster.
+type galeraMode uint8
+
+const (
+	galeraUnset        galeraMode = iota
+	galeraSingleWriter            // all lock traffic goes to one node
+	galeraMultiWriter             // holders write their lock row: certification decides
+)
+
+// AllowReadOnly lets New accept a read-only server (read_only ON, most
+// likely a replica), which it otherwise refuses with ErrReadOnly. Locks
+// taken there exclude only other holders on that same server, and keys
+// whose row does not exist yet cannot be created (error 1290). Use it for
+// tools that only inspect (listing locks, diagnostics), for a service that
+// starts against a standby before it is promoted, or for a primary that is
+// read-only for a moment during a planned switchover; never to lock on a
+// replica beside holders on the primary.
+func AllowReadOnly() Option {
+	return func(c *config) error {
+		c.allowReadOnly = true
+		return nil
+	}
+}
+
+// GaleraSingleWriter tells New that all lock traffic of this service goes
+// to one Galera node at a time (a proxy in single-writer mode, or one node
+// by configuration): locks are plain blocking row locks, as on a single
+// server. Row locks are local to a node: two holders that reach different
+// nodes both get the key. On a server that is not a Galera node the option
+// has no effect.
+func GaleraSingleWriter() Option {
+	return func(c *config) error {
+		if c.galera == galeraMultiWriter {
+			return errors.New("dblock: GaleraSingleWriter and GaleraMultiWriter exclude each other")
+		}
+		c.galera = galeraSingleWriter
+		return nil
+	}
+}
+
+// GaleraMultiWriter makes locks hold across Galera nodes that all take
+// lock traffic: every holder also writes its lock row (its updated_at) in
+// the holding transaction, right after the locking read, one more
+// statement per acquisition. Of two overlapping holders on different
+// nodes, certification then lets the first to commit win; the other's
+// transaction is aborted, and it gets ErrLockLost (with ErrDeadlock, error
+// 1213) at its next statement or at COMMIT, with none of its writes
+// committed. So a holder may act on the lock only through its transaction:
+// side effects outside the database before COMMIT are not protected. On a
+// server that is not a Galera node the option has no effect.
+func GaleraMultiWriter() Option {
+	return func(c *config) error {
+		if c.galera == galeraSingleWriter {
+			return errors.New("dblock: GaleraSingleWriter and GaleraMultiWriter exclude each other")
+		}
+		c.galera = galeraMultiWriter
+		return nil
+	}
 }
 
 // Table sets the lock table's name (default "tb_lock"). The name is

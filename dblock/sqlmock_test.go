@@ -35,8 +35,8 @@ const (
 
 // The statements of the default table, as the library must send them.
 const (
-	qDetect     = "SELECT VERSION(), @@version_comment"
-	qSnapshot   = "SHOW VARIABLES LIKE 'innodb_snapshot_isolation'"
+	qDetect     = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', 'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', 'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
+	qGrants     = "SHOW GRANTS"
 	qLookup     = "SELECT id FROM `tb_lock` WHERE key_hash = ?"
 	qInsert     = "INSERT IGNORE INTO `tb_lock` (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)"
 	qInsertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR " // MariaDB: the insert waits at most 1 s for a holder
@@ -117,17 +117,34 @@ func newMockedPool(t *testing.T) mocked {
 	return mocked{db: db, sqlDB: sqlDB, mock: mock, log: log}
 }
 
-// expectDetect expects New's server detection.
+// expectDetect expects New's server detection: its global variables
+// (version, flavour, topology) and the account's grants, of a stand-alone
+// read-write server and an account with ALL PRIVILEGES.
 func (m mocked) expectDetect(version, comment string, snapshotVar bool) {
-	m.mock.ExpectQuery(qDetect).WillReturnRows(
-		sqlmock.NewRows([]string{"VERSION()", "@@version_comment"}).AddRow(version, comment))
-	if strings.Contains(version, "MariaDB") {
-		rows := sqlmock.NewRows([]string{"Variable_name", "Value"})
-		if snapshotVar {
-			rows.AddRow("innodb_snapshot_isolation", "OFF")
-		}
-		m.mock.ExpectQuery(qSnapshot).WillReturnRows(rows)
+	m.expectDetectWith(version, comment, snapshotVar, nil, rootGrants)
+}
+
+// rootGrants is SHOW GRANTS of an account with every privilege.
+const rootGrants = "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"
+
+// expectDetectWith expects New's server detection with extra global
+// variables (name, value pairs) and the lines of SHOW GRANTS.
+func (m mocked) expectDetectWith(version, comment string, snapshotVar bool, vars [][2]string, grants ...string) {
+	rows := sqlmock.NewRows([]string{"Variable_name", "Value"})
+	if snapshotVar {
+		rows.AddRow("innodb_snapshot_isolation", "OFF")
 	}
+	rows.AddRow("read_only", "OFF")
+	for _, v := range vars {
+		rows.AddRow(v[0], v[1])
+	}
+	rows.AddRow("version", version).AddRow("version_comment", comment)
+	m.mock.ExpectQuery(qDetect).WillReturnRows(rows)
+	g := sqlmock.NewRows([]string{"Grants for root@localhost"})
+	for _, line := range grants {
+		g.AddRow(line)
+	}
+	m.mock.ExpectQuery(qGrants).WillReturnRows(g)
 }
 
 // locker expects the detection of a server and returns a Locker on it.
@@ -453,7 +470,7 @@ func TestSQLWaitStatements(t *testing.T) {
 // TestSQLErrorMapping: the server errors of the locking read map to the
 // library's sentinels, and the *mysql.MySQLError stays reachable.
 func TestSQLErrorMapping(t *testing.T) {
-	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrLockLost, dblock.ErrInvalidKey}
+	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrLockLost, dblock.ErrInvalidKey, dblock.ErrReadOnly}
 	for _, c := range []struct {
 		number uint16
 		want   error
@@ -465,6 +482,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		{1317, dblock.ErrNotAcquired}, // query interrupted (MySQL bounded wait)
 		{1213, dblock.ErrDeadlock},
 		{1146, dblock.ErrTableMissing},
+		{1290, dblock.ErrReadOnly}, // read_only: MariaDB refuses the locking read to accounts without READ_ONLY ADMIN
 	} {
 		t.Run(fmt.Sprint(c.number), func(t *testing.T) {
 			m, l, key := firstAcquire(t, mockMariaDB)
@@ -498,11 +516,16 @@ func TestSQLErrorMapping(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("deadlock on COMMIT", func(t *testing.T) {
+		// The transaction did not commit (on Galera: a certification
+		// failure): the lock is lost, and running again is safe.
 		m, l, key := firstAcquire(t, mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
 		err := l.Do(context.Background(), key, nop)
-		checkMapped(t, err, dblock.ErrDeadlock, 1213, sentinels)
+		checkMapped(t, err, dblock.ErrDeadlock, 1213, []error{dblock.ErrNotAcquired, dblock.ErrTableMissing, dblock.ErrInvalidKey})
+		if !errors.Is(err, dblock.ErrLockLost) {
+			t.Errorf("Do = %v, want ErrLockLost too", err)
+		}
 		m.done(t)
 	})
 	t.Run("connection lost on COMMIT", func(t *testing.T) {

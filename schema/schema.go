@@ -62,7 +62,8 @@ func FenceTable(table string) string {
 
 // Lock is one row of the lock table: one lock key. Locks are held by
 // locking this row (SELECT ... FOR UPDATE) in a transaction; the row itself
-// is never updated while a lock is held.
+// is not updated while a lock is held, except for UpdatedAt on Galera in
+// multi-writer mode (dblock.GaleraMultiWriter).
 //
 // The default table name is [DefaultTable]; for another name use
 // db.Table(name).

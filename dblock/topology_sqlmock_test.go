@@ -1,0 +1,296 @@
+package dblock_test
+
+// SQL shape of New's topology detection and of the Galera modes, and the
+// mapping of errors that mean a held lock's transaction did not or will
+// not commit (1213, 1290, 1047).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/gorm"
+
+	"github.com/txlock/txlock/dblock"
+)
+
+// qTouch7 is the write of row 7 that a Galera multi-writer holder sends
+// right after its locking read.
+const qTouch7 = "UPDATE `tb_lock` SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = 7"
+
+// galeraVars are the variables of a Galera node.
+var galeraVars = [][2]string{{"wsrep_on", "ON"}}
+
+func TestSQLTopologyDetection(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		version, comment string
+		vars             [][2]string
+		grants           []string
+		want             dblock.Topology
+	}{
+		{"stand-alone, all privileges", mariaVersion, mariaComment, nil, []string{rootGrants},
+			dblock.Topology{ReadOnlyBypass: true}},
+		{"MariaDB semi-sync source, READ_ONLY ADMIN", mariaVersion, mariaComment,
+			[][2]string{{"rpl_semi_sync_master_enabled", "ON"}, {"rpl_semi_sync_slave_enabled", "OFF"}, {"wsrep_on", "OFF"}},
+			[]string{"GRANT SELECT, READ_ONLY ADMIN ON *.* TO `app`@`%`"},
+			dblock.Topology{ReadOnlyBypass: true, SemiSyncSource: true}},
+		{"MariaDB 10.11 SUPER does not bypass", mariaVersion, mariaComment,
+			[][2]string{{"rpl_semi_sync_slave_enabled", "ON"}},
+			[]string{"GRANT SUPER ON *.* TO `app`@`%`", "GRANT ALL PRIVILEGES ON `test`.* TO `app`@`%`"},
+			dblock.Topology{SemiSyncReplica: true}},
+		{"MariaDB 10.6 SUPER bypasses", "10.6.18-MariaDB", "", nil,
+			[]string{"GRANT SUPER ON *.* TO `app`@`%`"},
+			dblock.Topology{ReadOnlyBypass: true}},
+		{"MySQL CONNECTION_ADMIN, new semi-sync names", mysqlVersion, mysqlComment,
+			[][2]string{{"rpl_semi_sync_source_enabled", "ON"}, {"rpl_semi_sync_replica_enabled", "ON"}},
+			[]string{"GRANT USAGE ON *.* TO `app`@`%`", "GRANT BACKUP_ADMIN,CONNECTION_ADMIN ON *.* TO `app`@`%`"},
+			dblock.Topology{ReadOnlyBypass: true, SemiSyncSource: true, SemiSyncReplica: true}},
+		{"unprivileged", mysqlVersion, mysqlComment, nil,
+			[]string{"GRANT USAGE ON *.* TO `app`@`%`", "GRANT ALL PRIVILEGES ON `app`.* TO `app`@`%`", "GRANT `admin`@`%` TO `app`@`%`"},
+			dblock.Topology{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMocked(t)
+			m.expectDetectWith(c.version, c.comment, false, c.vars, c.grants...)
+			l, err := dblock.New(m.db)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			defer l.Close()
+			if got := l.Topology(); got != c.want {
+				t.Errorf("Topology() = %+v, want %+v", got, c.want)
+			}
+			m.done(t)
+		})
+	}
+	t.Run("SHOW GRANTS fails", func(t *testing.T) {
+		m := newMocked(t)
+		m.mock.ExpectQuery(qDetect).WillReturnRows(sqlmock.NewRows([]string{"Variable_name", "Value"}).
+			AddRow("version", mariaVersion).AddRow("version_comment", mariaComment))
+		m.mock.ExpectQuery(qGrants).WillReturnError(&gomysql.MySQLError{Number: 1141, Message: "no grants"})
+		l, err := dblock.New(m.db)
+		if err != nil {
+			t.Fatalf("New: %v (a failed SHOW GRANTS must not fail New)", err)
+		}
+		defer l.Close()
+		if got := l.Topology(); got != (dblock.Topology{}) {
+			t.Errorf("Topology() = %+v, want zero", got)
+		}
+		m.done(t)
+	})
+}
+
+func TestSQLNewRefusesReadOnly(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		vars [][2]string
+		want dblock.Topology
+	}{
+		{"read_only", [][2]string{{"read_only", "ON"}}, dblock.Topology{ReadOnly: true}},
+		{"super_read_only", [][2]string{{"super_read_only", "ON"}}, dblock.Topology{ReadOnly: true, SuperReadOnly: true}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMocked(t)
+			// A later variable of the same name wins: the mock lists read_only OFF first.
+			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars, "GRANT USAGE ON *.* TO `app`@`%`")
+			_, err := dblock.New(m.db)
+			if !errors.Is(err, dblock.ErrReadOnly) {
+				t.Fatalf("New = %v, want ErrReadOnly", err)
+			}
+			mustContain(t, err, "read-only", "replica", "AllowReadOnly")
+			m.done(t)
+
+			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars, "GRANT USAGE ON *.* TO `app`@`%`")
+			l, err := dblock.New(m.db, dblock.AllowReadOnly())
+			if err != nil {
+				t.Fatalf("New(AllowReadOnly) = %v", err)
+			}
+			defer l.Close()
+			if got := l.Topology(); got != c.want {
+				t.Errorf("Topology() = %+v, want %+v", got, c.want)
+			}
+			m.done(t)
+		})
+	}
+}
+
+func TestSQLGaleraModes(t *testing.T) {
+	t.Run("no mode", func(t *testing.T) {
+		m := newMocked(t)
+		m.expectDetectWith(mariaVersion, mariaComment, true, galeraVars, rootGrants)
+		_, err := dblock.New(m.db)
+		if err == nil {
+			t.Fatal("New on a Galera node without a mode succeeded")
+		}
+		mustContain(t, err, "Galera", "GaleraSingleWriter()", "GaleraMultiWriter()")
+		m.done(t)
+	})
+	t.Run("both modes", func(t *testing.T) {
+		m := newMocked(t)
+		if _, err := dblock.New(m.db, dblock.GaleraSingleWriter(), dblock.GaleraMultiWriter()); err == nil {
+			t.Fatal("New with both Galera modes succeeded")
+		}
+		m.done(t)
+	})
+	// galeraLocker returns a Locker on a mocked Galera node in mode, and
+	// expects the first acquisition up to BEGIN.
+	galeraLocker := func(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *dblock.Locker, dblock.Key) {
+		m := newMocked(t)
+		m.expectDetectWith(mariaVersion, mariaComment, true, vars, rootGrants)
+		l, err := dblock.New(m.db, mode)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		t.Cleanup(func() { _ = l.Close() })
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		return m, l, key
+	}
+	t.Run("single writer: plain locks", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
+		if !l.Topology().Galera {
+			t.Error("Topology().Galera = false")
+		}
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+		if err := l.Do(context.Background(), key, nop); err != nil {
+			t.Fatal(err)
+		}
+		m.done(t)
+	})
+	t.Run("multi writer off Galera: plain locks", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), nil)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectCommit()
+		if err := l.Do(context.Background(), key, nop); err != nil {
+			t.Fatal(err)
+		}
+		m.done(t)
+	})
+	t.Run("multi writer writes the row", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
+		// A joined acquisition writes its row too.
+		inner := dblock.Resource("order:43")
+		m.expectLookup(inner, 8)
+		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnRows(lockRow(8))
+		m.mock.ExpectExec("UPDATE `tb_lock` SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = 8").
+			WillReturnResult(sqlmock.NewResult(0, 1))
+		m.mock.ExpectCommit()
+		err := l.Do(context.Background(), key, func(ctx context.Context, _ *gorm.DB) error {
+			return l.Do(ctx, inner, nop, dblock.NoPriorReads())
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.done(t)
+	})
+	t.Run("multi writer: certification failure at COMMIT", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
+		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock; try restarting transaction"})
+		k, err := l.Lock(context.Background(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = k.Commit()
+		if !errors.Is(err, dblock.ErrLockLost) || !errors.Is(err, dblock.ErrDeadlock) {
+			t.Fatalf("Commit = %v, want ErrLockLost and ErrDeadlock", err)
+		}
+		m.done(t)
+	})
+	t.Run("multi writer: write aborted", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(qTouch7).WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, fnMustNotRun(t))
+		checkMapped(t, err, dblock.ErrDeadlock, 1213, []error{dblock.ErrNotAcquired, dblock.ErrTableMissing, dblock.ErrInvalidKey})
+		m.done(t)
+	})
+}
+
+// waitReturned waits until m's connection is back in the pool: database/sql
+// rolls a lost transaction back in a goroutine of its own.
+func waitReturned(m mocked) {
+	deadline := time.Now().Add(5 * time.Second)
+	for m.sqlDB.Stats().InUse > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestSQLHoldErrorsLoseTheLock: errors that mean the holding transaction
+// is gone or will not commit, at a statement of the holder or at COMMIT,
+// make Commit report ErrLockLost, never success: 1213 (deadlock; on
+// Galera a brute-force abort, after which a COMMIT would answer OK and
+// commit nothing), 1290 (the server was made read-only), 1047 (the Galera
+// node left the primary component).
+func TestSQLHoldErrorsLoseTheLock(t *testing.T) {
+	const write = "UPDATE orders SET status = 'paid' WHERE id = 42"
+	for _, n := range []uint16{1213, 1290, 1047} {
+		t.Run(fmt.Sprintf("%d at a write, then Commit", n), func(t *testing.T) {
+			m, l, key := firstAcquire(t, mockMariaDB)
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+			m.mock.ExpectExec(write).WillReturnError(&gomysql.MySQLError{Number: n, Message: "mocked"})
+			m.mock.ExpectRollback() // database/sql, as the lock's context is cancelled
+			k, err := l.Lock(context.Background(), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := k.Tx().Exec(write).Error; mysqlNumber(t, err) != n {
+				t.Fatalf("Exec = %v, want error %d", err, n)
+			}
+			select {
+			case <-k.Lost():
+			default:
+				t.Error("Lost() not closed after the failed write")
+			}
+			// No COMMIT may reach the server: it could answer OK.
+			err = k.Commit()
+			if !errors.Is(err, dblock.ErrLockLost) {
+				t.Fatalf("Commit = %v, want ErrLockLost", err)
+			}
+			if mysqlNumber(t, err) != n {
+				t.Errorf("Commit = %v, want it to wrap error %d", err, n)
+			}
+			waitReturned(m)
+			m.done(t)
+		})
+		t.Run(fmt.Sprintf("%d at COMMIT", n), func(t *testing.T) {
+			m, l, key := firstAcquire(t, mockMariaDB)
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+			m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: n, Message: "mocked"})
+			err := l.Do(context.Background(), key, nop)
+			if !errors.Is(err, dblock.ErrLockLost) {
+				t.Fatalf("Do = %v, want ErrLockLost", err)
+			}
+			if mysqlNumber(t, err) != n {
+				t.Errorf("Do = %v, want it to wrap error %d", err, n)
+			}
+			m.done(t)
+		})
+	}
+	t.Run("1213 swallowed by fn: Do does not commit", func(t *testing.T) {
+		m, l, key := firstAcquire(t, mockMariaDB)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(write).WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, func(ctx context.Context, tx *gorm.DB) error {
+			_ = tx.Exec(write).Error // ignored: the library must still not report success
+			return nil
+		})
+		if !errors.Is(err, dblock.ErrLockLost) {
+			t.Fatalf("Do = %v, want ErrLockLost", err)
+		}
+		waitReturned(m)
+		m.done(t)
+	})
+}

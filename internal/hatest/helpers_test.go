@@ -1,0 +1,102 @@
+package hatest_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/hatest"
+	"github.com/txlock/txlock/migrations"
+)
+
+// openGorm opens gorm on dsn, the DSN kept in the dialector so that the
+// Locker's side pool goes the same way (through the relay), and closes it
+// when t ends.
+func openGorm(t *testing.T, dsn string) *gorm.DB {
+	t.Helper()
+	cfg, err := gomysql.ParseDSN(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Timeout = 2 * time.Second
+	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		t.Fatalf("opening gorm: %v", err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sqlDB.Close() })
+	return db
+}
+
+func newLocker(t *testing.T, db *gorm.DB, opts ...dblock.Option) *dblock.Locker {
+	t.Helper()
+	l, err := dblock.New(db, opts...)
+	if err != nil {
+		t.Fatalf("dblock.New: %v", err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// setupSchema creates the lock table and a business table on the primary
+// and waits until the replica has them.
+func setupSchema(t *testing.T, p *hatest.Pair) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := migrations.Up(ctx, p.Primary.Admin()); err != nil {
+		t.Fatalf("migrations.Up: %v", err)
+	}
+	p.Primary.Exec(t,
+		"CREATE TABLE IF NOT EXISTS test.ha_business (id INT PRIMARY KEY, v BIGINT NOT NULL)",
+		"INSERT INTO test.ha_business VALUES (1, 0)",
+	)
+	hatest.CatchUp(t, p.Primary, p.Replica, 30*time.Second)
+}
+
+// mysqlErr returns the server error number err wraps, or 0.
+func mysqlErr(err error) uint16 {
+	var me *gomysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// acquireCommit retries Lock and Commit of key on l until one succeeds or
+// within passes, and returns how many attempts it took.
+func acquireCommit(ctx context.Context, l *dblock.Locker, key dblock.Key, within time.Duration) (int, error) {
+	deadline := time.Now().Add(within)
+	var last error
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		lk, err := l.Lock(actx, key, dblock.WaitTimeout(time.Second))
+		if err == nil {
+			err = lk.Tx().Exec("UPDATE ha_business SET v = v + 1 WHERE id = 1").Error
+			if err == nil {
+				err = lk.Commit()
+			} else {
+				_ = lk.Rollback()
+			}
+		}
+		cancel()
+		if err == nil {
+			return n, nil
+		}
+		last = err
+		if time.Now().After(deadline) {
+			return n, last
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
