@@ -94,6 +94,8 @@ tidy:
 ## TXLOCK_HA=1): throwaway primary + replica MariaDB pairs (async and
 ## semi-sync) started in temp dirs on free ports, failover with a relay,
 ## split brain with and without read-only fencing, fencing tokens across
-## repeated failovers. Needs mariadb-server; no test server DSN. See docs/HA.md.
+## repeated failovers; a 3-node Galera cluster (single- and multi-writer,
+## node kill). Needs mariadb-server (and galera-4, rsync for Galera); no test
+## server DSN. A few minutes. See docs/HA.md.
 test-ha:
 	TXLOCK_HA=1 $(GO) test -race -count=1 -timeout 20m -v ./internal/hatest/...

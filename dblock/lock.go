@@ -382,10 +382,10 @@ func (k *Lock) Commit() error {
 	} else {
 		k.tx.Rollback()
 	}
-	k.finish()
 	if err != nil {
-		err = withCause(k.ctx, err)
+		err = withCause(k.ctx, err) // before finish, which ends k.ctx itself
 	}
+	k.finish()
 	return releaseError(k.key, err)
 }
 

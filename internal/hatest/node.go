@@ -1,7 +1,7 @@
 // Package hatest is the harness of txlock's high-availability tests: it
 // starts throwaway MariaDB topologies (a primary and its replicas, async or
-// semi-sync) in temporary directories on free ports, kills and promotes
-// their servers, and relays clients through a TCP relay that the test
+// semi-sync; a Galera cluster) in temporary directories on free ports, kills
+// and promotes their servers, and relays clients through a TCP relay that the test
 // switches from a dead primary to the promoted one, so that one *gorm.DB
 // follows the failover the way a service behind a proxy or a VIP does.
 //
@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	osuser "os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -67,6 +68,7 @@ type Node struct {
 	SemiSync bool
 
 	args []string
+	cred *syscall.Credential // nil: run as the test process's user
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -85,7 +87,10 @@ type NodeOptions struct {
 	// replicas it does not have (log_slave_updates): a 10 s stall, then a
 	// silent fall back to async. Promote turns the master side on.
 	SemiSync bool
-	Extra    []string // more mariadbd arguments
+	// Galera: no binary log options, and the server runs as the mysql
+	// user (rsync SST fails as root); Extra carries the wsrep options.
+	Galera bool
+	Extra  []string // more mariadbd arguments
 }
 
 // StartNode installs a data directory in a new temporary directory and
@@ -112,8 +117,17 @@ func startNode(name string, o NodeOptions) (*Node, error) {
 		"--no-defaults", "--datadir=" + data, "--tmpdir=" + dir,
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve",
 	}
+	user := ""
 	if os.Geteuid() == 0 {
-		inst = append(inst, "--user=root")
+		user = "root"
+		if o.Galera {
+			user = "mysql"
+			if err := chownTree(dir, "mysql"); err != nil {
+				_ = os.RemoveAll(dir)
+				return nil, err
+			}
+		}
+		inst = append(inst, "--user="+user)
 	}
 	if out, err := exec.Command(installDB, inst...).CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
@@ -121,7 +135,10 @@ func startNode(name string, o NodeOptions) (*Node, error) {
 	}
 	// Not binlogged: a replica's own GTID would break strict mode.
 	init := "SET SESSION sql_log_bin=0;\nCREATE DATABASE IF NOT EXISTS test;\n"
-	if err := os.WriteFile(filepath.Join(dir, "init.sql"), []byte(init), 0o600); err != nil {
+	if o.Galera {
+		init = "CREATE DATABASE IF NOT EXISTS test;\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "init.sql"), []byte(init), 0o644); err != nil {
 		return nil, err
 	}
 	n := &Node{Name: name, ServerID: o.ServerID, Dir: dir}
@@ -136,12 +153,16 @@ func startNode(name string, o NodeOptions) (*Node, error) {
 		"--init-file=" + filepath.Join(dir, "init.sql"),
 		"--skip-name-resolve",
 		"--max-connections=500",
-		"--log-bin=" + filepath.Join(dir, "binlog"),
-		"--log-slave-updates=1",
 		"--server-id=" + strconv.Itoa(o.ServerID),
-		"--gtid-strict-mode=1",
 		"--binlog-format=ROW",
 		"--innodb-buffer-pool-size=32M",
+	}
+	if !o.Galera {
+		n.args = append(n.args,
+			"--log-bin="+filepath.Join(dir, "binlog"),
+			"--log-slave-updates=1",
+			"--gtid-strict-mode=1",
+		)
 	}
 	if o.ReadOnly {
 		n.args = append(n.args, "--read-only=1")
@@ -153,8 +174,20 @@ func startNode(name string, o NodeOptions) (*Node, error) {
 		n.args = append(n.args, "--rpl-semi-sync-master-enabled=1")
 	}
 	n.SemiSync = o.SemiSync
-	if os.Geteuid() == 0 {
+	switch user {
+	case "root":
 		n.args = append(n.args, "--user=root")
+	case "mysql":
+		// Started as mysql rather than with --user=mysql: the kernel clears
+		// the parent-death signal when a process changes its own uid.
+		u, err := osuser.Lookup("mysql")
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		n.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 	n.args = append(n.args, o.Extra...)
 	var lastErr error
@@ -177,7 +210,7 @@ func (n *Node) launch() error {
 	cmd := exec.Command(mariadbd, args...)
 	cmd.Dir = n.Dir
 	// The kernel kills the server if the test process dies without cleanup.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: n.cred}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -313,6 +346,18 @@ func (n *Node) Close() {
 	}
 	_ = os.RemoveAll(n.Dir)
 }
+
+// chownTree gives dir and everything under it to user.
+func chownTree(dir, user string) error {
+	out, err := exec.Command("chown", "-R", user+":", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("chown %s: %w: %s", dir, err, out)
+	}
+	return nil
+}
+
+// FreePort returns a TCP port of 127.0.0.1 that nothing listens on now.
+func FreePort() (int, error) { return freePort() }
 
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
