@@ -19,10 +19,7 @@ import (
 	"testing"
 	"time"
 
-	gomysql "github.com/go-sql-driver/mysql"
-	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/faultproxy"
@@ -35,20 +32,7 @@ import (
 // connection is left in use.
 func faultOpen(t *testing.T, dsn string) *gorm.DB {
 	t.Helper()
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		t.Fatalf("parsing DSN: %v", err)
-	}
-	cfg.ParseTime = true
-	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		t.Fatalf("opening %s: %v", testdb.Redact(dsn), err)
-	}
-	sqlDB, err := db.DB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sqlDB.Close() })
+	db := testdb.OpenDSN(t, dsn)
 	testdb.NoLeaks(t, db)
 	return db
 }

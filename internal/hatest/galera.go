@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/txlock/txlock/internal/testdb"
 )
 
 // GaleraProvider is the Galera library of Debian's galera-4 package.
@@ -33,9 +35,9 @@ func StartGalera(t testing.TB, n int) *Galera {
 	ps := make([]ports, n)
 	for i := range ps {
 		var err error
-		if ps[i].gcomm, err = freePort(); err == nil {
-			if ps[i].ist, err = freePort(); err == nil {
-				ps[i].sst, err = freePort()
+		if ps[i].gcomm, err = testdb.FreePort(); err == nil {
+			if ps[i].ist, err = testdb.FreePort(); err == nil {
+				ps[i].sst, err = testdb.FreePort()
 			}
 		}
 		if err != nil {

@@ -7,12 +7,11 @@ import (
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
-	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/hatest"
+	"github.com/txlock/txlock/internal/testdb"
 	"github.com/txlock/txlock/migrations"
 )
 
@@ -25,17 +24,8 @@ func openGorm(t *testing.T, dsn string) *gorm.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Timeout = 2 * time.Second
-	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		t.Fatalf("opening gorm: %v", err)
-	}
-	sqlDB, err := db.DB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sqlDB.Close() })
-	return db
+	cfg.Timeout = 2 * time.Second // a dead primary must fail fast
+	return testdb.OpenDSN(t, cfg.FormatDSN())
 }
 
 func newLocker(t *testing.T, db *gorm.DB, opts ...dblock.Option) *dblock.Locker {

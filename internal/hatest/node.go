@@ -11,24 +11,22 @@
 package hatest
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	osuser "os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	_ "github.com/go-sql-driver/mysql" // the driver of the admin pools
+	"github.com/txlock/txlock/internal/testdb"
 )
 
 // EnvVar is the variable that enables the HA tests.
@@ -131,7 +129,7 @@ func startNode(name string, o NodeOptions) (*Node, error) {
 	}
 	if out, err := exec.Command(installDB, inst...).CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("%s: %w: %s", installDB, err, lastLines(out, 10))
+		return nil, fmt.Errorf("%s: %w: %s", installDB, err, testdb.LastLines(out, 10))
 	}
 	// Not binlogged: a replica's own GTID would break strict mode.
 	init := "SET SESSION sql_log_bin=0;\nCREATE DATABASE IF NOT EXISTS test;\n"
@@ -192,7 +190,7 @@ func startNode(name string, o NodeOptions) (*Node, error) {
 	n.args = append(n.args, o.Extra...)
 	var lastErr error
 	for range 3 {
-		port, err := freePort()
+		port, err := testdb.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -244,7 +242,7 @@ func (n *Node) launch() error {
 		case <-exited:
 			_ = db.Close()
 			log, _ := os.ReadFile(filepath.Join(n.Dir, "mariadbd.err"))
-			return fmt.Errorf("mariadbd %s exited: %s", n.Name, lastLines(log, 10))
+			return fmt.Errorf("mariadbd %s exited: %s", n.Name, testdb.LastLines(log, 10))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -354,24 +352,4 @@ func chownTree(dir, user string) error {
 		return fmt.Errorf("chown %s: %w: %s", dir, err, out)
 	}
 	return nil
-}
-
-// FreePort returns a TCP port of 127.0.0.1 that nothing listens on now.
-func FreePort() (int, error) { return freePort() }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(bytes.ToValidUTF8(b, nil))), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -120,7 +120,7 @@ func initAndStart(bin, installDB, dir string) (*server, error) {
 	}
 	out, err := exec.Command(installDB, args...).CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", installDB, err, lastLines(out, 10))
+		return nil, fmt.Errorf("%s: %w: %s", installDB, err, LastLines(out, 10))
 	}
 	initFile := filepath.Join(dir, "init.sql")
 	if err := os.WriteFile(initFile, []byte("CREATE DATABASE IF NOT EXISTS test;\n"), 0o600); err != nil {
@@ -128,7 +128,7 @@ func initAndStart(bin, installDB, dir string) (*server, error) {
 	}
 	var lastErr error
 	for range startTries {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -192,7 +192,7 @@ func launch(bin, dir string, port int) (*server, error) {
 		select {
 		case <-srv.exited:
 			log, _ := os.ReadFile(logFile)
-			return nil, fmt.Errorf("%s exited (%v): %s", bin, srv.waitErr, lastLines(log, 10))
+			return nil, fmt.Errorf("%s exited (%v): %s", bin, srv.waitErr, LastLines(log, 10))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -226,8 +226,8 @@ func (s *server) stop() error {
 	return errors.Join(errs...)
 }
 
-// freePort returns a TCP port of 127.0.0.1 that nothing listens on now.
-func freePort() (int, error) {
+// FreePort returns a TCP port of 127.0.0.1 that nothing listens on now.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
@@ -236,8 +236,8 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// lastLines returns the last n lines of b, trimmed, for error messages.
-func lastLines(b []byte, n int) string {
+// LastLines returns the last n lines of b, trimmed, for error messages.
+func LastLines(b []byte, n int) string {
 	lines := strings.Split(strings.TrimSpace(string(bytes.ToValidUTF8(b, nil))), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

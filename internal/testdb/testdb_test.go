@@ -109,7 +109,7 @@ func TestRedact(t *testing.T) {
 // closedDSN returns a DSN on a port of 127.0.0.1 that nothing listens on.
 func closedDSN(t *testing.T, user string) string {
 	t.Helper()
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
