@@ -57,8 +57,12 @@
 //     or [GaleraMultiWriter] when it may reach several: each holder then also
 //     writes its lock row, so that certification lets only one of two
 //     overlapping holders commit, and the other gets [ErrLockLost]. A node
-//     that leaves the cluster's primary component answers 1047, also
-//     [ErrLockLost].
+//     that leaves the cluster's primary component (a partition) answers
+//     1047: its holders get [ErrLockLost], new acquisitions there
+//     [ErrNotPrimary]. Such a holder learns it only when its node sees the
+//     view change (evs.suspect_timeout, 5 s by default), about when the
+//     majority can commit again; fencing tokens ([Fencing]) stay unique and
+//     increasing across nodes, since each bump is certified.
 //
 // In a transaction the Locker opened (Do, Lock, TryLock), once a statement
 // has failed with a deadlock (1213), 1290 or 1047, the lock is lost and
@@ -72,7 +76,8 @@
 // Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired]
 // (NoWait, TryLock or a wait timeout), [ErrDeadlock] (the server chose this
 // transaction as a deadlock victim and rolled it back), [ErrLockLost],
-// [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot], [ErrReadOnly]. Errors coming from
-// the server also wrap the driver's *mysql.MySQLError, reachable with
+// [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot], [ErrReadOnly],
+// [ErrNotPrimary], [ErrNoTransaction]. Errors coming from the server also
+// wrap the driver's *mysql.MySQLError, reachable with
 // [errors.As].
 package dblock

@@ -56,6 +56,15 @@ var (
 	// accounts that cannot bypass read_only) returns it too.
 	ErrReadOnly = errors.New("dblock: server is read-only (a replica?): locks taken there are not seen by the primary's holders")
 
+	// ErrNotPrimary means the server is a Galera node outside the
+	// cluster's primary component (error 1047: cut off by a partition, or
+	// still joining), so it refuses to run transactions: a lock taken there
+	// would not be seen by the rest of the cluster. Send lock traffic to a
+	// synced node (a load balancer's Galera health check does) and try
+	// again. A holder whose node leaves the primary component gets
+	// ErrLockLost instead.
+	ErrNotPrimary = errors.New("dblock: Galera node is not in the cluster's primary component")
+
 	// ErrNoTransaction means LockTx was given nil, a *gorm.DB that is not
 	// inside a transaction, or a transaction that has already ended.
 	ErrNoTransaction = errors.New("dblock: not an open transaction")
@@ -114,6 +123,8 @@ func acquireError(key Key, err error, waitFromCtx error) error {
 		return fmt.Errorf("%w: %w", ErrTableMissing, err)
 	case erOptionPreventsStmt:
 		return fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err)
+	case erUnknownCommand:
+		return fmt.Errorf("%w: acquiring %s: %w", ErrNotPrimary, key, err)
 	}
 	if errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("%w: acquiring %s: %w", ErrNoTransaction, key, err)

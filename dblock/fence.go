@@ -2,7 +2,9 @@ package dblock
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"time"
 )
 
 // Fencing makes the acquisition take a fencing token, read with
@@ -23,12 +25,39 @@ func Fencing() LockOption {
 	}
 }
 
+// fenceAttempts bounds the bumps nextToken tries when the server refuses
+// one as a deadlock (1213).
+const fenceAttempts = 8
+
 // nextToken bumps and returns key's fencing counter. The caller holds the
-// key's lock, so no other holder can bump it concurrently.
+// key's lock, so on a single server no other holder bumps it concurrently.
+// On a Galera multi-writer cluster, holders on different nodes may (row
+// locks are node-local; certification settles which of them commits):
+// their autocommit bumps then conflict, the loser gets 1213 (after the
+// server's own wsrep_retry_autocommit), and the bump is tried again. Each
+// successful bump is certified cluster-wide, so tokens stay unique and
+// increasing.
 func (l *Locker) nextToken(ctx context.Context, key Key) (int64, error) {
 	h := key.Hash()
-	res, err := l.side.ExecContext(ctx, l.q.bumpFence, h[:])
+	var (
+		res     sql.Result
+		err     error
+		backoff = RetryPolicy{Base: time.Millisecond, Max: 20 * time.Millisecond}
+	)
+	for n := 1; ; n++ {
+		res, err = l.side.ExecContext(ctx, l.q.bumpFence, h[:])
+		if err == nil || mysqlErrorNumber(err) != erLockDeadlock || n == fenceAttempts {
+			break
+		}
+		if serr := sleepCtx(ctx, backoff.backoff(n)); serr != nil {
+			err = fmt.Errorf("%w (retry abandoned: %w)", err, serr)
+			break
+		}
+	}
 	if err != nil {
+		if mysqlErrorNumber(err) == erLockDeadlock {
+			return 0, fmt.Errorf("dblock: taking the fencing token of %s: %d bumps refused as deadlocks (another holder bumping it: Galera multi-writer?): %w", key, fenceAttempts, err)
+		}
 		return 0, fmt.Errorf("dblock: taking the fencing token of %s: %w", key, withCause(ctx, err))
 	}
 	token, err := res.LastInsertId()

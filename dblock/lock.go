@@ -120,6 +120,9 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 	k := &Lock{l: l, key: keys[0], ctx: lctx, cancel: cancel}
 	if err := k.open(lctx, lc.lease); err != nil {
 		k.finish()
+		if mysqlErrorNumber(err) == erUnknownCommand {
+			return nil, fmt.Errorf("%w: beginning the lock transaction for %s: %w", ErrNotPrimary, keys[0], err)
+		}
 		return nil, fmt.Errorf("dblock: beginning the lock transaction for %s: %w", keys[0], err)
 	}
 	sent := time.Now()

@@ -470,7 +470,7 @@ func TestSQLWaitStatements(t *testing.T) {
 // TestSQLErrorMapping: the server errors of the locking read map to the
 // library's sentinels, and the *mysql.MySQLError stays reachable.
 func TestSQLErrorMapping(t *testing.T) {
-	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrLockLost, dblock.ErrInvalidKey, dblock.ErrReadOnly}
+	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrLockLost, dblock.ErrInvalidKey, dblock.ErrReadOnly, dblock.ErrNotPrimary}
 	for _, c := range []struct {
 		number uint16
 		want   error
@@ -482,7 +482,8 @@ func TestSQLErrorMapping(t *testing.T) {
 		{1317, dblock.ErrNotAcquired}, // query interrupted (MySQL bounded wait)
 		{1213, dblock.ErrDeadlock},
 		{1146, dblock.ErrTableMissing},
-		{1290, dblock.ErrReadOnly}, // read_only: MariaDB refuses the locking read to accounts without READ_ONLY ADMIN
+		{1290, dblock.ErrReadOnly},   // read_only: MariaDB refuses the locking read to accounts without READ_ONLY ADMIN
+		{1047, dblock.ErrNotPrimary}, // Galera node outside the primary component
 	} {
 		t.Run(fmt.Sprint(c.number), func(t *testing.T) {
 			m, l, key := firstAcquire(t, mockMariaDB)
@@ -503,6 +504,18 @@ func TestSQLErrorMapping(t *testing.T) {
 		_, err := l.Lock(context.Background(), key)
 		checkMapped(t, err, dblock.ErrTableMissing, 1146, sentinels)
 		mustContain(t, err, "migrations")
+		m.done(t)
+	})
+	t.Run("1047 on BEGIN", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.mock.ExpectExec(mariaLease).WillReturnResult(sqlmock.NewResult(0, 0))
+		m.mock.ExpectBegin().WillReturnError(&gomysql.MySQLError{Number: 1047, Message: "WSREP has not yet prepared node for application use"})
+		_, err := l.Lock(context.Background(), key)
+		checkMapped(t, err, dblock.ErrNotPrimary, 1047, sentinels)
 		m.done(t)
 	})
 	t.Run("deadlock returned by fn", func(t *testing.T) {
@@ -747,4 +760,46 @@ func TestSQLContextDeadlineRace(t *testing.T) {
 	if !errors.Is(err, dblock.ErrNotAcquired) {
 		t.Fatalf("Lock = %v, want ErrNotAcquired as well: the wait bounded by the deadline ran out", err)
 	}
+}
+
+// TestSQLFencingBumpRetried: a token bump that the server refuses as a
+// deadlock (on Galera multi-writer, certified against a concurrent
+// holder's bump on another node) is sent again, and the lock is granted
+// with the token of the bump that succeeded; after fenceAttempts refusals
+// the acquisition fails, rolled back, with the server's error.
+func TestSQLFencingBumpRetried(t *testing.T) {
+	const qBump = regexPrefix + "^INSERT INTO `tb_lock_fence` \\(key_hash, token\\) VALUES \\(\\?, LAST_INSERT_ID\\(1\\)\\) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID\\(token \\+ 1\\)$"
+	refused := &gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock"}
+	t.Run("granted after two refusals", func(t *testing.T) {
+		m, l, key := firstAcquire(t, mockMariaDB)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		for range 2 {
+			m.mock.ExpectExec(qBump).WillReturnError(refused)
+		}
+		m.mock.ExpectExec(qBump).WillReturnResult(sqlmock.NewResult(42, 2))
+		m.mock.ExpectCommit()
+		var got int64
+		err := l.Do(context.Background(), key, func(ctx context.Context, _ *gorm.DB) error {
+			got, _ = dblock.TokenFrom(ctx, key)
+			return nil
+		}, dblock.Fencing())
+		if err != nil || got != 42 {
+			t.Fatalf("Do = %v with token %d, want nil with token 42", err, got)
+		}
+		m.done(t)
+	})
+	t.Run("refused every time", func(t *testing.T) {
+		m, l, key := firstAcquire(t, mockMariaDB)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		for range 8 {
+			m.mock.ExpectExec(qBump).WillReturnError(refused)
+		}
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
+		if errors.Is(err, dblock.ErrDeadlock) || mysqlNumber(t, err) != 1213 {
+			t.Errorf("Do = %v, want the server's 1213, not ErrDeadlock (the lock's transaction was not a victim)", err)
+		}
+		mustContain(t, err, "fencing token")
+		m.done(t)
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -48,8 +49,8 @@ var errChecksFailed = errors.New("doctor found problems")
 // newDoctorCmd returns "txlock doctor".
 func newDoctorCmd(opts *rootOptions) *cobra.Command {
 	var (
-		asJSON       bool
-		singleWriter bool
+		asJSON                    bool
+		singleWriter, multiWriter bool
 	)
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -63,7 +64,8 @@ Checks: server version and flavour (MariaDB >= 10.6, MySQL >= 8.0),
 isolation level, innodb_snapshot_isolation (MariaDB), innodb_lock_wait_timeout,
 wait_timeout (how long a silently cut-off holder keeps its lock),
 idle_transaction_timeout (MariaDB), innodb_deadlock_detect, read_only,
-super_read_only and innodb_read_only (a replica), Galera (wsrep_on),
+super_read_only and innodb_read_only (a replica), Galera (wsrep_on, and
+whether the node is synced in the cluster's primary component),
 performance_schema (MySQL, for "txlock locks"), the PROCESS privilege (for
 "txlock locks" and "txlock release"), and the lock table: present, InnoDB,
 and at the latest migration.
@@ -73,12 +75,22 @@ sessions get; a service can override some per session (e.g. DSN parameters).
 The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
 		Example: `  txlock doctor
   txlock doctor --table billing_locks --json
-  txlock doctor --galera-single-writer`,
+  txlock doctor --galera-single-writer
+  txlock doctor --galera-multi-writer`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			mode := galeraUnset
+			switch {
+			case singleWriter && multiWriter:
+				return errors.New("--galera-single-writer and --galera-multi-writer exclude each other: pick the one the services pass to dblock.New")
+			case singleWriter:
+				mode = galeraSingle
+			case multiWriter:
+				mode = galeraMulti
+			}
 			return opts.withDB(ctx, func(db *sql.DB, where string) error {
-				rep, err := diagnose(ctx, db, opts.table, singleWriter)
+				rep, err := diagnose(ctx, db, opts.table, mode)
 				if err != nil {
 					return err
 				}
@@ -101,7 +113,8 @@ The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&asJSON, "json", false, "print JSON for scripts")
-	f.BoolVar(&singleWriter, "galera-single-writer", false, "on Galera: every service locks through the same node, so node-local row locks are enough")
+	f.BoolVar(&singleWriter, "galera-single-writer", false, "on Galera: the services use dblock.GaleraSingleWriter (every locker goes through the same node)")
+	f.BoolVar(&multiWriter, "galera-multi-writer", false, "on Galera: the services use dblock.GaleraMultiWriter (lockers on several nodes, certification settles overlaps)")
 	return cmd
 }
 
@@ -123,16 +136,22 @@ func writeDoctor(out io.Writer, rep *doctorReport) error {
 }
 
 // globalVars reads the named global variables that exist on this server.
-// The names are constants of this file, quoted into the statement: SHOW is
-// sent as text, not prepared (not every server prepares SHOW).
 func globalVars(ctx context.Context, db *sql.DB, names ...string) (map[string]string, error) {
+	return showGlobal(ctx, db, "VARIABLES", names)
+}
+
+// showGlobal reads the named rows of SHOW GLOBAL what (VARIABLES or
+// STATUS), keyed by lower-case name. The names are constants of this
+// file, quoted into the statement: SHOW is sent as text, not prepared (not
+// every server prepares SHOW).
+func showGlobal(ctx context.Context, db *sql.DB, what string, names []string) (map[string]string, error) {
 	quoted := make([]string, len(names))
 	for i, n := range names {
 		quoted[i] = "'" + strings.ReplaceAll(n, "'", "''") + "'"
 	}
-	rows, err := db.QueryContext(ctx, "SHOW GLOBAL VARIABLES WHERE Variable_name IN ("+strings.Join(quoted, ", ")+")")
+	rows, err := db.QueryContext(ctx, "SHOW GLOBAL "+what+" WHERE Variable_name IN ("+strings.Join(quoted, ", ")+")")
 	if err != nil {
-		return nil, fmt.Errorf("reading server variables: %w", err)
+		return nil, fmt.Errorf("reading server %s: %w", strings.ToLower(what), err)
 	}
 	defer rows.Close()
 	out := map[string]string{}
@@ -164,7 +183,7 @@ func humanSeconds(n int64) string {
 }
 
 // diagnose runs every check.
-func diagnose(ctx context.Context, db *sql.DB, table string, singleWriter bool) (*doctorReport, error) {
+func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*doctorReport, error) {
 	srv, err := detectServer(ctx, db)
 	if err != nil {
 		return nil, err
@@ -177,11 +196,20 @@ func diagnose(ctx context.Context, db *sql.DB, table string, singleWriter bool) 
 	if err != nil {
 		return nil, err
 	}
+	if isOn(vars["wsrep_on"]) {
+		// Galera's state is in status variables (names that no system
+		// variable has): merge them in for serverChecks.
+		st, err := showGlobal(ctx, db, "STATUS", []string{"wsrep_cluster_status", "wsrep_ready", "wsrep_local_state_comment", "wsrep_cluster_size"})
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(vars, st)
+	}
 	rep := &doctorReport{Server: srv.String(), Table: table, Checks: []check{}}
 	add := func(name, status, msg, advice string) {
 		rep.Checks = append(rep.Checks, check{Name: name, Status: status, Message: msg, Advice: advice})
 	}
-	for _, c := range serverChecks(srv, vars, singleWriter) {
+	for _, c := range serverChecks(srv, vars, mode) {
 		add(c.Name, c.Status, c.Message, c.Advice)
 	}
 
@@ -206,10 +234,19 @@ func diagnose(ctx context.Context, db *sql.DB, table string, singleWriter bool) 
 	return rep, nil
 }
 
+// galeraMode is the Galera mode the services use, as doctor was told.
+type galeraMode int
+
+const (
+	galeraUnset galeraMode = iota
+	galeraSingle
+	galeraMulti
+)
+
 // serverChecks judges the server from its version and global variables
 // (lower-case names; a variable missing from vars does not exist on the
-// server).
-func serverChecks(srv serverInfo, vars map[string]string, singleWriter bool) []check {
+// server), and on Galera its wsrep_* status variables.
+func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []check {
 	var checks []check
 	add := func(name, status, msg, advice string) {
 		checks = append(checks, check{Name: name, Status: status, Message: msg, Advice: advice})
@@ -317,11 +354,26 @@ func serverChecks(srv serverInfo, vars map[string]string, singleWriter bool) []c
 	switch {
 	case !isOn(vars["wsrep_on"]):
 		add("galera", statusOK, "not a Galera node (wsrep_on OFF or absent)", "")
-	case singleWriter:
-		add("galera", statusOK, "Galera node; --galera-single-writer: all lockers use this one node", "")
+	case mode == galeraSingle:
+		add("galera", statusOK, "Galera node; --galera-single-writer: all lockers use one node at a time (dblock.GaleraSingleWriter)", "")
+	case mode == galeraMulti:
+		add("galera", statusOK, "Galera node; --galera-multi-writer: holders on several nodes write their lock row, and certification commits at most one of two overlapping holders (dblock.GaleraMultiWriter); their work outside the database is not protected", "")
 	default:
-		add("galera", statusWarn, "Galera node (wsrep_on ON): row locks are local to a node; two services on two nodes can both hold a key, and one of them fails only at COMMIT (certification conflict)",
-			"send every locker to one node (a single-writer proxy setup) and run doctor with --galera-single-writer")
+		add("galera", statusWarn, "Galera node (wsrep_on ON): row locks are local to a node, so dblock.New requires dblock.GaleraSingleWriter() (every locker through one node) or dblock.GaleraMultiWriter() (holders on several nodes; the later of two overlapping holders fails at COMMIT)",
+			"pick one (docs/HA.md) and run doctor with --galera-single-writer or --galera-multi-writer")
+	}
+	if isOn(vars["wsrep_on"]) {
+		cluster, ready, state := vars["wsrep_cluster_status"], vars["wsrep_ready"], vars["wsrep_local_state_comment"]
+		desc := fmt.Sprintf("wsrep_cluster_status %s, wsrep_ready %s, state %s, cluster size %s", cluster, ready, state, vars["wsrep_cluster_size"])
+		switch {
+		case cluster != "Primary" || !isOn(ready):
+			add("galera_state", statusFail, desc+": this node is not in the cluster's primary component (partitioned or joining); acquisitions fail with ErrNotPrimary, holders lose their locks",
+				"send lock traffic to a synced node of the primary component; check the cluster's network and wsrep_cluster_address")
+		case state != "Synced":
+			add("galera_state", statusWarn, desc+": the node is not synced (a donor or catching up)", "keep lock traffic off it until it is Synced (a Galera health check does)")
+		default:
+			add("galera_state", statusOK, desc, "")
+		}
 	}
 
 	// MySQL: "txlock locks" reads performance_schema.

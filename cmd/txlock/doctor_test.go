@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 )
@@ -73,7 +74,7 @@ func TestServerChecks(t *testing.T) {
 		"wait_timeout": "60", "innodb_deadlock_detect": "OFF", "read_only": "OFF",
 		"super_read_only": "ON", "performance_schema": "OFF",
 	}
-	c := serverChecks(mysql, mysqlVars, false)
+	c := serverChecks(mysql, mysqlVars, galeraUnset)
 	for name, want := range map[string]string{
 		"version":                  statusOK,
 		"isolation":                statusOK, // from transaction_isolation: MySQL has no tx_isolation
@@ -95,7 +96,7 @@ func TestServerChecks(t *testing.T) {
 		"tx_isolation": "SERIALIZABLE", "innodb_lock_wait_timeout": "3600", "wait_timeout": "28800",
 		"idle_transaction_timeout": "0", "read_only": "OFF", "wsrep_on": "ON",
 	}
-	c = serverChecks(maria, mariaVars, false)
+	c = serverChecks(maria, mariaVars, galeraUnset)
 	for name, want := range map[string]string{
 		"version":                  statusOK,
 		"isolation":                statusWarn,
@@ -112,14 +113,34 @@ func TestServerChecks(t *testing.T) {
 			t.Errorf("MariaDB %s: %s, want %s", name, got, want)
 		}
 	}
-	if got := status(serverChecks(maria, mariaVars, true), "galera"); got != statusOK {
-		t.Errorf("Galera with --galera-single-writer: %s", got)
+	for _, mode := range []galeraMode{galeraSingle, galeraMulti} {
+		if got := status(serverChecks(maria, mariaVars, mode), "galera"); got != statusOK {
+			t.Errorf("Galera with mode %d: %s", mode, got)
+		}
+	}
+	for _, c := range []struct {
+		cluster, ready, state, want string
+	}{
+		{"Primary", "ON", "Synced", statusOK},
+		{"Primary", "ON", "Donor/Desynced", statusWarn},
+		{"non-Primary", "OFF", "Initialized", statusFail}, // partitioned away
+		{"Primary", "OFF", "Joining", statusFail},
+		{"", "", "", statusFail}, // status not readable
+	} {
+		vars := maps.Clone(mariaVars)
+		vars["wsrep_cluster_status"], vars["wsrep_ready"], vars["wsrep_local_state_comment"], vars["wsrep_cluster_size"] = c.cluster, c.ready, c.state, "3"
+		if got := status(serverChecks(maria, vars, galeraSingle), "galera_state"); got != c.want {
+			t.Errorf("Galera node %s/%s/%s: galera_state %s, want %s", c.cluster, c.ready, c.state, got, c.want)
+		}
+	}
+	if got := status(serverChecks(mysql, mysqlVars, galeraUnset), "galera_state"); got != "absent" {
+		t.Errorf("not Galera: galera_state %s, want absent", got)
 	}
 	old := serverInfo{Version: "10.5.2-MariaDB", MariaDB: true, Major: 10, Minor: 5}
-	if got := status(serverChecks(old, mariaVars, false), "version"); got != statusFail {
+	if got := status(serverChecks(old, mariaVars, galeraUnset), "version"); got != statusFail {
 		t.Errorf("MariaDB 10.5: %s", got)
 	}
-	if got := status(serverChecks(serverInfo{Version: "5.7.44", Major: 5, Minor: 7}, mysqlVars, false), "version"); got != statusFail {
+	if got := status(serverChecks(serverInfo{Version: "5.7.44", Major: 5, Minor: 7}, mysqlVars, galeraUnset), "version"); got != statusFail {
 		t.Errorf("MySQL 5.7: %s", got)
 	}
 }

@@ -77,15 +77,7 @@ func testReplicaFailover(t *testing.T, semi bool) {
 	if err := p.Primary.Kill(); err != nil {
 		t.Fatalf("kill: %v", err)
 	}
-	lostAfter := make(chan time.Duration, 1)
-	go func() {
-		select {
-		case <-holder.Lost():
-			lostAfter <- time.Since(killed)
-		case <-time.After(15 * time.Second):
-			lostAfter <- -1
-		}
-	}()
+	lost := lostAfter(holder, killed, 15*time.Second)
 
 	hatest.PromoteAfterRelayLog(t, p.Replica, 5*time.Second)
 	promoted := time.Since(killed)
@@ -101,7 +93,7 @@ func testReplicaFailover(t *testing.T, semi bool) {
 	t.Logf("HA-RESULT failover (semi-sync %v): kill→promoted %v, kill→acquire-and-commit through the relay %v (%d attempts; with semi-sync this includes the promoted node's wait for a replica ack, rpl_semi_sync_master_timeout)",
 		semi, promoted.Round(time.Microsecond), acquired.Round(time.Microsecond), attempts)
 
-	d := <-lostAfter
+	d := <-lost
 	if d < 0 {
 		t.Errorf("holder: Lost() not closed within 15 s of the kill")
 	} else {

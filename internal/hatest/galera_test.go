@@ -3,6 +3,7 @@ package hatest_test
 import (
 	"context"
 	"errors"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,7 +19,11 @@ import (
 // TestGalera: a 3-node cluster. Single-writer: every holder on node1,
 // mutual exclusion under load (an in-process overlap detector). Multi-
 // writer: holders on node1 and node2 at once both get the row (row locks
-// are node-local), and what their commits do is reported.
+// are node-local), and what their commits do is reported; under load on
+// all three nodes, with fencing tokens, the history checker finds no
+// overlapping committed sections and no token out of order. Then a node
+// is isolated from the others (its holder must lose, the majority must
+// lock again) and rejoins, and last a node is killed.
 func TestGalera(t *testing.T) {
 	hatest.SkipUnlessEnabled(t)
 	g := hatest.StartGalera(t, 3)
@@ -33,12 +38,7 @@ func TestGalera(t *testing.T) {
 	)
 
 	t.Run("single-writer", func(t *testing.T) {
-		db := openGorm(t, g.Nodes[0].DSN("app", "app"))
-		l, err := dblock.New(db, dblock.GaleraSingleWriter())
-		if err != nil {
-			t.Fatalf("New: %v", err)
-		}
-		defer l.Close()
+		l := nodeLocker(t, g.Nodes[0], dblock.GaleraSingleWriter())
 		key := dblock.Resource("ha:galera-single")
 		var inside, overlaps, done atomic.Int64
 		var wg sync.WaitGroup
@@ -71,12 +71,7 @@ func TestGalera(t *testing.T) {
 		key := dblock.Resource("ha:galera-multi")
 		var ls []*dblock.Locker
 		for _, n := range g.Nodes[:2] {
-			l, err := dblock.New(openGorm(t, n.DSN("app", "app")), dblock.GaleraMultiWriter())
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			defer l.Close()
-			ls = append(ls, l)
+			ls = append(ls, nodeLocker(t, n, dblock.GaleraMultiWriter()))
 		}
 		// The key's row first, everywhere.
 		if err := ls[0].Do(ctx, key, func(context.Context, *gorm.DB) error { return nil }); err != nil {
@@ -112,20 +107,26 @@ func TestGalera(t *testing.T) {
 		key := dblock.Resource("ha:galera-history")
 		var rec history.Recorder
 		var firstErr atomic.Pointer[error]
+		var tokens sync.Map // token -> node that took it
+		var dupTokens atomic.Int64
 		var wg sync.WaitGroup
 		stop := time.Now().Add(4 * time.Second)
 		for i, n := range g.Nodes {
-			l, err := dblock.New(openGorm(t, n.DSN("app", "app")), dblock.GaleraMultiWriter())
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			defer l.Close()
+			l := nodeLocker(t, n, dblock.GaleraMultiWriter())
 			for gr := range 3 {
 				wg.Go(func() {
 					for time.Now().Before(stop) {
 						req := time.Now()
 						err := l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
-							sec, err := history.Begin(ctx, tx.Statement.ConnPool, table, i+1, gr, key.String(), 0, req)
+							token, ok := dblock.TokenFrom(ctx, key)
+							if !ok {
+								return errors.New("no fencing token in fn's context")
+							}
+							if prev, dup := tokens.LoadOrStore(token, i+1); dup {
+								dupTokens.Add(1)
+								t.Errorf("fencing token %d handed out twice (nodes %d and %d)", token, prev, i+1)
+							}
+							sec, err := history.Begin(ctx, tx.Statement.ConnPool, table, i+1, gr, key.String(), token, req)
 							if err != nil {
 								return err
 							}
@@ -134,7 +135,7 @@ func TestGalera(t *testing.T) {
 							}
 							time.Sleep(time.Millisecond)
 							return sec.End(ctx)
-						}, dblock.Retry(dblock.RetryPolicy{Attempts: 1}))
+						}, dblock.Fencing(), dblock.Retry(dblock.RetryPolicy{Attempts: 1}))
 						out := history.Committed
 						switch {
 						case errors.Is(err, dblock.ErrLockLost):
@@ -157,8 +158,10 @@ func TestGalera(t *testing.T) {
 			t.Fatal(err)
 		}
 		rep := history.Analyze(events)
-		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, 4 s: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations",
-			rec.Count(), rep.Checked, len(rep.Violations))
+		handed := 0
+		tokens.Range(func(any, any) bool { handed++; return true })
+		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, 4 s, with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice",
+			rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load())
 		if e := firstErr.Load(); e != nil {
 			t.Logf("first other failure: %v", *e)
 		}
@@ -167,20 +170,97 @@ func TestGalera(t *testing.T) {
 		}
 	})
 
+	t.Run("node-isolation", func(t *testing.T) {
+		// A multi-writer holder on node2, then node2 cut off from the
+		// others' group communication (gmcast.isolate=1, Galera's own
+		// partition switch): node2 leaves the primary component. Its
+		// holder must learn that it lost the lock and must not commit;
+		// node1 must lock and commit again once node2 is evicted. Then
+		// node2 rejoins, for the node-kill test.
+		key := dblock.Resource("ha:galera-isolate")
+		n1, n2 := g.Nodes[0], g.Nodes[1]
+		txlockBin := buildTxlock(t)
+		l2 := nodeLocker(t, n2, dblock.GaleraMultiWriter(), dblock.Defaults(dblock.Lease(2*time.Second)))
+		l1 := nodeLocker(t, n1, dblock.GaleraMultiWriter())
+		if _, err := acquireCommit(ctx, l2, key, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		const marker = 1_000_000_000 // the isolated holder's write, which must never land
+		holder, err := l2.Lock(ctx, key)
+		if err != nil {
+			t.Fatalf("holder on node2: %v", err)
+		}
+		defer func() { _ = holder.Rollback() }()
+		if err := holder.Tx().Exec("UPDATE ha_business SET v = v + ? WHERE id = 1", marker).Error; err != nil {
+			t.Fatalf("holder's write on node2: %v", err)
+		}
+
+		isolated := time.Now()
+		if _, err := n2.Admin().ExecContext(ctx, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'"); err != nil {
+			t.Fatalf("isolating node2: %v", err)
+		}
+		lostCh := lostAfter(holder, isolated, 30*time.Second)
+		attempts, err := acquireCommit(ctx, l1, key, 30*time.Second)
+		if err != nil {
+			t.Fatalf("acquire-and-commit on node1 after node2's isolation: %v", err)
+		}
+		majority := time.Since(isolated)
+		lost := <-lostCh
+		if lost < 0 {
+			t.Errorf("holder on the isolated node: Lost() not closed within 30 s")
+		}
+		cerr := holder.Commit()
+		if !errors.Is(cerr, dblock.ErrLockLost) {
+			t.Errorf("holder's Commit on the isolated node = %v, want ErrLockLost", cerr)
+		}
+		// A new acquisition on the isolated node must fail, not hand out
+		// a lock the majority does not see.
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		lk, aerr := l2.Lock(tctx, key, dblock.WaitTimeout(time.Second))
+		cancel()
+		if aerr == nil {
+			_ = lk.Rollback()
+			t.Errorf("Lock on the isolated node succeeded")
+		}
+		// txlock doctor tells the isolated node from a healthy one.
+		out, err := runDoctor(t, txlockBin, n2.DSN("root", ""), "--galera-multi-writer")
+		if err == nil || !regexp.MustCompile(`FAIL\s+galera_state\s+wsrep_cluster_status non-Primary`).MatchString(out) {
+			t.Errorf("txlock doctor on the isolated node: %v, want exit 1 and galera_state FAIL:\n%s", err, out)
+		}
+		t.Logf("txlock doctor on the isolated node (%v):\n%s", err, out)
+		if out, err := runDoctor(t, txlockBin, n1.DSN("root", ""), "--galera-multi-writer"); err != nil || !regexp.MustCompile(`OK\s+galera_state\s+wsrep_cluster_status Primary`).MatchString(out) {
+			t.Errorf("txlock doctor on node1: %v, want exit 0 and galera_state OK:\n%s", err, out)
+		}
+		t.Logf("HA-RESULT Galera node isolation: isolation→acquire-and-commit on node1 %v (%d attempts); isolated holder's Lost() after %v (Lease 2s), its Commit -> %v; a new Lock on the isolated node -> %v",
+			majority.Round(time.Millisecond), attempts, lost.Round(time.Millisecond), cerr, aerr)
+
+		rejoin := time.Now()
+		if _, err := n2.Admin().ExecContext(ctx, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'"); err != nil {
+			t.Fatalf("ending node2's isolation: %v", err)
+		}
+		hatest.WaitGaleraSize(t, n2, 3, 60*time.Second)
+		t.Logf("HA-RESULT Galera node isolation: node2 back in the primary component, synced, %v after the isolation ended", time.Since(rejoin).Round(time.Millisecond))
+		for _, n := range g.Nodes {
+			v, err := n.QueryString(ctx, "SELECT v FROM ha_business WHERE id = 1")
+			if err != nil {
+				t.Fatalf("%s: %v", n.Name, err)
+			}
+			if len(v) >= len("1000000000") {
+				t.Errorf("%s: v = %s: the isolated holder's write landed", n.Name, v)
+			}
+		}
+		if _, err := acquireCommit(ctx, l2, key, 10*time.Second); err != nil {
+			t.Errorf("acquire-and-commit on node2 after it rejoined: %v", err)
+		}
+	})
+
 	t.Run("node-kill", func(t *testing.T) {
 		// Last: it leaves a 2-node cluster. A holder on node3, node3
 		// SIGKILLed; measure until a holder on node1 commits.
 		key := dblock.Resource("ha:galera-kill")
-		l3, err := dblock.New(openGorm(t, g.Nodes[2].DSN("app", "app")), dblock.GaleraSingleWriter(), dblock.Defaults(dblock.Lease(2*time.Second)))
-		if err != nil {
-			t.Fatalf("New: %v", err)
-		}
-		defer l3.Close()
-		l1, err := dblock.New(openGorm(t, g.Nodes[0].DSN("app", "app")), dblock.GaleraSingleWriter())
-		if err != nil {
-			t.Fatalf("New: %v", err)
-		}
-		defer l1.Close()
+		l3 := nodeLocker(t, g.Nodes[2], dblock.GaleraSingleWriter(), dblock.Defaults(dblock.Lease(2*time.Second)))
+		l1 := nodeLocker(t, g.Nodes[0], dblock.GaleraSingleWriter())
 		if _, err := acquireCommit(ctx, l3, key, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -210,4 +290,11 @@ func TestGalera(t *testing.T) {
 			t.Errorf("holder's Commit on the killed node = %v, want ErrLockLost", cerr)
 		}
 	})
+}
+
+// nodeLocker returns a Locker on node for the account app, closed when t
+// ends.
+func nodeLocker(t *testing.T, node *hatest.Node, opts ...dblock.Option) *dblock.Locker {
+	t.Helper()
+	return newLocker(t, openGorm(t, node.DSN("app", "app")), opts...)
 }

@@ -3,6 +3,8 @@ package hatest_test
 import (
 	"context"
 	"errors"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -89,4 +91,39 @@ func acquireCommit(ctx context.Context, l *dblock.Locker, key dblock.Key, within
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// buildTxlock builds the txlock command into t's temp dir.
+func buildTxlock(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "txlock")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/txlock/txlock/cmd/txlock").CombinedOutput(); err != nil {
+		t.Fatalf("building txlock: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runDoctor runs "txlock doctor" of bin against dsn and returns its
+// output; err is non-nil when it exits non-zero.
+func runDoctor(t *testing.T, bin, dsn string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, append([]string{"doctor", "--dsn", dsn}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// lostAfter reports, once, how long after since the holder's Lost()
+// closed, or -1 if it did not within.
+func lostAfter(holder *dblock.Lock, since time.Time, within time.Duration) <-chan time.Duration {
+	ch := make(chan time.Duration, 1)
+	go func() {
+		select {
+		case <-holder.Lost():
+			ch <- time.Since(since)
+		case <-time.After(within):
+			ch <- -1
+		}
+	}()
+	return ch
 }
