@@ -166,7 +166,7 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 			if mysqlErrorNumber(err) != 0 {
 				// The server answered (its own timeout, set just before the
 				// deadline): the connection and the transaction are intact.
-				return acquireError(key, err, ctxBound)
+				return l.acquireError(key, err, ctxBound)
 			}
 			// The client's deadline won the race with the server's answer:
 			// the wait ran out all the same, but the driver closed the
@@ -176,7 +176,7 @@ func (l *Locker) lockRowOnce(ctx context.Context, pool gorm.ConnPool, key Key, i
 		}
 		return fmt.Errorf("dblock: acquiring %s: %w", key, context.Cause(ctx))
 	}
-	return acquireError(key, err, ctxBound)
+	return l.acquireError(key, err, ctxBound)
 }
 
 // touchRow writes the locked row id in the holding transaction (Galera
@@ -188,7 +188,7 @@ func (l *Locker) touchRow(ctx context.Context, pool gorm.ConnPool, key Key, id i
 	var buf [160]byte
 	q := strconv.AppendInt(append(buf[:0], l.q.touchFrom...), id, 10)
 	if _, err := pool.ExecContext(ctx, string(q)); err != nil {
-		return acquireError(key, withCause(ctx, err), nil)
+		return l.acquireError(key, withCause(ctx, err), nil)
 	}
 	return nil
 }
@@ -264,6 +264,11 @@ func (l *Locker) joinLock(ctx context.Context, scope *txScope, key Key, lc lockC
 	}
 	done(err)
 	if err != nil {
+		if scope.holdsAny() && isConnectionLoss(err) && !errors.Is(err, ErrLockLost) {
+			// The transaction can no longer commit: the locks it already
+			// holds are lost too.
+			return fmt.Errorf("%w; the locks this transaction already holds cannot be vouched for (%w)", err, ErrLockLost)
+		}
 		return err
 	}
 	if !lc.fresh {

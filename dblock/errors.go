@@ -62,7 +62,8 @@ var (
 	// would not be seen by the rest of the cluster. Send lock traffic to a
 	// synced node (a load balancer's Galera health check does) and try
 	// again. A holder whose node leaves the primary component gets
-	// ErrLockLost instead.
+	// ErrLockLost instead; an acquisition in a transaction that already
+	// holds locks returns both.
 	ErrNotPrimary = errors.New("dblock: Galera node is not in the cluster's primary component")
 
 	// ErrNoTransaction means LockTx was given nil, a *gorm.DB that is not
@@ -107,9 +108,22 @@ func isConnectionLoss(err error) bool {
 	return false
 }
 
+// notPrimary returns err, an error of step ("acquiring", ...) for key,
+// wrapped with ErrNotPrimary when it is Galera's 1047 on a Galera node
+// (elsewhere 1047 is ER_UNKNOWN_COM_ERROR); else nil.
+func (l *Locker) notPrimary(step string, key Key, err error) error {
+	if !l.srv.topology.Galera || mysqlErrorNumber(err) != erUnknownCommand {
+		return nil
+	}
+	return fmt.Errorf("%w: %s %s: %w", ErrNotPrimary, step, key, err)
+}
+
 // acquireError maps an error of the locking statement to the library's
 // sentinels, keeping the original in the chain.
-func acquireError(key Key, err error, waitFromCtx error) error {
+func (l *Locker) acquireError(key Key, err error, waitFromCtx error) error {
+	if e := l.notPrimary("acquiring", key, err); e != nil {
+		return e
+	}
 	switch n := mysqlErrorNumber(err); n {
 	case erLockWaitTimeout, erStatementTimeout, erQueryTimeout, erLockNowait, erQueryInterrupted:
 		if waitFromCtx != nil {
@@ -123,8 +137,6 @@ func acquireError(key Key, err error, waitFromCtx error) error {
 		return fmt.Errorf("%w: %w", ErrTableMissing, err)
 	case erOptionPreventsStmt:
 		return fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err)
-	case erUnknownCommand:
-		return fmt.Errorf("%w: acquiring %s: %w", ErrNotPrimary, key, err)
 	}
 	if errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("%w: acquiring %s: %w", ErrNoTransaction, key, err)

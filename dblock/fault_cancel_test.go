@@ -103,8 +103,10 @@ func TestFaultCancelledWaiterLeavesQueue(t *testing.T) {
 		median(plain).Round(10*time.Microsecond), roundMs(plain), median(behind).Round(10*time.Microsecond), roundMs(behind))
 	t.Logf("abandoned waiter's statement gone from PROCESSLIST after the call returned: median %v, max %v %v",
 		median(cleanups).Round(10*time.Microsecond), maxDuration(cleanups).Round(10*time.Microsecond), roundMs(cleanups))
-	if m := maxDuration(cleanups); m > 50*time.Millisecond {
-		t.Errorf("an abandoned waiter's statement stayed %v in PROCESSLIST after the call returned, want <= 50ms", m)
+	// The worst round, bounded loosely enough for a loaded 2-core CI
+	// machine (the alternative is innodb_lock_wait_timeout: 50 s).
+	if m := maxDuration(cleanups); m > 250*time.Millisecond {
+		t.Errorf("an abandoned waiter's statement stayed %v in PROCESSLIST after the call returned, want <= 250ms", m)
 	}
 	for _, c := range []struct {
 		name string

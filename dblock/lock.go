@@ -120,8 +120,8 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 	k := &Lock{l: l, key: keys[0], ctx: lctx, cancel: cancel}
 	if err := k.open(lctx, lc.lease); err != nil {
 		k.finish()
-		if mysqlErrorNumber(err) == erUnknownCommand {
-			return nil, fmt.Errorf("%w: beginning the lock transaction for %s: %w", ErrNotPrimary, keys[0], err)
+		if e := l.notPrimary("beginning the lock transaction for", keys[0], err); e != nil {
+			return nil, e
 		}
 		return nil, fmt.Errorf("dblock: beginning the lock transaction for %s: %w", keys[0], err)
 	}
@@ -156,6 +156,12 @@ func (l *Locker) beginAttempt(ctx context.Context, keys []Key, lc lockConfig, at
 		if lc.fencing {
 			var err error
 			if token, err = l.nextToken(lctx, key); err != nil {
+				if mysqlErrorNumber(err) == erLockDeadlock && lctx.Err() == nil {
+					// Every bump was refused (another holder bumping the
+					// counter: Galera multi-writer). The attempt is rolled
+					// back whole, so running it again is safe: Retry does.
+					err = fmt.Errorf("%w: %w", ErrDeadlock, err)
+				}
 				k.abort()
 				return nil, err
 			}

@@ -266,6 +266,9 @@ func (l *Locker) findRow(ctx context.Context, key Key, inTx bool) (int64, error)
 	if mysqlErrorNumber(err) == erNoSuchTable {
 		return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
 	}
+	if e := l.notPrimary("finding the row of", key, err); e != nil {
+		return 0, e
+	}
 	return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, withCause(ctx, err))
 }
 

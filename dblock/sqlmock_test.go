@@ -10,6 +10,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 	"sync"
@@ -482,8 +483,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		{1317, dblock.ErrNotAcquired}, // query interrupted (MySQL bounded wait)
 		{1213, dblock.ErrDeadlock},
 		{1146, dblock.ErrTableMissing},
-		{1290, dblock.ErrReadOnly},   // read_only: MariaDB refuses the locking read to accounts without READ_ONLY ADMIN
-		{1047, dblock.ErrNotPrimary}, // Galera node outside the primary component
+		{1290, dblock.ErrReadOnly}, // read_only: MariaDB refuses the locking read to accounts without READ_ONLY ADMIN
 	} {
 		t.Run(fmt.Sprint(c.number), func(t *testing.T) {
 			m, l, key := firstAcquire(t, mockMariaDB)
@@ -506,16 +506,15 @@ func TestSQLErrorMapping(t *testing.T) {
 		mustContain(t, err, "migrations")
 		m.done(t)
 	})
-	t.Run("1047 on BEGIN", func(t *testing.T) {
-		m := newMocked(t)
-		l := m.locker(t, mariaVersion, mariaComment, true)
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.mock.ExpectExec(mariaLease).WillReturnResult(sqlmock.NewResult(0, 0))
-		m.mock.ExpectBegin().WillReturnError(&gomysql.MySQLError{Number: 1047, Message: "WSREP has not yet prepared node for application use"})
-		_, err := l.Lock(context.Background(), key)
-		checkMapped(t, err, dblock.ErrNotPrimary, 1047, sentinels)
+	t.Run("1047 off Galera", func(t *testing.T) {
+		// ER_UNKNOWN_COM_ERROR: not a Galera node's state.
+		m, l, key := firstAcquire(t, mockMariaDB)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnError(&gomysql.MySQLError{Number: 1047, Message: "Unknown command"})
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, fnMustNotRun(t))
+		if errors.Is(err, dblock.ErrNotPrimary) || mysqlNumber(t, err) != 1047 {
+			t.Errorf("Do = %v, want the server's 1047, not ErrNotPrimary", err)
+		}
 		m.done(t)
 	})
 	t.Run("deadlock returned by fn", func(t *testing.T) {
@@ -789,6 +788,8 @@ func TestSQLFencingBumpRetried(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("refused every time", func(t *testing.T) {
+		// The attempt is rolled back whole: ErrDeadlock, which Retry runs
+		// again.
 		m, l, key := firstAcquire(t, mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		for range 8 {
@@ -796,10 +797,54 @@ func TestSQLFencingBumpRetried(t *testing.T) {
 		}
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
-		if errors.Is(err, dblock.ErrDeadlock) || mysqlNumber(t, err) != 1213 {
-			t.Errorf("Do = %v, want the server's 1213, not ErrDeadlock (the lock's transaction was not a victim)", err)
+		checkMapped(t, err, dblock.ErrDeadlock, 1213, []error{dblock.ErrNotAcquired, dblock.ErrLockLost, dblock.ErrNotPrimary})
+		mustContain(t, err, "fencing token", "8 bumps refused")
+		m.done(t)
+	})
+	t.Run("context ends during the backoff", func(t *testing.T) {
+		// The Locker's debug log of the refusal, just before the backoff,
+		// cancels the context.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true, dblock.Logger(slog.New(cancelOnLog{cancel})))
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.expectLeasedBegin(mariaLease)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(qBump).WillReturnError(refused)
+		m.mock.ExpectRollback()
+		err := l.Do(ctx, key, fnMustNotRun(t), dblock.Fencing())
+		if !errors.Is(err, context.Canceled) || errors.Is(err, dblock.ErrDeadlock) {
+			t.Errorf("Do = %v, want context.Canceled and not ErrDeadlock", err)
 		}
-		mustContain(t, err, "fencing token")
+		mustContain(t, err, "1 bump(s) refused as deadlocks, retry abandoned")
+		waitReturned(m)
+		m.done(t)
+	})
+	t.Run("other errors are not retried", func(t *testing.T) {
+		m, l, key := firstAcquire(t, mockMariaDB)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(qBump).WillReturnError(&gomysql.MySQLError{Number: 1146, Message: "Table 'test.tb_lock_fence' doesn't exist"})
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
+		if mysqlNumber(t, err) != 1146 || errors.Is(err, dblock.ErrDeadlock) {
+			t.Errorf("Do = %v, want the server's 1146", err)
+		}
 		m.done(t)
 	})
 }
+
+// cancelOnLog is a slog handler that calls cancel on every record.
+type cancelOnLog struct{ cancel context.CancelFunc }
+
+func (h cancelOnLog) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h cancelOnLog) Handle(context.Context, slog.Record) error {
+	h.cancel()
+	return nil
+}
+
+func (h cancelOnLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h cancelOnLog) WithGroup(string) slog.Handler      { return h }

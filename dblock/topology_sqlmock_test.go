@@ -137,21 +137,6 @@ func TestSQLGaleraModes(t *testing.T) {
 		}
 		m.done(t)
 	})
-	// galeraLocker returns a Locker on a mocked Galera node in mode, and
-	// expects the first acquisition up to BEGIN.
-	galeraLocker := func(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *dblock.Locker, dblock.Key) {
-		m := newMocked(t)
-		m.expectDetectWith(mariaVersion, mariaComment, true, vars, rootGrants)
-		l, err := dblock.New(m.db, mode)
-		if err != nil {
-			t.Fatalf("New: %v", err)
-		}
-		t.Cleanup(func() { _ = l.Close() })
-		key := dblock.Resource("order:42")
-		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
-		return m, l, key
-	}
 	t.Run("single writer: plain locks", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
 		if !l.Topology().Galera {
@@ -214,6 +199,114 @@ func TestSQLGaleraModes(t *testing.T) {
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, fnMustNotRun(t))
 		checkMapped(t, err, dblock.ErrDeadlock, 1213, []error{dblock.ErrNotAcquired, dblock.ErrTableMissing, dblock.ErrInvalidKey})
+		m.done(t)
+	})
+}
+
+// galeraNode returns a mock of a Galera node (with vars) and a Locker on
+// it in mode, closed when the test ends.
+func galeraNode(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *dblock.Locker) {
+	t.Helper()
+	m := newMocked(t)
+	m.expectDetectWith(mariaVersion, mariaComment, true, vars, rootGrants)
+	l, err := dblock.New(m.db, mode)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return m, l
+}
+
+// galeraLocker is galeraNode, expecting the first acquisition of the key
+// it returns (order:42, row 7) up to BEGIN.
+func galeraLocker(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *dblock.Locker, dblock.Key) {
+	t.Helper()
+	m, l := galeraNode(t, mode, vars)
+	key := dblock.Resource("order:42")
+	m.expectLookup(key, 7)
+	m.expectLeasedBegin(mariaLease)
+	return m, l, key
+}
+
+// TestSQLGaleraNotPrimary: a Galera node outside the primary component
+// answers 1047 to whatever an acquisition sends first (the row lookup,
+// BEGIN, the locking read, the token bump): ErrNotPrimary, without a
+// retry; and in a transaction that already holds a lock, ErrLockLost too.
+func TestSQLGaleraNotPrimary(t *testing.T) {
+	notPrimary := &gomysql.MySQLError{Number: 1047, Message: "WSREP has not yet prepared node for application use"}
+	others := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrReadOnly, dblock.ErrLockLost}
+	t.Run("row lookup", func(t *testing.T) {
+		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
+		key := dblock.Resource("order:42")
+		h := key.Hash()
+		m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(notPrimary)
+		_, err := l.Lock(context.Background(), key)
+		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
+		m.done(t)
+	})
+	t.Run("BEGIN", func(t *testing.T) {
+		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
+		key := dblock.Resource("order:42")
+		m.expectLookup(key, 7)
+		m.mock.ExpectExec(mariaLease).WillReturnResult(sqlmock.NewResult(0, 0))
+		m.mock.ExpectBegin().WillReturnError(notPrimary)
+		_, err := l.Lock(context.Background(), key)
+		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
+		m.done(t)
+	})
+	t.Run("locking read", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnError(notPrimary)
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, fnMustNotRun(t))
+		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
+		m.done(t)
+	})
+	t.Run("token bump", func(t *testing.T) {
+		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectExec(regexPrefix + "^INSERT INTO `tb_lock_fence`").WillReturnError(notPrimary)
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
+		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
+		m.done(t)
+	})
+	t.Run("second key of a transaction the Locker opened", func(t *testing.T) {
+		// The lock's connection failed: the held order:42 is lost.
+		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
+		inner := dblock.Resource("order:43")
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.expectLookup(inner, 8)
+		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnError(notPrimary)
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), key, func(ctx context.Context, _ *gorm.DB) error {
+			return l.Do(ctx, inner, fnMustNotRun(t), dblock.NoPriorReads())
+		})
+		if !errors.Is(err, dblock.ErrLockLost) || mysqlNumber(t, err) != 1047 {
+			t.Fatalf("Do = %v, want ErrLockLost wrapping 1047", err)
+		}
+		waitReturned(m)
+		m.done(t)
+	})
+	t.Run("second key of the caller's transaction", func(t *testing.T) {
+		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
+		first, second := dblock.Resource("order:42"), dblock.Resource("order:43")
+		m.mock.ExpectBegin()
+		m.expectLookup(first, 7)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.expectLookup(second, 8)
+		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnError(notPrimary)
+		m.mock.ExpectRollback()
+		tx := m.db.Begin()
+		ctx := dblock.WithTx(context.Background(), tx)
+		if err := l.LockTx(ctx, tx, first, dblock.NoPriorReads()); err != nil {
+			t.Fatal(err)
+		}
+		err := l.LockTx(ctx, tx, second, dblock.NoPriorReads())
+		if !errors.Is(err, dblock.ErrNotPrimary) || !errors.Is(err, dblock.ErrLockLost) || mysqlNumber(t, err) != 1047 {
+			t.Errorf("LockTx = %v, want ErrNotPrimary and ErrLockLost (order:42, held, is lost with the transaction)", err)
+		}
+		tx.Rollback()
 		m.done(t)
 	})
 }

@@ -62,6 +62,13 @@ func (s *txScope) holds(l *Locker, k Key) bool {
 	return ok
 }
 
+// holdsAny reports whether the transaction holds any key.
+func (s *txScope) holdsAny() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nheld > 0
+}
+
 // add records that the transaction holds k, with its fencing token when
 // token is not 0.
 func (s *txScope) add(l *Locker, k Key, token int64) {

@@ -82,8 +82,6 @@ The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
 			ctx := cmd.Context()
 			mode := galeraUnset
 			switch {
-			case singleWriter && multiWriter:
-				return errors.New("--galera-single-writer and --galera-multi-writer exclude each other: pick the one the services pass to dblock.New")
 			case singleWriter:
 				mode = galeraSingle
 			case multiWriter:
@@ -115,6 +113,7 @@ The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
 	f.BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	f.BoolVar(&singleWriter, "galera-single-writer", false, "on Galera: the services use dblock.GaleraSingleWriter (every locker goes through the same node)")
 	f.BoolVar(&multiWriter, "galera-multi-writer", false, "on Galera: the services use dblock.GaleraMultiWriter (lockers on several nodes, certification settles overlaps)")
+	cmd.MarkFlagsMutuallyExclusive("galera-single-writer", "galera-multi-writer")
 	return cmd
 }
 
@@ -213,6 +212,13 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*
 		add(c.Name, c.Status, c.Message, c.Advice)
 	}
 
+	if st := vars["wsrep_cluster_status"]; isOn(vars["wsrep_on"]) && (st != "Primary" || !isOn(vars["wsrep_ready"])) {
+		// The node refuses queries on tables (1047): the checks below
+		// would only repeat galera_state.
+		add("table", statusWarn, "not checked: this Galera node refuses queries until it is back in the primary component", "run doctor against a synced node")
+		return rep.count(), nil
+	}
+
 	// The PROCESS privilege, for locks and release.
 	var n int64
 	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.INNODB_TRX").Scan(&n); err != nil {
@@ -223,6 +229,11 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*
 
 	// The table.
 	tableCheck(ctx, db, table, add)
+	return rep.count(), nil
+}
+
+// count sets Fails and Warns from the checks, and returns rep.
+func (rep *doctorReport) count() *doctorReport {
 	for _, c := range rep.Checks {
 		switch c.Status {
 		case statusFail:
@@ -231,7 +242,7 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*
 			rep.Warns++
 		}
 	}
-	return rep, nil
+	return rep
 }
 
 // galeraMode is the Galera mode the services use, as doctor was told.

@@ -57,6 +57,12 @@ func TestBinaryDoctor(t *testing.T) {
 		!strings.Contains(errOut, "1 check(s) failed") {
 		t.Errorf("missing table: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
+
+	// The two Galera modes exclude each other.
+	_, errOut, code = f.exitCode(t, "", "doctor", "--galera-single-writer", "--galera-multi-writer")
+	if code == 0 || !strings.Contains(errOut, "galera-multi-writer") {
+		t.Errorf("doctor with both Galera modes: exit %d, stderr %q", code, errOut)
+	}
 }
 
 func TestServerChecks(t *testing.T) {

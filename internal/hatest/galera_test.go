@@ -1,9 +1,13 @@
 package hatest_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -77,7 +81,7 @@ func TestGalera(t *testing.T) {
 		if err := ls[0].Do(ctx, key, func(context.Context, *gorm.DB) error { return nil }); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		waitKeyRow(t, g.Nodes[1], key)
 		h1, err := ls[0].Lock(ctx, key, dblock.WaitTimeout(2*time.Second))
 		if err != nil {
 			t.Fatalf("holder on node1: %v", err)
@@ -111,8 +115,9 @@ func TestGalera(t *testing.T) {
 		var dupTokens atomic.Int64
 		var wg sync.WaitGroup
 		stop := time.Now().Add(4 * time.Second)
+		var refusals countingHandler // token bumps refused and sent again
 		for i, n := range g.Nodes {
-			l := nodeLocker(t, n, dblock.GaleraMultiWriter())
+			l := nodeLocker(t, n, dblock.GaleraMultiWriter(), dblock.Logger(slog.New(&refusals)))
 			for gr := range 3 {
 				wg.Go(func() {
 					for time.Now().Before(stop) {
@@ -160,8 +165,8 @@ func TestGalera(t *testing.T) {
 		rep := history.Analyze(events)
 		handed := 0
 		tokens.Range(func(any, any) bool { handed++; return true })
-		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, 4 s, with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice",
-			rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load())
+		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, 4 s, with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice; %d token bumps refused by certification and sent again",
+			rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load(), refusals.count("bump refused"))
 		if e := firstErr.Load(); e != nil {
 			t.Logf("first other failure: %v", *e)
 		}
@@ -185,7 +190,7 @@ func TestGalera(t *testing.T) {
 		if _, err := acquireCommit(ctx, l2, key, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		waitKeyRow(t, n1, key)
 		const marker = 1_000_000_000 // the isolated holder's write, which must never land
 		holder, err := l2.Lock(ctx, key)
 		if err != nil {
@@ -200,6 +205,13 @@ func TestGalera(t *testing.T) {
 		if _, err := n2.Admin().ExecContext(ctx, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'"); err != nil {
 			t.Fatalf("isolating node2: %v", err)
 		}
+		t.Cleanup(func() {
+			// Whatever failed, node-kill needs all three nodes.
+			if _, err := n2.Admin().ExecContext(ctx, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'"); err != nil {
+				t.Errorf("ending node2's isolation: %v", err)
+			}
+			hatest.WaitGaleraSize(t, n2, 3, 60*time.Second)
+		})
 		lostCh := lostAfter(holder, isolated, 30*time.Second)
 		attempts, err := acquireCommit(ctx, l1, key, 30*time.Second)
 		if err != nil {
@@ -215,13 +227,27 @@ func TestGalera(t *testing.T) {
 			t.Errorf("holder's Commit on the isolated node = %v, want ErrLockLost", cerr)
 		}
 		// A new acquisition on the isolated node must fail, not hand out
-		// a lock the majority does not see.
-		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		lk, aerr := l2.Lock(tctx, key, dblock.WaitTimeout(time.Second))
-		cancel()
-		if aerr == nil {
-			_ = lk.Rollback()
-			t.Errorf("Lock on the isolated node succeeded")
+		// a lock the majority does not see: of a key whose row the Locker
+		// knows (1047 at BEGIN), and of a new key by a new Locker (1047 at
+		// the row lookup).
+		var aerr error
+		for _, c := range []struct {
+			l   *dblock.Locker
+			key dblock.Key
+		}{
+			{l2, key},
+			{nodeLocker(t, n2, dblock.GaleraMultiWriter()), dblock.Resource("ha:galera-isolate-new")},
+		} {
+			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			lk, err := c.l.Lock(tctx, c.key, dblock.WaitTimeout(time.Second))
+			cancel()
+			if err == nil {
+				_ = lk.Rollback()
+			}
+			if !errors.Is(err, dblock.ErrNotPrimary) {
+				t.Errorf("Lock of %s on the isolated node = %v, want ErrNotPrimary", c.key, err)
+			}
+			aerr = cmp.Or(aerr, err)
 		}
 		// txlock doctor tells the isolated node from a healthy one.
 		out, err := runDoctor(t, txlockBin, n2.DSN("root", ""), "--galera-multi-writer")
@@ -246,8 +272,8 @@ func TestGalera(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", n.Name, err)
 			}
-			if len(v) >= len("1000000000") {
-				t.Errorf("%s: v = %s: the isolated holder's write landed", n.Name, v)
+			if got, err := strconv.ParseInt(v, 10, 64); err != nil || got >= marker {
+				t.Errorf("%s: v = %s: the isolated holder's write (+%d) landed", n.Name, v, marker)
 			}
 		}
 		if _, err := acquireCommit(ctx, l2, key, 10*time.Second); err != nil {
@@ -264,7 +290,7 @@ func TestGalera(t *testing.T) {
 		if _, err := acquireCommit(ctx, l3, key, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		waitKeyRow(t, g.Nodes[0], key)
 		holder, err := l3.Lock(ctx, key)
 		if err != nil {
 			t.Fatalf("holder on node3: %v", err)
@@ -297,4 +323,53 @@ func TestGalera(t *testing.T) {
 func nodeLocker(t *testing.T, node *hatest.Node, opts ...dblock.Option) *dblock.Locker {
 	t.Helper()
 	return newLocker(t, openGorm(t, node.DSN("app", "app")), opts...)
+}
+
+// waitKeyRow waits until key's lock row has replicated to node.
+func waitKeyRow(t *testing.T, node *hatest.Node, key dblock.Key) {
+	t.Helper()
+	h := key.Hash()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := node.QueryString(context.Background(), "SELECT COUNT(*) FROM tb_lock WHERE key_hash = ?", h[:])
+		if err == nil && n == "1" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the row of %s did not arrive within 10 s (count %q, %v)", node.Name, key, n, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// countingHandler is a slog handler that keeps the messages of the
+// records it gets (every level).
+type countingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.msgs = append(h.msgs, r.Message)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// count returns how many messages contain sub.
+func (h *countingHandler) count(sub string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.msgs {
+		if strings.Contains(m, sub) {
+			n++
+		}
+	}
+	return n
 }
