@@ -86,7 +86,7 @@ const (
 // detectServer queries the server's version, features and topology.
 func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	var s server
-	vars, err := showVariables(ctx, db)
+	vars, err := serverinfo.Variables(ctx, db, detectVariables)
 	if err != nil {
 		return s, fmt.Errorf("dblock: detecting the server: %w", err)
 	}
@@ -107,7 +107,7 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	s.snapshotIsolation = s.snapshotIsolation && s.mariaDB
 	on := func(names ...string) bool {
 		for _, n := range names {
-			if v := strings.ToUpper(vars[n]); v == "ON" || v == "1" {
+			if serverinfo.IsOn(vars[n]) {
 				return true
 			}
 		}
@@ -123,24 +123,6 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 		t.ReadOnlyBypass = !t.SuperReadOnly && bypassesReadOnly(grants, s.mariaDB && s.atLeast(10, 11, 0))
 	}
 	return s, nil
-}
-
-// showVariables runs detectVariables: name -> value.
-func showVariables(ctx context.Context, db *sql.DB) (map[string]string, error) {
-	rows, err := db.QueryContext(ctx, detectVariables)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	vars := make(map[string]string, 8)
-	for rows.Next() {
-		var name, value string
-		if err := rows.Scan(&name, &value); err != nil {
-			return nil, err
-		}
-		vars[strings.ToLower(name)] = value
-	}
-	return vars, rows.Err()
 }
 
 // showGrants returns the lines of SHOW GRANTS for the current account.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/migrations"
 	"github.com/txlock/txlock/schema"
 )
@@ -141,36 +142,17 @@ func globalVars(ctx context.Context, db *sql.DB, names ...string) (map[string]st
 
 // showGlobal reads the named rows of SHOW GLOBAL what (VARIABLES or
 // STATUS), keyed by lower-case name. The names are constants of this
-// file, quoted into the statement: SHOW is sent as text, not prepared (not
-// every server prepares SHOW).
+// file, quoted into the statement.
 func showGlobal(ctx context.Context, db *sql.DB, what string, names []string) (map[string]string, error) {
 	quoted := make([]string, len(names))
 	for i, n := range names {
 		quoted[i] = "'" + strings.ReplaceAll(n, "'", "''") + "'"
 	}
-	rows, err := db.QueryContext(ctx, "SHOW GLOBAL "+what+" WHERE Variable_name IN ("+strings.Join(quoted, ", ")+")")
+	vars, err := serverinfo.Variables(ctx, db, "SHOW GLOBAL "+what+" WHERE Variable_name IN ("+strings.Join(quoted, ", ")+")")
 	if err != nil {
 		return nil, fmt.Errorf("reading server %s: %w", strings.ToLower(what), err)
 	}
-	defer rows.Close()
-	out := map[string]string{}
-	for rows.Next() {
-		var n, v string
-		if err := rows.Scan(&n, &v); err != nil {
-			return nil, err
-		}
-		out[strings.ToLower(n)] = v
-	}
-	return out, rows.Err()
-}
-
-// isOn reports a boolean server variable's value.
-func isOn(v string) bool {
-	switch strings.ToUpper(strings.TrimSpace(v)) {
-	case "ON", "1", "TRUE", "YES":
-		return true
-	}
-	return false
+	return vars, nil
 }
 
 // humanSeconds renders a count of seconds, e.g. "28800 s (8h0m0s)".
@@ -195,7 +177,7 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*
 	if err != nil {
 		return nil, err
 	}
-	if isOn(vars["wsrep_on"]) {
+	if serverinfo.IsOn(vars["wsrep_on"]) {
 		// Galera's state is in status variables (names that no system
 		// variable has): merge them in for serverChecks.
 		st, err := showGlobal(ctx, db, "STATUS", []string{"wsrep_cluster_status", "wsrep_ready", "wsrep_local_state_comment", "wsrep_cluster_size"})
@@ -212,7 +194,7 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*
 		add(c.Name, c.Status, c.Message, c.Advice)
 	}
 
-	if st := vars["wsrep_cluster_status"]; isOn(vars["wsrep_on"]) && (st != "Primary" || !isOn(vars["wsrep_ready"])) {
+	if st := vars["wsrep_cluster_status"]; serverinfo.IsOn(vars["wsrep_on"]) && (st != "Primary" || !serverinfo.IsOn(vars["wsrep_ready"])) {
 		// The node refuses queries on tables (1047): the checks below
 		// would only repeat galera_state.
 		add("table", statusWarn, "not checked: this Galera node refuses queries until it is back in the primary component", "run doctor against a synced node")
@@ -339,7 +321,7 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 
 	// Deadlocks.
 	if v, ok := vars["innodb_deadlock_detect"]; ok {
-		if isOn(v) {
+		if serverinfo.IsOn(v) {
 			add("innodb_deadlock_detect", statusOK, "ON: deadlocks are broken at once (ErrDeadlock, retried by the Retry option)", "")
 		} else {
 			add("innodb_deadlock_detect", statusWarn, "OFF: a deadlock between lock holders lasts until innodb_lock_wait_timeout and surfaces as ErrNotAcquired, not ErrDeadlock",
@@ -350,7 +332,7 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 	// Replicas.
 	var ro []string
 	for _, n := range []string{"read_only", "super_read_only", "innodb_read_only"} {
-		if isOn(vars[n]) {
+		if serverinfo.IsOn(vars[n]) {
 			ro = append(ro, n)
 		}
 	}
@@ -363,7 +345,7 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 
 	// Galera.
 	switch {
-	case !isOn(vars["wsrep_on"]):
+	case !serverinfo.IsOn(vars["wsrep_on"]):
 		add("galera", statusOK, "not a Galera node (wsrep_on OFF or absent)", "")
 	case mode == galeraSingle:
 		add("galera", statusOK, "Galera node; --galera-single-writer: all lockers use one node at a time (dblock.GaleraSingleWriter)", "")
@@ -373,11 +355,11 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 		add("galera", statusWarn, "Galera node (wsrep_on ON): row locks are local to a node, so dblock.New requires dblock.GaleraSingleWriter() (every locker through one node) or dblock.GaleraMultiWriter() (holders on several nodes; the later of two overlapping holders fails at COMMIT)",
 			"pick one (docs/HA.md) and run doctor with --galera-single-writer or --galera-multi-writer")
 	}
-	if isOn(vars["wsrep_on"]) {
+	if serverinfo.IsOn(vars["wsrep_on"]) {
 		cluster, ready, state := vars["wsrep_cluster_status"], vars["wsrep_ready"], vars["wsrep_local_state_comment"]
 		desc := fmt.Sprintf("wsrep_cluster_status %s, wsrep_ready %s, state %s, cluster size %s", cluster, ready, state, vars["wsrep_cluster_size"])
 		switch {
-		case cluster != "Primary" || !isOn(ready):
+		case cluster != "Primary" || !serverinfo.IsOn(ready):
 			add("galera_state", statusFail, desc+": this node is not in the cluster's primary component (partitioned or joining); acquisitions fail with ErrNotPrimary, holders lose their locks",
 				"send lock traffic to a synced node of the primary component; check the cluster's network and wsrep_cluster_address")
 		case state != "Synced":
@@ -389,7 +371,7 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 
 	// MySQL: "txlock locks" reads performance_schema.
 	if !srv.MariaDB {
-		if isOn(vars["performance_schema"]) {
+		if serverinfo.IsOn(vars["performance_schema"]) {
 			add("performance_schema", statusOK, "ON: txlock locks can list every row lock (data_locks)", "")
 		} else {
 			add("performance_schema", statusWarn, "OFF: txlock locks and release cannot see row locks on MySQL", "set performance_schema=ON in the server configuration (needs a restart)")

@@ -1,9 +1,11 @@
-// Package serverinfo reads what a MySQL or MariaDB server says of itself
-// (VERSION() and @@version_comment): its version number and its flavour.
-// The library (dblock) and the txlock command share it.
+// Package serverinfo reads what a MySQL or MariaDB server says of itself:
+// its version number and flavour (VERSION() and @@version_comment), and
+// its variables. The library (dblock) and the txlock command share it.
 package serverinfo
 
 import (
+	"context"
+	"database/sql"
 	"strconv"
 	"strings"
 )
@@ -40,4 +42,40 @@ func Flavor(mariaDB bool) string {
 		return "MariaDB"
 	}
 	return "MySQL"
+}
+
+// A Querier runs a query: a *sql.DB, *sql.Conn or *sql.Tx.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// Variables runs query, a SHOW [GLOBAL] VARIABLES or STATUS statement
+// (two columns: name and value), and returns its rows keyed by lower-case
+// name. SHOW is sent as text: not every server prepares it, so query
+// carries no placeholders.
+func Variables(ctx context.Context, q Querier, query string) (map[string]string, error) {
+	rows, err := q.QueryContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	vars := make(map[string]string, 16)
+	for rows.Next() {
+		var name, value string
+		if err := rows.Scan(&name, &value); err != nil {
+			return nil, err
+		}
+		vars[strings.ToLower(name)] = value
+	}
+	return vars, rows.Err()
+}
+
+// IsOn reports whether a boolean variable's value is true: ON, 1, TRUE or
+// YES, in any case.
+func IsOn(v string) bool {
+	switch strings.ToUpper(strings.TrimSpace(v)) {
+	case "ON", "1", "TRUE", "YES":
+		return true
+	}
+	return false
 }

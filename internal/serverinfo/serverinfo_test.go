@@ -41,3 +41,14 @@ func TestFlavor(t *testing.T) {
 		}
 	}
 }
+
+func TestIsOn(t *testing.T) {
+	for v, want := range map[string]bool{
+		"ON": true, "on": true, "1": true, "TRUE": true, "yes": true, " ON ": true,
+		"OFF": false, "0": false, "": false, "FORCE": false, "Primary": false,
+	} {
+		if got := IsOn(v); got != want {
+			t.Errorf("IsOn(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
