@@ -175,14 +175,14 @@ func TestLockCommit(t *testing.T) {
 	if v := get(t, e.db, kv, "a"); v != 7 {
 		t.Fatalf("a = %d after Rollback-after-Commit, want 7", v)
 	}
-	// Commit again: the lock was released.
-	if err := k.Commit(); !errors.Is(err, dblock.ErrLockLost) {
-		t.Errorf("second Commit = %v, want ErrLockLost", err)
+	// Commit again: the lock was released, not lost.
+	if err := k.Commit(); !errors.Is(err, dblock.ErrNotHeld) || errors.Is(err, dblock.ErrLockLost) {
+		t.Errorf("second Commit = %v, want ErrNotHeld (not ErrLockLost)", err)
 	}
 }
 
 // TestLockRollback: Lock.Rollback drops the writes and releases the key;
-// it is idempotent; Commit after it reports ErrLockLost.
+// it is idempotent; Commit after it reports ErrNotHeld.
 func TestLockRollback(t *testing.T) {
 	e, l := setupLocker(t)
 	kv := e.kvTable(t)
@@ -206,8 +206,8 @@ func TestLockRollback(t *testing.T) {
 		t.Fatalf("a = %d, want no row", v)
 	}
 	assertFree(t, l, key)
-	if err := k.Commit(); !errors.Is(err, dblock.ErrLockLost) {
-		t.Errorf("Commit after Rollback = %v, want ErrLockLost", err)
+	if err := k.Commit(); !errors.Is(err, dblock.ErrNotHeld) || errors.Is(err, dblock.ErrLockLost) {
+		t.Errorf("Commit after Rollback = %v, want ErrNotHeld (not ErrLockLost)", err)
 	}
 	select {
 	case <-k.Lost():

@@ -21,7 +21,15 @@ type server struct {
 	// joined transaction's stale write can be made to fail (1020) instead
 	// of silently losing an update.
 	snapshotIsolation bool
-	topology          Topology
+	// rollbackOnTimeout: innodb_rollback_on_timeout is ON (a startup
+	// option, global only), so a lock-wait timeout (1205) rolls the whole
+	// transaction back instead of the statement.
+	rollbackOnTimeout bool
+	// ident names the server and schema the Locker's pool reaches
+	// ("host:port/schema"): two pools with the same ident lock the same
+	// rows.
+	ident    string
+	topology Topology
 }
 
 // A Topology is what New learned about the server's place in a
@@ -78,12 +86,15 @@ func (s server) atLeast(major, minor, patch int) bool {
 const (
 	detectVariables = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', " +
 		"'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', " +
+		"'innodb_rollback_on_timeout', 'hostname', 'port', " +
 		"'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', " +
 		"'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
 	detectGrants = "SHOW GRANTS"
+	detectSchema = "SELECT DATABASE()"
 )
 
-// detectServer queries the server's version, features and topology.
+// detectServer queries the server's version, features, topology and the
+// schema the pool uses (three round trips).
 func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	var s server
 	vars, err := serverinfo.Variables(ctx, db, detectVariables)
@@ -103,6 +114,12 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	case !s.mariaDB && !s.atLeast(8, 0, 0):
 		return s, fmt.Errorf("dblock: MySQL %s is too old: txlock needs MySQL 8.0 or later (or MariaDB 10.6)", s.version)
 	}
+	var schemaName sql.NullString
+	if err := db.QueryRowContext(ctx, detectSchema).Scan(&schemaName); err != nil {
+		return s, fmt.Errorf("dblock: detecting the server's schema: %w", err)
+	}
+	s.ident = vars["hostname"] + ":" + vars["port"] + "/" + schemaName.String
+	s.rollbackOnTimeout = serverinfo.IsOn(vars["innodb_rollback_on_timeout"])
 	_, s.snapshotIsolation = vars["innodb_snapshot_isolation"]
 	s.snapshotIsolation = s.snapshotIsolation && s.mariaDB
 	on := func(names ...string) bool {

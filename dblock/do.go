@@ -14,16 +14,18 @@ import (
 // with DB and a nested Do joins it (a nested Do of a held key returns to
 // its fn at once, without a round trip).
 //
-// If ctx already carries a transaction (an outer Do, WithTx or
-// Lock.Context), Do joins it: the lock is released when that transaction
-// ends, and fn's error is returned without rolling it back (the owner of
-// the transaction decides).
+// If ctx already carries a transaction of the Locker's database (an outer
+// Do, WithTx or Lock.Context), Do joins it: the lock is released when that
+// transaction ends, and fn's error is returned without rolling it back
+// (the owner of the transaction decides). A transaction of another
+// database does not count: Do then opens its own.
 //
 // Otherwise Do opens a transaction, takes the lock as its first statement,
 // runs fn, and commits when fn returns nil. fn's error rolls back and is
 // returned as is (server outcomes such as a deadlock are wrapped so that
 // errors.Is finds ErrDeadlock). A panic in fn rolls back and is re-raised.
-// With the Retry option, a deadlock victim is run again from the start.
+// With the Retry option, a deadlock victim or a stale snapshot is run
+// again from the start.
 func (l *Locker) Do(ctx context.Context, key Key, fn func(ctx context.Context, tx *gorm.DB) error, opts ...LockOption) error {
 	if fn == nil {
 		return errors.New("dblock: Do: nil fn")
@@ -44,20 +46,25 @@ func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context
 	if err != nil {
 		return err
 	}
-	if scope := scopeFrom(ctx); scope != nil {
-		for _, k := range keys {
-			if err := l.joinLock(ctx, scope, k, lc); err != nil {
-				return err
-			}
+	s, err := l.scopeFor(ctx)
+	if err != nil {
+		return err
+	}
+	if s != nil {
+		if err := l.join(ctx, s, keys, lc); err != nil {
+			return err
 		}
-		return fnError(fn(ctx, scope.tx))
+		if linkFrom(ctx).s != s {
+			ctx = withScope(ctx, s) // the innermost transaction is another database's
+		}
+		return fnError(fn(ctx, s.tx))
 	}
 	attempt := func() error {
-		k, err := l.begin(ctx, keys, lc, false)
+		lk, err := l.begin(ctx, keys, lc, false)
 		if err != nil {
 			return err
 		}
-		return k.run(fn)
+		return lk.run(fn)
 	}
 	if lc.retry.Attempts > 1 {
 		return retrying(ctx, lc.retry, attempt)
@@ -65,46 +72,19 @@ func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context
 	return attempt()
 }
 
-// run runs fn under the lock and ends the transaction: commit on nil,
-// rollback on an error, a panic or runtime.Goexit.
-//
-// fn's context is the lock's: it is cancelled, with cause ErrLockLost, when
-// the lock is lost. fn's error after a loss is returned wrapped in the loss.
-func (k *Lock) run(fn func(ctx context.Context, tx *gorm.DB) error) error {
-	finished := false
-	defer func() {
-		if !finished {
-			_ = k.Rollback() // the panic goes on unchanged
-		}
-	}()
-	err := fn(&k.fnCtx, k.tx)
-	finished = true
-	if err != nil {
-		_ = k.Rollback()
-		if lostErr := k.Err(); lostErr != nil {
-			return fmt.Errorf("%w (fn returned: %w)", lostErr, err)
-		}
-		return fnError(err)
-	}
-	return k.Commit()
-}
-
 // LockTx takes key inside tx, a transaction the caller opened with gorm
-// (db.Begin, db.Transaction). The caller's Commit or Rollback releases it.
-// When ctx carries tx (WithTx), the key is remembered there, so that a
-// later acquisition of it through ctx needs no round trip.
+// (db.Begin, db.Transaction) on the Locker's database. The caller's Commit
+// or Rollback releases it. When ctx carries tx (WithTx), the key is
+// remembered there, so that a later acquisition of it through ctx joins.
 //
-// Take locks before reading the data they protect: under REPEATABLE READ a
-// transaction's reads come from a snapshot taken at its first read, which
-// may predate the previous holder's commit. On MariaDB with
-// innodb_snapshot_isolation (10.6.18, 10.11.8 and later), LockTx turns it
-// on for the transaction, so that a write based on a stale read fails with
-// error 1020 (ErrStaleSnapshot through Do) instead of silently overwriting
-// the previous holder's update; tx's Commit and Rollback turn it back to the
-// server's default. That costs two round trips, once per transaction
-// (NoPriorReads skips it when the lock comes before any read). On
-// other servers, read what the lock protects with locking reads (FOR
-// UPDATE) or use READ COMMITTED in transactions that read before locking.
+// Take locks before reading the data they protect: under REPEATABLE READ
+// a transaction's reads come from a snapshot taken at its first read,
+// which may predate the previous holder's commit. On MariaDB (10.6.18,
+// 10.11.8 and later) LockTx detects a transaction that read before it and
+// returns ErrStaleSnapshot (the server rolls the transaction back); the
+// check costs an autocommit write and a read, which NoPriorReads skips.
+// See "Transactions that read before they lock" in the package
+// documentation.
 func (l *Locker) LockTx(ctx context.Context, tx *gorm.DB, key Key, opts ...LockOption) error {
 	if err := l.check(ctx, key); err != nil {
 		return err
@@ -116,9 +96,31 @@ func (l *Locker) LockTx(ctx context.Context, tx *gorm.DB, key Key, opts ...LockO
 	if err != nil {
 		return err
 	}
-	scope := scopeFrom(ctx)
-	if scope == nil || !sameTx(scope.tx, tx) {
-		scope = &txScope{tx: tx}
+	s := scopeOf(ctx, tx)
+	if s.pool != l.sqlDB {
+		same, err := l.sameDatabase(ctx, s)
+		if err != nil {
+			return err
+		}
+		if !same {
+			return fmt.Errorf("%w: LockTx: the transaction runs on another database than the Locker's lock table (%s)", ErrNoTransaction, l.cfg.table)
+		}
 	}
-	return l.joinLock(ctx, scope, key, lc)
+	keys := [1]Key{key}
+	return l.join(ctx, s, keys[:], lc)
+}
+
+// scopeOf returns the scope of tx: the one ctx carries for it, the Lock's
+// own, or a new one.
+func scopeOf(ctx context.Context, tx *gorm.DB) *txScope {
+	pool, _ := txPool(tx)
+	for link := linkFrom(ctx); link != nil; link = link.next {
+		if p, _ := txPool(link.s.tx); p == pool {
+			return link.s
+		}
+	}
+	if c := lockConnOf(tx); c != nil {
+		return c.lock.scope
+	}
+	return callerScope(tx)
 }

@@ -15,22 +15,37 @@ import (
 // server also wrap the driver's *mysql.MySQLError, reachable with errors.As.
 var (
 	// ErrNotAcquired means the key is held by someone else and the caller
-	// asked not to wait (TryLock, NoWait) or its wait timed out. The
-	// transaction it was asked in is still open and keeps its other locks.
+	// asked not to wait (TryLock, NoWait) or its wait ran out (WaitTimeout,
+	// the context's deadline, the lease of the transaction's other locks,
+	// or the server's innodb_lock_wait_timeout). The transaction it was
+	// asked in is still open and keeps its other locks, unless the error
+	// also matches ErrLockLost (a server with innodb_rollback_on_timeout
+	// rolls the whole transaction back when innodb_lock_wait_timeout runs
+	// out).
 	ErrNotAcquired = errors.New("dblock: lock not acquired")
 
 	// ErrLockLost means the lock can no longer be vouched for: the
 	// connection or the transaction holding it ended before the caller
-	// released it (server restart, network failure, a killed session, a
-	// failed COMMIT). The business writes of that transaction were not
-	// committed, or their fate is unknown; the caller must treat them as
-	// not done.
+	// released it (server restart, network failure, a killed session, the
+	// lease ran out, a statement that rolled the transaction back). The
+	// business writes of that transaction were not committed; when it also
+	// matches ErrCommitUnknown, their fate is unknown.
 	ErrLockLost = errors.New("dblock: lock lost")
+
+	// ErrCommitUnknown means COMMIT was sent and the connection was lost
+	// before the server answered: the transaction may or may not have
+	// committed. It also matches ErrLockLost. Do not run the work again
+	// blindly: check whether its writes are there.
+	ErrCommitUnknown = errors.New("dblock: commit outcome unknown")
+
+	// ErrNotHeld means a lock was released or committed already: Commit
+	// or Rollback cannot act on it again.
+	ErrNotHeld = errors.New("dblock: lock not held")
 
 	// ErrDeadlock means the server chose this transaction as the victim of a
 	// deadlock (error 1213) and rolled the whole transaction back, including
 	// every lock and write it held. Running the work again from the start
-	// is safe.
+	// is safe (Retry does).
 	ErrDeadlock = errors.New("dblock: deadlock, transaction rolled back")
 
 	// ErrInvalidKey means a Key cannot name a lock: it is empty, combines
@@ -39,44 +54,42 @@ var (
 	ErrInvalidKey = errors.New("dblock: invalid key")
 
 	// ErrTableMissing means the lock table does not exist: run the
-	// migrations (migrations.Up, or `make migrate`).
+	// migrations (migrations.Up, or `txlock migrate up`).
 	ErrTableMissing = errors.New("dblock: lock table missing, run the migrations (migrations.Up or `txlock migrate up`)")
 
-	// ErrStaleSnapshot means a transaction that had already read data
-	// before it took a lock tried to write rows that another holder changed
-	// meanwhile (MariaDB error 1020 with innodb_snapshot_isolation). Its
-	// reads were stale; roll back and run the work again.
+	// ErrStaleSnapshot means a transaction had read before it took a lock,
+	// so its reads may predate the previous holder's commit (REPEATABLE
+	// READ), or it wrote rows changed since its snapshot (MariaDB error
+	// 1020). The server rolled the transaction back; run the work again,
+	// taking the lock before reading (Retry does, for Do).
 	ErrStaleSnapshot = errors.New("dblock: transaction snapshot predates the lock, retry the transaction")
 
 	// ErrReadOnly means New found the server read-only (read_only or
 	// super_read_only ON), most likely a replica: locks taken there are
 	// not seen by the holders on the primary. AllowReadOnly lifts the
 	// check. An acquisition that the server refuses because it is
-	// read-only (error 1290: MariaDB refuses SELECT ... FOR UPDATE to
-	// accounts that cannot bypass read_only) returns it too.
+	// read-only (error 1290) returns it too.
 	ErrReadOnly = errors.New("dblock: server is read-only (a replica?): locks taken there are not seen by the primary's holders")
 
 	// ErrNotPrimary means the server is a Galera node outside the
 	// cluster's primary component (error 1047: cut off by a partition, or
-	// still joining), so it refuses to run transactions: a lock taken there
-	// would not be seen by the rest of the cluster. Send lock traffic to a
-	// synced node (a load balancer's Galera health check does) and try
-	// again. A holder whose node leaves the primary component gets
-	// ErrLockLost instead; an acquisition in a transaction that already
-	// holds locks returns both.
+	// still joining), so it refuses to run transactions. Send lock traffic
+	// to a synced node and try again. A holder whose node leaves the
+	// primary component gets ErrLockLost instead.
 	ErrNotPrimary = errors.New("dblock: Galera node is not in the cluster's primary component")
 
 	// ErrNoTransaction means LockTx was given nil, a *gorm.DB that is not
-	// inside a transaction, or a transaction that has already ended.
+	// inside a transaction, or a transaction that has already ended (also
+	// through a context that still carries it).
 	ErrNoTransaction = errors.New("dblock: not an open transaction")
 )
 
 // MySQL and MariaDB error numbers the library maps.
 const (
-	erLockWaitTimeout     = 1205 // innodb_lock_wait_timeout; MariaDB NOWAIT and WAIT n
+	erLockWaitTimeout     = 1205 // innodb_lock_wait_timeout
 	erLockDeadlock        = 1213
 	erNoSuchTable         = 1146
-	erCheckRead           = 1020 // "Record has changed since last read" (snapshot isolation)
+	erCheckRead           = 1020 // "Record has changed since last read" (snapshot isolation): rolls the transaction back
 	erStatementTimeout    = 1969 // MariaDB max_statement_time
 	erQueryTimeout        = 3024 // MySQL max_execution_time
 	erLockNowait          = 3572 // MySQL NOWAIT
@@ -84,6 +97,8 @@ const (
 	erUnknownCommand      = 1047 // Galera: node not ready
 	erQueryInterrupted    = 1317
 	erConnectionWasKilled = 1927 // MariaDB
+	erUnknownThread       = 1094 // KILL of a connection that is gone
+	erNoSuchQuery         = 1957 // MariaDB KILL QUERY ID of a query that ended
 )
 
 // mysqlErrorNumber returns the server error number err wraps, or 0.
@@ -108,6 +123,42 @@ func isConnectionLoss(err error) bool {
 	return false
 }
 
+// isBrokenConn reports whether err means the connection itself failed (not
+// a server's refusal): an acquisition that met it before any grant may try
+// again on another connection.
+func isBrokenConn(err error) bool {
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) ||
+		errors.Is(err, sql.ErrConnDone) || mysqlErrorNumber(err) == erConnectionWasKilled
+}
+
+// serverAnswered reports whether err came from the server (so the
+// connection was alive when it answered).
+func serverAnswered(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) || errors.Is(err, sql.ErrNoRows)
+}
+
+// endsTransaction reports whether a statement that failed with err has
+// ended its transaction: the connection is gone, or the server rolled the
+// whole transaction back (a deadlock, a stale snapshot, and with
+// innodb_rollback_on_timeout a lock-wait timeout). Statements after it
+// would run in autocommit.
+func (l *Locker) endsTransaction(err error) bool {
+	if err == nil {
+		return false
+	}
+	if isConnectionLoss(err) || errors.Is(err, sql.ErrTxDone) {
+		return true
+	}
+	switch mysqlErrorNumber(err) {
+	case erLockDeadlock, erCheckRead:
+		return true
+	case erLockWaitTimeout:
+		return l.srv.rollbackOnTimeout
+	}
+	return false
+}
+
 // notPrimary returns err, an error of step ("acquiring", ...) for key,
 // wrapped with ErrNotPrimary when it is Galera's 1047 on a Galera node
 // (elsewhere 1047 is ER_UNKNOWN_COM_ERROR); else nil.
@@ -118,52 +169,30 @@ func (l *Locker) notPrimary(step string, key Key, err error) error {
 	return fmt.Errorf("%w: %s %s: %w", ErrNotPrimary, step, key, err)
 }
 
-// acquireError maps an error of the locking statement to the library's
-// sentinels, keeping the original in the chain.
-func (l *Locker) acquireError(key Key, err error, waitFromCtx error) error {
-	if e := l.notPrimary("acquiring", key, err); e != nil {
-		return e
-	}
-	switch n := mysqlErrorNumber(err); n {
-	case erLockWaitTimeout, erStatementTimeout, erQueryTimeout, erLockNowait, erQueryInterrupted:
-		if waitFromCtx != nil {
-			// The wait was bounded by the context's deadline: say both.
-			return fmt.Errorf("%w: %s: %w (%w)", ErrNotAcquired, key, waitFromCtx, err)
-		}
-		return fmt.Errorf("%w: %s: %w", ErrNotAcquired, key, err)
-	case erLockDeadlock:
-		return fmt.Errorf("%w: acquiring %s: %w", ErrDeadlock, key, err)
-	case erNoSuchTable:
-		return fmt.Errorf("%w: %w", ErrTableMissing, err)
-	case erOptionPreventsStmt:
-		return fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err)
-	}
-	if errors.Is(err, sql.ErrTxDone) {
-		return fmt.Errorf("%w: acquiring %s: %w", ErrNoTransaction, key, err)
-	}
-	return fmt.Errorf("dblock: acquiring %s: %w", key, err)
-}
-
-// releaseError maps an error of COMMIT. A commit that fails leaves the
-// writes not committed (or in doubt), so the lock the transaction held
-// cannot be vouched for. A deadlock at COMMIT (on Galera, a certification
-// failure: another node's holder committed first) means the transaction
-// did not commit: it is both ErrLockLost and ErrDeadlock (Retry runs the
-// work again).
-func releaseError(key Key, err error) error {
+// commitError maps an error of COMMIT. Only an answer of the server, or a
+// failure before COMMIT was written, is certain: a connection lost after
+// COMMIT was sent leaves the outcome unknown (ErrCommitUnknown).
+func commitError(key Key, err error) error {
 	if err == nil {
 		return nil
 	}
-	switch mysqlErrorNumber(err) {
-	case erLockDeadlock:
+	switch n := mysqlErrorNumber(err); {
+	case n == erLockDeadlock:
 		return fmt.Errorf("%w: %w: commit of %s, the transaction did not commit: %w", ErrLockLost, ErrDeadlock, key, err)
-	case erCheckRead:
-		return fmt.Errorf("%w: commit of %s: %w", ErrStaleSnapshot, key, err)
+	case n == erCheckRead:
+		return fmt.Errorf("%w: %w: commit of %s, the transaction did not commit: %w", ErrLockLost, ErrStaleSnapshot, key, err)
+	case n != 0 && n != erConnectionWasKilled:
+		return fmt.Errorf("%w: commit of %s refused by the server, writes not committed: %w", ErrLockLost, key, err)
 	}
-	if errors.Is(err, sql.ErrTxDone) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || isConnectionLoss(err) {
-		return fmt.Errorf("%w: commit of %s failed, writes not committed: %w", ErrLockLost, key, err)
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrTxDone) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// database/sql and the driver return these before COMMIT is
+		// written: a transaction already ended, a context that ended first
+		// (database/sql rolls back), a connection found dead before use.
+		return fmt.Errorf("%w: commit of %s not sent, writes not committed: %w", ErrLockLost, key, err)
 	}
-	return fmt.Errorf("dblock: commit of %s: %w", key, err)
+	return fmt.Errorf("%w: %w: the connection failed while committing %s: the writes may or may not be committed: %w",
+		ErrCommitUnknown, ErrLockLost, key, err)
 }
 
 // fnError maps the error fn returned so that server outcomes the caller can

@@ -1,32 +1,19 @@
 package dblock
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
 
 // Fencing makes the acquisition take a fencing token, read with
-// Lock.Token or TokenFrom(ctx) in Do's fn. Tokens are strictly increasing
-// per key, in the order the lock is granted (on a single server), and
-// never reused: the
-// counter is bumped in autocommit on the Locker's side pool while the lock
-// is held, so a holder that rolls back or crashes after taking its token
-// does not give it back. Pass the token to the store the lock protects and
-// have it reject writes carrying a token lower than one it has seen: that
-// stops a holder that lost its lock (a long pause, a partition) from
-// overwriting its successor's work.
-//
-// On a Galera multi-writer cluster, where holders on two nodes can
-// overlap until certification settles it, tokens are still unique and
-// increasing, in the order they are taken: a holder that loses at commit
-// may have taken a higher token than the winner. When the counter's row
-// keeps being bumped by other holders (every bump refused as a deadlock),
-// Do, Lock and TryLock roll the attempt back and return ErrDeadlock, which
-// Retry runs again; in a transaction of yours (LockTx, WithTx) the row
-// stays locked by it and the error is returned: roll it back.
-//
-// It costs one autocommit write (one fsync) per acquisition.
+// Lock.Token or TokenFrom(ctx, key) in Do's fn: strictly increasing per key
+// in grant order, never reused, even when a holder crashes. Pass it to the
+// store the lock protects and have it reject writes carrying a token lower
+// than one it has seen. It costs an autocommit write and a read per
+// acquisition; see "Fencing tokens" in the package documentation.
 func Fencing() LockOption {
 	return func(lc *lockConfig) error {
 		lc.fencing = true
@@ -34,23 +21,97 @@ func Fencing() LockOption {
 	}
 }
 
-// fenceAttempts bounds the bumps nextToken tries when the server refuses
+// fenceAttempts bounds the bumps bumpToken tries when the server refuses
 // one as a deadlock (1213).
 const fenceAttempts = 8
 
-// nextToken bumps and returns key's fencing counter. The caller holds the
-// key's lock, so on a single server no other holder bumps it concurrently.
-// On a Galera multi-writer cluster, holders on different nodes may (row
-// locks are node-local; certification settles which of them commits):
-// their autocommit bumps then conflict, the loser gets 1213 (after the
-// server's own wsrep_retry_autocommit), and the bump is sent again, up to
-// fenceAttempts times. Each successful bump is certified cluster-wide, so
-// tokens stay unique and increasing, in the order of the bumps (which is
-// not always the order in which the holders' transactions commit).
-func (l *Locker) nextToken(ctx context.Context, key Key) (int64, error) {
+// fenceBackoff spaces the bumps refused as deadlocks.
+var fenceBackoff = RetryPolicy{Attempts: fenceAttempts, Base: time.Millisecond, Max: 20 * time.Millisecond}
+
+// takeTokens takes a fencing token for each of keys, which the transaction
+// on tx holds: it bumps each key's counter in autocommit on the side pool,
+// then reads the counters back in the transaction with a locking read.
+// That read proves the transaction (and so its locks) was still alive
+// after the bumps, so a token is never handed out for a lock that may
+// already be someone else's (a holder paused between its grant and its
+// bump). On MariaDB the read also runs with innodb_snapshot_isolation:
+// when the transaction read before these locks (its snapshot predates the
+// bumps), it fails with 1020 and the server rolls the transaction back
+// (ErrStaleSnapshot).
+func (l *Locker) takeTokens(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers bool) ([]int64, error) {
+	tokens := make([]int64, len(keys))
+	for i, k := range keys {
+		t, err := l.bumpToken(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		tokens[i] = t
+	}
+	var buf [512]byte
+	q := string(appendFenceRead(buf[:0], l.q.readFence, keys))
+	rows, err := tx.QueryContext(ctx, q)
+	if err != nil {
+		return nil, l.tokenReadError(keys[0], err, holdsOthers)
+	}
+	defer rows.Close()
+	seen := 0
+	for rows.Next() {
+		var hash []byte
+		var token int64
+		if err := rows.Scan(&hash, &token); err != nil {
+			return nil, l.tokenReadError(keys[0], err, holdsOthers)
+		}
+		for i, k := range keys {
+			if h := k.Hash(); bytes.Equal(hash, h[:]) {
+				if token < tokens[i] {
+					return nil, fmt.Errorf("dblock: fencing token of %s: the transaction reads %d after the bump to %d", k, token, tokens[i])
+				}
+				seen++
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, l.tokenReadError(keys[0], err, holdsOthers)
+	}
+	if seen != len(keys) {
+		return nil, fmt.Errorf("dblock: fencing tokens of %s: the transaction sees %d of %d counters", keys[0], seen, len(keys))
+	}
+	return tokens, nil
+}
+
+// tokenReadError maps an error of the read that confirms tokens.
+func (l *Locker) tokenReadError(key Key, err error, holdsOthers bool) error {
+	lost := ""
+	if holdsOthers {
+		lost = ", and the locks it held are gone"
+	}
+	switch {
+	case mysqlErrorNumber(err) == erCheckRead:
+		return fmt.Errorf("%w: %s: the transaction had read before this lock, so its reads may predate the previous holder's commit; the server rolled the transaction back%s: %w",
+			ErrStaleSnapshot, key, lost, l.lostIf(holdsOthers, err))
+	case l.endsTransaction(err):
+		return fmt.Errorf("%w: %s: the transaction ended while taking its fencing token: %w", ErrLockLost, key, err)
+	}
+	return fmt.Errorf("dblock: reading the fencing token of %s: %w", key, err)
+}
+
+// lostIf returns err, wrapped with ErrLockLost when the transaction held
+// other locks.
+func (l *Locker) lostIf(holdsOthers bool, err error) error {
+	if holdsOthers && !errors.Is(err, ErrLockLost) {
+		return fmt.Errorf("%w: %w", ErrLockLost, err)
+	}
+	return err
+}
+
+// bumpToken bumps and returns key's fencing counter in autocommit. The
+// caller holds the key's lock, so on a single server no other holder bumps
+// it concurrently. On a Galera multi-writer cluster, holders on different
+// nodes may (row locks are node-local): their bumps then conflict, the
+// loser gets 1213 and the bump is sent again, up to fenceAttempts times.
+func (l *Locker) bumpToken(ctx context.Context, key Key) (int64, error) {
 	const step = "taking the fencing token of"
 	h := key.Hash()
-	backoff := RetryPolicy{Base: time.Millisecond, Max: 20 * time.Millisecond}
 	for n := 1; ; n++ {
 		res, err := l.side.ExecContext(ctx, l.q.bumpFence, h[:])
 		if err == nil {
@@ -63,32 +124,43 @@ func (l *Locker) nextToken(ctx context.Context, key Key) (int64, error) {
 		if e := l.notPrimary(step, key, err); e != nil {
 			return 0, e
 		}
+		switch mysqlErrorNumber(err) {
+		case erNoSuchTable:
+			return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
+		case erLockWaitTimeout:
+			return 0, fmt.Errorf("dblock: %s %s: its counter is locked by another transaction while this one holds the key "+
+				"(a transaction of this process that holds the key through another Locker or handle?): %w", step, key, err)
+		}
 		if mysqlErrorNumber(err) != erLockDeadlock {
 			return 0, fmt.Errorf("dblock: %s %s: %w", step, key, withCause(ctx, err))
 		}
 		if n == fenceAttempts {
-			return 0, fmt.Errorf("dblock: %s %s: %d bumps refused as deadlocks (another holder bumping it: Galera multi-writer?): %w", step, key, n, err)
+			// Every bump was refused (another holder bumping the counter:
+			// Galera multi-writer). A transaction the Locker opened is rolled
+			// back whole, so running it again is safe: Retry does.
+			return 0, fmt.Errorf("%w: %s %s: %d bumps refused as deadlocks (another holder bumping it: Galera multi-writer?): %w", ErrDeadlock, step, key, n, err)
 		}
 		l.log.DebugContext(ctx, "dblock: fencing token bump refused as a deadlock, retrying", "granularity", key.Granularity(), "attempt", n)
-		if serr := sleepCtx(ctx, backoff.backoff(n)); serr != nil {
+		if serr := sleepCtx(ctx, fenceBackoff.backoff(n)); serr != nil {
 			return 0, fmt.Errorf("dblock: %s %s: %d bump(s) refused as deadlocks, retry abandoned: %w (%w)", step, key, n, serr, err)
 		}
 	}
 }
 
-// tokenKey is the context key of the fencing tokens a Do holds.
-type tokenKey struct{ key Key }
-
-// TokenFrom returns the fencing token of key held by the transaction ctx
-// carries (Do's fn context, taken with the Fencing option), and whether
+// TokenFrom returns the fencing token of key that the transaction ctx
+// carries took (Do's fn context, with the Fencing option), and whether
 // there is one.
 func TokenFrom(ctx context.Context, key Key) (int64, bool) {
-	s := scopeFrom(ctx)
-	if s == nil {
-		return 0, false
+	for link := linkFrom(ctx); link != nil; link = link.next {
+		st := link.s.st.Load()
+		st.mu.Lock()
+		for hk, t := range st.tokens {
+			if hk.key == key {
+				st.mu.Unlock()
+				return t, true
+			}
+		}
+		st.mu.Unlock()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, ok := s.tokens[key]
-	return t, ok
+	return 0, false
 }

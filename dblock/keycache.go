@@ -6,8 +6,7 @@ import (
 )
 
 // lru is a map bounded by a least-recently-used policy. It is safe for
-// concurrent use. The Locker keeps two: key to row id, and connection to
-// the lease its session was configured with.
+// concurrent use. The Locker keeps one: key to row id.
 type lru[K comparable, V comparable] struct {
 	mu    sync.Mutex
 	max   int
@@ -59,6 +58,14 @@ func (c *lru[K, V]) forget(k K, v V) {
 		c.ll.Remove(e)
 		delete(c.items, k)
 	}
+}
+
+// clear drops every entry (the table was dropped: its ids mean nothing).
+func (c *lru[K, V]) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ll.Init()
+	clear(c.items)
 }
 
 func (c *lru[K, V]) len() int {

@@ -66,8 +66,8 @@ func TestContextAfterReleaseCannotJoin(t *testing.T) {
 	for name, c := range map[string]context.Context{"Lock.Context after Commit": kept, "WithoutCancel(fn's ctx)": leaked} {
 		ran := false
 		err := l.Do(c, key, func(context.Context, *gorm.DB) error { ran = true; return nil })
-		if ran || !errors.Is(err, dblock.ErrLockLost) {
-			t.Errorf("%s: Do while another holder has the key: fn ran %v, err %v; want ErrLockLost and fn not run", name, ran, err)
+		if ran || !errors.Is(err, dblock.ErrNoTransaction) || !errors.Is(err, dblock.ErrNotHeld) {
+			t.Errorf("%s: Do while another holder has the key: fn ran %v, err %v; want ErrNoTransaction (its transaction was released) and fn not run", name, ran, err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,14 +30,19 @@ type Locker struct {
 	cfg     config
 	srv     server
 	cache   *lru[Key, int64]
-	leased  *lru[any, int] // driver connection -> lease seconds its session was set to
 	q       queries
-	log     *slog.Logger
-	tel     *telemetry
-	marker  string // "txlock:<random>-" prefix that tags this Locker's waiting statements
-	touch   bool   // Galera multi-writer: write the lock row after the locking read
-	seq     atomic.Uint64
-	closed  atomic.Bool
+	// readTimeout is the DSN's readTimeout (0 when none or unknown): a
+	// wait longer than it would make the driver close the connection.
+	readTimeout time.Duration
+	log         *slog.Logger
+	tel         *telemetry
+	marker      string // "txlock:<random>-" prefix that tags this Locker's waiting statements
+	touch       bool   // Galera multi-writer: write the lock row after the locking read
+	seq         atomic.Uint64
+	closed      atomic.Bool
+	// callerTxs maps a caller's transaction (weakly) to what it holds
+	// through this Locker, whatever context or handle reaches it.
+	callerTxs sync.Map
 }
 
 // sidePoolSize bounds the Locker's own pool, used beside lock transactions
@@ -47,16 +53,18 @@ const sidePoolSize = 4
 const detectTimeout = 10 * time.Second
 
 // New returns a Locker on db, a gorm handle opened with gorm.io/driver/mysql
-// on MySQL 8.0+ or MariaDB 10.6+. New asks the server for its version and
-// topology (two round trips, bounded by 10 s: SHOW GLOBAL VARIABLES of the
-// version, read_only, wsrep_on and the semi-sync state, and SHOW GRANTS;
-// see Topology) and fails on a closed or unreachable database, a server
-// too old for txlock, a read-only server (ErrReadOnly, unless
-// AllowReadOnly), or a Galera node when neither GaleraSingleWriter nor
-// GaleraMultiWriter is given. It does not check the lock table: a missing
-// table is reported by the first acquisition as ErrTableMissing.
+// on MySQL 8.0+ or MariaDB 10.6+. New asks the server what it is (a few
+// round trips, bounded by 10 s; see Topology) and fails on a closed or
+// unreachable database, a server too old for txlock, a read-only server
+// (ErrReadOnly, unless AllowReadOnly), or a Galera node when neither
+// GaleraSingleWriter nor GaleraMultiWriter is given. It does not check the
+// lock table: a missing table is reported by the first acquisition as
+// ErrTableMissing.
 //
-// Call Close when done with the Locker, to release its side pool.
+// The Locker opens a small side pool of its own from db's DSN, for work
+// that must run beside a lock transaction; a db opened on an existing
+// connection pool (mysql.Config{Conn: ...}) has no DSN, and New then needs
+// SideDB. Call Close when done with the Locker, to release its side pool.
 func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	if db == nil {
 		return nil, errors.New("dblock: New: nil *gorm.DB")
@@ -93,8 +101,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		cfg:    cfg,
 		srv:    srv,
 		cache:  newLRU[Key, int64](cfg.cacheSize),
-		leased: newLRU[any, int](leasedConnsTracked),
-		q:      buildQueries(cfg.table, srv.mariaDB),
+		q:      buildQueries(cfg.table, srv),
 		touch:  srv.topology.Galera && cfg.galera == galeraMultiWriter,
 		log:    cfg.logger,
 		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
@@ -105,45 +112,81 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	if l.tel, err = newTelemetry(&cfg); err != nil {
 		return nil, err
 	}
+	dsn := dsnConfig(db)
+	if dsn != nil {
+		l.readTimeout = dsn.ReadTimeout
+	}
 	switch {
 	case cfg.sideDB != nil:
-		l.side = cfg.sideDB
-	default:
-		l.side, l.ownSide = openSidePool(db), true
-		if l.side == nil {
-			l.side, l.ownSide = sqlDB, false
+		if err := checkAutocommit(ctx, cfg.sideDB); err != nil {
+			return nil, err
 		}
+		l.side = cfg.sideDB
+	case dsn != nil:
+		if l.side, err = openSidePool(dsn); err != nil {
+			return nil, err
+		}
+		l.ownSide = true
+	default:
+		return nil, errors.New("dblock: New: the *gorm.DB was opened on an existing connection pool (mysql.Config{Conn: ...}), " +
+			"so the Locker cannot open the small side pool it needs beside lock transactions (row creation, fencing tokens, " +
+			"interrupting abandoned waits) without waiting on the connections your goroutines hold: " +
+			"pass SideDB(db2), a second *sql.DB on the same database (e.g. sql.OpenDB of the same connector, 4 connections are enough)")
 	}
 	return l, nil
 }
 
-// openSidePool opens a small pool of the Locker's own from the DSN of the
-// gorm MySQL dialector, or returns nil when there is none.
-func openSidePool(db *gorm.DB) *sql.DB {
+// dsnConfig returns the DSN configuration of db's gorm MySQL dialector, or
+// nil when it has none (a gorm.DB opened on an existing pool).
+func dsnConfig(db *gorm.DB) *gomysql.Config {
 	d, ok := db.Dialector.(*mysql.Dialector)
 	if !ok || d.Config == nil || d.Conn != nil {
 		return nil
 	}
-	cfg := d.DSNConfig
-	if cfg == nil {
-		if d.DSN == "" {
-			return nil
-		}
-		parsed, err := gomysql.ParseDSN(d.DSN)
-		if err != nil {
-			return nil
-		}
-		cfg = parsed
+	if d.DSNConfig != nil {
+		return d.DSNConfig
 	}
-	connector, err := gomysql.NewConnector(cfg)
+	if d.DSN == "" {
+		return nil
+	}
+	cfg, err := gomysql.ParseDSN(d.DSN)
 	if err != nil {
 		return nil
+	}
+	return cfg
+}
+
+// openSidePool opens a small pool of the Locker's own from dsn. Its
+// statements must commit on their own: autocommit is forced on, whatever
+// the DSN says.
+func openSidePool(dsn *gomysql.Config) (*sql.DB, error) {
+	cfg := dsn.Clone()
+	if cfg.Params == nil {
+		cfg.Params = map[string]string{}
+	}
+	cfg.Params["autocommit"] = "1"
+	connector, err := gomysql.NewConnector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("dblock: New: opening the side pool: %w", err)
 	}
 	side := sql.OpenDB(connector)
 	side.SetMaxOpenConns(sidePoolSize)
 	side.SetMaxIdleConns(1)
 	side.SetConnMaxIdleTime(time.Minute)
-	return side
+	return side, nil
+}
+
+// checkAutocommit refuses a side pool whose statements would not commit
+// on their own.
+func checkAutocommit(ctx context.Context, side *sql.DB) error {
+	var on int
+	if err := side.QueryRowContext(ctx, "SELECT @@autocommit").Scan(&on); err != nil {
+		return fmt.Errorf("dblock: New: checking the SideDB pool: %w", err)
+	}
+	if on != 1 {
+		return errors.New("dblock: New: the SideDB pool runs with autocommit off: its row creations and fencing tokens would never commit; open it with autocommit on")
+	}
+	return nil
 }
 
 // Close releases the Locker's side pool. It does not close the caller's
@@ -204,99 +247,7 @@ func (l *Locker) check(ctx context.Context, key Key) error {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("dblock: acquiring %s: %w", key, err)
+		return fmt.Errorf("dblock: acquiring %s: %w", key, context.Cause(ctx))
 	}
 	return nil
-}
-
-// rowAttempts bounds the row step's retries: a concurrent creator, a gc
-// deleting the row between two statements, or two creators of one key
-// deadlocking on a deleted row's index entry.
-const rowAttempts = 6
-
-// rowID returns the id of key's row, creating the row when it is missing
-// (protocol step 1): a plain read, then INSERT IGNORE, both in autocommit on
-// the side pool, never inside a lock transaction.
-func (l *Locker) rowID(ctx context.Context, key Key) (int64, error) {
-	return l.findRow(ctx, key, false)
-}
-
-// findRow is rowID; inTx says the caller's open transaction has just found
-// the row missing with a locking read, whose gap lock may block the
-// insert: a lock wait then fails at once instead of being retried.
-func (l *Locker) findRow(ctx context.Context, key Key, inTx bool) (int64, error) {
-	if id, ok := l.cache.get(key); ok {
-		return id, nil
-	}
-	h := key.Hash()
-	var err error
-	for attempt := 0; attempt < rowAttempts; attempt++ {
-		var id int64
-		if id, err = l.lookupRow(ctx, h[:]); err == nil {
-			l.cache.put(key, id)
-			return id, nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			break
-		}
-		if id, err = l.createRow(ctx, key, h[:]); err == nil {
-			if id != 0 {
-				l.cache.put(key, id)
-				return id, nil
-			}
-			continue // a concurrent creator won: read its row
-		}
-		// Autocommit statements: safe to run again. Two creators of one
-		// key can deadlock on a deleted row's index entry: back off apart.
-		switch n := mysqlErrorNumber(err); n {
-		case erLockWaitTimeout, erStatementTimeout:
-			if inTx {
-				return 0, fmt.Errorf("%w: %s: its row was deleted (outside `txlock gc`, which keeps the newest row) and creating it again waits for this transaction's own gap lock: roll the transaction back and retry: %w",
-					ErrNotAcquired, key, err)
-			}
-			fallthrough
-		case erLockDeadlock:
-			if err := sleepCtx(ctx, DefaultRetryPolicy.backoff(attempt+1)); err != nil {
-				return 0, fmt.Errorf("dblock: finding the row of %s: %w", key, err)
-			}
-			continue
-		}
-		break
-	}
-	if mysqlErrorNumber(err) == erNoSuchTable {
-		return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
-	}
-	if e := l.notPrimary("finding the row of", key, err); e != nil {
-		return 0, e
-	}
-	return 0, fmt.Errorf("dblock: finding the row of %s in %s: %w", key, l.cfg.table, withCause(ctx, err))
-}
-
-// createRow inserts key's row and returns its id, or 0 when the row exists
-// already. On MariaDB the insert waits at most a second: INSERT IGNORE of a
-// row that a holder has locked waits for the holder, and the side pool is
-// small.
-func (l *Locker) createRow(ctx context.Context, key Key, hash []byte) (int64, error) {
-	global := 0
-	if key.Global {
-		global = 1
-	}
-	res, err := l.side.ExecContext(ctx, l.q.insertRow, hash, key.Resource, key.Operation, key.Method, key.User, global)
-	if err != nil {
-		return 0, err
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return 0, nil
-	}
-	id, err := res.LastInsertId()
-	if err == nil {
-		l.log.DebugContext(ctx, "dblock: created key row", "granularity", key.Granularity(), "id", id)
-	}
-	return id, err
-}
-
-func (l *Locker) lookupRow(ctx context.Context, hash []byte) (int64, error) {
-	var id int64
-	err := l.side.QueryRowContext(ctx, l.q.selectRow, hash).Scan(&id)
-	return id, err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"gorm.io/gorm"
@@ -19,7 +20,7 @@ func (l *Locker) DoMulti(ctx context.Context, keys []Key, fn func(ctx context.Co
 		return errors.New("dblock: DoMulti: nil fn")
 	}
 	if len(keys) == 0 {
-		return errors.New("dblock: DoMulti: no keys")
+		return fmt.Errorf("%w: DoMulti: no keys", ErrInvalidKey)
 	}
 	for _, k := range keys {
 		if err := l.check(ctx, k); err != nil {

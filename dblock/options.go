@@ -172,7 +172,7 @@ func Defaults(opts ...LockOption) Option {
 type lockConfig struct {
 	wait    time.Duration // > 0: bounded wait
 	noWait  bool
-	retry   RetryPolicy // Attempts > 1: Do retries deadlock victims
+	retry   RetryPolicy // Attempts > 1: Do runs fn again after a rollback by the server
 	fencing bool
 	lease   time.Duration // server and client bound on a silent holder
 	fresh   bool          // the caller's transaction has not read before this lock
@@ -214,13 +214,11 @@ func WaitTimeout(d time.Duration) LockOption {
 	}
 }
 
-// NoPriorReads tells LockTx (or a Do that joins a caller's transaction)
-// that the transaction has not read anything before this acquisition, so
-// its snapshot cannot predate the lock: the snapshot guard (MariaDB's
-// innodb_snapshot_isolation turned on, then back, two round trips) is
-// skipped. Only promise it when the lock is the transaction's first
-// statement, or when every earlier read was a locking read; a wrong promise
-// brings back the silent lost update the guard prevents.
+// NoPriorReads tells LockTx (or a Do that joins a transaction) that the
+// transaction has not read anything before this acquisition, so its
+// snapshot cannot predate the lock: the check for that (an autocommit
+// write and a read, MariaDB only) is skipped. A wrong promise brings back
+// the silent lost update the check prevents.
 func NoPriorReads() LockOption {
 	return func(lc *lockConfig) error {
 		lc.fresh = true

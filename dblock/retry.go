@@ -9,7 +9,8 @@ import (
 )
 
 // A RetryPolicy says how Do runs its work again after the server rolled
-// the transaction back as a deadlock victim (ErrDeadlock).
+// its transaction back: a deadlock victim (ErrDeadlock), or a transaction
+// whose snapshot predated one of its locks (ErrStaleSnapshot).
 //
 // Do re-runs fn from the start in a new transaction, so fn must be safe to
 // run again: everything it did through the transaction was rolled back,
@@ -32,10 +33,10 @@ type RetryPolicy struct {
 var DefaultRetryPolicy = RetryPolicy{Attempts: 5, Base: 5 * time.Millisecond, Max: 200 * time.Millisecond}
 
 // Retry makes Do run fn again, in a new transaction, when the server
-// rolled its transaction back as a deadlock victim. It applies to
-// transactions that Do opens; a Do that joins a caller's transaction cannot
-// retry (the caller's whole transaction was rolled back) and returns
-// ErrDeadlock.
+// rolled its transaction back (ErrDeadlock, ErrStaleSnapshot). It applies
+// to transactions that Do opens; a Do that joins a caller's transaction
+// cannot retry (the caller's whole transaction was rolled back) and
+// returns the error.
 func Retry(p RetryPolicy) LockOption {
 	return func(lc *lockConfig) error {
 		if p.Attempts < 1 {
@@ -65,12 +66,18 @@ func (p RetryPolicy) backoff(n int) time.Duration {
 	return d/2 + rand.N(d/2)
 }
 
-// retrying runs attempt until it succeeds, fails with something other
-// than ErrDeadlock, or the policy or ctx runs out.
+// retryable reports whether err says the server rolled the whole
+// transaction back, so that running it again from the start is safe.
+func retryable(err error) bool {
+	return (errors.Is(err, ErrDeadlock) || errors.Is(err, ErrStaleSnapshot)) && !errors.Is(err, ErrCommitUnknown)
+}
+
+// retrying runs attempt until it succeeds, fails with an error that is not
+// retryable, or the policy or ctx runs out.
 func retrying(ctx context.Context, p RetryPolicy, attempt func() error) error {
 	for n := 1; ; n++ {
 		err := attempt()
-		if err == nil || !errors.Is(err, ErrDeadlock) || n >= p.Attempts {
+		if err == nil || !retryable(err) || n >= p.Attempts {
 			return err
 		}
 		if serr := sleepCtx(ctx, p.backoff(n)); serr != nil {

@@ -10,12 +10,11 @@ import (
 	"github.com/txlock/txlock/dblock"
 )
 
-// TestSessionSettingsDoNotLeak shows that the session settings the Locker
-// changes to guard a joined transaction (innodb_snapshot_isolation) are
-// back to the server's default on the pooled connection once the
-// transaction ends, for each way of joining, on commit and on rollback. The
-// pool has one connection, so every transaction and check uses the same
-// session.
+// TestSessionSettingsDoNotLeak shows that no way of joining a transaction
+// changes its session's innodb_snapshot_isolation, inside the transaction
+// or after it, on commit and on rollback: the check for a stale snapshot
+// sets it for one statement only (SET STATEMENT). The pool has one
+// connection, so every transaction and check uses the same session.
 func TestSessionSettingsDoNotLeak(t *testing.T) {
 	e, l, global := oneSession(t)
 	ctx := ctxT(t)
@@ -35,6 +34,15 @@ func TestSessionSettingsDoNotLeak(t *testing.T) {
 		{"LockTx in db.Transaction, commit", func(check func(*gorm.DB)) error {
 			return e.db.Transaction(func(tx *gorm.DB) error {
 				if err := l.LockTx(ctx, tx, dblock.Resource("a")); err != nil {
+					return err
+				}
+				check(tx)
+				return nil
+			})
+		}},
+		{"LockTx of a derived handle in db.Transaction, commit", func(check func(*gorm.DB)) error {
+			return e.db.Transaction(func(tx *gorm.DB) error {
+				if err := l.LockTx(ctx, tx.WithContext(ctx), dblock.Resource("a")); err != nil {
 					return err
 				}
 				check(tx)
@@ -73,12 +81,12 @@ func TestSessionSettingsDoNotLeak(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			guarded := -1
-			if err := c.run(func(tx *gorm.DB) { guarded = session(tx) }); err != nil {
+			inside := -1
+			if err := c.run(func(tx *gorm.DB) { inside = session(tx) }); err != nil {
 				t.Fatal(err)
 			}
-			if guarded != 1 {
-				t.Errorf("inside the joined transaction innodb_snapshot_isolation = %d, want 1 (the guard)", guarded)
+			if inside != global {
+				t.Errorf("inside the joined transaction innodb_snapshot_isolation = %d, want the global %d", inside, global)
 			}
 			if after := session(e.db); after != global {
 				t.Errorf("after the transaction the session has innodb_snapshot_isolation = %d, want the global %d", after, global)
@@ -87,24 +95,30 @@ func TestSessionSettingsDoNotLeak(t *testing.T) {
 	}
 }
 
-// TestNoPriorReadsSkipsGuard: a caller that promises its transaction has
-// not read before the lock gets no snapshot guard (no round trips for it),
-// and a stale-read write is then on the caller, as promised.
-func TestNoPriorReadsSkipsGuard(t *testing.T) {
-	e, l, global := oneSession(t)
+// TestNoPriorReadsSkipsCheck: a transaction that read before LockTx is
+// refused with ErrStaleSnapshot, and rolled back; with NoPriorReads the
+// check is skipped, as promised, and the lock is taken.
+func TestNoPriorReadsSkipsCheck(t *testing.T) {
+	e, l, _ := oneSession(t)
 	ctx := ctxT(t)
-	inside := -1
-	err := e.db.Transaction(func(tx *gorm.DB) error {
-		if err := l.LockTx(ctx, tx, dblock.Resource("a"), dblock.NoPriorReads()); err != nil {
-			return err
-		}
-		return tx.Raw("SELECT @@SESSION.innodb_snapshot_isolation").Row().Scan(&inside)
-	})
-	if err != nil {
+	kv := e.kvTable(t)
+	if err := put(e.db, kv, "a", 1); err != nil {
 		t.Fatal(err)
 	}
-	if inside != global {
-		t.Fatalf("with NoPriorReads the session's innodb_snapshot_isolation was %d inside the transaction, want the global %d", inside, global)
+	readThenLock := func(opts ...dblock.LockOption) error {
+		return e.db.Transaction(func(tx *gorm.DB) error {
+			var v int
+			if err := tx.Raw("SELECT v FROM `" + kv + "` WHERE k = 'a'").Row().Scan(&v); err != nil {
+				return err
+			}
+			return l.LockTx(ctx, tx, dblock.Resource("a"), opts...)
+		})
+	}
+	if err := readThenLock(); !errors.Is(err, dblock.ErrStaleSnapshot) {
+		t.Fatalf("LockTx after a read = %v, want ErrStaleSnapshot", err)
+	}
+	if err := readThenLock(dblock.NoPriorReads()); err != nil {
+		t.Fatalf("LockTx after a read with NoPriorReads = %v, want nil (the check skipped)", err)
 	}
 }
 

@@ -36,16 +36,19 @@ const (
 
 // The statements of the default table, as the library must send them.
 const (
-	qDetect     = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', 'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', 'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
+	qDetect = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', " +
+		"'innodb_rollback_on_timeout', 'hostname', 'port', 'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', 'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
+	qSchema     = "SELECT DATABASE()"
 	qGrants     = "SHOW GRANTS"
+	qAutocommit = "SELECT @@autocommit"
 	qLookup     = "SELECT id FROM `tb_lock` WHERE key_hash = ?"
+	qExists     = "SELECT 1 FROM `tb_lock` WHERE id = ? AND key_hash = ?"
 	qInsert     = "INSERT IGNORE INTO `tb_lock` (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)"
 	qInsertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR " // MariaDB: the insert waits at most 1 s for a holder
-	qLock7      = "SELECT id FROM `tb_lock` WHERE id = 7 FOR UPDATE"
-	qGuard      = "SET SESSION innodb_snapshot_isolation = ON"
-	qGuardOff   = "SET SESSION innodb_snapshot_isolation = DEFAULT"
-	qProcesses  = "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
+	qProcesses  = "SELECT ID, QUERY_ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
+	qProcMySQL  = "SELECT ID, 0 FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
 	reTag       = `/\*txlock:[0-9a-f]{12}-[0-9]+\*/ `
+	reHash      = `X'[0-9a-f]{64}'`
 	regexPrefix = "re:"
 )
 
@@ -83,26 +86,14 @@ func matcher(log *queryLog) sqlmock.QueryMatcher {
 	})
 }
 
-// mocked is a gorm handle on go-sqlmock.
-type mocked struct {
-	db    *gorm.DB
+// mockPool is a *sql.DB on go-sqlmock, with the log of what it was sent.
+type mockPool struct {
 	sqlDB *sql.DB
 	mock  sqlmock.Sqlmock
 	log   *queryLog
 }
 
-// newMocked opens gorm on a fresh sqlmock, the way an application that
-// builds gorm on an existing connection does (Conn, no DSN: the Locker then
-// uses the caller's pool for its side work).
-func newMocked(t *testing.T) mocked {
-	t.Helper()
-	verifyNoGoroutineLeak(t)
-	return newMockedPool(t)
-}
-
-// newMockedPool is newMocked without the goroutine check, for a second
-// pool of the same test (whose cleanup closes it before the check runs).
-func newMockedPool(t *testing.T) mocked {
+func newMockPool(t *testing.T) mockPool {
 	t.Helper()
 	log := &queryLog{}
 	sqlDB, mock, err := sqlmock.New(sqlmock.QueryMatcherOption(matcher(log)))
@@ -110,17 +101,35 @@ func newMockedPool(t *testing.T) mocked {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sqlDB.Close() })
-	db, err := gorm.Open(mysql.New(mysql.Config{Conn: sqlDB, SkipInitializeWithVersion: true}),
+	return mockPool{sqlDB: sqlDB, mock: mock, log: log}
+}
+
+// mocked is a gorm handle on go-sqlmock (the lock transactions' pool) and
+// a second mock for the Locker's side pool (SideDB): gorm opened on an
+// existing connection has no DSN to open a side pool from.
+type mocked struct {
+	mockPool
+	db   *gorm.DB
+	side mockPool
+}
+
+// newMocked opens gorm on a fresh sqlmock, the way an application that
+// builds gorm on an existing connection does, with a side pool mock.
+func newMocked(t *testing.T) mocked {
+	t.Helper()
+	verifyNoGoroutineLeak(t)
+	p := newMockPool(t)
+	db, err := gorm.Open(mysql.New(mysql.Config{Conn: p.sqlDB, SkipInitializeWithVersion: true}),
 		&gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return mocked{db: db, sqlDB: sqlDB, mock: mock, log: log}
+	return mocked{mockPool: p, db: db, side: newMockPool(t)}
 }
 
 // expectDetect expects New's server detection: its global variables
-// (version, flavour, topology) and the account's grants, of a stand-alone
-// read-write server and an account with ALL PRIVILEGES.
+// (version, flavour, topology), the schema, the account's grants, of a
+// stand-alone read-write server and an account with ALL PRIVILEGES.
 func (m mocked) expectDetect(version, comment string, snapshotVar bool) {
 	m.expectDetectWith(version, comment, snapshotVar, nil, rootGrants)
 }
@@ -141,6 +150,7 @@ func (m mocked) expectDetectWith(version, comment string, snapshotVar bool, vars
 	}
 	rows.AddRow("version", version).AddRow("version_comment", comment)
 	m.mock.ExpectQuery(qDetect).WillReturnRows(rows)
+	m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()"}).AddRow("test"))
 	g := sqlmock.NewRows([]string{"Grants for root@localhost"})
 	for _, line := range grants {
 		g.AddRow(line)
@@ -148,54 +158,54 @@ func (m mocked) expectDetectWith(version, comment string, snapshotVar bool, vars
 	m.mock.ExpectQuery(qGrants).WillReturnRows(g)
 }
 
+// expectSideCheck expects New's check that the side pool runs in
+// autocommit, after the detection, when New gets that far.
+func (m mocked) expectSideCheck() {
+	m.side.mock.ExpectQuery(qAutocommit).WillReturnRows(sqlmock.NewRows([]string{"@@autocommit"}).AddRow(1))
+}
+
+// newLocker returns a Locker on the mock, with its side pool.
+func (m mocked) newLocker(opts ...dblock.Option) (*dblock.Locker, error) {
+	return dblock.New(m.db, append([]dblock.Option{dblock.SideDB(m.side.sqlDB)}, opts...)...)
+}
+
 // locker expects the detection of a server and returns a Locker on it.
 func (m mocked) locker(t *testing.T, version, comment string, snapshotVar bool, opts ...dblock.Option) *dblock.Locker {
 	t.Helper()
 	m.expectDetect(version, comment, snapshotVar)
-	l, err := dblock.New(m.db, opts...)
+	m.expectSideCheck()
+	l, err := m.newLocker(opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	return l
 }
 
-// expectLookup expects the row lookup of key, answering id.
+// expectLookup expects the row lookup of key on the side pool, answering
+// id.
 func (m mocked) expectLookup(key dblock.Key, id int64) {
 	h := key.Hash()
-	m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}).AddRow(id))
-}
-
-// The statements that set the lease on a connection's session, before the
-// first transaction a Locker opens on it (DefaultLease, 60 s).
-const (
-	mariaLease = "SET SESSION idle_transaction_timeout = 60"
-	mysqlLease = "SET SESSION wait_timeout = 60"
-)
-
-// expectLeasedBegin expects the first lock transaction of a Locker on the
-// mock's connection: the lease statement, then BEGIN.
-func (m mocked) expectLeasedBegin(lease string) {
-	m.mock.ExpectExec(lease).WillReturnResult(sqlmock.NewResult(0, 0))
-	m.mock.ExpectBegin()
+	m.side.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}).AddRow(id))
 }
 
 // A mockServer is a server identity the mock answers New's detection
-// with, and the lease statement of its dialect.
+// with, and its dialect's session variable that bounds an idle
+// transaction.
 type mockServer struct {
 	version, comment string
 	snapshotVar      bool // MariaDB's innodb_snapshot_isolation exists
-	lease            string
+	leaseVar         string
 }
 
 var (
-	mockMariaDB = mockServer{mariaVersion, mariaComment, true, mariaLease}
-	mockMySQL   = mockServer{mysqlVersion, mysqlComment, false, mysqlLease}
+	mockMariaDB = mockServer{mariaVersion, mariaComment, true, "idle_transaction_timeout"}
+	mockMySQL   = mockServer{mysqlVersion, mysqlComment, false, "wait_timeout"}
 )
 
 // firstAcquire returns a mock of srv with a Locker on it, closed when the
 // test ends, and expects the first acquisition of the key it returns
-// (order:42, row 7) up to BEGIN: the lookup of its row, the lease on the
-// connection's session, BEGIN.
+// (order:42, row 7) up to BEGIN: the lookup of its row on the side pool,
+// then BEGIN.
 func firstAcquire(t *testing.T, srv mockServer) (mocked, *dblock.Locker, dblock.Key) {
 	t.Helper()
 	m := newMocked(t)
@@ -203,40 +213,65 @@ func firstAcquire(t *testing.T, srv mockServer) (mocked, *dblock.Locker, dblock.
 	t.Cleanup(func() { _ = l.Close() })
 	key := dblock.Resource("order:42")
 	m.expectLookup(key, 7)
-	m.expectLeasedBegin(srv.lease)
+	m.mock.ExpectBegin()
 	return m, l, key
 }
 
-// done checks that every expectation was met.
+// done checks that every expectation of both pools was met.
 func (m mocked) done(t *testing.T) {
 	t.Helper()
 	if err := m.mock.ExpectationsWereMet(); err != nil {
 		t.Fatal(err)
 	}
+	if err := m.side.mock.ExpectationsWereMet(); err != nil {
+		t.Fatalf("side pool: %v", err)
+	}
 }
 
-// lockRow answers a locking read: the row id.
+// ownRow answers the first locking read of a transaction the Locker
+// opened: the row id and the session's idle bound (60 s: the default
+// lease, already set).
+func ownRow(id int64) *sqlmock.Rows { return ownRowSession(id, 60) }
+
+// ownRowSession is ownRow with the session's idle bound secs.
+func ownRowSession(id, secs int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"id", "@@session"}).AddRow(id, secs)
+}
+
+// lockRow answers a locking read in a transaction already holding locks,
+// or a caller's: the row id.
 func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).AddRow(id) }
 
 // lockStmt returns a pattern matching the locking read of row id, after
-// prefix and before suffix (both literal). The statements of transactions
-// the Locker opens carry a tag comment (/*txlock:<nonce>-<n>*/) by which a
-// waiter that gives up is found in the process list and killed; the
+// prefix and before suffix (both literal): by id and key hash, with the
+// session's idle bound read along in a transaction's first one. Waiting
+// statements carry a tag comment (/*txlock:<nonce>-<n>*/) by which one
+// that is given up is found in the process list and interrupted; the
 // pattern allows it.
 func lockStmt(prefix string, id int64, suffix string) string {
-	return fmt.Sprintf("%s^%sSELECT (?:%s)?id FROM `tb_lock` WHERE id = %d FOR UPDATE%s$",
-		regexPrefix, regexp.QuoteMeta(prefix), reTag, id, regexp.QuoteMeta(suffix))
+	return fmt.Sprintf("%s^%sSELECT (?:%s)?id(?:, @@session\\.\\w+)? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
+		regexPrefix, regexp.QuoteMeta(prefix), reTag, id, reHash, regexp.QuoteMeta(suffix))
+}
+
+// nestedStmt returns a pattern matching the locking read of row id in a
+// transaction the Locker opened that holds locks already: its wait is
+// bounded by what remains of their lease.
+func nestedStmt(id int64) string {
+	return fmt.Sprintf("%s^SET STATEMENT max_statement_time=[0-9.]+, innodb_lock_wait_timeout=[0-9]+ FOR SELECT %sid FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE$",
+		regexPrefix, reTag, id, reHash)
 }
 
 // nop is a fn that does nothing.
 func nop(context.Context, *gorm.DB) error { return nil }
 
-// TestSQLNestedAcquireSendsNoSQL: a nested acquire of a held key sends
-// nothing to the server.
+// TestSQLNestedAcquireSendsNoSQL: a nested acquire of a held key in a
+// transaction the Locker opened sends nothing to the server; in a caller's
+// own transaction it sends one locking read, granted at once, which fails
+// if the transaction ended behind the context's back.
 func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 	t.Run("Do in Do", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectCommit()
 
 		nested := 0
@@ -249,16 +284,16 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 				return inner(ctx)
 			}, dblock.NoWait())
 		}
-		before := 0
+		before := m.log.len() + m.side.log.len()
 		err := l.Do(context.Background(), key, func(ctx context.Context, tx *gorm.DB) error {
-			before = m.log.len()
+			before = m.log.len() + m.side.log.len()
 			if err := middle(ctx); err != nil {
 				return err
 			}
 			if err := l.Do(ctx, key, nop, dblock.WaitTimeout(time.Second)); err != nil {
 				return err
 			}
-			if n := m.log.len(); n != before {
+			if n := m.log.len() + m.side.log.len(); n != before {
 				t.Errorf("the nested acquisitions sent %d statements", n-before)
 			}
 			return nil
@@ -278,7 +313,9 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 		key := dblock.Resource("order:42")
 		m.mock.ExpectBegin()
 		m.expectLookup(key, 7)
-		m.mock.ExpectQuery(qLock7).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
 		m.mock.ExpectCommit()
 
 		tx := m.db.Begin()
@@ -286,15 +323,15 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 		if err := l.LockTx(ctx, tx, key); err != nil {
 			t.Fatalf("LockTx: %v", err)
 		}
-		before := m.log.len()
+		before := m.log.len() + m.side.log.len()
 		if err := l.Do(ctx, key, nop, dblock.NoWait()); err != nil {
 			t.Fatalf("Do after LockTx: %v", err)
 		}
 		if err := l.LockTx(ctx, tx, key); err != nil {
 			t.Fatalf("second LockTx: %v", err)
 		}
-		if n := m.log.len(); n != before {
-			t.Errorf("the acquisitions of a key the transaction holds sent %d statements", n-before)
+		if n := m.log.len() + m.side.log.len(); n != before+2 {
+			t.Errorf("two acquisitions of a key the caller's transaction holds sent %d statements, want 2 (one locking read each)", n-before)
 		}
 		if err := tx.Commit().Error; err != nil {
 			t.Fatal(err)
@@ -304,23 +341,26 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 }
 
 // TestSQLUncontendedPath pins the statements of an uncontended acquisition:
-// the first one looks the row up (autocommit, before BEGIN) and sets the
-// lease on the connection's session; later ones use the cached id and the
-// configured session: BEGIN, the locking read, COMMIT, 3 round trips.
+// the first one looks the row up (autocommit, on the side pool, before
+// BEGIN); the locking read also reads the session's idle bound, which is
+// set to the lease when it differs (a connection another Locker or the
+// caller configured otherwise); later ones use the cached id: BEGIN, the
+// locking read, COMMIT, 3 round trips.
 func TestSQLUncontendedPath(t *testing.T) {
 	m, l, key := firstAcquire(t, mockMariaDB)
 	ctx := context.Background()
 
-	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowSession(7, 0))
+	m.mock.ExpectExec("SET SESSION idle_transaction_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
 	m.mock.ExpectCommit()
 	if err := l.Do(ctx, key, nop); err != nil {
 		t.Fatalf("first Do: %v", err)
 	}
 	m.done(t)
 
-	before := m.log.len()
+	before, sideBefore := m.log.len(), m.side.log.len()
 	m.mock.ExpectBegin()
-	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 	m.mock.ExpectCommit()
 	if err := l.Do(ctx, key, nop); err != nil {
 		t.Fatalf("second Do: %v", err)
@@ -329,10 +369,13 @@ func TestSQLUncontendedPath(t *testing.T) {
 	if n := m.log.len() - before; n != 1 {
 		t.Errorf("second Do sent %d queries besides BEGIN and COMMIT, want 1 (the locking read)", n)
 	}
+	if n := m.side.log.len() - sideBefore; n != 0 {
+		t.Errorf("second Do sent %d queries on the side pool, want 0", n)
+	}
 
 	// Lock then Rollback: BEGIN, the locking read, ROLLBACK.
 	m.mock.ExpectBegin()
-	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 	m.mock.ExpectRollback()
 	k, err := l.Lock(ctx, key)
 	if err != nil {
@@ -346,13 +389,15 @@ func TestSQLUncontendedPath(t *testing.T) {
 	}
 	m.done(t)
 
-	// Another lease: the connection's session is set again, once.
+	// Another lease: the session is set when the locking read shows it
+	// differs, and only then.
+	m.mock.ExpectBegin()
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 	m.mock.ExpectExec("SET SESSION idle_transaction_timeout = 5").WillReturnResult(sqlmock.NewResult(0, 0))
-	for range 2 {
-		m.mock.ExpectBegin()
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
-		m.mock.ExpectCommit()
-	}
+	m.mock.ExpectCommit()
+	m.mock.ExpectBegin()
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowSession(7, 5))
+	m.mock.ExpectCommit()
 	for range 2 {
 		if err := l.Do(ctx, key, nop, dblock.Lease(5*time.Second)); err != nil {
 			t.Fatal(err)
@@ -362,10 +407,10 @@ func TestSQLUncontendedPath(t *testing.T) {
 }
 
 // TestSQLRowCreation pins the creation of a missing row: a lookup that
-// finds nothing, INSERT IGNORE in autocommit (before BEGIN; on MariaDB with
-// a 1 s lock-wait bound, in case a holder's transaction locked the row's
-// key), the id from LastInsertId; or, when a concurrent creator won, a
-// second lookup.
+// finds nothing, INSERT IGNORE in autocommit on the side pool (before
+// BEGIN; on MariaDB with a 1 s lock-wait bound, in case a holder's
+// transaction locked the row's key), the id from LastInsertId; or, when a
+// concurrent creator won, a second lookup.
 func TestSQLRowCreation(t *testing.T) {
 	for _, c := range []struct {
 		name   string
@@ -375,7 +420,7 @@ func TestSQLRowCreation(t *testing.T) {
 		result driver.Result
 		relook bool
 	}{
-		{"composite", false, dblock.User("u-7").WithResource("order:42").WithOperation("refund").WithMethod("OrderService.Refund"),
+		{"composite", false, dblock.Key{User: "u-7", Resource: "order:42", Operation: "refund", Method: "OrderService.Refund"},
 			[]driver.Value{"order:42", "refund", "OrderService.Refund", "u-7", int64(0)}, sqlmock.NewResult(7, 1), false},
 		{"global", false, dblock.Global(), []driver.Value{"", "", "", "", int64(1)}, sqlmock.NewResult(7, 1), false},
 		{"concurrent creator", false, dblock.Resource("order:42"), []driver.Value{"order:42", "", "", "", int64(0)}, sqlmock.NewResult(0, 0), true},
@@ -383,22 +428,21 @@ func TestSQLRowCreation(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := newMocked(t)
-			insert, lease := qInsertWait+qInsert, mariaLease
-			l := m.locker(t, mariaVersion, mariaComment, true)
+			insert := qInsertWait + qInsert
+			srv := mockMariaDB
 			if c.mysql {
-				_ = l.Close()
-				insert, lease = qInsert, mysqlLease
-				l = m.locker(t, mysqlVersion, mysqlComment, false)
+				insert, srv = qInsert, mockMySQL
 			}
+			l := m.locker(t, srv.version, srv.comment, srv.snapshotVar)
 			defer l.Close()
 			h := c.key.Hash()
-			m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}))
-			m.mock.ExpectExec(insert).WithArgs(append([]driver.Value{h[:]}, c.args...)...).WillReturnResult(c.result)
+			m.side.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnRows(sqlmock.NewRows([]string{"id"}))
+			m.side.mock.ExpectExec(insert).WithArgs(append([]driver.Value{h[:]}, c.args...)...).WillReturnResult(c.result)
 			if c.relook {
 				m.expectLookup(c.key, 7)
 			}
-			m.expectLeasedBegin(lease)
-			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+			m.mock.ExpectBegin()
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 			m.mock.ExpectCommit()
 			if err := l.Do(context.Background(), c.key, nop); err != nil {
 				t.Fatalf("Do: %v", err)
@@ -409,13 +453,9 @@ func TestSQLRowCreation(t *testing.T) {
 }
 
 // TestSQLWaitStatements pins the locking read of each wait mode on MariaDB:
-// NOWAIT, and the per-statement timeouts of a bounded wait.
+// SKIP LOCKED for not waiting, and the per-statement timeouts of a bounded
+// wait.
 func TestSQLWaitStatements(t *testing.T) {
-	// Under a deadline 2 s away, a wait is bounded by what remains of it,
-	// less a margin: between 1 and 2 s however slow the machine. TryLock
-	// ignores the deadline (NOWAIT).
-	deadlineCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	for _, c := range []struct {
 		name     string
 		deadline bool
@@ -423,28 +463,29 @@ func TestSQLWaitStatements(t *testing.T) {
 		want     string
 	}{
 		{"default", false, nil, lockStmt("", 7, "")},
-		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt("", 7, " NOWAIT")},
+		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
 		{"WaitTimeout(300ms)", false, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
-			lockStmt("SET STATEMENT max_statement_time=0.300000, innodb_lock_wait_timeout=2 FOR ", 7, "")},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"WaitTimeout(1.5s)", false, []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)},
-			lockStmt("SET STATEMENT max_statement_time=1.500000, innodb_lock_wait_timeout=3 FOR ", 7, "")},
-		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt("", 7, " NOWAIT")},
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
 		{"context deadline", true, nil,
-			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag +
-				"id FROM `tb_lock` WHERE id = 7 FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"context deadline under WaitTimeout(300ms)", true, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=0\.300000, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag +
-				"id FROM `tb_lock` WHERE id = 7 FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
 			if c.deadline {
+				// Under a deadline 2 s away, a wait is bounded by what
+				// remains of it, less a margin: between 1 and 2 s however
+				// slow the machine.
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
 				defer cancel()
 			}
 			m, l, key := firstAcquire(t, mockMariaDB)
-			m.mock.ExpectQuery(c.want).WillReturnRows(lockRow(7))
+			m.mock.ExpectQuery(c.want).WillReturnRows(ownRow(7))
 			m.mock.ExpectCommit()
 			if err := l.Do(ctx, key, nop, c.opts...); err != nil {
 				t.Fatalf("Do: %v", err)
@@ -452,18 +493,19 @@ func TestSQLWaitStatements(t *testing.T) {
 			m.done(t)
 		})
 	}
-	t.Run("TryLock", func(t *testing.T) {
+	t.Run("TryLock of a held key", func(t *testing.T) {
+		// SKIP LOCKED finds nothing; a look outside the transaction tells
+		// a held row from a missing one.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		// Tagged: a context that can end may leave a statement to kill.
-		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE NOWAIT$").WillReturnRows(lockRow(7))
-		m.mock.ExpectCommit()
-		k, err := l.TryLock(deadlineCtx, key, dblock.WaitTimeout(time.Second))
-		if err != nil {
-			t.Fatal(err)
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "@@session"}))
+		h := key.Hash()
+		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
+		m.mock.ExpectRollback()
+		_, err := l.TryLock(context.Background(), key)
+		if !errors.Is(err, dblock.ErrNotAcquired) {
+			t.Fatalf("TryLock = %v, want ErrNotAcquired", err)
 		}
-		if err := k.Commit(); err != nil {
-			t.Fatal(err)
-		}
+		mustContain(t, err, "is held")
 		m.done(t)
 	})
 }
@@ -476,7 +518,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		number uint16
 		want   error
 	}{
-		{1205, dblock.ErrNotAcquired}, // MariaDB NOWAIT, lock-wait timeout
+		{1205, dblock.ErrNotAcquired}, // lock-wait timeout
 		{1969, dblock.ErrNotAcquired}, // MariaDB max_statement_time
 		{3572, dblock.ErrNotAcquired}, // MySQL NOWAIT
 		{3024, dblock.ErrNotAcquired}, // MySQL max_execution_time
@@ -500,7 +542,7 @@ func TestSQLErrorMapping(t *testing.T) {
 		defer l.Close()
 		key := dblock.Resource("order:42")
 		h := key.Hash()
-		m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(&gomysql.MySQLError{Number: 1146, Message: "Table 'test.tb_lock' doesn't exist"})
+		m.side.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(&gomysql.MySQLError{Number: 1146, Message: "Table 'test.tb_lock' doesn't exist"})
 		_, err := l.Lock(context.Background(), key)
 		checkMapped(t, err, dblock.ErrTableMissing, 1146, sentinels)
 		mustContain(t, err, "migrations")
@@ -519,7 +561,7 @@ func TestSQLErrorMapping(t *testing.T) {
 	})
 	t.Run("deadlock returned by fn", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, func(context.Context, *gorm.DB) error {
 			return fmt.Errorf("saving: %w", &gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
@@ -531,22 +573,39 @@ func TestSQLErrorMapping(t *testing.T) {
 		// The transaction did not commit (on Galera: a certification
 		// failure): the lock is lost, and running again is safe.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
 		err := l.Do(context.Background(), key, nop)
-		checkMapped(t, err, dblock.ErrDeadlock, 1213, []error{dblock.ErrNotAcquired, dblock.ErrTableMissing, dblock.ErrInvalidKey})
+		checkMapped(t, err, dblock.ErrDeadlock, 1213, []error{dblock.ErrNotAcquired, dblock.ErrTableMissing, dblock.ErrInvalidKey, dblock.ErrCommitUnknown})
 		if !errors.Is(err, dblock.ErrLockLost) {
 			t.Errorf("Do = %v, want ErrLockLost too", err)
 		}
 		m.done(t)
 	})
-	t.Run("connection lost on COMMIT", func(t *testing.T) {
+	t.Run("connection found dead before COMMIT", func(t *testing.T) {
+		// driver.ErrBadConn: the driver wrote nothing. Not committed, for
+		// certain.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectCommit().WillReturnError(driver.ErrBadConn)
 		err := l.Do(context.Background(), key, nop)
-		if !errors.Is(err, dblock.ErrLockLost) {
-			t.Fatalf("Do = %v, want ErrLockLost", err)
+		if !errors.Is(err, dblock.ErrLockLost) || errors.Is(err, dblock.ErrCommitUnknown) {
+			t.Fatalf("Do = %v, want ErrLockLost and not ErrCommitUnknown", err)
+		}
+		mustContain(t, err, "not committed")
+		m.done(t)
+	})
+	t.Run("connection lost during COMMIT", func(t *testing.T) {
+		// The COMMIT may have reached the server: the outcome is unknown.
+		m, l, key := firstAcquire(t, mockMariaDB)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+		m.mock.ExpectCommit().WillReturnError(gomysql.ErrInvalidConn)
+		err := l.Do(context.Background(), key, nop)
+		if !errors.Is(err, dblock.ErrCommitUnknown) || !errors.Is(err, dblock.ErrLockLost) {
+			t.Fatalf("Do = %v, want ErrCommitUnknown and ErrLockLost", err)
+		}
+		if strings.Contains(err.Error(), "not committed") {
+			t.Errorf("Do = %v: an unknown outcome must not say not committed", err)
 		}
 		m.done(t)
 	})
@@ -554,27 +613,30 @@ func TestSQLErrorMapping(t *testing.T) {
 
 // TestSQLDeadlockInFn: a statement of fn that the server answers with a
 // deadlock (1213: it rolled the whole transaction back) makes Do return
-// ErrDeadlock, the error Retry acts on. (Retry itself needs a second
-// connection, which sqlmock cannot give after this one is discarded: the
-// fault tests run it on the server.)
+// ErrDeadlock, the error Retry acts on, and fn's later statements are not
+// sent: they would run in autocommit, outside any lock.
 func TestSQLDeadlockInFn(t *testing.T) {
-	// The transaction is gone with its lock: ErrLockLost may be said too.
-	sentinels := []error{dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrTableMissing, dblock.ErrInvalidKey}
 	m, l, key := firstAcquire(t, mockMariaDB)
-	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 	m.mock.ExpectExec("UPDATE orders SET status = 'paid' WHERE id = 42").
 		WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock"})
 	m.mock.ExpectRollback()
+	var later error
 	err := l.Do(context.Background(), key, func(ctx context.Context, tx *gorm.DB) error {
-		return tx.Exec("UPDATE orders SET status = 'paid' WHERE id = 42").Error
+		err := tx.Exec("UPDATE orders SET status = 'paid' WHERE id = 42").Error
+		later = tx.Exec("UPDATE orders SET status = 'shipped' WHERE id = 42").Error
+		return err
 	})
-	checkMapped(t, err, dblock.ErrDeadlock, 1213, sentinels)
-	// database/sql may roll the lost transaction back in a goroutine of its
-	// own: wait for the connection to be given back.
-	deadline := time.Now().Add(5 * time.Second)
-	for m.sqlDB.Stats().InUse > 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	if !errors.Is(err, dblock.ErrDeadlock) {
+		t.Fatalf("Do = %v, want ErrDeadlock", err)
 	}
+	if mysqlNumber(t, err) != 1213 {
+		t.Errorf("Do = %v, want the server's 1213", err)
+	}
+	if !errors.Is(later, dblock.ErrLockLost) {
+		t.Errorf("a statement after the deadlock = %v, want ErrLockLost without being sent", later)
+	}
+	waitReturned(m)
 	m.done(t)
 }
 
@@ -603,17 +665,19 @@ func (patternArg) Match(v driver.Value) bool {
 	return ok && regexp.MustCompile(`^%`+reTag[:len(reTag)-1]+`%$`).MatchString(s)
 }
 
-// TestSQLMySQLDialect: on MySQL (detected from the version), NOWAIT is the
-// same statement, a bounded wait has no SET STATEMENT (a client timer
+// TestSQLMySQLDialect: on MySQL (detected from the version), not waiting is
+// the same statement, a bounded wait has no SET STATEMENT (a client timer
 // interrupts the tagged statement with KILL QUERY from the side pool), and
-// there is no snapshot-isolation probe.
+// the session's idle bound is wait_timeout.
 func TestSQLMySQLDialect(t *testing.T) {
 	t.Run("NoWait", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
 		if v := l.ServerVersion(); v != mysqlVersion {
 			t.Errorf("ServerVersion() = %q", v)
 		}
-		m.mock.ExpectQuery(lockStmt("", 7, " NOWAIT")).WillReturnError(&gomysql.MySQLError{Number: 3572, Message: "NOWAIT"})
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "@@session"}))
+		h := key.Hash()
+		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
 		m.mock.ExpectRollback()
 		_, err := l.TryLock(context.Background(), key)
 		if !errors.Is(err, dblock.ErrNotAcquired) {
@@ -621,9 +685,11 @@ func TestSQLMySQLDialect(t *testing.T) {
 		}
 		m.done(t)
 	})
-	t.Run("WaitTimeout granted", func(t *testing.T) {
+	t.Run("WaitTimeout granted, lease set", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
-		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE$").WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
+			WillReturnRows(ownRowSession(7, 28800))
+		m.mock.ExpectExec("SET SESSION wait_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
 		m.mock.ExpectCommit()
 		if err := l.Do(context.Background(), key, nop, dblock.WaitTimeout(300*time.Millisecond)); err != nil {
 			t.Fatalf("Do: %v", err)
@@ -631,82 +697,102 @@ func TestSQLMySQLDialect(t *testing.T) {
 		m.done(t)
 	})
 	t.Run("WaitTimeout runs out", func(t *testing.T) {
-		m := newMocked(t)
-		side := newMockedPool(t)
-		l := m.locker(t, mysqlVersion, mysqlComment, false, dblock.SideDB(side.sqlDB))
-		defer l.Close()
-		key := dblock.Resource("order:42")
-		side.expectLookup(key, 7) // the row step runs on the side pool
-		m.expectLeasedBegin(mysqlLease)
+		m, l, key := firstAcquire(t, mockMySQL)
 		// The server would interrupt the waiting statement when KILL QUERY
 		// arrives; the mock answers 1317 after a delay longer than the wait.
-		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id FROM `tb_lock` WHERE id = 7 FOR UPDATE$").
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
 			WillDelayFor(700 * time.Millisecond).
 			WillReturnError(&gomysql.MySQLError{Number: 1317, Message: "Query execution was interrupted"})
 		m.mock.ExpectRollback()
-		side.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID"}).AddRow(42))
-		side.mock.ExpectExec("KILL QUERY 42").WillReturnResult(sqlmock.NewResult(0, 0))
+		m.side.mock.ExpectQuery(qProcMySQL).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID", "0"}).AddRow(42, 0))
+		m.side.mock.ExpectExec("KILL QUERY 42").WillReturnResult(sqlmock.NewResult(0, 0))
 		_, err := l.Lock(context.Background(), key, dblock.WaitTimeout(300*time.Millisecond))
 		if !errors.Is(err, dblock.ErrNotAcquired) {
 			t.Fatalf("Lock = %v, want ErrNotAcquired", err)
 		}
-		m.done(t)
-		side.done(t) // the KILL was sent while the statement waited
+		mustContain(t, err, "WaitTimeout(300ms)")
+		m.done(t) // the KILL was sent while the statement waited
 	})
 }
 
-// TestSQLSnapshotGuard pins the stale-snapshot guard of a transaction Do
-// opened, on MariaDB with innodb_snapshot_isolation: a lock taken after the
-// transaction's first one (it may follow reads) switches the guard on, once;
-// it is switched back to the server's default before COMMIT or ROLLBACK, so
-// that it does not stay on the pool's connection. Nothing is sent when the
-// server lacks the variable.
-func TestSQLSnapshotGuard(t *testing.T) {
-	a, b, c := dblock.Resource("a"), dblock.Resource("b"), dblock.Resource("c")
-	for _, snapshotVar := range []bool{true, false} {
-		for _, fail := range []bool{false, true} {
-			t.Run(fmt.Sprintf("variable=%v,fnError=%v", snapshotVar, fail), func(t *testing.T) {
-				m := newMocked(t)
-				l := m.locker(t, mariaVersion, mariaComment, snapshotVar)
-				defer l.Close()
-				m.expectLookup(a, 7)
-				m.expectLeasedBegin(mariaLease)
-				m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
-				m.expectLookup(b, 8)
-				m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnRows(lockRow(8))
-				if snapshotVar {
-					m.mock.ExpectExec(qGuard).WillReturnResult(sqlmock.NewResult(0, 0))
-				}
-				m.expectLookup(c, 9)
-				m.mock.ExpectQuery(lockStmt("", 9, "")).WillReturnRows(lockRow(9))
-				if snapshotVar {
-					m.mock.ExpectExec(qGuardOff).WillReturnResult(sqlmock.NewResult(0, 0))
-				}
-				if fail {
-					m.mock.ExpectRollback()
-				} else {
-					m.mock.ExpectCommit()
-				}
-				err := l.Do(context.Background(), a, func(ctx context.Context, tx *gorm.DB) error {
-					if err := l.Do(ctx, b, nop); err != nil {
-						return err
-					}
-					if err := l.Do(ctx, c, nop); err != nil {
-						return err
-					}
-					if fail {
-						return errBusiness
-					}
+// TestSQLStaleSnapshotCheck pins the check of a lock joined into a
+// transaction that may have read before it (here a second key of a Do):
+// the key's fencing counter is bumped on the side pool, then read back in
+// the transaction with a locking read under innodb_snapshot_isolation,
+// which fails if the transaction's snapshot predates the bump. Nothing is
+// sent for it when the server lacks the variable, or with NoPriorReads.
+func TestSQLStaleSnapshotCheck(t *testing.T) {
+	a, b := dblock.Resource("a"), dblock.Resource("b")
+	for _, c := range []struct {
+		name        string
+		snapshotVar bool
+		opts        []dblock.LockOption
+		check       bool
+	}{
+		{"MariaDB", true, nil, true},
+		{"MariaDB, NoPriorReads", true, []dblock.LockOption{dblock.NoPriorReads()}, false},
+		{"without the variable", false, nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMocked(t)
+			l := m.locker(t, mariaVersion, mariaComment, c.snapshotVar)
+			defer l.Close()
+			m.expectLookup(a, 7)
+			m.mock.ExpectBegin()
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+			m.expectLookup(b, 8)
+			m.mock.ExpectQuery(nestedStmt(8)).WillReturnRows(lockRow(8))
+			if c.check {
+				hb := b.Hash()
+				m.side.mock.ExpectExec(qBump).WithArgs(hb[:]).WillReturnResult(sqlmock.NewResult(5, 1))
+				m.mock.ExpectQuery(qFenceRead).WillReturnRows(sqlmock.NewRows([]string{"key_hash", "token"}).AddRow(hb[:], 5))
+			}
+			m.mock.ExpectCommit()
+			var token int64
+			err := l.Do(context.Background(), a, func(ctx context.Context, tx *gorm.DB) error {
+				return l.Do(ctx, b, func(ctx context.Context, _ *gorm.DB) error {
+					token, _ = dblock.TokenFrom(ctx, b)
 					return nil
-				})
-				if fail != errors.Is(err, errBusiness) || (!fail && err != nil) {
-					t.Fatalf("Do = %v", err)
-				}
-				m.done(t)
+				}, c.opts...)
 			})
-		}
+			if err != nil {
+				t.Fatalf("Do = %v", err)
+			}
+			if c.check && token != 5 {
+				t.Errorf("TokenFrom after the check = %d, want 5 (the check's token)", token)
+			}
+			m.done(t)
+		})
 	}
+	t.Run("stale", func(t *testing.T) {
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, true)
+		defer l.Close()
+		m.expectLookup(a, 7)
+		m.mock.ExpectBegin()
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+		m.expectLookup(b, 8)
+		m.mock.ExpectQuery(nestedStmt(8)).WillReturnRows(lockRow(8))
+		m.side.mock.ExpectExec(qBump).WillReturnResult(sqlmock.NewResult(5, 1))
+		m.mock.ExpectQuery(qFenceRead).WillReturnError(&gomysql.MySQLError{Number: 1020, Message: "Record has changed since last read"})
+		m.mock.ExpectRollback()
+		err := l.Do(context.Background(), a, func(ctx context.Context, tx *gorm.DB) error {
+			return l.Do(ctx, b, fnMustNotRun(t))
+		})
+		if !errors.Is(err, dblock.ErrStaleSnapshot) || !errors.Is(err, dblock.ErrLockLost) {
+			t.Fatalf("Do = %v, want ErrStaleSnapshot and ErrLockLost (the server rolled the transaction back)", err)
+		}
+		waitReturned(m)
+		m.done(t)
+	})
 }
+
+// The fencing statements: the bump, on the side pool, and the read back in
+// the transaction.
+const (
+	qBump      = regexPrefix + "^SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT INTO `tb_lock_fence` \\(key_hash, token\\) VALUES \\(\\?, LAST_INSERT_ID\\(1\\)\\) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID\\(token \\+ 1\\)$"
+	qFenceRead = regexPrefix + "^SET STATEMENT innodb_snapshot_isolation = ON FOR SELECT key_hash, token FROM `tb_lock_fence` WHERE key_hash IN \\(" + reHash + "\\) LOCK IN SHARE MODE$"
+)
 
 // TestSQLCancelledContextSendsNothing: an acquisition with a cancelled
 // context fails with context.Canceled before any statement is sent.
@@ -715,7 +801,7 @@ func TestSQLCancelledContextSendsNothing(t *testing.T) {
 	l := m.locker(t, mariaVersion, mariaComment, true)
 	defer l.Close()
 	m.done(t)
-	before := m.log.len()
+	before := m.log.len() + m.side.log.len()
 	// A trap: any statement would be shown to the matcher.
 	m.mock.ExpectQuery(regexPrefix + "^TRAP$")
 
@@ -727,29 +813,26 @@ func TestSQLCancelledContextSendsNothing(t *testing.T) {
 			t.Errorf("%s = %v, want context.Canceled", name, err)
 		}
 	}
-	if n := m.log.len(); n != before {
+	if n := m.log.len() + m.side.log.len(); n != before {
 		t.Errorf("%d statements sent with a cancelled context", n-before)
 	}
 }
 
-// TestSQLContextDeadlineRace reproduces, deterministically, a race of
-// acquisitions bounded by the context's deadline: the library asks the
-// server to stop waiting 10 ms before the deadline (deadlineMargin), but
-// when the server's answer comes later than the deadline (a loaded machine,
-// a slow network), the driver returns the context's error and Lock reports
-// context.DeadlineExceeded without ErrNotAcquired, although its documentation
-// says that running out of the wait gives ErrNotAcquired.
-// TestContextDeadlineBoundsWait saw it on the real server under CPU load.
-// The wait ran out either way: the error must say ErrNotAcquired.
+// TestSQLContextDeadlineRace: an acquisition bounded by the context's
+// deadline asks the server to stop waiting 10 ms before it
+// (deadlineMargin). When the server's answer comes later than the
+// deadline (a loaded machine, a slow network), the library interrupts the
+// statement and, if the server does not answer that either, closes the
+// connection: the wait ran out either way, and the error must say
+// ErrNotAcquired as well as context.DeadlineExceeded.
 func TestSQLContextDeadlineRace(t *testing.T) {
 	m, l, key := firstAcquire(t, mockMariaDB)
-	// The server's 1969 arrives after the client's deadline.
-	m.mock.ExpectQuery(regexPrefix + "^SET STATEMENT max_statement_time=").WillDelayFor(2 * time.Second).
+	// The server's 1969 arrives long after the client's deadline.
+	m.mock.ExpectQuery(regexPrefix + "^SET STATEMENT max_statement_time=").WillDelayFor(5 * time.Second).
 		WillReturnError(&gomysql.MySQLError{Number: 1969, Message: "Query execution was interrupted (max_statement_time exceeded)"})
-	m.mock.MatchExpectationsInOrder(false)
-	m.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID"}))
-	m.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID"}))
 	m.mock.ExpectRollback()
+	m.side.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID", "QUERY_ID"}))
+	m.side.mock.ExpectQuery(qProcesses).WithArgs(patternArg{}).WillReturnRows(sqlmock.NewRows([]string{"ID", "QUERY_ID"}))
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err := l.Lock(ctx, key)
@@ -764,18 +847,21 @@ func TestSQLContextDeadlineRace(t *testing.T) {
 // TestSQLFencingBumpRetried: a token bump that the server refuses as a
 // deadlock (on Galera multi-writer, certified against a concurrent
 // holder's bump on another node) is sent again, and the lock is granted
-// with the token of the bump that succeeded; after fenceAttempts refusals
-// the acquisition fails, rolled back, with the server's error.
+// with the token of the bump that succeeded, read back in the transaction;
+// after fenceAttempts refusals the acquisition fails, rolled back, with
+// the server's error.
 func TestSQLFencingBumpRetried(t *testing.T) {
-	const qBump = regexPrefix + "^INSERT INTO `tb_lock_fence` \\(key_hash, token\\) VALUES \\(\\?, LAST_INSERT_ID\\(1\\)\\) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID\\(token \\+ 1\\)$"
 	refused := &gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock"}
+	key := dblock.Resource("order:42")
+	h := key.Hash()
 	t.Run("granted after two refusals", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		for range 2 {
-			m.mock.ExpectExec(qBump).WillReturnError(refused)
+			m.side.mock.ExpectExec(qBump).WillReturnError(refused)
 		}
-		m.mock.ExpectExec(qBump).WillReturnResult(sqlmock.NewResult(42, 2))
+		m.side.mock.ExpectExec(qBump).WillReturnResult(sqlmock.NewResult(42, 2))
+		m.mock.ExpectQuery(qFenceRead).WillReturnRows(sqlmock.NewRows([]string{"key_hash", "token"}).AddRow(h[:], 42))
 		m.mock.ExpectCommit()
 		var got int64
 		err := l.Do(context.Background(), key, func(ctx context.Context, _ *gorm.DB) error {
@@ -791,9 +877,9 @@ func TestSQLFencingBumpRetried(t *testing.T) {
 		// The attempt is rolled back whole: ErrDeadlock, which Retry runs
 		// again.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		for range 8 {
-			m.mock.ExpectExec(qBump).WillReturnError(refused)
+			m.side.mock.ExpectExec(qBump).WillReturnError(refused)
 		}
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
@@ -809,11 +895,10 @@ func TestSQLFencingBumpRetried(t *testing.T) {
 		m := newMocked(t)
 		l := m.locker(t, mariaVersion, mariaComment, true, dblock.Logger(slog.New(cancelOnLog{cancel})))
 		defer l.Close()
-		key := dblock.Resource("order:42")
 		m.expectLookup(key, 7)
-		m.expectLeasedBegin(mariaLease)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
-		m.mock.ExpectExec(qBump).WillReturnError(refused)
+		m.mock.ExpectBegin()
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+		m.side.mock.ExpectExec(qBump).WillReturnError(refused)
 		m.mock.ExpectRollback()
 		err := l.Do(ctx, key, fnMustNotRun(t), dblock.Fencing())
 		if !errors.Is(err, context.Canceled) || errors.Is(err, dblock.ErrDeadlock) {
@@ -825,8 +910,8 @@ func TestSQLFencingBumpRetried(t *testing.T) {
 	})
 	t.Run("other errors are not retried", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
-		m.mock.ExpectExec(qBump).WillReturnError(&gomysql.MySQLError{Number: 1146, Message: "Table 'test.tb_lock_fence' doesn't exist"})
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+		m.side.mock.ExpectExec(qBump).WillReturnError(&gomysql.MySQLError{Number: 1146, Message: "Table 'test.tb_lock_fence' doesn't exist"})
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
 		if mysqlNumber(t, err) != 1146 || errors.Is(err, dblock.ErrDeadlock) {

@@ -57,7 +57,8 @@ func TestSQLTopologyDetection(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			m := newMocked(t)
 			m.expectDetectWith(c.version, c.comment, false, c.vars, c.grants...)
-			l, err := dblock.New(m.db)
+			m.expectSideCheck()
+			l, err := m.newLocker()
 			if err != nil {
 				t.Fatalf("New: %v", err)
 			}
@@ -72,8 +73,10 @@ func TestSQLTopologyDetection(t *testing.T) {
 		m := newMocked(t)
 		m.mock.ExpectQuery(qDetect).WillReturnRows(sqlmock.NewRows([]string{"Variable_name", "Value"}).
 			AddRow("version", mariaVersion).AddRow("version_comment", mariaComment))
+		m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()"}).AddRow("test"))
 		m.mock.ExpectQuery(qGrants).WillReturnError(&gomysql.MySQLError{Number: 1141, Message: "no grants"})
-		l, err := dblock.New(m.db)
+		m.expectSideCheck()
+		l, err := m.newLocker()
 		if err != nil {
 			t.Fatalf("New: %v (a failed SHOW GRANTS must not fail New)", err)
 		}
@@ -98,7 +101,7 @@ func TestSQLNewRefusesReadOnly(t *testing.T) {
 			m := newMocked(t)
 			// A later variable of the same name wins: the mock lists read_only OFF first.
 			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars, "GRANT USAGE ON *.* TO `app`@`%`")
-			_, err := dblock.New(m.db)
+			_, err := m.newLocker()
 			if !errors.Is(err, dblock.ErrReadOnly) {
 				t.Fatalf("New = %v, want ErrReadOnly", err)
 			}
@@ -106,7 +109,8 @@ func TestSQLNewRefusesReadOnly(t *testing.T) {
 			m.done(t)
 
 			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars, "GRANT USAGE ON *.* TO `app`@`%`")
-			l, err := dblock.New(m.db, dblock.AllowReadOnly())
+			m.expectSideCheck()
+			l, err := m.newLocker(dblock.AllowReadOnly())
 			if err != nil {
 				t.Fatalf("New(AllowReadOnly) = %v", err)
 			}
@@ -123,7 +127,7 @@ func TestSQLGaleraModes(t *testing.T) {
 	t.Run("no mode", func(t *testing.T) {
 		m := newMocked(t)
 		m.expectDetectWith(mariaVersion, mariaComment, true, galeraVars, rootGrants)
-		_, err := dblock.New(m.db)
+		_, err := m.newLocker()
 		if err == nil {
 			t.Fatal("New on a Galera node without a mode succeeded")
 		}
@@ -132,7 +136,7 @@ func TestSQLGaleraModes(t *testing.T) {
 	})
 	t.Run("both modes", func(t *testing.T) {
 		m := newMocked(t)
-		if _, err := dblock.New(m.db, dblock.GaleraSingleWriter(), dblock.GaleraMultiWriter()); err == nil {
+		if _, err := m.newLocker(dblock.GaleraSingleWriter(), dblock.GaleraMultiWriter()); err == nil {
 			t.Fatal("New with both Galera modes succeeded")
 		}
 		m.done(t)
@@ -142,7 +146,7 @@ func TestSQLGaleraModes(t *testing.T) {
 		if !l.Topology().Galera {
 			t.Error("Topology().Galera = false")
 		}
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectCommit()
 		if err := l.Do(context.Background(), key, nop); err != nil {
 			t.Fatal(err)
@@ -151,7 +155,7 @@ func TestSQLGaleraModes(t *testing.T) {
 	})
 	t.Run("multi writer off Galera: plain locks", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), nil)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectCommit()
 		if err := l.Do(context.Background(), key, nop); err != nil {
 			t.Fatal(err)
@@ -160,12 +164,12 @@ func TestSQLGaleraModes(t *testing.T) {
 	})
 	t.Run("multi writer writes the row", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
 		// A joined acquisition writes its row too.
 		inner := dblock.Resource("order:43")
 		m.expectLookup(inner, 8)
-		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnRows(lockRow(8))
+		m.mock.ExpectQuery(nestedStmt(8)).WillReturnRows(lockRow(8))
 		m.mock.ExpectExec("UPDATE `tb_lock` SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = 8").
 			WillReturnResult(sqlmock.NewResult(0, 1))
 		m.mock.ExpectCommit()
@@ -179,7 +183,7 @@ func TestSQLGaleraModes(t *testing.T) {
 	})
 	t.Run("multi writer: certification failure at COMMIT", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
 		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock; try restarting transaction"})
 		k, err := l.Lock(context.Background(), key)
@@ -194,7 +198,7 @@ func TestSQLGaleraModes(t *testing.T) {
 	})
 	t.Run("multi writer: write aborted", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectExec(qTouch7).WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, fnMustNotRun(t))
@@ -209,7 +213,8 @@ func galeraNode(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *db
 	t.Helper()
 	m := newMocked(t)
 	m.expectDetectWith(mariaVersion, mariaComment, true, vars, rootGrants)
-	l, err := dblock.New(m.db, mode)
+	m.expectSideCheck()
+	l, err := m.newLocker(mode)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -224,7 +229,7 @@ func galeraLocker(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *
 	m, l := galeraNode(t, mode, vars)
 	key := dblock.Resource("order:42")
 	m.expectLookup(key, 7)
-	m.expectLeasedBegin(mariaLease)
+	m.mock.ExpectBegin()
 	return m, l, key
 }
 
@@ -239,7 +244,7 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
 		key := dblock.Resource("order:42")
 		h := key.Hash()
-		m.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(notPrimary)
+		m.side.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(notPrimary)
 		_, err := l.Lock(context.Background(), key)
 		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
 		m.done(t)
@@ -248,7 +253,6 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
 		key := dblock.Resource("order:42")
 		m.expectLookup(key, 7)
-		m.mock.ExpectExec(mariaLease).WillReturnResult(sqlmock.NewResult(0, 0))
 		m.mock.ExpectBegin().WillReturnError(notPrimary)
 		_, err := l.Lock(context.Background(), key)
 		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
@@ -264,8 +268,8 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 	})
 	t.Run("token bump", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
-		m.mock.ExpectExec(regexPrefix + "^INSERT INTO `tb_lock_fence`").WillReturnError(notPrimary)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+		m.side.mock.ExpectExec(regexPrefix + "^SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT INTO `tb_lock_fence`").WillReturnError(notPrimary)
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, fnMustNotRun(t), dblock.Fencing())
 		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
@@ -275,9 +279,9 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 		// The lock's connection failed: the held order:42 is lost.
 		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
 		inner := dblock.Resource("order:43")
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.expectLookup(inner, 8)
-		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnError(notPrimary)
+		m.mock.ExpectQuery(nestedStmt(8)).WillReturnError(notPrimary)
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, func(ctx context.Context, _ *gorm.DB) error {
 			return l.Do(ctx, inner, fnMustNotRun(t), dblock.NoPriorReads())
@@ -331,7 +335,7 @@ func TestSQLHoldErrorsLoseTheLock(t *testing.T) {
 	for _, n := range []uint16{1213, 1290, 1047} {
 		t.Run(fmt.Sprintf("%d at a write, then Commit", n), func(t *testing.T) {
 			m, l, key := firstAcquire(t, mockMariaDB)
-			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 			m.mock.ExpectExec(write).WillReturnError(&gomysql.MySQLError{Number: n, Message: "mocked"})
 			m.mock.ExpectRollback() // database/sql, as the lock's context is cancelled
 			k, err := l.Lock(context.Background(), key)
@@ -359,7 +363,7 @@ func TestSQLHoldErrorsLoseTheLock(t *testing.T) {
 		})
 		t.Run(fmt.Sprintf("%d at COMMIT", n), func(t *testing.T) {
 			m, l, key := firstAcquire(t, mockMariaDB)
-			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 			m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: n, Message: "mocked"})
 			err := l.Do(context.Background(), key, nop)
 			if !errors.Is(err, dblock.ErrLockLost) {
@@ -373,7 +377,7 @@ func TestSQLHoldErrorsLoseTheLock(t *testing.T) {
 	}
 	t.Run("1213 swallowed by fn: Do does not commit", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectExec(write).WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found"})
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), key, func(ctx context.Context, tx *gorm.DB) error {

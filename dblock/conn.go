@@ -1,0 +1,422 @@
+package dblock
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/gorm"
+)
+
+// rowGrace is how long after a QueryRowContext the keepalive assumes the
+// caller may still be reading its *sql.Row (database/sql asks callers to
+// Scan a Row at once).
+const rowGrace = 100 * time.Millisecond
+
+// pruneRowsAt is how many result sets the connection remembers before it
+// drops the closed ones, so that a holder running many queries keeps a
+// short list.
+const pruneRowsAt = 8
+
+// keeper is the connection of a transaction the Locker opened, keeping its
+// lease: every statement of the holder goes through it. It records when
+// the server last answered, pings the connection before a statement when
+// the last answer is older than the margin and in the background when the
+// holder is idle, and reports the lock lost when the lease runs out or a
+// statement shows the transaction is gone. After a loss it refuses every
+// statement, so that nothing the holder sends runs outside the
+// transaction (in autocommit).
+//
+// The connection is not safe for concurrent use, and a result set being
+// read occupies it: op serialises the holder's statements and the
+// keepalive, and the background keepalive skips while a result set may be
+// open. Statements of a gorm PrepareStmt session run through StmtContext,
+// outside the keeper: the keepalive then waits a third of the lease after
+// the last one before it pings.
+type keeper struct {
+	l      *Locker
+	tx     *sql.Tx
+	lease  time.Duration
+	margin time.Duration
+
+	op sync.Mutex // held for each statement, and for each keepalive
+
+	mu        sync.Mutex // guards the fields below
+	lose      func(error)
+	lastOK    time.Time // send time of the latest statement the server answered
+	rows      []*sql.Rows
+	lastRow   time.Time // when the latest *sql.Row was handed out
+	untracked time.Time // when gorm last ran a prepared statement (StmtContext)
+	refused   error     // why statements are refused: the transaction is gone
+	stopped   bool
+	timer     *time.Timer
+}
+
+const pingStmt = "DO 1"
+
+func newKeeper(l *Locker, tx *sql.Tx, lease time.Duration) *keeper {
+	return &keeper{l: l, tx: tx, lease: lease, margin: leaseMargin(lease)}
+}
+
+// arm starts the keepalive once the lock is held; lose is called once if
+// the lock is lost.
+func (c *keeper) arm(lose func(error)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lose = lose
+	if !c.stopped {
+		c.timer = time.AfterFunc(c.untilNextLocked(), c.tick)
+	}
+}
+
+// deadlineLocked is when the holder must consider the lock lost.
+func (c *keeper) deadlineLocked() time.Time { return c.lastOK.Add(c.lease - c.margin) }
+
+// stop ends the keepalive.
+func (c *keeper) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+}
+
+// refuse makes every later statement fail with err without being sent.
+func (c *keeper) refuse(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refused == nil {
+		c.refused = err
+	}
+	c.stopped = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+}
+
+// tick is the background keepalive: it runs on a timer until stop.
+func (c *keeper) tick() {
+	now := time.Now()
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	deadline := c.deadlineLocked()
+	if !now.Before(deadline) {
+		last, lose := c.lastOK, c.lose
+		c.mu.Unlock()
+		lose(fmt.Errorf("%w: no answer on the lock's connection for %v (lease %v)", ErrLockLost, now.Sub(last).Round(time.Millisecond), c.lease))
+		return
+	}
+	idle := now.Sub(c.lastOK) >= c.lease/3 && now.Sub(c.untracked) >= c.lease/3
+	c.mu.Unlock()
+
+	// Ping only between the holder's statements: TryLock fails while one
+	// runs, and then the server is busy with it, not idle.
+	if idle && c.op.TryLock() {
+		if !c.readingLocked() {
+			ctx, cancel := context.WithDeadline(context.Background(), deadline)
+			c.pingLocked(ctx)
+			cancel()
+		}
+		c.op.Unlock()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopped {
+		c.timer.Reset(c.untilNextLocked())
+	}
+}
+
+// untilNextLocked is how long until the keepalive should look again.
+func (c *keeper) untilNextLocked() time.Duration {
+	next := c.lastOK.Add(c.lease / 3)
+	if u := c.untracked.Add(c.lease / 3); u.After(next) {
+		next = u
+	}
+	if d := c.deadlineLocked(); d.Before(next) {
+		next = d
+	}
+	return max(time.Until(next), 10*time.Millisecond)
+}
+
+// readingLocked reports whether a result set of the holder may still be
+// open on the connection, dropping the ones that were closed. The caller
+// holds op.
+func (c *keeper) readingLocked() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.lastRow) < rowGrace {
+		return true
+	}
+	c.pruneRowsLocked()
+	return len(c.rows) > 0
+}
+
+// pruneRowsLocked drops the result sets that were closed. The caller holds
+// mu.
+func (c *keeper) pruneRowsLocked() {
+	open := c.rows[:0]
+	for _, r := range c.rows {
+		// Columns fails once the rows are closed; database/sql makes it
+		// safe beside the reader's Next.
+		if _, err := r.Columns(); err == nil {
+			open = append(open, r)
+		}
+	}
+	clear(c.rows[len(open):])
+	c.rows = open
+}
+
+// pingLocked sends a keepalive. The caller holds op.
+func (c *keeper) pingLocked(ctx context.Context) error {
+	sent := time.Now()
+	_, err := c.tx.ExecContext(ctx, pingStmt)
+	if errors.Is(err, gomysql.ErrBusyBuffer) {
+		return nil // a result set was still being read: it shows the server is alive soon enough
+	}
+	c.answered(sent, err)
+	return err
+}
+
+// beforeLocked runs before each statement of the holder: it refuses the
+// statement once the transaction is gone, and pings first when the last
+// answer is older than the margin, so that every statement may run for
+// the lease minus twice the margin. The caller holds op.
+func (c *keeper) beforeLocked(ctx context.Context) error {
+	c.mu.Lock()
+	refused, armed := c.refused, c.lose != nil
+	stale := armed && time.Since(c.lastOK) > c.margin
+	c.mu.Unlock()
+	if refused != nil {
+		return refused
+	}
+	if stale && !c.readingLocked() {
+		if err := c.pingLocked(ctx); err != nil {
+			if r := c.refusedErr(); r != nil {
+				return r
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *keeper) refusedErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.refused
+}
+
+// answered records the outcome of a statement sent at sent: an answer
+// extends the lease; an error that ended the transaction loses the lock.
+func (c *keeper) answered(sent time.Time, err error) {
+	if err == nil || serverAnswered(err) {
+		c.mu.Lock()
+		if sent.After(c.lastOK) {
+			c.lastOK = sent
+		}
+		if err == nil {
+			c.untracked = time.Time{} // the connection was free: no prepared result set is open
+		}
+		c.mu.Unlock()
+	}
+	if !c.l.endsTransaction(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
+	var lost error
+	switch mysqlErrorNumber(err) {
+	case erLockDeadlock:
+		// The server rolled the transaction back: running it again is safe.
+		lost = fmt.Errorf("%w: %w: %w", ErrLockLost, ErrDeadlock, err)
+	case erCheckRead:
+		lost = fmt.Errorf("%w: %w: the server rolled the transaction back: %w", ErrLockLost, ErrStaleSnapshot, err)
+	case erLockWaitTimeout:
+		lost = fmt.Errorf("%w: a lock wait timed out and the server rolled the whole transaction back (innodb_rollback_on_timeout is ON): %w", ErrLockLost, err)
+	default:
+		lost = fmt.Errorf("%w: a statement on the lock's connection failed: %w", ErrLockLost, err)
+	}
+	c.refuse(lost)
+	c.mu.Lock()
+	lose := c.lose
+	c.mu.Unlock()
+	if lose != nil { // not armed yet: the acquisition reports the error itself
+		lose(lost)
+	}
+}
+
+// fresh makes sure the server answered within the margin (pinging if
+// not) and returns when the holder must consider the lock lost.
+func (c *keeper) fresh(ctx context.Context) (time.Time, error) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.beforeLocked(ctx); err != nil {
+		return time.Time{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deadlineLocked(), nil
+}
+
+// ping sends a keepalive now (Lock.KeepAlive): the caller holds no result
+// set open.
+func (c *keeper) ping(ctx context.Context) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.refusedErr(); err != nil {
+		return err
+	}
+	return c.pingLocked(ctx)
+}
+
+// ExecContext runs a statement in the transaction.
+func (c *keeper) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.beforeLocked(ctx); err != nil {
+		return nil, err
+	}
+	sent := time.Now()
+	res, err := c.tx.ExecContext(ctx, query, args...)
+	c.answered(sent, err)
+	return res, err
+}
+
+// QueryContext runs a query in the transaction.
+func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.beforeLocked(ctx); err != nil {
+		return nil, err
+	}
+	sent := time.Now()
+	rows, err := c.tx.QueryContext(ctx, query, args...)
+	if err == nil {
+		c.mu.Lock()
+		if len(c.rows) >= pruneRowsAt {
+			c.pruneRowsLocked()
+		}
+		c.rows = append(c.rows, rows)
+		c.mu.Unlock()
+	}
+	c.answered(sent, err)
+	return rows, err
+}
+
+// QueryRowContext runs a query of one row in the transaction. A refused
+// statement returns a Row whose Scan fails with the loss (a context that
+// ended carries it).
+func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.beforeLocked(ctx); err != nil {
+		return refusedRow(c.tx, err)
+	}
+	sent := time.Now()
+	row := c.tx.QueryRowContext(ctx, query, args...)
+	c.mu.Lock()
+	c.lastRow = time.Now()
+	c.mu.Unlock()
+	c.answered(sent, row.Err())
+	return row
+}
+
+// refusedRow returns a *sql.Row that fails with err: database/sql builds
+// one from a context that has ended, and Row.Err reports its cause.
+func refusedRow(tx *sql.Tx, err error) *sql.Row {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(err)
+	return tx.QueryRowContext(ctx, pingStmt)
+}
+
+// PrepareContext prepares a statement on the transaction (gorm's
+// PrepareStmt sessions).
+func (c *keeper) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.beforeLocked(ctx); err != nil {
+		return nil, err
+	}
+	sent := time.Now()
+	st, err := c.tx.PrepareContext(ctx, query)
+	c.answered(sent, err)
+	return st, err
+}
+
+// StmtContext binds a prepared statement to the transaction; gorm's
+// PrepareStmt sessions then run it outside the keeper, which only learns
+// that the connection may be busy for a while.
+func (c *keeper) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.beforeLocked(ctx); err != nil {
+		ctx, cancel := context.WithCancelCause(ctx)
+		cancel(err)
+		return c.tx.StmtContext(ctx, stmt) // fails when used, with err as the cause
+	}
+	c.mu.Lock()
+	c.untracked = time.Now()
+	c.mu.Unlock()
+	return c.tx.StmtContext(ctx, stmt)
+}
+
+// commit ends the keepalive and commits; refused is returned unsent.
+func (c *keeper) commit() error {
+	c.stop()
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.refusedErr(); err != nil {
+		return err
+	}
+	return c.tx.Commit()
+}
+
+// rollback ends the keepalive and rolls back.
+func (c *keeper) rollback() error {
+	c.stop()
+	c.op.Lock()
+	defer c.op.Unlock()
+	return c.tx.Rollback()
+}
+
+// lockConn is what gorm sees as the connection of a Lock's transaction
+// (Lock.Tx): the keeper, and the Lock, so that a *gorm.DB kept by the
+// caller keeps the Lock reachable. Its Commit and Rollback are the Lock's.
+type lockConn struct {
+	*keeper
+	lock *Lock
+}
+
+var (
+	_ gorm.Tx             = (*lockConn)(nil)
+	_ gorm.GetDBConnector = (*lockConn)(nil)
+)
+
+// Commit implements gorm.TxCommitter: it is Lock.Commit.
+func (c *lockConn) Commit() error { return c.lock.Commit() }
+
+// Rollback implements gorm.TxCommitter: it is Lock.Rollback.
+func (c *lockConn) Rollback() error { return c.lock.Rollback() }
+
+// GetDBConn implements gorm.GetDBConnector: the pool the transaction runs
+// on.
+func (c *lockConn) GetDBConn() (*sql.DB, error) { return c.l.sqlDB, nil }
+
+// lockConnOf returns the Lock connection tx runs on, or nil.
+func lockConnOf(tx *gorm.DB) *lockConn {
+	if tx == nil || tx.Statement == nil {
+		return nil
+	}
+	pool := tx.Statement.ConnPool
+	if p, ok := pool.(*gorm.PreparedStmtTX); ok {
+		pool = p.Tx
+	}
+	c, _ := pool.(*lockConn)
+	return c
+}

@@ -1,0 +1,147 @@
+package dblock
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// hold is the state of a transaction the Locker opened and the locks it
+// holds: everything the keepalive and the context watch reach. It refers
+// to nothing the caller holds (the Lock, its *gorm.DB, its contexts), so
+// that a Lock dropped without Commit or Rollback can be collected, and
+// its transaction rolled back (abandon).
+type hold struct {
+	l       *Locker
+	key     Key // the first key, for messages and metrics
+	conn    *sql.Conn
+	keeper  *keeper
+	ctx     context.Context // the lock's context: cancelled with the loss as cause
+	cancel  context.CancelCauseFunc
+	granted time.Time
+
+	mu        sync.Mutex
+	state     lockState
+	lostErr   error         // why, in state lost
+	lost      chan struct{} // made by the first Lost call; closed when the lock ends
+	stopWatch func() bool
+	closing   sync.Once
+}
+
+type lockState uint8
+
+const (
+	held lockState = iota
+	released
+	lost
+)
+
+// errReleased is why a released lock's transaction can no longer be
+// joined.
+var errReleased = fmt.Errorf("%w: it was released", ErrNotHeld)
+
+// endedErr returns nil while the lock is held, and why it is not after.
+func (h *hold) endedErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch h.state {
+	case lost:
+		return h.lostErr
+	case released:
+		return errReleased
+	}
+	return nil
+}
+
+// lose marks the lock lost: Lost is closed, statements are refused, the
+// lock's context (Do's fn context) is cancelled with cause err, which makes
+// database/sql roll the transaction back, and the connection goes back to
+// the pool.
+func (h *hold) lose(err error) {
+	h.mu.Lock()
+	if h.state != held {
+		h.mu.Unlock()
+		return
+	}
+	h.state, h.lostErr = lost, err
+	h.closeLostLocked()
+	h.mu.Unlock()
+	h.keeper.refuse(err)
+	h.l.log.Warn("dblock: lock lost", "granularity", h.key.Granularity(), "error", err)
+	h.l.tel.lost(h.ctx, h.key, err)
+	h.l.tel.held(h.ctx, h.key, time.Since(h.granted))
+	h.cancel(err)
+	go h.finish() // the rollback may wait for a statement the holder has in flight
+}
+
+// end moves a held lock to released and reports whether it was held; a
+// lock that was not returns why.
+func (h *hold) end() (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch h.state {
+	case held:
+		h.state = released
+		h.closeLostLocked()
+		h.l.tel.held(h.ctx, h.key, time.Since(h.granted))
+		return true, nil
+	case lost:
+		return false, h.lostErr
+	}
+	return false, fmt.Errorf("%w: %s was already released", ErrNotHeld, h.key)
+}
+
+// closeLostLocked closes Lost's channel if someone asked for it; a later
+// Lost call returns a closed one. The caller holds mu and has just moved
+// the lock out of the held state.
+func (h *hold) closeLostLocked() {
+	if h.lost != nil {
+		close(h.lost)
+	}
+}
+
+// abort ends a transaction whose acquisition failed (it holds only locks).
+func (h *hold) abort() {
+	h.mu.Lock()
+	h.state = released
+	h.mu.Unlock()
+	if h.keeper != nil {
+		_ = h.keeper.rollback()
+	}
+	h.finish()
+}
+
+// finish gives the connection back to the pool and ends the lock's
+// context. The transaction has ended or is ending.
+func (h *hold) finish() {
+	h.closing.Do(func() {
+		h.mu.Lock()
+		stop := h.stopWatch
+		h.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
+		if h.conn != nil {
+			_ = h.conn.Close() // waits for the transaction to end
+		}
+		h.cancel(nil)
+	})
+}
+
+// abandon releases the lock of a Lock that became unreachable without
+// Commit or Rollback: nothing can commit its transaction any more.
+func (h *hold) abandon() {
+	h.mu.Lock()
+	wasHeld := h.state == held
+	h.mu.Unlock()
+	if wasHeld {
+		h.l.log.Warn("dblock: a Lock was dropped without Commit or Rollback: rolling its transaction back",
+			"granularity", h.key.Granularity(), "held", time.Since(h.granted).Round(time.Millisecond))
+	}
+	if ok, _ := h.end(); ok {
+		_ = h.keeper.rollback()
+	}
+	h.finish()
+}

@@ -1,0 +1,277 @@
+package dblock
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"weak"
+
+	"gorm.io/gorm"
+)
+
+// ctxKey is the context key of the transactions a context carries.
+type ctxKey struct{}
+
+// txScope is a transaction carried by a context: a handle on it, and what
+// it holds. Several scopes of one caller's transaction (LockTx twice, or
+// WithTx and LockTx) share one state through the Locker (adopt).
+type txScope struct {
+	tx    *gorm.DB // a handle on the transaction
+	owner *hold    // the Locker's own transaction (Do, Lock), nil for a caller's
+	pool  *sql.DB  // the pool the transaction runs on; nil when unknown
+	st    atomic.Pointer[txState]
+}
+
+// txState is what a transaction holds: keys, fencing tokens, and for a
+// caller's transaction, the database it runs on once asked.
+type txState struct {
+	mu     sync.Mutex
+	first  heldKey              // the first key held (most transactions hold one)
+	nheld  int                  // how many keys are held
+	more   map[heldKey]struct{} // the keys after the first
+	tokens map[heldKey]int64    // fencing tokens taken in this transaction
+	ident  string               // server and schema of a caller's transaction, once asked
+}
+
+func newScope(tx *gorm.DB, owner *hold, pool *sql.DB) *txScope {
+	s := &txScope{tx: tx, owner: owner, pool: pool}
+	s.st.Store(&txState{})
+	return s
+}
+
+type heldKey struct {
+	table string
+	key   Key
+}
+
+// scopeLink chains the transactions a context carries, innermost first: a
+// Do on a Locker of another database, inside a Do, adds its own.
+type scopeLink struct {
+	s    *txScope
+	next *scopeLink
+}
+
+func linkFrom(ctx context.Context) *scopeLink {
+	if ctx == nil {
+		return nil
+	}
+	link, _ := ctx.Value(ctxKey{}).(*scopeLink)
+	return link
+}
+
+// withScope returns ctx carrying s in front of the transactions ctx carries.
+func withScope(ctx context.Context, s *txScope) context.Context {
+	return context.WithValue(ctx, ctxKey{}, &scopeLink{s: s, next: linkFrom(ctx)})
+}
+
+// endedErr returns why the transaction ended, or nil while it is open as
+// far as the library knows: a caller's own transaction is checked by the
+// acquisition itself.
+func (s *txScope) endedErr() error {
+	if s.owner == nil {
+		return nil
+	}
+	return s.owner.endedErr()
+}
+
+func (s *txScope) holds(l *Locker, k Key) bool {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	hk := heldKey{l.cfg.table, k}
+	if st.nheld > 0 && st.first == hk {
+		return true
+	}
+	_, ok := st.more[hk]
+	return ok
+}
+
+// holdsAny reports whether the transaction holds any key.
+func (s *txScope) holdsAny() bool {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.nheld > 0
+}
+
+// add records that the transaction holds k.
+func (s *txScope) add(l *Locker, k Key) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	hk := heldKey{l.cfg.table, k}
+	switch {
+	case st.nheld == 0:
+		st.first = hk
+	case st.first == hk:
+		return
+	default:
+		if st.more == nil {
+			st.more = make(map[heldKey]struct{}, 2)
+		}
+		if _, ok := st.more[hk]; ok {
+			return
+		}
+		st.more[hk] = struct{}{}
+	}
+	st.nheld++
+}
+
+// setToken records the fencing token the transaction took for k.
+func (s *txScope) setToken(l *Locker, k Key, token int64) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.tokens == nil {
+		st.tokens = make(map[heldKey]int64, 1)
+	}
+	st.tokens[heldKey{l.cfg.table, k}] = token
+}
+
+// token returns the fencing token the transaction took for k in table.
+func (s *txScope) token(table string, k Key) (int64, bool) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	t, ok := st.tokens[heldKey{table, k}]
+	return t, ok
+}
+
+// adopt makes s share the state of every other scope of the same caller's
+// transaction that went through l, so that a key held through one is held
+// through all (a second LockTx of a key needs no check and no new token).
+// The Locker forgets a transaction once it has been collected.
+func (l *Locker) adopt(s *txScope) {
+	if s.owner != nil {
+		return
+	}
+	sqlTx := sqlTxOf(s.tx)
+	if sqlTx == nil {
+		return
+	}
+	key := weak.Make(sqlTx)
+	st, loaded := l.callerTxs.LoadOrStore(key, s.st.Load())
+	if loaded {
+		s.st.Store(st.(*txState))
+		return
+	}
+	runtime.AddCleanup(sqlTx, func(k weak.Pointer[sql.Tx]) { l.callerTxs.Delete(k) }, key)
+}
+
+// sqlTxOf returns the *sql.Tx under a caller's gorm transaction, or nil
+// when a ConnPool of unknown type hides it.
+func sqlTxOf(tx *gorm.DB) *sql.Tx {
+	pool, err := txPool(tx)
+	if err != nil {
+		return nil
+	}
+	sqlTx, _ := pool.(*sql.Tx)
+	return sqlTx
+}
+
+// scopeFor returns the innermost transaction ctx carries that runs on l's
+// database, or nil: l then opens a transaction of its own. A transaction
+// on the same pool is l's database; one on another pool is if that pool
+// reaches the same server and schema (asked once per transaction).
+func (l *Locker) scopeFor(ctx context.Context) (*txScope, error) {
+	for link := linkFrom(ctx); link != nil; link = link.next {
+		s := link.s
+		if s.pool == l.sqlDB {
+			return s, nil
+		}
+		same, err := l.sameDatabase(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		if same {
+			return s, nil
+		}
+	}
+	return nil, nil
+}
+
+// sameDatabase reports whether the transaction of s runs on the server and
+// schema of l's pool.
+func (l *Locker) sameDatabase(ctx context.Context, s *txScope) (bool, error) {
+	if s.owner != nil {
+		return s.owner.l.srv.ident == l.srv.ident, nil
+	}
+	st := s.st.Load()
+	st.mu.Lock()
+	ident := st.ident
+	st.mu.Unlock()
+	if ident == "" {
+		pool, err := txPool(s.tx)
+		if err != nil {
+			return false, err
+		}
+		var host, port, schemaName sql.NullString
+		err = pool.QueryRowContext(ctx, "SELECT @@hostname, @@port, DATABASE()").Scan(&host, &port, &schemaName)
+		if err != nil {
+			return false, fmt.Errorf("%w: asking which database the transaction in the context runs on: %w", ErrNoTransaction, err)
+		}
+		ident = host.String + ":" + port.String + "/" + schemaName.String
+		st.mu.Lock()
+		st.ident = ident
+		st.mu.Unlock()
+	}
+	return ident == l.srv.ident, nil
+}
+
+// WithTx returns a copy of ctx that carries tx, a transaction the caller
+// opened with gorm. A Do under the returned context, on a Locker of tx's
+// database, joins tx instead of opening a transaction: its lock is held
+// until tx ends, and its fn writes through tx. Repositories reach tx with
+// DB. A nil tx returns ctx unchanged.
+func WithTx(ctx context.Context, tx *gorm.DB) context.Context {
+	if tx == nil {
+		return ctx
+	}
+	if c := lockConnOf(tx); c != nil {
+		return withScope(ctx, c.lock.scope) // a Lock's own transaction
+	}
+	return withScope(ctx, callerScope(tx))
+}
+
+// callerScope returns a new scope for tx, a transaction of the caller.
+func callerScope(tx *gorm.DB) *txScope {
+	pool, _ := tx.DB()
+	return newScope(tx, nil, pool)
+}
+
+// TxFrom returns the innermost transaction ctx carries (from WithTx, Do or
+// Lock.Context), if any.
+func TxFrom(ctx context.Context) (*gorm.DB, bool) {
+	if link := linkFrom(ctx); link != nil {
+		return link.s.tx, true
+	}
+	return nil, false
+}
+
+// DB returns the transaction ctx carries that runs on fallback's pool,
+// bound to ctx; when none does, the innermost transaction ctx carries; when
+// it carries none, fallback.WithContext(ctx). Repositories call it so that
+// their statements run inside the caller's lock transaction. It returns nil
+// when there is no transaction and fallback is nil.
+func DB(ctx context.Context, fallback *gorm.DB) *gorm.DB {
+	link := linkFrom(ctx)
+	if link == nil {
+		if fallback == nil {
+			return nil
+		}
+		return fallback.WithContext(ctx)
+	}
+	if fallback != nil && link.next != nil {
+		if pool, err := fallback.DB(); err == nil {
+			for l := link; l != nil; l = l.next {
+				if l.s.pool == pool {
+					return l.s.tx.WithContext(ctx)
+				}
+			}
+		}
+	}
+	return link.s.tx.WithContext(ctx)
+}

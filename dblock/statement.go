@@ -1,0 +1,130 @@
+package dblock
+
+import (
+	"encoding/hex"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/txlock/txlock/schema"
+)
+
+// queries holds the statements of one Locker, built once from its table
+// name (validated by Table, so it cannot inject SQL).
+type queries struct {
+	selectRow  string // a key's row id by hash, autocommit
+	insertRow  string // create a key's row, autocommit
+	rowExists  string // whether row id of a hash exists, autocommit
+	table      string // "`t`", for the locking read
+	processes  string // find a tagged waiting statement
+	bumpFence  string // take the next fencing token, autocommit
+	readFence  string // confirm tokens in the transaction: "... WHERE key_hash IN ("
+	touchFrom  string // Galera multi-writer: write the locked row, before its id
+	sessionVar string // the session variable that bounds an idle transaction
+}
+
+func buildQueries(table string, srv server) queries {
+	t := "`" + table + "`"
+	insertWait := ""
+	// A bump waits at most a second: only the key's holder bumps its
+	// counter, so a wait means a transaction of this process holds the
+	// counter's row (a second read of it), which would never let go.
+	bumpInsert := "INSERT /*+ SET_VAR(innodb_lock_wait_timeout=1) */ INTO "
+	processes := "SELECT ID, 0 FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
+	sessionVar := "wait_timeout"
+	readFence := "SELECT key_hash, token FROM `" + schema.FenceTable(table) + "` WHERE key_hash IN ("
+	if srv.mariaDB {
+		insertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR "
+		bumpInsert = insertWait + "INSERT INTO "
+		processes = "SELECT ID, QUERY_ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
+		sessionVar = "idle_transaction_timeout"
+	}
+	if srv.snapshotIsolation {
+		// A locking read of a row changed after the transaction's snapshot
+		// fails with 1020: a transaction that read before its lock is
+		// caught here, and no snapshot is created when it has none.
+		readFence = "SET STATEMENT innodb_snapshot_isolation = ON FOR " + readFence
+	}
+	return queries{
+		selectRow:  "SELECT id FROM " + t + " WHERE key_hash = ?",
+		insertRow:  insertWait + "INSERT IGNORE INTO " + t + " (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)",
+		rowExists:  "SELECT 1 FROM " + t + " WHERE id = ? AND key_hash = ?",
+		table:      t,
+		processes:  processes,
+		touchFrom:  "UPDATE " + t + " SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = ",
+		sessionVar: sessionVar,
+		readFence:  readFence,
+		bumpFence: bumpInsert + "`" + schema.FenceTable(table) + "` (key_hash, token) VALUES (?, LAST_INSERT_ID(1))" +
+			" ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
+	}
+}
+
+// lockRead describes one locking read of a key's row.
+type lockRead struct {
+	id      int64
+	hash    [32]byte
+	tag     uint64        // marks the statement so that it can be found in the process list; 0: none
+	wait    time.Duration // > 0: the server bounds the wait (MariaDB)
+	skip    bool          // do not wait: SKIP LOCKED
+	session bool          // also read the session's idle bound
+}
+
+// appendLockRead appends the locking read r to buf: the row by id and key
+// hash (a primary-key lookup that cannot match another key's row after ids
+// were reused), FOR UPDATE.
+func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
+	if l.srv.mariaDB && r.wait > 0 && !r.skip {
+		// max_statement_time takes fractions of a second (innodb_lock_wait_timeout
+		// and WAIT n take whole seconds only); the lock-wait timeout is set
+		// above it so that the statement timeout is the one that fires: it
+		// ends the statement, never the transaction.
+		buf = append(buf, "SET STATEMENT max_statement_time="...)
+		buf = strconv.AppendFloat(buf, r.wait.Seconds(), 'f', 6, 64)
+		buf = append(buf, ", innodb_lock_wait_timeout="...)
+		buf = strconv.AppendInt(buf, int64(math.Ceil(r.wait.Seconds()))+1, 10)
+		buf = append(buf, " FOR "...)
+	}
+	buf = append(buf, "SELECT "...)
+	if r.tag != 0 {
+		buf = append(buf, "/*"...)
+		buf = append(buf, l.marker...)
+		buf = strconv.AppendUint(buf, r.tag, 10)
+		buf = append(buf, "*/ "...)
+	}
+	buf = append(buf, "id"...)
+	if r.session {
+		buf = append(buf, ", @@session."...)
+		buf = append(buf, l.q.sessionVar...)
+	}
+	buf = append(buf, " FROM "...)
+	buf = append(buf, l.q.table...)
+	buf = append(buf, " WHERE id = "...)
+	buf = strconv.AppendInt(buf, r.id, 10)
+	buf = append(buf, " AND key_hash = X'"...)
+	buf = hex.AppendEncode(buf, r.hash[:])
+	buf = append(buf, "' FOR UPDATE"...)
+	if r.skip {
+		// Not NOWAIT: MariaDB answers NOWAIT with 1205, which
+		// innodb_rollback_on_timeout turns into a rollback of the whole
+		// transaction. A held row is skipped instead, and told apart from
+		// a missing one afterwards.
+		buf = append(buf, " SKIP LOCKED"...)
+	}
+	return buf
+}
+
+// appendHashList appends the key hashes of keys as hex literals, comma
+// separated, then ")" and the locking clause of the fence read.
+func appendFenceRead(buf []byte, prefix string, keys []Key) []byte {
+	buf = append(buf, prefix...)
+	for i, k := range keys {
+		if i > 0 {
+			buf = append(buf, ", "...)
+		}
+		h := k.Hash()
+		buf = append(buf, "X'"...)
+		buf = hex.AppendEncode(buf, h[:])
+		buf = append(buf, '\'')
+	}
+	return append(buf, ") LOCK IN SHARE MODE"...)
+}
