@@ -198,10 +198,16 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 		}
 		return out, fmt.Errorf("%w: %s is held (NoWait)", ErrNotAcquired, key)
 	}
-	if interrupted == cutOff {
+	switch {
+	case interrupted == cutOff:
 		// The server did not answer the interruption: the driver closed
 		// the connection, and the transaction is gone with it.
 		err = fmt.Errorf("%w (%w)", err, gomysql.ErrInvalidConn)
+	case interrupted == notInterrupted && r.tag != 0 && isBrokenConn(err):
+		// The driver gave up on the connection (a DSN readTimeout, a
+		// network fault): the server may still keep the statement queued
+		// for the lock, and a grant to it would delay live waiters.
+		l.killWaiting(a.ctx, r.tag)
 	}
 	if interrupted != notInterrupted && a.ctx.Err() != nil {
 		return out, a.ended(key, b, err, holdsOthers)

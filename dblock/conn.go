@@ -252,7 +252,9 @@ func (c *keeper) answered(sent time.Time, err error) {
 }
 
 // fresh makes sure the server answered within the margin (pinging if
-// not) and returns when the holder must consider the lock lost.
+// not) and returns when a statement sent now must have been answered:
+// half a margin before the holder would consider the lock lost, so that a
+// wait the server ends then is answered in time.
 func (c *keeper) fresh(ctx context.Context) (time.Time, error) {
 	c.op.Lock()
 	defer c.op.Unlock()
@@ -261,7 +263,7 @@ func (c *keeper) fresh(ctx context.Context) (time.Time, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.deadlineLocked(), nil
+	return c.deadlineLocked().Add(-c.margin / 2), nil
 }
 
 // ping sends a keepalive now (Lock.KeepAlive): the caller holds no result

@@ -5,6 +5,8 @@
 // with SELECT ... FOR UPDATE inside a transaction. Because that transaction
 // can be the caller's own business transaction, the lock and the business
 // writes commit or roll back together, and no extra connection is spent.
+// The protocol, the server behaviour it rests on and its guarantees are
+// described in the repository's docs/PROTOCOL.md.
 //
 // # Keys
 //
@@ -18,8 +20,10 @@
 //
 //   - [Locker.Do] opens a transaction, takes the lock as its first statement
 //     and hands the transaction to fn; fn's writes commit with the release.
-//   - [Locker.Do] under a context that already carries a transaction (an outer
-//     Do, or [WithTx]) joins it; the lock is held until that transaction ends.
+//   - [Locker.Do] under a context that already carries a transaction of the
+//     Locker's database (an outer Do, or [WithTx]) joins it; the lock is
+//     held until that transaction ends. A transaction of another database
+//     does not count: Do then opens its own.
 //   - [Locker.LockTx] takes the lock inside a transaction the caller opened
 //     with gorm; the caller's Commit or Rollback releases it.
 //
@@ -30,54 +34,98 @@
 //
 // A lock is released only by the end of its transaction: COMMIT, ROLLBACK, or
 // the server ending the session (a crashed or disconnected holder). There is
-// no unlock statement that could be lost or replayed.
+// no unlock statement that could be lost or replayed. A [Lock] dropped
+// without Commit or Rollback is rolled back once it is unreachable.
 //
 // # Reentrancy
 //
 // The context remembers which keys its transaction holds. A nested Do of a
-// held key returns to fn at once, without a round trip to the server.
+// held key returns to fn at once, without a round trip to the server, in a
+// transaction the Locker opened; in a caller's own transaction it sends one
+// locking read, granted at once, which fails with [ErrNoTransaction] if the
+// transaction has ended behind the context's back.
+//
+// # Waiting
+//
+// A blocked acquisition waits in the server's queue for the row. The wait
+// is bounded by the least of: [WaitTimeout] (which covers the whole call:
+// the pool connection, the row step and the server's wait), the context's
+// deadline, the lease of the locks the transaction already holds, the DSN's
+// readTimeout, and otherwise the server's innodb_lock_wait_timeout. Running
+// out gives [ErrNotAcquired]; the transaction stays open with its other
+// locks. A waiter whose context is cancelled is interrupted on the server
+// (KILL QUERY from the Locker's side pool), so that it leaves the queue at
+// once and its connection stays usable. [NoWait] and [Locker.TryLock] do
+// not wait: a held row is skipped (SKIP LOCKED), never answered with a
+// lock-wait timeout.
+//
+// On a server with innodb_rollback_on_timeout=ON, a wait ended by
+// innodb_lock_wait_timeout (error 1205) rolls the whole transaction back:
+// the error then matches [ErrLockLost] as well as [ErrNotAcquired] when the
+// transaction held other locks, and the Locker refuses every later
+// statement of a transaction it opened, which would otherwise run in
+// autocommit. WaitTimeout and the context's deadline end a wait with a
+// statement timeout instead, which that setting does not affect.
+//
+// # The lease
+//
+// A transaction the Locker opens (Do, DoMulti, Lock, TryLock) has a lease
+// ([Lease], default 60 s): the server ends it once it has been idle that
+// long (MariaDB's idle_transaction_timeout, MySQL's wait_timeout, set on the
+// connection's session whenever the lock's first locking read shows it
+// differs), and the holder learns of it first. The holder's side records
+// when the server last answered, pings the connection (DO 1) before a
+// statement when that answer is older than the margin (a fifth of the
+// lease, at least 200 ms) and in the background when the holder is idle,
+// and declares the lock lost at the lease minus the margin without an
+// answer: before the server can free the row, with no clock
+// synchronisation. [Lock.Lost] is then closed, [Lock.Err] wraps
+// [ErrLockLost], Do's fn context is cancelled with cause ErrLockLost, and
+// Commit refuses. So every statement may run for the lease minus twice the
+// margin (36 s by default); choose a lease above your longest statement.
+// Statements of a gorm PrepareStmt session run outside the keepalive's
+// sight: it does not ping within a third of the lease after one. The
+// session setting stays on the pooled connection after the lock.
+//
+// # Transactions that read before they lock
+//
+// Under REPEATABLE READ a transaction reads from a snapshot taken at its
+// first read, which may predate the previous holder's commit. Do and Lock
+// take the lock as the transaction's first statement. An acquisition
+// joined into a transaction that may have read (LockTx, a Do under WithTx,
+// a nested Do of a further key) is checked on MariaDB 10.6.18, 10.11.8 and
+// later: the key's fencing counter is bumped in autocommit and read back in
+// the transaction with a locking read under innodb_snapshot_isolation, set
+// for that statement only. A transaction whose snapshot predates the bump
+// fails with [ErrStaleSnapshot] and the server rolls it back; one that has
+// not read yet gets no snapshot from the check, so its reads after the
+// lock are fresh and any number of locks may follow. The check costs an
+// autocommit write and a read; [NoPriorReads] skips it. MySQL has no such
+// check: take locks before reading, or use READ COMMITTED.
+//
+// # Fencing tokens
+//
+// With [Fencing], an acquisition bumps the key's counter in tb_lock_fence in
+// autocommit on the side pool while it holds the key, then reads it back in
+// its transaction: that read proves the lock was still held after the bump,
+// so a holder paused between its grant and its bump fails with
+// [ErrLockLost] instead of returning a token a successor may already have
+// exceeded. Tokens are strictly increasing per key in grant order (on a
+// single server) and never reused, since a bump is never rolled back.
 //
 // # Replicas and clusters
 //
 // A lock excludes only the holders that lock the same row on the same
-// server. New reads where it is ([Locker.Topology]) and refuses two setups
-// where that would silently fail:
-//
-//   - A read-only server (read_only ON), most likely a replica: locks taken
-//     there are not seen by the holders on the primary. New returns
-//     [ErrReadOnly] unless [AllowReadOnly] is given. A holder whose server
-//     becomes read-only while it holds the lock (a failover that fences the
-//     old primary) gets [ErrLockLost] at its next write or at COMMIT
-//     (error 1290), with its writes not committed; accounts with SUPER
-//     (MySQL, MariaDB before 10.11), CONNECTION_ADMIN (MySQL) or
-//     READ_ONLY ADMIN (MariaDB) are not stopped by read_only
-//     (Topology.ReadOnlyBypass).
-//   - A Galera node (wsrep_on=ON), where row locks are local to a node. Pass
-//     [GaleraSingleWriter] when all lock traffic goes to one node at a time,
-//     or [GaleraMultiWriter] when it may reach several: each holder then also
-//     writes its lock row, so that certification lets only one of two
-//     overlapping holders commit, and the other gets [ErrLockLost]. A node
-//     that leaves the cluster's primary component (a partition) answers
-//     1047: its holders get [ErrLockLost], new acquisitions there
-//     [ErrNotPrimary]. Such a holder learns it only when its node sees the
-//     view change (evs.suspect_timeout, 5 s by default), about when the
-//     majority can commit again; fencing tokens ([Fencing]) stay unique and
-//     increasing across nodes, since each bump is certified.
-//
-// In a transaction the Locker opened (Do, Lock, TryLock), once a statement
-// has failed with a deadlock (1213), 1290 or 1047, the lock is lost and
-// Commit never reports success: on Galera a COMMIT after a brute-force
-// abort may answer OK and commit nothing, so it is not sent. A caller's own
-// transaction (LockTx, WithTx) is the caller's to commit: treat such an
-// error there as the end of the transaction.
+// server. New refuses a read-only server ([ErrReadOnly], unless
+// [AllowReadOnly]) and requires a mode on a Galera node
+// ([GaleraSingleWriter] or [GaleraMultiWriter]); docs/HA.md says what each
+// topology guarantees.
 //
 // # Errors
 //
-// Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired]
-// (NoWait, TryLock or a wait timeout), [ErrDeadlock] (the server chose this
-// transaction as a deadlock victim and rolled it back), [ErrLockLost],
+// Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired],
+// [ErrDeadlock], [ErrLockLost], [ErrCommitUnknown], [ErrNotHeld],
 // [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot], [ErrReadOnly],
 // [ErrNotPrimary], [ErrNoTransaction]. Errors coming from the server also
-// wrap the driver's *mysql.MySQLError, reachable with
-// [errors.As].
+// wrap the driver's *mysql.MySQLError, reachable with [errors.As].
 package dblock

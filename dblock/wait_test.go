@@ -124,27 +124,22 @@ func TestContextDeadlineBoundsWait(t *testing.T) {
 
 // checkDeadlineError checks the error of an acquisition whose wait the
 // context's deadline bounded: it must say both ErrNotAcquired and
-// context.DeadlineExceeded.
-//
-// Known bug, reproduced deterministically by TestSQLContextDeadlineRace
-// (skipped): when the client's deadline fires before the server's answer to
-// the statement timeout arrives (the library asks the server to stop only
-// 10 ms before the deadline; a loaded machine is late by more), the error is
-// context.DeadlineExceeded without ErrNotAcquired. That outcome is logged
-// here, not failed, so that this test is not flaky; the skipped test keeps
-// the bug visible.
+// context.DeadlineExceeded, whichever ended the wait: the server's
+// statement timeout (1969, asked for 10 ms before the deadline), the
+// library's interruption at the deadline (1317), or, when the server did
+// not answer that either, the closed connection. Which one it was depends
+// on the machine's load: it is logged, not asserted.
 func checkDeadlineError(t *testing.T, err error) {
 	t.Helper()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Lock = %v, want context.DeadlineExceeded", err)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("Lock = %v, want ErrNotAcquired and context.DeadlineExceeded: the wait ran out", err)
 	}
-	if errors.Is(err, dblock.ErrNotAcquired) {
-		if n := mysqlNumber(t, err); n != erStatementTimeout {
-			t.Errorf("server error %d, want %d", n, erStatementTimeout)
-		}
-		return
+	var me *gomysql.MySQLError
+	if errors.As(err, &me) {
+		t.Logf("the wait ended with the server's error %d", me.Number)
+	} else {
+		t.Logf("the wait ended without a server error: %v", err)
 	}
-	t.Fatalf("Lock = %v, want ErrNotAcquired too: the wait ran out", err)
 }
 
 // TestTryLockHeld: TryLock, and Lock or Do with NoWait, of a held key fail
