@@ -53,7 +53,7 @@ func verifyNoGoroutineLeak(t *testing.T) {
 			// failure is reported already.
 			return
 		}
-		goleak.VerifyNone(t)
+		goleak.VerifyNone(t, foreignGoroutines...)
 	})
 }
 

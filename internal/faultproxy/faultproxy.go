@@ -52,6 +52,7 @@ type Proxy struct {
 type fault struct {
 	blackhole bool
 	latency   time.Duration
+	cutAfter  []byte // see CutAfterClientSends
 }
 
 // New starts a relay listening on 127.0.0.1:0 that forwards each connection
@@ -144,8 +145,8 @@ func (p *Proxy) Latency(d time.Duration) {
 	p.update(func(f *fault) { f.latency = max(d, 0) })
 }
 
-// Heal removes blackholes and latency from every connection and from the
-// relay's defaults. Held bytes are delivered.
+// Heal removes blackholes, latency and cut rules from every connection and
+// from the relay's defaults. Held bytes are delivered.
 func (p *Proxy) Heal() {
 	p.update(func(f *fault) { *f = fault{} })
 }
@@ -235,6 +236,7 @@ type Conn struct {
 	state   fault
 	changed chan struct{} // closed and replaced on every state change
 	ended   bool
+	cut     bool          // CutAfterClientSends fired: the target's bytes are dropped
 	done    chan struct{} // closed when the connection is torn down
 	pumps   int           // directions still running
 }
@@ -256,7 +258,7 @@ func (c *Conn) Blackhole() { c.update(func(f *fault) { f.blackhole = true }) }
 // Latency delays each chunk forwarded on this connection by d, each way.
 func (c *Conn) Latency(d time.Duration) { c.update(func(f *fault) { f.latency = max(d, 0) }) }
 
-// Heal removes this connection's blackhole and latency.
+// Heal removes this connection's blackhole, latency and cut rule.
 func (c *Conn) Heal() { c.update(func(f *fault) { *f = fault{} }) }
 
 // Reset closes both sides of the connection with an RST, at once, even if
@@ -361,6 +363,12 @@ func (c *Conn) write(dst *net.TCPConn, ch <-chan item) {
 		case it.eof:
 			_ = dst.CloseWrite()
 			c.pumpDone()
+			return
+		}
+		switch c.intercept(dst, it.data) {
+		case drop:
+			continue
+		case stop:
 			return
 		}
 		if _, err := dst.Write(it.data); err != nil {

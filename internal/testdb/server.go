@@ -69,9 +69,13 @@ func findInstallDB(bin string) (string, error) {
 }
 
 // startServer initialises a data directory in a new temporary directory
-// named after prefix and starts bin on it, waiting until it answers as root
-// without password.
-func startServer(bin, prefix string) (*server, error) {
+// named after prefix and starts bin on it, with the extra options opts
+// (see checkServerOptions), waiting until it answers as root without
+// password.
+func startServer(bin, prefix string, opts []string) (*server, error) {
+	if err := checkServerOptions(opts); err != nil {
+		return nil, err
+	}
 	installDB, err := findInstallDB(bin)
 	if err != nil {
 		return nil, err
@@ -87,7 +91,7 @@ func startServer(bin, prefix string) (*server, error) {
 			return nil, fmt.Errorf("temporary directory: %w", err)
 		}
 	}
-	srv, err := initAndStart(bin, installDB, dir)
+	srv, err := initAndStart(bin, installDB, dir, opts)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -105,7 +109,7 @@ func asRoot() bool { return os.Geteuid() == 0 }
 // installs that run at once (tests of several packages in parallel) can
 // collide on their temporary tables and fail ("Unknown table
 // 'mysql.tmp_user_sys'").
-func initAndStart(bin, installDB, dir string) (*server, error) {
+func initAndStart(bin, installDB, dir string, opts []string) (*server, error) {
 	data := filepath.Join(dir, "data")
 	args := []string{
 		"--no-defaults",
@@ -132,7 +136,7 @@ func initAndStart(bin, installDB, dir string) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
-		srv, err := launch(bin, dir, port)
+		srv, err := launch(bin, dir, port, opts)
 		if err == nil {
 			return srv, nil
 		}
@@ -141,9 +145,9 @@ func initAndStart(bin, installDB, dir string) (*server, error) {
 	return nil, lastErr
 }
 
-// launch starts mariadbd on dir's data directory and TCP port port, and
-// waits until it answers.
-func launch(bin, dir string, port int) (*server, error) {
+// launch starts mariadbd on dir's data directory and TCP port port, with
+// the extra options opts after the fixed ones, and waits until it answers.
+func launch(bin, dir string, port int, opts []string) (*server, error) {
 	logFile := filepath.Join(dir, "mariadbd.err")
 	args := []string{
 		"--no-defaults",
@@ -161,6 +165,7 @@ func launch(bin, dir string, port int) (*server, error) {
 	if asRoot() {
 		args = append(args, "--user=root")
 	}
+	args = append(args, opts...)
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	setParentDeathSignal(cmd)

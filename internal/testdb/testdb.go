@@ -87,7 +87,7 @@ func resolve(envDSN, fallback string, findBin func() string) (string, *server, e
 		return "", nil, fmt.Errorf("testdb: no MySQL/MariaDB server at %s (%w) and no mariadbd to start one: %s",
 			Redact(fallback), probeErr, howToGetAServer)
 	}
-	srv, err := startServer(bin, "txlock-testdb-")
+	srv, err := startServer(bin, "txlock-testdb-", nil)
 	if err != nil {
 		return "", nil, fmt.Errorf("testdb: no server at %s (%v), and starting a throwaway %s failed: %w; %s",
 			Redact(fallback), probeErr, bin, err, howToGetAServer)
@@ -166,15 +166,24 @@ func open(t testing.TB, dsn string, reportClose bool) *gorm.DB {
 // version table is dropped too.
 func Table(t testing.TB, db *gorm.DB) string {
 	t.Helper()
-	sqlDB, err := db.DB()
-	if err != nil {
-		t.Fatalf("testdb: %v", err)
-	}
 	var suffix [6]byte
 	if _, err := rand.Read(suffix[:]); err != nil {
 		t.Fatalf("testdb: random table name: %v", err)
 	}
 	name := schema.DefaultTable + "_t" + hex.EncodeToString(suffix[:])
+	TableNamed(t, db, name)
+	return name
+}
+
+// TableNamed creates the lock table name by running migrations.Up on db
+// (for a test that needs the same name in two databases); when the test
+// ends, migrations.Down drops it and its version table is dropped too.
+func TableNamed(t testing.TB, db *gorm.DB, name string) {
+	t.Helper()
+	sqlDB, err := db.DB()
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
 	if err := schema.ValidTableName(name); err != nil {
 		t.Fatalf("testdb: %v", err)
 	}
@@ -194,7 +203,6 @@ func Table(t testing.TB, db *gorm.DB) string {
 			t.Errorf("testdb: dropping table %s: %v", migrations.VersionTable(name), err)
 		}
 	})
-	return name
 }
 
 // leakWait is how long NoLeaks waits for connections to go back to the pool.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -25,30 +26,40 @@ type Throwaway struct {
 	bin  string
 	dir  string
 	port int
+	opts []string // extra mariadbd options, kept across restarts
 
 	mu  sync.Mutex
 	srv *server // nil while stopped
 }
 
-// StartThrowaway installs and starts a new server. It returns
-// ErrNoMariadbd when mariadbd is not installed.
-func StartThrowaway() (*Throwaway, error) {
+// StartThrowaway installs and starts a new server. opts are extra mariadbd
+// command-line options, "--name=value" each (for server settings that
+// cannot be changed at run time, such as
+// "--innodb-rollback-on-timeout=ON"); they are kept across Start. Options
+// that testdb sets itself (data directory, port, socket, ...) are refused.
+// It returns ErrNoMariadbd when mariadbd is not installed.
+func StartThrowaway(opts ...string) (*Throwaway, error) {
+	if err := checkServerOptions(opts); err != nil {
+		return nil, err
+	}
 	bin := findMariadbd()
 	if bin == "" {
 		return nil, ErrNoMariadbd
 	}
-	srv, err := startServer(bin, "txlock-throwaway-")
+	opts = slices.Clone(opts)
+	srv, err := startServer(bin, "txlock-throwaway-", opts)
 	if err != nil {
 		return nil, fmt.Errorf("testdb: starting a throwaway server: %w", err)
 	}
-	return &Throwaway{bin: bin, dir: srv.dir, port: srv.port, srv: srv}, nil
+	return &Throwaway{bin: bin, dir: srv.dir, port: srv.port, opts: opts, srv: srv}, nil
 }
 
-// ThrowawayFor starts a throwaway server for t (skipping t when mariadbd is
-// not installed) and removes it when t ends.
-func ThrowawayFor(t testing.TB) *Throwaway {
+// ThrowawayFor starts a throwaway server for t with the extra mariadbd
+// options opts (see StartThrowaway), skipping t when mariadbd is not
+// installed, and removes it when t ends.
+func ThrowawayFor(t testing.TB, opts ...string) *Throwaway {
 	t.Helper()
-	s, err := StartThrowaway()
+	s, err := StartThrowaway(opts...)
 	if errors.Is(err, ErrNoMariadbd) {
 		t.Skip("mariadbd is not installed (looked in PATH and /usr/sbin): cannot start a throwaway server to restart")
 	}
@@ -128,7 +139,7 @@ func (s *Throwaway) Start() error {
 		// instant between the stop and now. Retry in case the kernel still
 		// holds it.
 		var srv *server
-		if srv, err = launch(s.bin, s.dir, s.port); err == nil {
+		if srv, err = launch(s.bin, s.dir, s.port, s.opts); err == nil {
 			s.srv = srv
 			return nil
 		}

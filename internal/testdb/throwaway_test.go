@@ -2,11 +2,8 @@ package testdb
 
 import (
 	"context"
-	"database/sql"
 	"testing"
 	"time"
-
-	gomysql "github.com/go-sql-driver/mysql"
 )
 
 // TestThrowawayRestart: a throwaway server can be crashed, stopped and
@@ -19,16 +16,7 @@ func TestThrowawayRestart(t *testing.T) {
 	start := time.Now()
 	s := ThrowawayFor(t)
 	t.Logf("started in %v", time.Since(start))
-	cfg, err := gomysql.ParseDSN(s.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := gomysql.NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(conn)
-	defer db.Close()
+	db, cfg := openThrowaway(t, s)
 	ctx := context.Background()
 	if _, err := db.ExecContext(ctx, "CREATE TABLE t (v INT) ENGINE=InnoDB"); err != nil {
 		t.Fatal(err)
