@@ -95,35 +95,38 @@ func (a *acquisition) prepError(what string, key Key, err error) error {
 
 // waitBound is the bound on one locking read's wait, and what set it.
 type waitBound struct {
-	d   time.Duration
-	why string
-	ctx bool // the context's deadline: the failure also matches DeadlineExceeded
+	d      time.Duration
+	why    string
+	ctx    bool // the context's deadline: the failure also matches DeadlineExceeded
+	server bool // the server's innodb_lock_wait_timeout: the server ends the wait itself
 }
 
 // bound returns the wait bound of a locking read sent now: the least of
 // WaitTimeout's remainder, the context's deadline, the lease of the
-// transaction's other locks (leaseEnd, when not zero) and the DSN's
-// readTimeout; nil when nothing bounds it (the server's
-// innodb_lock_wait_timeout does).
+// transaction's other locks (leaseEnd, when not zero), the DSN's
+// readTimeout and, unless WaitTimeout asks for longer, the server's
+// innodb_lock_wait_timeout.
 func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
 	var b *waitBound
-	consider := func(d time.Duration, why string, ctx bool) {
-		if b == nil || d < b.d {
-			b = &waitBound{d: d, why: why, ctx: ctx}
+	consider := func(c waitBound) {
+		if b == nil || c.d < b.d {
+			b = &c
 		}
 	}
 	now := time.Now()
 	if !a.waitUntil.IsZero() {
-		consider(a.waitUntil.Sub(now), "WaitTimeout("+a.lc.wait.String()+")", false)
+		consider(waitBound{d: a.waitUntil.Sub(now), why: "WaitTimeout(" + a.lc.wait.String() + ")"})
+	} else if lw := a.l.srv.lockWait; lw > 0 {
+		consider(waitBound{d: lw, why: "the server's innodb_lock_wait_timeout", server: true})
 	}
 	if dl, ok := a.ctx.Deadline(); ok {
-		consider(dl.Sub(now)-deadlineMargin, "the context's deadline", true)
+		consider(waitBound{d: dl.Sub(now) - deadlineMargin, why: "the context's deadline", ctx: true})
 	}
 	if !leaseEnd.IsZero() {
-		consider(leaseEnd.Sub(now)-deadlineMargin, "the lease of the locks the transaction holds", false)
+		consider(waitBound{d: leaseEnd.Sub(now) - deadlineMargin, why: "the lease of the locks the transaction holds"})
 	}
 	if rt := a.l.readTimeout; rt > 0 {
-		consider(rt-readTimeoutMargin, "the DSN's readTimeout ("+rt.String()+")", false)
+		consider(waitBound{d: rt - readTimeoutMargin, why: "the DSN's readTimeout (" + rt.String() + ")"})
 	}
 	return b
 }
@@ -153,7 +156,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	var timer time.Duration
 	if !r.skip {
 		r.tag = l.seq.Add(1)
-		if b != nil {
+		if b != nil && !b.server {
 			if l.srv.mariaDB {
 				r.wait = b.d
 			} else {
@@ -209,7 +212,10 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 		// for the lock, and a grant to it would delay live waiters.
 		l.killWaiting(a.ctx, r.tag)
 	}
-	if interrupted != notInterrupted && a.ctx.Err() != nil {
+	if n := mysqlErrorNumber(err); interrupted != notInterrupted && a.ctx.Err() != nil && (n == 0 || n == erQueryInterrupted) {
+		// The statement ended because the context did (not, say, a
+		// server error that ended the transaction and with it the
+		// context).
 		return out, a.ended(key, b, err, holdsOthers)
 	}
 	return out, a.lockError(key, b, err, holdsOthers)
@@ -267,7 +273,7 @@ func (a *acquisition) lockError(key Key, b *waitBound, err error, holdsOthers bo
 	case erLockWaitTimeout:
 		e := a.notAcquired(key, &waitBound{why: "the server's innodb_lock_wait_timeout"}, err)
 		if l.srv.rollbackOnTimeout {
-			e = fmt.Errorf("%w; the server rolled the whole transaction back (innodb_rollback_on_timeout is ON): statements after it would run in autocommit", e)
+			e = fmt.Errorf("%w; the whole transaction was rolled back by the server (innodb_rollback_on_timeout is ON)", e)
 			return l.lostIf(holdsOthers, e)
 		}
 		return e

@@ -236,9 +236,9 @@ func (c *keeper) answered(sent time.Time, err error) {
 		// The server rolled the transaction back: running it again is safe.
 		lost = fmt.Errorf("%w: %w: %w", ErrLockLost, ErrDeadlock, err)
 	case erCheckRead:
-		lost = fmt.Errorf("%w: %w: the server rolled the transaction back: %w", ErrLockLost, ErrStaleSnapshot, err)
+		lost = fmt.Errorf("%w: %w: the transaction was rolled back by the server: %w", ErrLockLost, ErrStaleSnapshot, err)
 	case erLockWaitTimeout:
-		lost = fmt.Errorf("%w: a lock wait timed out and the server rolled the whole transaction back (innodb_rollback_on_timeout is ON): %w", ErrLockLost, err)
+		lost = fmt.Errorf("%w: a lock wait timed out and the whole transaction was rolled back by the server (innodb_rollback_on_timeout is ON): %w", ErrLockLost, err)
 	default:
 		lost = fmt.Errorf("%w: a statement on the lock's connection failed: %w", ErrLockLost, err)
 	}
@@ -368,13 +368,16 @@ func (c *keeper) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
 	return c.tx.StmtContext(ctx, stmt)
 }
 
-// commit ends the keepalive and commits; refused is returned unsent.
+// errNotSent marks a COMMIT that was refused without being sent.
+var errNotSent = errors.New("not sent")
+
+// commit ends the keepalive and commits; after a loss nothing is sent.
 func (c *keeper) commit() error {
 	c.stop()
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.refusedErr(); err != nil {
-		return err
+		return fmt.Errorf("%w (%w)", err, errNotSent)
 	}
 	return c.tx.Commit()
 }

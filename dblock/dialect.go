@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/txlock/txlock/internal/serverinfo"
 )
@@ -28,7 +29,10 @@ type server struct {
 	// ident names the server and schema the Locker's pool reaches
 	// ("host:port/schema"): two pools with the same ident lock the same
 	// rows.
-	ident    string
+	ident string
+	// lockWait is innodb_lock_wait_timeout as a session of the pool has it
+	// (the DSN may set it): the server's own bound on a wait.
+	lockWait time.Duration
 	topology Topology
 }
 
@@ -90,7 +94,7 @@ const (
 		"'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', " +
 		"'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
 	detectGrants = "SHOW GRANTS"
-	detectSchema = "SELECT DATABASE()"
+	detectSchema = "SELECT DATABASE(), @@SESSION.innodb_lock_wait_timeout"
 )
 
 // detectServer queries the server's version, features, topology and the
@@ -115,9 +119,11 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 		return s, fmt.Errorf("dblock: MySQL %s is too old: txlock needs MySQL 8.0 or later (or MariaDB 10.6)", s.version)
 	}
 	var schemaName sql.NullString
-	if err := db.QueryRowContext(ctx, detectSchema).Scan(&schemaName); err != nil {
+	var lockWait int64
+	if err := db.QueryRowContext(ctx, detectSchema).Scan(&schemaName, &lockWait); err != nil {
 		return s, fmt.Errorf("dblock: detecting the server's schema: %w", err)
 	}
+	s.lockWait = time.Duration(lockWait) * time.Second
 	s.ident = vars["hostname"] + ":" + vars["port"] + "/" + schemaName.String
 	s.rollbackOnTimeout = serverinfo.IsOn(vars["innodb_rollback_on_timeout"])
 	_, s.snapshotIsolation = vars["innodb_snapshot_isolation"]

@@ -176,6 +176,9 @@ func commitError(key Key, err error) error {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, errNotSent) {
+		return fmt.Errorf("%w; commit of %s not sent, writes not committed", err, key)
+	}
 	switch n := mysqlErrorNumber(err); {
 	case n == erLockDeadlock:
 		return fmt.Errorf("%w: %w: commit of %s, the transaction did not commit: %w", ErrLockLost, ErrDeadlock, key, err)

@@ -42,6 +42,14 @@ func (l *Locker) takeTokens(ctx context.Context, tx stmtRunner, keys []Key, hold
 	tokens := make([]int64, len(keys))
 	for i, k := range keys {
 		t, err := l.bumpToken(ctx, k)
+		if mysqlErrorNumber(err) == erLockWaitTimeout {
+			// Another transaction holds the counter's row: a successor that
+			// got the key because this transaction is gone, or (alive) a
+			// transaction of this process holding the key another way.
+			if _, perr := tx.ExecContext(ctx, pingStmt); perr != nil {
+				return nil, fmt.Errorf("%w: %s: the transaction ended before its fencing token was taken, and another holder has the key: %w", ErrLockLost, k, perr)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -87,7 +95,7 @@ func (l *Locker) tokenReadError(key Key, err error, holdsOthers bool) error {
 	}
 	switch {
 	case mysqlErrorNumber(err) == erCheckRead:
-		return fmt.Errorf("%w: %s: the transaction had read before this lock, so its reads may predate the previous holder's commit; the server rolled the transaction back%s: %w",
+		return fmt.Errorf("%w: %s: the transaction had read before this lock, so its reads may predate the previous holder's commit; the transaction was rolled back by the server%s: %w",
 			ErrStaleSnapshot, key, lost, l.lostIf(holdsOthers, err))
 	case l.endsTransaction(err):
 		return fmt.Errorf("%w: %s: the transaction ended while taking its fencing token: %w", ErrLockLost, key, err)

@@ -153,6 +153,9 @@ func (lk *Lock) Commit() error {
 	ok, err := h.end()
 	if !ok {
 		h.finish()
+		if errors.Is(err, ErrLockLost) {
+			return fmt.Errorf("%w; commit of %s not sent, writes not committed", err, h.key)
+		}
 		return err
 	}
 	err = h.keeper.commit()

@@ -38,7 +38,7 @@ const (
 const (
 	qDetect = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', " +
 		"'innodb_rollback_on_timeout', 'hostname', 'port', 'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled', 'rpl_semi_sync_source_enabled', 'rpl_semi_sync_replica_enabled')"
-	qSchema     = "SELECT DATABASE()"
+	qSchema     = "SELECT DATABASE(), @@SESSION.innodb_lock_wait_timeout"
 	qGrants     = "SHOW GRANTS"
 	qAutocommit = "SELECT @@autocommit"
 	qLookup     = "SELECT id FROM `tb_lock` WHERE key_hash = ?"
@@ -150,7 +150,7 @@ func (m mocked) expectDetectWith(version, comment string, snapshotVar bool, vars
 	}
 	rows.AddRow("version", version).AddRow("version_comment", comment)
 	m.mock.ExpectQuery(qDetect).WillReturnRows(rows)
-	m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()"}).AddRow("test"))
+	m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()", "@@SESSION.innodb_lock_wait_timeout"}).AddRow("test", 50))
 	g := sqlmock.NewRows([]string{"Grants for root@localhost"})
 	for _, line := range grants {
 		g.AddRow(line)

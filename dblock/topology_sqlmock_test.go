@@ -73,7 +73,7 @@ func TestSQLTopologyDetection(t *testing.T) {
 		m := newMocked(t)
 		m.mock.ExpectQuery(qDetect).WillReturnRows(sqlmock.NewRows([]string{"Variable_name", "Value"}).
 			AddRow("version", mariaVersion).AddRow("version_comment", mariaComment))
-		m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()"}).AddRow("test"))
+		m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()", "@@SESSION.innodb_lock_wait_timeout"}).AddRow("test", 50))
 		m.mock.ExpectQuery(qGrants).WillReturnError(&gomysql.MySQLError{Number: 1141, Message: "no grants"})
 		m.expectSideCheck()
 		l, err := m.newLocker()
