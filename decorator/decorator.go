@@ -20,7 +20,9 @@ import (
 // opts are passed to every acquisition (dblock.WaitTimeout, dblock.NoWait,
 // dblock.Retry, ...). Errors of the lock are dblock's: errors.Is(err,
 // dblock.ErrNotAcquired) and the like tell them apart. fn's own errors
-// are returned unchanged, with the Resp fn returned alongside. On an error
+// are returned unchanged (a deadlock fn ran into comes wrapped so that
+// errors.Is finds dblock.ErrDeadlock), with the Resp fn returned
+// alongside. On an error
 // of the lock or of the commit, Resp is the zero value, also when a Retry
 // ran fn in an attempt that was rolled back before the failing one: the
 // Resp returned comes from the run that committed, or from the run whose

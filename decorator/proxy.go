@@ -15,8 +15,10 @@ import (
 // names the call ("OrderService.Refund"): errors of the lock and of the
 // commit start with it ("OrderService.Refund: dblock: lock not acquired:
 // ..."), and still match dblock's sentinels with errors.Is. fn's own
-// errors are returned unchanged. fn's ctx carries the lock's transaction;
-// see WithLock for the transaction and reentrancy semantics.
+// errors are returned unchanged, except a server outcome that dblock
+// classifies (a deadlock fn ran into: dblock.ErrDeadlock), which comes
+// wrapped, after the method's name. fn's ctx carries the lock's
+// transaction; see WithLock for the transaction and reentrancy semantics.
 //
 // A zero key, which the generated key code returns when a request field
 // it is computed from is empty or behind a nil pointer, or when ctx
