@@ -18,31 +18,22 @@ import (
 // same ctx share one transaction, and a key already held is reentrant.
 //
 // opts are passed to every acquisition (dblock.WaitTimeout, dblock.NoWait,
-// ...). Errors of the lock are dblock's: errors.Is(err,
-// dblock.ErrNotAcquired) and the like tell them apart. fn's own errors are
-// returned unchanged, with the Resp fn returned alongside; on an error of
-// the lock or of the commit, Resp is the zero value.
+// dblock.Retry, ...). Errors of the lock are dblock's: errors.Is(err,
+// dblock.ErrNotAcquired) and the like tell them apart. fn's own errors
+// are returned unchanged (a deadlock fn ran into comes wrapped so that
+// errors.Is finds dblock.ErrDeadlock), with the Resp fn returned
+// alongside. On an error
+// of the lock or of the commit, Resp is the zero value, also when a Retry
+// ran fn in an attempt that was rolled back before the failing one: the
+// Resp returned comes from the run that committed, or from the run whose
+// error is returned.
 //
 // WithLock panics if l, key or fn is nil: decoration happens once, at
 // wiring time, where a nil is a programming error.
 func WithLock[Req, Resp any](l *dblock.Locker, key KeyFunc[Req], fn func(ctx context.Context, req Req) (Resp, error), opts ...dblock.LockOption) func(ctx context.Context, req Req) (Resp, error) {
 	mustDecorate("WithLock", l, key == nil, fn == nil)
 	return func(ctx context.Context, req Req) (Resp, error) {
-		var (
-			resp  Resp
-			ran   bool
-			fnErr error
-		)
-		err := run(ctx, l, "", key(ctx, req), func(ctx context.Context) error {
-			ran = true
-			resp, fnErr = fn(ctx, req)
-			return fnErr
-		}, opts)
-		if err != nil && (!ran || fnErr == nil) {
-			var zero Resp
-			return zero, err
-		}
-		return resp, err
+		return run(ctx, l, "", key(ctx, req), func(ctx context.Context) (Resp, error) { return fn(ctx, req) }, opts)
 	}
 }
 
@@ -51,7 +42,7 @@ func WithLock[Req, Resp any](l *dblock.Locker, key KeyFunc[Req], fn func(ctx con
 func WithLockErr[Req any](l *dblock.Locker, key KeyFunc[Req], fn func(ctx context.Context, req Req) error, opts ...dblock.LockOption) func(ctx context.Context, req Req) error {
 	mustDecorate("WithLockErr", l, key == nil, fn == nil)
 	return func(ctx context.Context, req Req) error {
-		return run(ctx, l, "", key(ctx, req), func(ctx context.Context) error { return fn(ctx, req) }, opts)
+		return runErr(ctx, l, "", key(ctx, req), func(ctx context.Context) error { return fn(ctx, req) }, opts)
 	}
 }
 
@@ -62,7 +53,7 @@ func WithLockErr[Req any](l *dblock.Locker, key KeyFunc[Req], fn func(ctx contex
 func WithLock0(l *dblock.Locker, key KeyFunc[struct{}], fn func(ctx context.Context) error, opts ...dblock.LockOption) func(ctx context.Context) error {
 	mustDecorate("WithLock0", l, key == nil, fn == nil)
 	return func(ctx context.Context) error {
-		return run(ctx, l, "", key(ctx, struct{}{}), fn, opts)
+		return runErr(ctx, l, "", key(ctx, struct{}{}), fn, opts)
 	}
 }
 

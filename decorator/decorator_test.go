@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,6 +197,20 @@ func TestLockErrorsAreDblockSentinels(t *testing.T) {
 	}
 	if d < 250*time.Millisecond || d > 3*time.Second {
 		t.Errorf("WaitTimeout(300ms) gave up after %v", d)
+	}
+	if called {
+		t.Error("fn ran without the lock")
+	}
+
+	// Call and CallResult, the proxies' runtime, name the method in errors
+	// of the lock, which still match the sentinels.
+	err = decorator.Call(ctx, e.locker, "Svc.Settle", k, func(context.Context) error { called = true; return nil }, dblock.NoWait())
+	if !errors.Is(err, dblock.ErrNotAcquired) || !strings.HasPrefix(err.Error(), "Svc.Settle: dblock: lock not acquired") {
+		t.Errorf("Call on a held key: %v, want \"Svc.Settle: dblock: lock not acquired...\" matching ErrNotAcquired", err)
+	}
+	n, err := decorator.CallResult(ctx, e.locker, "Svc.Count", k, func(context.Context) (int, error) { called = true; return 1, nil }, dblock.NoWait())
+	if !errors.Is(err, dblock.ErrNotAcquired) || !strings.HasPrefix(err.Error(), "Svc.Count: dblock: lock not acquired") || n != 0 {
+		t.Errorf("CallResult on a held key: %d, %v, want 0 and \"Svc.Count: dblock: lock not acquired...\"", n, err)
 	}
 	if called {
 		t.Error("fn ran without the lock")
@@ -394,5 +409,84 @@ func TestDecoratedCallsExcludeEachOther(t *testing.T) {
 	}
 	if maxInside != 1 {
 		t.Errorf("%d calls inside at once, want 1", maxInside)
+	}
+}
+
+// loseDeadlockThenKey runs call, a decorated call whose fn, on its first
+// run, closes held once it holds key and then writes row "x" of the
+// business table (e.lockX). A heavier transaction (64 rows written) holds
+// row x and, once held is closed, asks for key: a deadlock, whose victim
+// the server picks by weight, the call's first attempt. The heavy
+// transaction then holds key until call has returned. No sleeps: the
+// cycle closes whichever of the two waits starts first.
+func (e *env) loseDeadlockThenKey(t *testing.T, key dblock.Key, held <-chan struct{}, call func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.put(ctx, "x", 0); err != nil {
+		t.Fatal(err)
+	}
+	heavy := e.db.WithContext(ctx).Begin()
+	defer heavy.Rollback()
+	for i := range 64 {
+		if err := heavy.Exec("INSERT INTO `"+e.biz+"` (name, v) VALUES (?, 1)", fmt.Sprint("w", i)).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := heavy.Exec("UPDATE `" + e.biz + "` SET v = v + 1 WHERE name = 'x'").Error; err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); call() }()
+	select {
+	case <-held:
+	case <-done:
+		t.Fatal("the call returned before its first attempt held the key")
+	}
+	if err := e.locker.LockTx(ctx, heavy, key); err != nil {
+		<-done
+		t.Fatalf("the heavy transaction asking for %s: %v (want it to win the deadlock and get the key)", key, err)
+	}
+	<-done
+}
+
+// lockX writes row x through the transaction in ctx.
+func (e *env) lockX(ctx context.Context) error {
+	return dblock.DB(ctx, e.db).Exec("UPDATE `" + e.biz + "` SET v = v + 1 WHERE name = 'x'").Error
+}
+
+// With Retry, attempt 1 is a deadlock victim (rolled back) and attempt 2
+// cannot take the key: the caller gets ErrNotAcquired and the zero Resp,
+// not the Resp of the attempt that was rolled back.
+func TestRetryAfterDeadlockReturnsNoRolledBackResult(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	key := dblock.Resource("acct:1")
+	var runs atomic.Int32
+	held := make(chan struct{})
+	fn := decorator.WithLock(e.locker, decorator.Fixed[req](key), func(ctx context.Context, _ req) (string, error) {
+		n := runs.Add(1)
+		if n == 1 {
+			close(held)
+		}
+		return fmt.Sprint("attempt ", n), e.lockX(ctx)
+	}, dblock.NoWait(), dblock.Retry(dblock.RetryPolicy{Attempts: 2}))
+	var (
+		got string
+		err error
+	)
+	e.loseDeadlockThenKey(t, key, held, func() { got, err = fn(context.Background(), req{}) })
+	t.Logf("fn ran %d time(s); the call returned %q, %v", runs.Load(), got, err)
+	if runs.Load() != 1 {
+		t.Fatalf("fn ran %d times, want 1 (attempt 2 must not get the key)", runs.Load())
+	}
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("err = %v, want ErrNotAcquired from attempt 2", err)
+	}
+	if got != "" {
+		t.Errorf("Resp = %q beside ErrNotAcquired, want the zero value (attempt 1 was rolled back)", got)
+	}
+	if v := e.get(t, "x"); v != 0 {
+		t.Errorf("x = %d, want 0: the heavy transaction rolled back and attempt 1's write with it", v)
 	}
 }

@@ -24,11 +24,13 @@
 // reaches the outermost call: an outer function that swallows it and
 // returns nil commits the inner writes made so far.
 //
-// Lock options (dblock.WaitTimeout, dblock.NoWait, ...) are passed through.
-// Errors of the lock are dblock's sentinels, told apart with errors.Is
-// (dblock.ErrNotAcquired, dblock.ErrDeadlock, dblock.ErrLockLost,
-// dblock.ErrInvalidKey, ...); the service's own errors are returned
-// unchanged. There is no reflection at call time: a decorated call costs
+// Lock options (dblock.WaitTimeout, dblock.NoWait, dblock.Retry, ...) are
+// passed through. Errors of the lock are dblock's sentinels, told apart
+// with errors.Is (dblock.ErrNotAcquired, dblock.ErrDeadlock,
+// dblock.ErrLockLost, dblock.ErrInvalidKey, ...); the service's own errors
+// are returned unchanged, with its results. On an error of the lock or of
+// the commit the results are zero: never those of a run that dblock.Retry
+// rolled back before the attempt that failed. There is no reflection at call time: a decorated call costs
 // a closure call over [dblock.Locker.Do].
 //
 // # Keys
@@ -55,7 +57,7 @@
 //		Get(ctx context.Context, id string) (Order, error) // not locked: passed through
 //	}
 //
-// Generated code calls [Call]. Without code generation, write the proxy by
+// Generated code calls [Call] and [CallResult]. Without code generation, write the proxy by
 // hand: a struct that embeds the interface (the methods it does not
 // override pass through) and overrides the methods to lock:
 //
@@ -64,14 +66,19 @@
 //		locker *dblock.Locker
 //	}
 //
-//	func (p lockedOrders) Refund(ctx context.Context, req RefundRequest) (r Refund, err error) {
-//		err = decorator.Call(ctx, p.locker, "OrderService.Refund", dblock.Resource("order:"+req.OrderID),
-//			func(ctx context.Context) error {
-//				r, err = p.OrderService.Refund(ctx, req)
-//				return err
-//			}, dblock.WaitTimeout(2*time.Second))
-//		return r, err
+//	func (p lockedOrders) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
+//		return decorator.CallResult(ctx, p.locker, "OrderService.Refund", dblock.Resource("order:"+req.OrderID),
+//			func(ctx context.Context) (Refund, error) { return p.OrderService.Refund(ctx, req) },
+//			dblock.WaitTimeout(2*time.Second))
 //	}
+//
+// [Call] (a method returning only an error) and [CallResult] (a method
+// with results) name the method in errors of the lock ("OrderService.Refund:
+// dblock: lock not acquired: ..."), which still match dblock's sentinels.
+// CallResult returns the implementation's results only from the run that
+// committed, or beside the implementation's own error: on an error of the
+// lock or of the commit they are zero, also after a dblock.Retry whose
+// earlier run was rolled back.
 //
 // Package github.com/txlock/txlock/decorator/wireset provides the Locker to
 // google/wire injectors, which bind a service interface to its proxy with

@@ -144,13 +144,13 @@ type lockedOrders struct {
 	locker *dblock.Locker
 }
 
-func (p lockedOrders) Refund(ctx context.Context, req RefundRequest) (r Refund, err error) {
-	err = decorator.Call(ctx, p.locker, "OrderService.Refund", dblock.Resource("order:"+req.OrderID),
-		func(ctx context.Context) error {
-			r, err = p.OrderService.Refund(ctx, req)
-			return err
-		}, dblock.WaitTimeout(2*time.Second))
-	return r, err
+// Refund holds order:<id> for the call. CallResult returns the
+// implementation's result only from the run that committed (or with the
+// implementation's own error), never beside an error of the lock.
+func (p lockedOrders) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
+	return decorator.CallResult(ctx, p.locker, "OrderService.Refund", dblock.Resource("order:"+req.OrderID),
+		func(ctx context.Context) (Refund, error) { return p.OrderService.Refund(ctx, req) },
+		dblock.WaitTimeout(2*time.Second))
 }
 
 // A hand-written static proxy: a struct embedding the service interface,

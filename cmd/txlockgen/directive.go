@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"go/token"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -79,6 +80,12 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 		}
 		var err error
 		switch name {
+		case "method", "operation", "resource", "user":
+			if err = noEquals(name, value, pos); err != nil {
+				return nil, err
+			}
+		}
+		switch name {
 		case "global":
 			err = noValue()
 			s.global = true
@@ -146,6 +153,28 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 	return s, nil
 }
 
+// termNames are the terms of a lock directive, longest first (nowait
+// before wait).
+var termNames = [...]string{"operation", "resource", "global", "method", "nowait", "user", "wait", "key"}
+
+// noEquals rejects an '=' in the value of a key term: it is the mark of a
+// missing space ("resource=order:{ID}wait=2s"), which would lock
+// "order:42wait=2s" with no wait bound.
+func noEquals(term, value string, pos token.Position) error {
+	i := strings.IndexByte(value, '=')
+	if i < 0 {
+		return nil
+	}
+	before := value[:i]
+	for _, name := range termNames {
+		if j := len(before) - len(name); j > 0 && before[j:] == name {
+			return &posError{pos: pos, msg: fmt.Sprintf("%s=%s: a space is missing before %s=: write %s=%s %s ('=' cannot be part of a key)",
+				term, value, name, term, value[:j], value[j:])}
+		}
+	}
+	return &posError{pos: pos, msg: fmt.Sprintf("%s=%s: '=' cannot be part of a key: if another term follows, separate it with a space", term, value)}
+}
+
 // parseTemplate parses the value of a resource= or user= term.
 func parseTemplate(term, v string, pos token.Position) (*template, error) {
 	fail := func(format string, args ...any) (*template, error) {
@@ -196,4 +225,47 @@ func parsePath(s string) ([]string, error) {
 		}
 	}
 	return parts, nil
+}
+
+// lookAlikeRE matches the text of a comment line that reads as a lock
+// directive: txlock, a separator, lock, in any case.
+var lookAlikeRE = regexp.MustCompile(`(?i)^txlock\s*[:_.-]?\s*lock\b`)
+
+// lookAlike reports whether a comment (its ast.Comment.Text, // or /* */)
+// reads as a lock directive without being one: a space after the slashes,
+// a block comment, another case. It returns the directive to write and
+// what differs. txlockgen only reads //txlock: line comments, so a
+// look-alike would leave its method unlocked without a word.
+func lookAlike(text string) (fix, why string, ok bool) {
+	if strings.HasPrefix(text, directivePrefix) {
+		return "", "", false
+	}
+	block := strings.HasPrefix(text, "/*")
+	lines := []string{strings.TrimPrefix(text, "//")}
+	if block {
+		lines = strings.Split(strings.TrimSuffix(strings.TrimPrefix(text, "/*"), "*/"), "\n")
+	}
+	for _, l := range lines {
+		body := strings.TrimLeft(l, " \t*/+@")
+		m := lookAlikeRE.FindString(body)
+		if m == "" {
+			continue
+		}
+		fix = lockDirective
+		if terms := strings.Fields(body[len(m):]); len(terms) > 0 {
+			fix += " " + strings.Join(terms, " ")
+		}
+		var whys []string
+		switch {
+		case block:
+			whys = append(whys, "a // line comment, not /* */")
+		case body != l:
+			whys = append(whys, "no space or other character between // and txlock")
+		}
+		if m != "txlock:lock" {
+			whys = append(whys, "txlock:lock in lower case, with a colon")
+		}
+		return fix, strings.Join(whys, ", "), true
+	}
+	return "", "", false
 }

@@ -21,10 +21,15 @@
 //
 // A locked method holds its key for the call and runs the implementation
 // inside the lock's transaction, carried by its ctx (see package
-// github.com/txlock/txlock/decorator, whose Call the generated code uses):
-// repositories that use dblock.DB(ctx, db) write in it, and the writes
-// commit with the release, or roll back when the method returns an error.
-// The generated code is plain Go: no reflection at call time.
+// github.com/txlock/txlock/decorator, whose Call and CallResult the
+// generated code uses): repositories that use dblock.DB(ctx, db) write in
+// it, and the writes commit with the release, or roll back when the method
+// returns an error. An error of the lock starts with the method's name
+// ("OrderService.Refund: dblock: lock not acquired: ...") and matches
+// dblock's sentinels with errors.Is; the method's results are then zero,
+// never those of an attempt that a dblock.Retry (set with dblock.Defaults)
+// rolled back. The implementation's own errors pass unchanged, with its
+// results. The generated code is plain Go: no reflection at call time.
 //
 // # Flags
 //
@@ -72,8 +77,8 @@
 // fields and methods without arguments: when its first element names a
 // parameter it starts there (req.OrderID, id), otherwise at the first
 // parameter after ctx, the request (OrderID means req.OrderID). The value
-// at the end must be a string (or a string type), an integer, or have a
-// String() string method.
+// at the end must be a string (or a string type), an integer, a time.Time,
+// or have a String() string method (see "What a placeholder locks on").
 //
 // Option terms are passed to the acquisition:
 //
@@ -82,16 +87,70 @@
 //
 // A locked method must take a context.Context first and return an error
 // last. A key computed at call time from an empty string, a nil pointer
-// on the path, or a ctx without a user is the zero key: the call fails
-// with an error wrapping dblock.ErrInvalidKey and the implementation is
-// not called.
+// on the path, a zero time.Time, or a ctx without a user is the zero key:
+// the call fails with an error wrapping dblock.ErrInvalidKey and the
+// implementation is not called. Key text cannot contain '=': it is the
+// mark of a missing space ("resource=order:{OrderID}wait=2s"), and fails
+// the generation.
+//
+// # What a placeholder locks on
+//
+//   - a string type: its bytes, even when the type has a String method;
+//   - an integer type: its number in decimal ("42"), even when the type has
+//     a String method (an enum named Region with String "eu" locks on its
+//     number, which does not change when a name does); time.Duration is an
+//     integer: its nanoseconds;
+//   - time.Time, or *time.Time: the instant in UTC, RFC 3339 with
+//     nanoseconds and trailing zeros dropped ("2024-02-29T08:30:00.5Z"), so
+//     one instant gives one key whatever its zone or monotonic reading;
+//   - any other type with a String() string method: what String returns,
+//     except a String promoted from an embedded time.Time, which is refused
+//     (name the time.Time field instead).
+//
+// # Embedded and defined interfaces
+//
+// The methods an interface gets by embedding other interfaces (generic
+// ones such as Repo[Order] too, and those of other packages), or by being
+// defined from one (type Service Base), take the directives of their
+// declarations: txlockgen reads the declarations of every interface it
+// follows (the standard library's carry none and are read from their
+// types). A method declared more than once (through two embedded
+// interfaces, or redeclared next to the interface that embeds it) needs
+// the same directive over the same parameter names on every declaration,
+// or none on any: otherwise which declaration Go picks would decide
+// whether it is locked, and the generation fails. A key=FUNC
+// function is looked up in the package that declares the method: an
+// exported function when that is another package than the proxy's.
+// Directives on the embedding line itself are refused.
 //
 // # Errors
 //
 // Bad directives fail the generation with file:line and what is wrong: an
 // unknown term or granularity, a missing key or key function, a locked
 // method without ctx first or error last, a path that names no field or
-// leads to a value that cannot be a key, conflicting terms.
+// leads to a value that cannot be a key, conflicting terms, '=' in key
+// text, a directive outside a method's doc comment, declarations of one
+// method that disagree. So does a comment that looks like a directive but
+// is not one, which would otherwise leave its method unlocked without a
+// word: "// txlock:lock" (a space after the slashes), "/*txlock:lock*/",
+// "//TXLOCK:lock" and the like; the message gives the directive to write.
+// Only the declarations of the interface and of those it follows are
+// read: in a grouped declaration, type ( A ...; B ... ), generating A
+// does not read B.
+//
+// # Names
+//
+// Generated code builds whatever names the package and the interface use.
+// A parameter keeps its name unless the generated code needs that name for
+// something else: a type or function of the package (a parameter named
+// Receipt in a method returning Receipt, one named like its key function),
+// an import, a predeclared identifier or a local of the generated method;
+// it is then renamed aN (with underscores when needed), and the locals
+// (p, ctx, res, err) take an underscore when the package declares their
+// names. The imports are renamed (dblock2, decorator2, ...) when the
+// package declares their names at package level. A package that declares
+// one of the predeclared identifiers the generated code uses (error, nil,
+// panic, string, int64, uint64, true) is refused.
 //
 // # Output
 //

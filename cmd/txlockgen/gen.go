@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"go/ast"
 	"go/token"
 	"go/types"
 	"path/filepath"
@@ -80,13 +79,17 @@ func generateFor(pkg *packages.Package, iface, proxy string) ([]byte, error) {
 	return g.generate()
 }
 
+// loadMode is what the generator needs of a package: its syntax, with
+// comments, and its types.
+const loadMode = packages.NeedName | packages.NeedFiles | packages.NeedSyntax |
+	packages.NeedTypes | packages.NeedTypesInfo | packages.NeedImports
+
 // load loads and type-checks the package in dir. The output file, if it
 // exists, is replaced by an ignored file: a stale proxy must not keep the
 // package from loading, nor declare the names it is about to declare.
 func load(dir, output string) (*packages.Package, error) {
 	cfg := &packages.Config{
-		Mode: packages.NeedName | packages.NeedFiles | packages.NeedSyntax |
-			packages.NeedTypes | packages.NeedTypesInfo | packages.NeedImports,
+		Mode:    loadMode,
 		Dir:     dir,
 		Overlay: map[string][]byte{output: []byte("//go:build ignore\n\npackage ignore\n")},
 	}
@@ -128,9 +131,11 @@ type generator struct {
 	iface string // the interface
 	proxy string // the proxy type
 
-	imports *importSet
-	methods []*method
-	errs    []error
+	imports  *importSet
+	declared map[string]bool // package-level names of the generated file
+	locals   locals
+	methods  []*method
+	errs     []error
 }
 
 // A method of the interface, with its lock if it is locked.
@@ -181,12 +186,11 @@ func (g *generator) generate() ([]byte, error) {
 	if !it.IsMethodSet() {
 		return nil, &posError{pos: g.pkg.Fset.Position(obj.Pos()), msg: fmt.Sprintf("%s is a constraint interface, not a method set", g.iface)}
 	}
-	specs := g.directives(tn)
+	decls := g.methodDecls(tn)
 
 	g.imports = newImportSet(g.pkg.Types)
 	g.imports.use(dblockPath, "dblock")
-	for i := range it.NumMethods() { // sorted by name: deterministic output
-		fn := it.Method(i)
+	for fn := range it.Methods() { // sorted by name: deterministic output
 		if !fn.Exported() && fn.Pkg() != g.pkg.Types {
 			g.errorf(fn.Pos(), "%s has the unexported method %s of package %s: a proxy outside that package cannot implement it", g.iface, fn.Name(), fn.Pkg().Path())
 			continue
@@ -195,10 +199,11 @@ func (g *generator) generate() ([]byte, error) {
 			g.errorf(fn.Pos(), "the signature of %s.%s does not type-check: %s", g.iface, fn.Name(), g.typeErrors())
 			continue
 		}
-		m := &method{name: fn.Name(), fn: fn, sig: fn.Type().(*types.Signature), lock: specs[fn.Name()]}
+		m := &method{name: fn.Name(), fn: fn, sig: fn.Type().(*types.Signature), lock: g.lockOf(fn.Name(), decls[fn.Name()])}
 		g.methods = append(g.methods, m)
 	}
 	g.checkNames()
+	g.chooseLocals()
 	for _, m := range g.methods {
 		g.prepare(m)
 	}
@@ -214,113 +219,12 @@ func (g *generator) generate() ([]byte, error) {
 	return g.render()
 }
 
-// directives returns the //txlock:lock directive of each method of the
-// interface declaration tn, and records errors for directives that are
-// misplaced or malformed.
-func (g *generator) directives(tn *types.TypeName) map[string]*lockSpec {
-	var spec *ast.TypeSpec
-	var decl *ast.GenDecl
-	var file *ast.File
-	for _, f := range g.pkg.Syntax {
-		for _, d := range f.Decls {
-			gd, ok := d.(*ast.GenDecl)
-			if !ok || gd.Tok != token.TYPE {
-				continue
-			}
-			for _, s := range gd.Specs {
-				if ts := s.(*ast.TypeSpec); ts.Name.Pos() == tn.Pos() {
-					spec, decl, file = ts, gd, f
-				}
-			}
-		}
-	}
-	out := map[string]*lockSpec{}
-	if spec == nil {
-		return out
-	}
-	used := map[*ast.Comment]bool{}
-	if it, ok := spec.Type.(*ast.InterfaceType); ok {
-		for _, field := range it.Methods.List {
-			if field.Doc == nil {
-				continue
-			}
-			for _, c := range field.Doc.List {
-				if !strings.HasPrefix(c.Text, directivePrefix) {
-					continue
-				}
-				used[c] = true
-				pos := g.pkg.Fset.Position(c.Pos())
-				if len(field.Names) == 0 {
-					g.errAt(pos, "%s on an embedded interface: put directives on the methods of %s itself", firstWord(c.Text), g.iface)
-					continue
-				}
-				s, err := parseLock(c.Text, pos)
-				if err != nil {
-					g.errs = append(g.errs, err)
-					continue
-				}
-				name := field.Names[0].Name
-				if prev := out[name]; prev != nil {
-					g.errAt(pos, "second %s on %s (the first is on line %d): put all terms on one line", lockDirective, name, prev.pos.Line)
-					continue
-				}
-				out[name] = s
-			}
-		}
-	}
-	// Any other directive in or on the declaration is misplaced.
-	start, end := decl.Pos(), decl.End()
-	if decl.Doc != nil {
-		start = decl.Doc.Pos()
-	}
-	for _, cg := range file.Comments {
-		for _, c := range cg.List {
-			if c.Pos() >= start && c.Pos() < end && strings.HasPrefix(c.Text, directivePrefix) && !used[c] {
-				g.errorf(c.Pos(), "misplaced %s: a directive goes in the doc comment of an interface method, on its own line directly above the method", firstWord(c.Text))
-			}
-		}
-	}
-	return out
-}
-
 func firstWord(s string) string {
 	if f := strings.Fields(s); len(f) > 0 {
 		return f[0]
 	}
 	return s
 }
-
-// checkNames reports names the generated code would declare that the
-// package or the interface already uses.
-func (g *generator) checkNames() {
-	scope := g.pkg.Types.Scope()
-	names := []string{g.proxy, g.proxy + "Inner", "New" + g.proxy}
-	for _, m := range g.methods {
-		if m.lock != nil && (m.lock.wait > 0 || m.lock.noWait) {
-			names = append(names, g.optsVar(m))
-		}
-	}
-	for _, n := range names {
-		if obj := scope.Lookup(n); obj != nil {
-			g.errorf(obj.Pos(), "%s is already declared in package %s: the proxy for %s needs the name (choose another with -name)", n, g.pkg.Name, g.iface)
-		}
-	}
-	methods := map[string]bool{}
-	for _, m := range g.methods {
-		methods[m.name] = true
-	}
-	for _, m := range g.methods {
-		if m.name == "inner" || m.name == "locker" || (m.lock != nil && methods[keyMethod(m)]) {
-			g.errorf(m.fn.Pos(), "method %s clashes with a name of the generated proxy", m.name)
-		}
-	}
-}
-
-func (g *generator) optsVar(m *method) string {
-	return strings.ToLower(g.proxy[:1]) + g.proxy[1:] + "Opts" + m.name
-}
-
-func keyMethod(m *method) string { return "lockKey" + m.name }
 
 // prepare computes the parameter names and types of m and, for a locked
 // method, checks its signature and plans its key.
@@ -352,48 +256,18 @@ func (g *generator) prepare(m *method) {
 	m.sigOK = true
 }
 
-// nameParams gives the parameters names that are valid in generated code:
-// the interface's, unless they clash with a name the generated code uses
-// (locals, imported packages, predeclared identifiers), else aN.
-func (g *generator) nameParams(m *method) {
-	reserved := map[string]bool{"p": true, "ctx": true, "err": true, "fnErr": true}
-	for i := range m.results {
-		reserved[fmt.Sprintf("r%d", i)] = true
-	}
-	used := map[string]bool{}
-	for i := range m.params {
-		p := &m.params[i]
-		switch {
-		case i == 0 && isContext(p.t):
-			p.name = "ctx"
-		case p.source != "" && p.source != "_" && !reserved[p.source] && !g.imports.isName(p.source) &&
-			types.Universe.Lookup(p.source) == nil && !used[p.source]:
-			p.name = p.source
-		default:
-			continue
-		}
-		used[p.name] = true
-	}
-	for i := range m.params {
-		p := &m.params[i]
-		if p.name != "" {
-			continue
-		}
-		n := fmt.Sprintf("a%d", i)
-		for used[n] || reserved[n] || g.imports.isName(n) {
-			n += "_"
-		}
-		p.name = n
-		used[n] = true
-	}
-}
-
 func isContext(t types.Type) bool {
 	n, ok := t.(*types.Named)
 	if a, isAlias := t.(*types.Alias); isAlias {
 		n, ok = types.Unalias(a).(*types.Named)
 	}
 	return ok && n.Obj().Pkg() != nil && n.Obj().Pkg().Path() == "context" && n.Obj().Name() == "Context"
+}
+
+// ref returns the name of the package path in the generated file, and
+// marks it imported.
+func (g *generator) ref(path string) string {
+	return g.imports.use(path, path[strings.LastIndex(path, "/")+1:])
 }
 
 // typeString renders t as seen from the generated file, importing the

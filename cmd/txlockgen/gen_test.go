@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"flag"
 	"os"
 	"path/filepath"
@@ -99,48 +100,75 @@ func TestBadDirectives(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(string(text), "\n")
-	// lineOf returns the line of the first line containing s, from the
-	// line above the declaration of typ on.
-	lineOf := func(typ, s string) int {
+	lines := map[string][]string{file: strings.Split(string(text), "\n")}
+	// lineOf returns the line of the first line of file containing s,
+	// from the line above the declaration of typ on.
+	lineOf := func(file, typ, s string) int {
+		if lines[file] == nil {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines[file] = strings.Split(string(b), "\n")
+		}
+		ls := lines[file]
 		start := 0
-		for i, l := range lines {
+		for i, l := range ls {
 			if strings.HasPrefix(l, "type "+typ+" ") {
 				start = i - 1
 				break
 			}
 		}
-		for i := start; i < len(lines); i++ {
-			if strings.Contains(lines[i], s) {
+		for i := start; i < len(ls); i++ {
+			if strings.Contains(ls[i], s) {
 				return i + 1
 			}
 		}
 		t.Fatalf("%q not in %s after type %s", s, file, typ)
 		return 0
 	}
+	other := filepath.Join("testdata", "build", "follow", "other", "other.go")
 	for _, c := range []struct {
 		typ, at, want string
+		in, file      string // where the line is: the declaration of in (default typ), in file (default bad.go)
 	}{
-		{"UnknownTerm", "tenant=ID", `unknown term "tenant"`},
-		{"UnknownDirective", "//txlock:unlock", "unknown directive //txlock:unlock"},
-		{"NoKey", "//txlock:lock wait=2s", "names no key"},
-		{"MissingKeyFunc", "key=nowhere", "key=nowhere: no function nowhere in package bad; want func(context.Context, Req) dblock.Key"},
-		{"EmptyKeyFunc", "key=", "key needs a value"},
-		{"WrongKeyFunc", "key=wrongKey", "wrongKey is func(r Req) dblock.Key; want func(context.Context, Req) dblock.Key"},
-		{"NoContext", "//txlock:lock", "does not take a context.Context first"},
-		{"NoError", "//txlock:lock", "does not return an error last"},
-		{"MissingField", "{OrderID}", "has no field or method OrderID"},
-		{"UnsupportedType", "{Amount}", "r.Amount is float64; want a string, an integer, or a type with a String() string method"},
-		{"MethodWithArgs", "resource=Inner.Label", "is a method with parameters"},
-		{"NoRequest", "//txlock:lock", "no request parameter after ctx"},
-		{"GlobalAndMore", "global resource=ID", "cannot be combined"},
-		{"WaitAndNoWait", "wait=1s nowait", "wait and nowait exclude each other"},
-		{"BadWait", "wait=soon", "want a positive duration"},
-		{"BadTemplate", "{ID", "unbalanced '{'"},
-		{"TwoDirectives", "//txlock:lock resource=ID", "second //txlock:lock on M"},
-		{"Misplaced", "//txlock:lock global", "misplaced //txlock:lock"},
-		{"OnEmbedded", "//txlock:lock global", "on an embedded interface"},
-		{"NotAnInterface", "type NotAnInterface", "is not an interface type declaration"},
+		{typ: "UnknownTerm", at: "tenant=ID", want: `unknown term "tenant"`},
+		{typ: "UnknownDirective", at: "//txlock:unlock", want: "unknown directive //txlock:unlock"},
+		{typ: "NoKey", at: "//txlock:lock wait=2s", want: "names no key"},
+		{typ: "MissingKeyFunc", at: "key=nowhere", want: "key=nowhere: no function nowhere in package bad; want func(context.Context, Req) dblock.Key"},
+		{typ: "EmptyKeyFunc", at: "key=", want: "key needs a value"},
+		{typ: "WrongKeyFunc", at: "key=wrongKey", want: "wrongKey is func(r Req) dblock.Key; want func(context.Context, Req) dblock.Key"},
+		{typ: "NoContext", at: "//txlock:lock", want: "does not take a context.Context first"},
+		{typ: "NoError", at: "//txlock:lock", want: "does not return an error last"},
+		{typ: "MissingField", at: "{OrderID}", want: "has no field or method OrderID"},
+		{typ: "UnsupportedType", at: "{Amount}", want: "r.Amount is float64; want a string, an integer, a time.Time, or a type with a String() string method"},
+		{typ: "MethodWithArgs", at: "resource=Inner.Label", want: "is a method with parameters"},
+		{typ: "NoRequest", at: "//txlock:lock", want: "no request parameter after ctx"},
+		{typ: "GlobalAndMore", at: "global resource=ID", want: "cannot be combined"},
+		{typ: "WaitAndNoWait", at: "wait=1s nowait", want: "wait and nowait exclude each other"},
+		{typ: "BadWait", at: "wait=soon", want: "want a positive duration"},
+		{typ: "BadTemplate", at: "{ID", want: "unbalanced '{'"},
+		{typ: "TwoDirectives", at: "//txlock:lock resource=ID", want: "second //txlock:lock on M"},
+		{typ: "Misplaced", at: "//txlock:lock global", want: "misplaced //txlock:lock"},
+		{typ: "OnEmbedded", at: "//txlock:lock global", want: "on an embedded interface"},
+		{typ: "NotAnInterface", at: "type NotAnInterface", want: "is not an interface type declaration"},
+		// Look-alikes would leave the method unlocked: they fail, naming the fix.
+		{typ: "LookAlikeSpace", at: "// txlock:lock", want: "write //txlock:lock resource=order:{ID} instead (no space or other character between // and txlock)"},
+		{typ: "LookAlikeBlock", at: "/*txlock:lock global*/", want: "write //txlock:lock global instead (a // line comment, not /* */)"},
+		{typ: "LookAlikeUpper", at: "//TXLOCK:lock", want: "write //txlock:lock global instead (txlock:lock in lower case, with a colon)"},
+		{typ: "LookAlikeEmbedded", in: "lookBase", at: "txlock:lock global", want: "looks like a txlockgen directive but is not one"},
+		// A missing space is not taken into the key.
+		{typ: "MissingSpace", at: "wait=2s", want: "a space is missing before wait=: write resource=order:{ID} wait=2s"},
+		{typ: "MissingSpaceOperation", at: "refundwait", want: "a space is missing before wait=: write operation=refund wait=1s"},
+		{typ: "EqualsInKey", at: "resource=a=b", want: "'=' cannot be part of a key"},
+		// time.Time's String, promoted, is refused.
+		{typ: "TimeStringer", at: "{At}", want: "r.At is Stamp, whose String() is time.Time's"},
+		// Embedded and defined interfaces are followed.
+		{typ: "Duplicate", in: "dupA", at: "//txlock:lock global", want: "M is declared in dupA (testdata/bad/bad.go:"},
+		{typ: "EmbeddedBadDirective", in: "badBase", at: "tenant=ID", want: `unknown term "tenant"`},
+		{typ: "DefinedBadDirective", in: "badBase", at: "tenant=ID", want: `unknown term "tenant"`},
+		{typ: "EmbeddedMisplaced", in: "misBase", at: "//txlock:lock global", want: "misplaced //txlock:lock"},
+		{typ: "ForeignPrivateKey", file: other, in: "Private", at: "key=privateKey", want: "privateKey is not exported by package github.com/txlock/txlock/cmd/txlockgen/testdata/build/follow/other"},
 	} {
 		t.Run(c.typ, func(t *testing.T) {
 			t.Parallel()
@@ -148,7 +176,8 @@ func TestBadDirectives(t *testing.T) {
 			if err == nil {
 				t.Fatal("generation succeeded")
 			}
-			wantPos := filepath.ToSlash(file) + ":" + strconv.Itoa(lineOf(c.typ, c.at)) + ":"
+			in, f := cmp.Or(c.in, c.typ), cmp.Or(c.file, file)
+			wantPos := filepath.ToSlash(f) + ":" + strconv.Itoa(lineOf(f, in, c.at)) + ":"
 			msg := filepath.ToSlash(err.Error())
 			if !strings.HasPrefix(msg, wantPos) {
 				t.Errorf("error %q does not start with %s", msg, wantPos)
@@ -160,6 +189,17 @@ func TestBadDirectives(t *testing.T) {
 	}
 	if _, err := generateFor(pkg, "Nope", "LockedNope"); err == nil || !strings.Contains(err.Error(), "type Nope not found") {
 		t.Errorf("unknown -type: %v", err)
+	}
+}
+
+// A package that declares a predeclared identifier the generated code
+// uses cannot have a proxy that builds: refused, at the declaration.
+func TestPredeclaredRedeclaredIsRefused(t *testing.T) {
+	t.Parallel()
+	_, _, err := generate(config{dir: filepath.Join("testdata", "shadow"), typeName: "Service"})
+	want := "testdata/shadow/shadow.go:7:6: package shadow declares panic"
+	if err == nil || !strings.HasPrefix(filepath.ToSlash(err.Error()), want) {
+		t.Errorf("generating with a package-level panic: %v, want %s...", err, want)
 	}
 }
 

@@ -17,7 +17,8 @@ type importSet struct {
 	used   map[string]bool   // paths actually referred to
 }
 
-// fixedImports are the packages generated code may use by these names.
+// fixedImports are the packages generated code may use, with their
+// names unless the package declares those.
 var fixedImports = [...][2]string{
 	{"context", "context"},
 	{dblockPath, "dblock"},
@@ -29,23 +30,29 @@ var fixedImports = [...][2]string{
 func newImportSet(self *types.Package) *importSet {
 	s := &importSet{self: self, byPath: map[string]string{}, byName: map[string]string{}, used: map[string]bool{}}
 	for _, f := range fixedImports {
-		s.byPath[f[0]] = f[1]
-		s.byName[f[1]] = f[0]
+		s.add(f[0], f[1])
 	}
 	return s
 }
 
-// use marks path as imported and returns its name in the file.
-func (s *importSet) use(path, name string) string {
-	if n, ok := s.byPath[path]; ok {
-		s.used[path] = true
-		return n
-	}
+// add names the import of path: name, or name with a number when another
+// import has the name or the package declares it (a package-level
+// decorator or dblock would collide with the import).
+func (s *importSet) add(path, name string) string {
 	n := name
 	for i := 2; s.byName[n] != "" || s.self.Scope().Lookup(n) != nil; i++ {
 		n = fmt.Sprintf("%s%d", name, i)
 	}
 	s.byPath[path], s.byName[n] = n, path
+	return n
+}
+
+// use marks path as imported and returns its name in the file.
+func (s *importSet) use(path, name string) string {
+	n, ok := s.byPath[path]
+	if !ok {
+		n = s.add(path, name)
+	}
 	s.used[path] = true
 	return n
 }

@@ -43,7 +43,7 @@ func (g *generator) planKey(m *method) *keyPlan {
 	switch {
 	case s.userCtx:
 		v := b.newVar()
-		kp.stmts = append(kp.stmts, fmt.Sprintf("%s, _ := %s.UserFrom(ctx)", v, g.imports.use(decoratorPath, "decorator")), b.emptyCheck(v))
+		kp.stmts = append(kp.stmts, fmt.Sprintf("%s, _ := %s.UserFrom(%s)", v, g.ref(decoratorPath), m.params[0].name), b.emptyCheck(v))
 		fields = append(fields, "User: "+v)
 	case s.user != nil:
 		v, ok := b.template("user", s.user)
@@ -55,7 +55,7 @@ func (g *generator) planKey(m *method) *keyPlan {
 	if s.global {
 		fields = append(fields, "Global: true")
 	}
-	kp.ret = "dblock.Key{" + strings.Join(fields, ", ") + "}"
+	kp.ret = g.ref(dblockPath) + ".Key{" + strings.Join(fields, ", ") + "}"
 	return kp
 }
 
@@ -63,15 +63,27 @@ func (g *generator) planKey(m *method) *keyPlan {
 func (g *generator) planKeyFunc(m *method) *keyPlan {
 	s := m.lock
 	want := g.wantKeySig(m)
-	obj := g.pkg.Types.Scope().Lookup(s.keyFunc)
+	// The function is the one of the package that declares the method
+	// (an embedded interface may come from another package).
+	pkg := m.fn.Pkg()
+	obj := pkg.Scope().Lookup(s.keyFunc)
 	fn, ok := obj.(*types.Func)
 	if !ok {
 		if obj == nil {
-			g.errAt(s.pos, "key=%s: no function %s in package %s; want %s", s.keyFunc, s.keyFunc, g.pkg.Name, want)
+			g.errAt(s.pos, "key=%s: no function %s in package %s; want %s", s.keyFunc, s.keyFunc, pkg.Name(), want)
 		} else {
 			g.errAt(s.pos, "key=%s: %s is not a function; want %s", s.keyFunc, s.keyFunc, want)
 		}
 		return nil
+	}
+	name := s.keyFunc
+	if pkg != g.pkg.Types {
+		if !fn.Exported() {
+			g.errAt(s.pos, "key=%s: %s is not exported by package %s, which declares %s, so the proxy in package %s cannot call it: export it, or use key terms",
+				s.keyFunc, s.keyFunc, pkg.Path(), m.name, g.pkg.Name)
+			return nil
+		}
+		name = g.imports.qualifier(pkg) + "." + name
 	}
 	sig := fn.Type().(*types.Signature)
 	ok = sig.Params().Len() == m.sig.Params().Len() && sig.Variadic() == m.sig.Variadic() &&
@@ -88,7 +100,7 @@ func (g *generator) planKeyFunc(m *method) *keyPlan {
 	for i, p := range m.params {
 		args[i] = p.name
 	}
-	call := s.keyFunc + "(" + strings.Join(args, ", ")
+	call := name + "(" + strings.Join(args, ", ")
 	if m.sig.Variadic() {
 		call += "..."
 	}
@@ -133,6 +145,9 @@ func (b *keyBuilder) newVar() string {
 }
 
 func (b *keyBuilder) clashes(name string) bool {
+	if b.g.imports.isName(name) {
+		return true
+	}
 	for _, p := range b.m.params {
 		if p.name == name {
 			return true
@@ -141,9 +156,13 @@ func (b *keyBuilder) clashes(name string) bool {
 	return false
 }
 
-func (b *keyBuilder) emptyCheck(v string) string {
-	return fmt.Sprintf("if %s == \"\" {\nreturn dblock.Key{}\n}", v)
+// zeroIf returns the statement that returns the zero key when cond
+// holds.
+func (b *keyBuilder) zeroIf(cond string) string {
+	return fmt.Sprintf("if %s {\nreturn %s.Key{}\n}", cond, b.g.ref(dblockPath))
 }
+
+func (b *keyBuilder) emptyCheck(v string) string { return b.zeroIf(v + ` == ""`) }
 
 // template emits the values of t's placeholders and returns the
 // expression that concatenates them with its literal text.
@@ -235,8 +254,18 @@ func (b *keyBuilder) path(path []string) (string, error) {
 }
 
 // stringValue emits the guards and the conversion of expr (of type t) to a
-// string and returns the variable that holds it.
+// string and returns the variable that holds it. What a value locks on:
+//
+//   - a string type: its bytes (a String method is not called);
+//   - an integer type: its number in decimal, even when it has a String
+//     method (the number does not change when a name does);
+//   - time.Time or *time.Time: the instant in UTC, RFC 3339 with
+//     nanoseconds, without monotonic reading or zone (the zero time is an
+//     empty value);
+//   - another type with a String() string method: what it returns, unless
+//     that is time.Time's String, promoted from an embedded field.
 func (b *keyBuilder) stringValue(expr, desc string, t types.Type, guards []string) (string, error) {
+	var stmts []string
 	conv, isString := "", false
 	switch u := t.Underlying().(type) {
 	case *types.Basic:
@@ -247,20 +276,28 @@ func (b *keyBuilder) stringValue(expr, desc string, t types.Type, guards []strin
 				conv = "string(" + expr + ")"
 			}
 		case u.Info()&types.IsInteger != 0 && u.Info()&types.IsUnsigned != 0:
-			conv = b.g.imports.use("strconv", "strconv") + ".FormatUint(" + convert("uint64", t, expr) + ", 10)"
+			conv = b.g.ref("strconv") + ".FormatUint(" + convert("uint64", t, expr) + ", 10)"
 		case u.Info()&types.IsInteger != 0:
-			conv = b.g.imports.use("strconv", "strconv") + ".FormatInt(" + convert("int64", t, expr) + ", 10)"
+			conv = b.g.ref("strconv") + ".FormatInt(" + convert("int64", t, expr) + ", 10)"
 		}
 	}
-	if conv == "" {
-		obj, _, _ := types.LookupFieldOrMethod(t, false, b.g.pkg.Types, "String")
-		fn, ok := obj.(*types.Func)
-		if ok {
-			sig := fn.Type().(*types.Signature)
-			ok = sig.Params().Len() == 0 && sig.Results().Len() == 1 && types.Identical(sig.Results().At(0).Type(), types.Typ[types.String])
+	switch {
+	case conv != "":
+	case isTime(t):
+		if isNillable(t) && !b.guarded[expr] {
+			guards = append(guards, expr+" == nil")
+			b.guarded[expr] = true
 		}
-		if !ok {
-			return "", fmt.Errorf("%s is %s; want a string, an integer, or a type with a String() string method", desc, b.g.typeString(t))
+		tv := b.newVar()
+		stmts = append(stmts, tv+" := "+expr, b.zeroIf(tv+".IsZero()"))
+		conv = tv + ".UTC().Format(" + b.g.ref("time") + ".RFC3339Nano)"
+	default:
+		fn := stringMethod(t, b.g.pkg.Types)
+		if fn == nil {
+			return "", fmt.Errorf("%s is %s; want a string, an integer, a time.Time, or a type with a String() string method", desc, b.g.typeString(t))
+		}
+		if isTime(recvType(fn)) {
+			return "", fmt.Errorf("%s is %s, whose String() is time.Time's, promoted from an embedded field: it includes the monotonic clock reading and the zone, so one instant would give several keys; name the time.Time field instead ({%s.Time})", desc, b.g.typeString(t), desc)
 		}
 		if isNillable(t) && !b.guarded[expr] {
 			guards = append(guards, expr+" == nil")
@@ -269,14 +306,43 @@ func (b *keyBuilder) stringValue(expr, desc string, t types.Type, guards []strin
 		conv, isString = expr+".String()", true
 	}
 	if len(guards) > 0 {
-		b.kp.stmts = append(b.kp.stmts, "if "+strings.Join(guards, " || ")+" {\nreturn dblock.Key{}\n}")
+		b.kp.stmts = append(b.kp.stmts, b.zeroIf(strings.Join(guards, " || ")))
 	}
+	b.kp.stmts = append(b.kp.stmts, stmts...)
 	v := b.newVar()
 	b.kp.stmts = append(b.kp.stmts, v+" := "+conv)
 	if isString {
 		b.kp.stmts = append(b.kp.stmts, b.emptyCheck(v))
 	}
 	return v, nil
+}
+
+// stringMethod returns t's String() string method, or nil.
+func stringMethod(t types.Type, pkg *types.Package) *types.Func {
+	obj, _, _ := types.LookupFieldOrMethod(t, false, pkg, "String")
+	fn, ok := obj.(*types.Func)
+	if !ok {
+		return nil
+	}
+	sig := fn.Type().(*types.Signature)
+	if sig.Params().Len() != 0 || sig.Results().Len() != 1 || !types.Identical(sig.Results().At(0).Type(), types.Typ[types.String]) {
+		return nil
+	}
+	return fn
+}
+
+// recvType returns the receiver type of the method fn.
+func recvType(fn *types.Func) types.Type {
+	return fn.Type().(*types.Signature).Recv().Type()
+}
+
+// isTime reports whether t is time.Time or *time.Time.
+func isTime(t types.Type) bool {
+	if p, ok := types.Unalias(t).(*types.Pointer); ok {
+		t = p.Elem()
+	}
+	n, ok := types.Unalias(t).(*types.Named)
+	return ok && n.Obj().Pkg() != nil && n.Obj().Pkg().Path() == "time" && n.Obj().Name() == "Time"
 }
 
 // isNillable reports whether selecting through a value of type t may

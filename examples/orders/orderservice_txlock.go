@@ -28,7 +28,8 @@ type LockedOrderServiceInner interface {
 //
 // A locked call runs the implementation inside the lock's transaction,
 // which its ctx carries (dblock.DB(ctx, db) returns it); the other
-// methods call the implementation directly.
+// methods call the implementation directly. Errors of a lock start
+// with the method's name (OrderService.Method: dblock: ...).
 type LockedOrderService struct {
 	inner  LockedOrderServiceInner
 	locker *dblock.Locker
@@ -57,19 +58,9 @@ var lockedOrderServiceOptsRefund = []dblock.LockOption{dblock.WaitTimeout(2 * ti
 // Cancel holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedOrderService) Cancel(ctx context.Context, req CancelRequest) (Order, error) {
-	var (
-		r0    Order
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "OrderService.Cancel", p.lockKeyCancel(ctx, req), func(ctx context.Context) error {
-		r0, fnErr = p.inner.Cancel(ctx, req)
-		return fnErr
+	return decorator.CallResult(ctx, p.locker, "OrderService.Cancel", p.lockKeyCancel(ctx, req), func(ctx context.Context) (Order, error) {
+		return p.inner.Cancel(ctx, req)
 	}, lockedOrderServiceOptsCancel...)
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new(Order), err
-	}
-	return r0, err
 }
 
 // lockKeyCancel returns the lock key of Cancel: resource=order:{OrderID}.
@@ -91,19 +82,9 @@ func (p *LockedOrderService) Get(ctx context.Context, id int64) (Order, error) {
 // Pay holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedOrderService) Pay(ctx context.Context, req PayRequest) (Order, error) {
-	var (
-		r0    Order
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "OrderService.Pay", p.lockKeyPay(ctx, req), func(ctx context.Context) error {
-		r0, fnErr = p.inner.Pay(ctx, req)
-		return fnErr
+	return decorator.CallResult(ctx, p.locker, "OrderService.Pay", p.lockKeyPay(ctx, req), func(ctx context.Context) (Order, error) {
+		return p.inner.Pay(ctx, req)
 	}, lockedOrderServiceOptsPay...)
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new(Order), err
-	}
-	return r0, err
 }
 
 // lockKeyPay returns the lock key of Pay: resource=order:{OrderID}.
@@ -115,19 +96,9 @@ func (*LockedOrderService) lockKeyPay(ctx context.Context, req PayRequest) dbloc
 // Refund holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedOrderService) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
-	var (
-		r0    Refund
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "OrderService.Refund", p.lockKeyRefund(ctx, req), func(ctx context.Context) error {
-		r0, fnErr = p.inner.Refund(ctx, req)
-		return fnErr
+	return decorator.CallResult(ctx, p.locker, "OrderService.Refund", p.lockKeyRefund(ctx, req), func(ctx context.Context) (Refund, error) {
+		return p.inner.Refund(ctx, req)
 	}, lockedOrderServiceOptsRefund...)
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new(Refund), err
-	}
-	return r0, err
 }
 
 // lockKeyRefund returns the lock key of Refund: resource=order:{OrderID}.

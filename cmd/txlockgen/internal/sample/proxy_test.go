@@ -3,6 +3,9 @@ package sample
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,8 +76,10 @@ func (s *impl) Get(ctx context.Context, id string) (Receipt, error) {
 	s.check(ctx)
 	return Receipt{OrderID: id}, s.err
 }
-func (s *impl) Ping() bool   { s.calls++; return true }
-func (s *impl) Close() error { s.calls++; return nil }
+func (s *impl) Book(ctx context.Context, _ BookRequest) error { s.check(ctx); return s.err }
+func (s *impl) Put(ctx context.Context, _ Receipt) error      { s.check(ctx); return s.err }
+func (s *impl) Ping() bool                                    { s.calls++; return true }
+func (s *impl) Close() error                                  { s.calls++; return nil }
 
 func setup(t *testing.T) (*impl, *LockedService) {
 	t.Helper()
@@ -125,6 +130,10 @@ func TestProxyLocksTheDirectedKeys(t *testing.T) {
 		}},
 		{"Report", dblock.Resource("report:2024-02-29"), func() error { _, err := p.Report(ctx, Day{2024, 2, 29}, "csv"); return err }},
 		{"Renamed", dblock.Method("sample.Renamed").WithResource("tenant:t-1"), func() error { return p.Renamed(ctx, "t-1") }},
+		{"Book", dblock.Resource("slot:2024-02-29T08:30:00.5Z"), func() error {
+			return p.Book(ctx, BookRequest{At: time.Date(2024, 2, 29, 9, 30, 0, 5e8, time.FixedZone("CET", 3600))})
+		}},
+		{"Put (from the embedded Store[Receipt])", dblock.Resource("receipt:42"), func() error { return p.Put(ctx, Receipt{OrderID: "42"}) }},
 		{"Get (pass-through)", dblock.Key{}, func() error { _, err := p.Get(ctx, "42"); return err }},
 	} {
 		s.want, s.calls = c.want, 0
@@ -154,6 +163,7 @@ func TestProxyErrors(t *testing.T) {
 		"empty field":       func() error { _, err := p.Refund(ctx, RefundRequest{}); return err }(),
 		"nil Stringer":      p.Ship(ctx, 1, 1, nil),
 		"empty placeholder": p.Renamed(ctx, ""),
+		"zero time":         p.Book(ctx, BookRequest{}),
 	} {
 		if !errors.Is(err, dblock.ErrInvalidKey) {
 			t.Errorf("%s: %v, want ErrInvalidKey", name, err)
@@ -173,6 +183,9 @@ func TestProxyErrors(t *testing.T) {
 	if !errors.Is(err, dblock.ErrNotAcquired) || n != 0 {
 		t.Errorf("Rebuild on a held key: %d, %v; want 0, ErrNotAcquired", n, err)
 	}
+	if err == nil || !strings.HasPrefix(err.Error(), "Service.Rebuild: dblock: lock not acquired") {
+		t.Errorf("the lock error %q does not start with the method's name", err)
+	}
 
 	// The implementation's errors pass unchanged, with its results.
 	s.err = errors.New("boom")
@@ -180,5 +193,111 @@ func TestProxyErrors(t *testing.T) {
 	r, err := p.Refund(ctx, RefundRequest{OrderID: "1", Amount: 2})
 	if err != s.err || r.Amount != 2 {
 		t.Errorf("Refund with a failing implementation: %+v, %v", r, err)
+	}
+}
+
+// One instant locks one key, whatever its zone and monotonic reading; an
+// integer type locks on its number, not on its String.
+func TestProxyKeysAreCanonical(t *testing.T) {
+	t.Parallel()
+	var p LockedService
+	ctx := context.Background()
+	now := time.Now() // with a monotonic reading
+	want := p.lockKeyBook(ctx, BookRequest{At: now.Round(0)})
+	for name, at := range map[string]time.Time{
+		"monotonic":       now,
+		"another zone":    now.In(time.FixedZone("X", -7*3600)),
+		"UTC, no reading": now.UTC().Round(0),
+	} {
+		if got := p.lockKeyBook(ctx, BookRequest{At: at}); got != want {
+			t.Errorf("%s: %s, want %s (the same instant)", name, got, want)
+		}
+	}
+	if got, next := want, p.lockKeyBook(ctx, BookRequest{At: now.Add(time.Nanosecond)}); got == next {
+		t.Errorf("instants 1ns apart lock one key %s", got)
+	}
+	t.Logf("time.Now() locks %s", want)
+	if got := p.lockKeyShip(ctx, 9, Region(2), &Warehouse{Site: "lyon"}); got != dblock.Resource("ship:9:2:wh-lyon") || Region(2).String() != "region-2" {
+		t.Errorf("Region(2), whose String is %q, locks %s, want its number: ship:9:2:wh-lyon", Region(2), got)
+	}
+}
+
+// deadlocking is a Service whose Rebuild writes row x of a business table.
+type deadlocking struct {
+	*impl
+	rebuild func(ctx context.Context) (int, error)
+}
+
+func (d deadlocking) Rebuild(ctx context.Context, _ ...string) (int, error) { return d.rebuild(ctx) }
+
+// With a Locker whose default options retry deadlocks, a proxy call whose
+// first attempt is a deadlock victim and whose second cannot take the key
+// returns ErrNotAcquired, named after the method, and zero results, not
+// those of the attempt that was rolled back. The first attempt holds the
+// key and waits for row x, which a heavier transaction (64 rows written)
+// holds; that one then asks for the key: the server rolls back the
+// lighter, the call's.
+func TestProxyRetryAfterDeadlockReturnsZeroResults(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t)
+	table := testdb.Table(t, db)
+	testdb.NoLeaks(t, db)
+	locker, err := dblock.New(db, dblock.Table(table), dblock.Defaults(dblock.Retry(dblock.RetryPolicy{Attempts: 2})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = locker.Close() })
+	biz := table + "_biz"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, q := range []string{"CREATE TABLE `" + biz + "` (name VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL) ENGINE=InnoDB", "INSERT INTO `" + biz + "` VALUES ('x', 0)"} {
+		if err := db.WithContext(ctx).Exec(q).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS `" + biz + "`") })
+	writeX := "UPDATE `" + biz + "` SET v = v + 1 WHERE name = 'x'"
+
+	var runs atomic.Int32
+	held := make(chan struct{})
+	p := NewLockedService(deadlocking{impl: &impl{t: t, locker: locker}, rebuild: func(ctx context.Context) (int, error) {
+		if runs.Add(1) == 1 {
+			close(held)
+		}
+		return 7, dblock.DB(ctx, db).Exec(writeX).Error
+	}}, locker)
+
+	heavy := db.WithContext(ctx).Begin()
+	defer heavy.Rollback()
+	for i := range 64 {
+		if err := heavy.Exec("INSERT INTO `"+biz+"` VALUES (?, 1)", fmt.Sprint("w", i)).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := heavy.Exec(writeX).Error; err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	done := make(chan struct{})
+	go func() { defer close(done); n, err = p.Rebuild(ctx) }()
+	select {
+	case <-held:
+	case <-done:
+		t.Fatalf("Rebuild returned %d, %v before its first attempt held the key", n, err)
+	}
+	if lerr := locker.LockTx(ctx, heavy, dblock.Global()); lerr != nil {
+		<-done
+		t.Fatalf("the heavy transaction asking for the key: %v (want it to win the deadlock)", lerr)
+	}
+	<-done
+	t.Logf("Rebuild ran %d time(s) and returned %d, %v", runs.Load(), n, err)
+	if runs.Load() != 1 || !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("runs %d, err %v: want 1 run and ErrNotAcquired from attempt 2", runs.Load(), err)
+	}
+	if n != 0 {
+		t.Errorf("Rebuild returned %d beside ErrNotAcquired, want 0 (attempt 1 was rolled back)", n)
+	}
+	if !strings.HasPrefix(err.Error(), "Service.Rebuild: ") {
+		t.Errorf("error %q does not name the method", err)
 	}
 }

@@ -55,10 +55,26 @@ type Service interface {
 	// Get is not locked: the proxy passes it through.
 	Get(ctx context.Context, id string) (Receipt, error)
 
+	// Book locks a time slot: the same instant gives one key whatever
+	// its zone or monotonic reading.
+	//txlock:lock resource=slot:{At}
+	Book(ctx context.Context, req BookRequest) error
+
 	// Ping has no context and is not locked.
 	Ping() bool
 
+	// The methods of embedded interfaces are the service's: Store's
+	// directives hold, io.Closer's Close is passed through.
+	Store[Receipt]
 	io.Closer
+}
+
+// Store is a generic interface whose directives hold in every interface
+// that embeds an instance of it.
+type Store[T any] interface {
+	// Put locks the receipt it stores.
+	//txlock:lock resource=receipt:{OrderID}
+	Put(ctx context.Context, item T) error
 }
 
 // RefundRequest asks for the refund of an order.
@@ -86,8 +102,15 @@ type TransferRequest struct {
 	Amount int64
 }
 
-// Region is a shipping region; as an integer type, its key is its number.
+// Region is a shipping region. As an integer type, its key is its
+// number, not its String.
 type Region uint8
+
+// String returns the region's name.
+func (r Region) String() string { return "region-" + strconv.Itoa(int(r)) }
+
+// BookRequest books a time slot.
+type BookRequest struct{ At time.Time }
 
 // Warehouse ships orders; its key is its String.
 type Warehouse struct{ Site string }
@@ -102,5 +125,3 @@ type Day struct{ Year, Month, Day int }
 func reportKey(_ context.Context, day Day, _ string) dblock.Key {
 	return dblock.Resource(fmt.Sprintf("report:%04d-%02d-%02d", day.Year, day.Month, day.Day))
 }
-
-var _ = strconv.Itoa // the import Renamed's parameter shadows in the proxy

@@ -23,7 +23,9 @@ type LockedServiceInner interface {
 // txlock lock for each call of:
 //
 //   - Audit: method wait=1500ms
+//   - Book: resource=slot:{At}
 //   - Cancel: user=ctx resource=order:{req.OrderID} nowait
+//   - Put: resource=receipt:{OrderID}
 //   - Rebuild: global nowait
 //   - Refund: resource=order:{OrderID} wait=2s
 //   - Renamed: method=sample.Renamed resource=tenant:{strconv}
@@ -33,7 +35,8 @@ type LockedServiceInner interface {
 //
 // A locked call runs the implementation inside the lock's transaction,
 // which its ctx carries (dblock.DB(ctx, db) returns it); the other
-// methods call the implementation directly.
+// methods call the implementation directly. Errors of a lock start
+// with the method's name (Service.Method: dblock: ...).
 type LockedService struct {
 	inner  LockedServiceInner
 	locker *dblock.Locker
@@ -72,6 +75,24 @@ func (p *LockedService) Audit(ctx context.Context) error {
 // lockKeyAudit returns the lock key of Audit: method.
 func (*LockedService) lockKeyAudit(ctx context.Context) dblock.Key {
 	return dblock.Key{Method: "Service.Audit"}
+}
+
+// Book holds the lock resource=slot:{At} for the call, and calls the
+// implementation inside the lock's transaction.
+func (p *LockedService) Book(ctx context.Context, req BookRequest) error {
+	return decorator.Call(ctx, p.locker, "Service.Book", p.lockKeyBook(ctx, req), func(ctx context.Context) error {
+		return p.inner.Book(ctx, req)
+	})
+}
+
+// lockKeyBook returns the lock key of Book: resource=slot:{At}.
+func (*LockedService) lockKeyBook(ctx context.Context, req BookRequest) dblock.Key {
+	v0 := req.At
+	if v0.IsZero() {
+		return dblock.Key{}
+	}
+	v1 := v0.UTC().Format(time.RFC3339Nano)
+	return dblock.Key{Resource: "slot:" + v1}
 }
 
 // Cancel holds the lock user=ctx resource=order:{req.OrderID} nowait for
@@ -114,22 +135,29 @@ func (p *LockedService) Ping() bool {
 	return p.inner.Ping()
 }
 
+// Put holds the lock resource=receipt:{OrderID} for the call, and calls the
+// implementation inside the lock's transaction.
+func (p *LockedService) Put(ctx context.Context, item Receipt) error {
+	return decorator.Call(ctx, p.locker, "Service.Put", p.lockKeyPut(ctx, item), func(ctx context.Context) error {
+		return p.inner.Put(ctx, item)
+	})
+}
+
+// lockKeyPut returns the lock key of Put: resource=receipt:{OrderID}.
+func (*LockedService) lockKeyPut(ctx context.Context, item Receipt) dblock.Key {
+	v0 := item.OrderID
+	if v0 == "" {
+		return dblock.Key{}
+	}
+	return dblock.Key{Resource: "receipt:" + v0}
+}
+
 // Rebuild holds the lock global nowait for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Rebuild(ctx context.Context, tags ...string) (int, error) {
-	var (
-		r0    int
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "Service.Rebuild", p.lockKeyRebuild(ctx, tags...), func(ctx context.Context) error {
-		r0, fnErr = p.inner.Rebuild(ctx, tags...)
-		return fnErr
+	return decorator.CallResult(ctx, p.locker, "Service.Rebuild", p.lockKeyRebuild(ctx, tags...), func(ctx context.Context) (int, error) {
+		return p.inner.Rebuild(ctx, tags...)
 	}, lockedServiceOptsRebuild...)
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new(int), err
-	}
-	return r0, err
 }
 
 // lockKeyRebuild returns the lock key of Rebuild: global.
@@ -140,19 +168,9 @@ func (*LockedService) lockKeyRebuild(ctx context.Context, tags ...string) dblock
 // Refund holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedService) Refund(ctx context.Context, req RefundRequest) (Receipt, error) {
-	var (
-		r0    Receipt
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "Service.Refund", p.lockKeyRefund(ctx, req), func(ctx context.Context) error {
-		r0, fnErr = p.inner.Refund(ctx, req)
-		return fnErr
+	return decorator.CallResult(ctx, p.locker, "Service.Refund", p.lockKeyRefund(ctx, req), func(ctx context.Context) (Receipt, error) {
+		return p.inner.Refund(ctx, req)
 	}, lockedServiceOptsRefund...)
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new(Receipt), err
-	}
-	return r0, err
 }
 
 // lockKeyRefund returns the lock key of Refund: resource=order:{OrderID}.
@@ -185,19 +203,9 @@ func (*LockedService) lockKeyRenamed(ctx context.Context, a1 string) dblock.Key 
 // Report holds the lock key=reportKey for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Report(ctx context.Context, day Day, format string) ([]byte, error) {
-	var (
-		r0    []byte
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "Service.Report", p.lockKeyReport(ctx, day, format), func(ctx context.Context) error {
-		r0, fnErr = p.inner.Report(ctx, day, format)
-		return fnErr
+	return decorator.CallResult(ctx, p.locker, "Service.Report", p.lockKeyReport(ctx, day, format), func(ctx context.Context) ([]byte, error) {
+		return p.inner.Report(ctx, day, format)
 	})
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new([]byte), err
-	}
-	return r0, err
 }
 
 // lockKeyReport returns the lock key of Report: key=reportKey.
@@ -231,20 +239,14 @@ func (*LockedService) lockKeyShip(ctx context.Context, id int64, region Region, 
 // Transfer holds the lock user=From.ID operation=transfer for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedService) Transfer(ctx context.Context, req *TransferRequest) (int64, time.Time, error) {
-	var (
-		r0    int64
-		r1    time.Time
-		fnErr error
-	)
-	err := decorator.Call(ctx, p.locker, "Service.Transfer", p.lockKeyTransfer(ctx, req), func(ctx context.Context) error {
-		r0, r1, fnErr = p.inner.Transfer(ctx, req)
-		return fnErr
+	res, err := decorator.CallResult(ctx, p.locker, "Service.Transfer", p.lockKeyTransfer(ctx, req), func(ctx context.Context) (res struct {
+		r0 int64
+		r1 time.Time
+	}, err error) {
+		res.r0, res.r1, err = p.inner.Transfer(ctx, req)
+		return res, err
 	})
-	if err != nil && fnErr == nil {
-		// The lock or the commit failed: the results were not committed.
-		return *new(int64), *new(time.Time), err
-	}
-	return r0, r1, err
+	return res.r0, res.r1, err
 }
 
 // lockKeyTransfer returns the lock key of Transfer: user=From.ID

@@ -1,11 +1,13 @@
 // Package bad holds interfaces whose directives txlockgen must reject,
-// one interface per mistake (see bad_test.go).
+// one interface per mistake (see TestBadDirectives in gen_test.go).
 package bad
 
 import (
 	"context"
 	"io"
+	"time"
 
+	"github.com/txlock/txlock/cmd/txlockgen/testdata/build/follow/other"
 	"github.com/txlock/txlock/dblock"
 )
 
@@ -118,3 +120,85 @@ type OnEmbedded interface {
 }
 
 type NotAnInterface struct{}
+
+type LookAlikeSpace interface {
+	// txlock:lock resource=order:{ID}
+	M(ctx context.Context, r Req) error
+}
+
+type LookAlikeBlock interface {
+	/*txlock:lock global*/
+	M(ctx context.Context, r Req) error
+}
+
+type LookAlikeUpper interface {
+	//TXLOCK:lock global
+	M(ctx context.Context, r Req) error
+}
+
+type lookBase interface {
+	//	txlock:lock global
+	M(ctx context.Context, r Req) error
+}
+
+// LookAlikeEmbedded embeds an interface with a look-alike.
+type LookAlikeEmbedded interface{ lookBase }
+
+type MissingSpace interface {
+	//txlock:lock resource=order:{ID}wait=2s
+	M(ctx context.Context, r Req) error
+}
+
+type MissingSpaceOperation interface {
+	//txlock:lock operation=refundwait=1s
+	M(ctx context.Context, r Req) error
+}
+
+type EqualsInKey interface {
+	//txlock:lock resource=a=b
+	M(ctx context.Context, r Req) error
+}
+
+// Stamp has time.Time's String, which includes the monotonic reading.
+type Stamp struct{ time.Time }
+
+type Stamped struct{ At Stamp }
+
+type TimeStringer interface {
+	//txlock:lock resource=at:{At}
+	M(ctx context.Context, r Stamped) error
+}
+
+type dupA interface {
+	//txlock:lock global
+	M(ctx context.Context) error
+}
+
+type dupB interface {
+	M(ctx context.Context) error
+}
+
+// Duplicate has M from two interfaces, one with a directive.
+type Duplicate interface {
+	dupA
+	dupB
+}
+
+type badBase interface {
+	//txlock:lock tenant=ID
+	M(ctx context.Context, r Req) error
+}
+
+type EmbeddedBadDirective interface{ badBase }
+
+type DefinedBadDirective badBase
+
+type misBase interface {
+	//txlock:lock global
+
+	M(ctx context.Context, r Req) error
+}
+
+type EmbeddedMisplaced interface{ misBase }
+
+type ForeignPrivateKey interface{ other.Private }
