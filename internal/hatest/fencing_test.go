@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,6 +170,12 @@ func testFencing(t *testing.T, semi bool, promote promotion, ballast bool) {
 		if n, _, _ := obs.waitFor(int64(2*r), workers); n == 0 {
 			t.Fatalf("round %d: no token handed out before the kill within %v", r+1, hatest.Ceiling)
 		}
+		lag := "no ballast"
+		if ballast {
+			// The ballast pauses during failovers: let the replica fall
+			// behind again before the kill.
+			lag = waitLag(t, primary, replica, minLag, lagWait)
+		}
 		epoch.Store(int64(2*r + 1))
 		killed := time.Now()
 		if err := primary.Kill(); err != nil {
@@ -196,8 +204,8 @@ func testFencing(t *testing.T, semi bool, promote promotion, ballast bool) {
 		if back {
 			wentBack++
 		}
-		t.Logf("HA-RESULT fencing round %d (semi-sync %v, relay log applied before promotion %v, ballast %v): %d tokens before, max %d; counter on the promoted replica %s; first tokens after, min %d; went back: %v; kill→promoted+switched %v, kill→new replica attached %v",
-			r+1, semi, promote == careful, ballast, nBefore, maxBefore, counter, minAfter, back, promoted.Round(time.Millisecond), attached.Round(time.Millisecond))
+		t.Logf("HA-RESULT fencing round %d (semi-sync %v, relay log applied before promotion %v, ballast %v): %d tokens before, max %d; at the kill %s; counter on the promoted replica %s; first tokens after, min %d; went back: %v; kill→promoted+switched %v, kill→new replica attached %v",
+			r+1, semi, promote == careful, ballast, nBefore, maxBefore, lag, counter, minAfter, back, promoted.Round(time.Millisecond), attached.Round(time.Millisecond))
 		if semi && back {
 			t.Errorf("round %d: semi-sync failover: token %d after the failover is not above %d handed out before", r+1, minAfter, maxBefore)
 		}
@@ -205,6 +213,53 @@ func testFencing(t *testing.T, semi bool, promote promotion, ballast bool) {
 	cancel()
 	wg.Wait()
 	t.Logf("HA-RESULT fencing (semi-sync %v, relay log applied before promotion %v, ballast %v): tokens went back in %d of %d failovers", semi, promote == careful, ballast, wentBack, rounds)
+}
+
+// How far behind the primary a replica under ballast should be at the
+// kill (transactions binlogged on the primary, not yet applied on the
+// replica), and how long to wait for it before killing anyway: a
+// measurement's precondition, not a check, so the round then goes on and
+// the log says how far behind the replica was.
+const (
+	minLag  = 3
+	lagWait = 30 * time.Second
+)
+
+// waitLag waits until replica has applied at least minLag transactions
+// fewer than primary binlogged, or until within passes, and describes the
+// positions then.
+func waitLag(t *testing.T, primary, replica *hatest.Node, minLag int64, within time.Duration) string {
+	t.Helper()
+	start := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		p, perr := primary.QueryString(ctx, "SELECT @@gtid_binlog_pos")
+		a, aerr := replica.QueryString(ctx, "SELECT @@gtid_slave_pos")
+		cancel()
+		if perr != nil || aerr != nil {
+			t.Fatalf("reading the positions of %s and %s: %v, %v", primary.Name, replica.Name, perr, aerr)
+		}
+		behind := gtidSeq(p) - gtidSeq(a)
+		if behind >= minLag || time.Since(start) > within {
+			return fmt.Sprintf("%s binlogged up to %s, %s applied up to %s: %d transactions behind (after waiting %v for %d)",
+				primary.Name, p, replica.Name, a, behind, time.Since(start).Round(time.Millisecond), minLag)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// gtidSeq returns the sequence number of domain 0 in a GTID position such
+// as "0-3-136" (0 when there is none): in GTID strict mode it grows by one
+// per transaction, whichever server wrote it.
+func gtidSeq(pos string) int64 {
+	for _, g := range strings.Split(pos, ",") {
+		parts := strings.Split(strings.TrimSpace(g), "-")
+		if len(parts) == 3 && parts[0] == "0" {
+			n, _ := strconv.ParseInt(parts[2], 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // startBallast writes big transactions through the relay (as root, so that
