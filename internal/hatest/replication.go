@@ -73,9 +73,9 @@ func WaitReplicating(t testing.TB, r *Node, within time.Duration) {
 	}
 }
 
-// slaveColumns returns the row of SHOW SLAVE STATUS on r by column name;
-// empty when r does not replicate or cannot answer.
-func slaveColumns(ctx context.Context, r *Node) map[string]string {
+// SlaveStatus returns the row of SHOW SLAVE STATUS on r by column name;
+// empty when r does not replicate, Last_Error only when it cannot answer.
+func SlaveStatus(ctx context.Context, r *Node) map[string]string {
 	rows, err := r.Admin().QueryContext(ctx, "SHOW SLAVE STATUS")
 	if err != nil {
 		return map[string]string{"Last_Error": err.Error()}
@@ -168,7 +168,7 @@ func replicationState(r *Node) replState {
 	defer cancel()
 	var s replState
 	s.currentPos, _ = r.QueryString(ctx, "SELECT @@gtid_current_pos")
-	cols := slaveColumns(ctx, r)
+	cols := SlaveStatus(ctx, r)
 	s.ioPos = cols["Gtid_IO_Pos"]
 	s.ioRunning, s.sqlRunning = cols["Slave_IO_Running"], cols["Slave_SQL_Running"]
 	s.lastIOError, s.lastSQLError = cols["Last_IO_Error"], cols["Last_SQL_Error"]
