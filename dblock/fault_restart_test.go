@@ -56,9 +56,7 @@ const restartLease = 2 * time.Second
 // restartRound runs one halt-and-restart of srv with two Lock holders, a
 // Do holder and two waiters.
 func restartRound(t *testing.T, srv *testdb.Throwaway, halt func() error, table string, holders, waiters *dblock.Locker, sqlWait *sql.DB) {
-	// A server stops and starts in this context: on a busy machine that
-	// alone can take seconds.
-	ctx := ctxWithin(t, 3*opTimeout)
+	ctx := ctxT(t)
 	keys := []dblock.Key{dblock.Resource("restart:a"), dblock.Resource("restart:b")}
 	doKey := dblock.Resource("restart:do")
 

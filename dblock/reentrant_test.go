@@ -14,7 +14,7 @@ import (
 // reentrancyTimeout bounds nested acquisitions: a nested acquire that
 // waited for its own outer lock would otherwise hang until the server's
 // lock-wait timeout.
-const reentrancyTimeout = 5 * time.Second
+const reentrancyTimeout = opTimeout
 
 // TestReentrantSameKey: a nested Do of the key the context's transaction
 // holds returns to its fn at once, in the same transaction, even with
