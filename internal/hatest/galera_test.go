@@ -120,6 +120,7 @@ func TestGalera(t *testing.T) {
 		var wg sync.WaitGroup
 		var refusals countingHandler // token bumps refused and sent again
 		var committed atomic.Int64
+		loadStart := time.Now()
 		more := keepGoing(4*time.Second, minSections, &committed)
 		for i, n := range g.Nodes {
 			l := nodeLocker(t, n, dblock.GaleraMultiWriter(), dblock.Logger(slog.New(&refusals)))
@@ -165,6 +166,7 @@ func TestGalera(t *testing.T) {
 			}
 		}
 		wg.Wait()
+		loadTook := time.Since(loadStart)
 		g.WaitApplied(t, g.Nodes[0], hatest.Ceiling) // the other nodes' last sections are in node1's table
 		events, err := history.Load(ctx, g.Nodes[0].Admin(), table)
 		if err != nil {
@@ -173,8 +175,8 @@ func TestGalera(t *testing.T) {
 		rep := history.Analyze(events)
 		handed := 0
 		tokens.Range(func(any, any) bool { handed++; return true })
-		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, 4 s, with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice; %d token bumps refused by certification and sent again",
-			rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load(), refusals.count("bump refused"))
+		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, %v (at least 4 s and %d committed sections), with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice; %d token bumps refused by certification and sent again",
+			loadTook.Round(time.Millisecond), minSections, rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load(), refusals.count("bump refused"))
 		if e := firstErr.Load(); e != nil {
 			t.Logf("first other failure: %v", *e)
 		}
