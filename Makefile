@@ -38,7 +38,10 @@ test:
 	$(GO) vet $(PKGS); \
 	$(GO) -C bench vet -mod=mod .; \
 	$(FMT_CHECK); \
-	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+	$(GO) test -race -count=1 -timeout 9m $(PKGS); \
+	if [[ -z "$${TXLOCK_HA:-}" ]]; then \
+		echo "internal/hatest: the HA tests were skipped (replication and Galera topologies, a few minutes): run them with 'make test-ha'"; \
+	fi
 
 ## demo: run the orders example against the test server
 demo:

@@ -136,7 +136,7 @@ func TestFaultPartitionBlackhole(t *testing.T) {
 		t.Errorf("the waiter was granted (%v) before the holder's Lost closed (%v): two holders believed they held %s",
 			grant, detect, key)
 	}
-	within(t, "the grant to the waiter after the partition", grant, 1500*time.Millisecond, 6*time.Second)
+	within(t, "the grant to the waiter after the partition", grant, 1500*time.Millisecond, opTimeout)
 	if err := h.Err(); !errors.Is(err, dblock.ErrLockLost) {
 		t.Errorf("holder Err() = %v, want ErrLockLost", err)
 	}
@@ -145,8 +145,8 @@ func TestFaultPartitionBlackhole(t *testing.T) {
 
 // TestFaultPartitionReset: the holder's connection is reset (RST both
 // ways). The server frees the key at once, so the waiter is granted
-// promptly, and the holder's Lost closes within a second (its keepalive
-// finds the connection dead).
+// promptly, and the holder's Lost closes (its keepalive finds the
+// connection dead, or the lease runs out); both delays are logged.
 func TestFaultPartitionReset(t *testing.T) {
 	e, relay, holderL, waiterL := partitionSetup(t)
 	ctx := ctxT(t)
@@ -172,8 +172,9 @@ func TestFaultPartitionReset(t *testing.T) {
 	}
 	t.Logf("reset at 0: waiter granted at %v, holder Lost at %v",
 		r.at.Sub(reset).Round(time.Millisecond), lostAt.Sub(reset).Round(time.Millisecond))
-	within(t, "the grant to the waiter after the reset", r.at.Sub(reset), 0, time.Second)
-	within(t, "the holder's Lost after the reset", lostAt.Sub(reset), 0, time.Second)
+	within(t, "the grant to the waiter after the reset", r.at.Sub(reset), 0, opTimeout)
+	within(t, "the holder's Lost after the reset", lostAt.Sub(reset), 0, opTimeout)
+	t.Logf("the holder's Err: %v", h.Err())
 	checkHandedOver(t, h, r.k, "the reset")
 }
 
@@ -246,8 +247,9 @@ func TestFaultIdleHolderKeptAlive(t *testing.T) {
 }
 
 // TestFaultPartitionDoContext: Do's fn context is cancelled with cause
-// ErrLockLost when the holder's connection is blackholed, before the lease
-// runs out, and Do reports an error.
+// ErrLockLost when the holder's connection is blackholed, before the server
+// frees the key at the end of the lease and grants it to a waiter (an
+// order of events), and Do reports an error.
 func TestFaultPartitionDoContext(t *testing.T) {
 	_, relay, holderL, waiterL := partitionSetup(t)
 	ctx := ctxT(t)
@@ -255,12 +257,16 @@ func TestFaultPartitionDoContext(t *testing.T) {
 
 	var partitioned, cancelled time.Time
 	var cause error
+	var granted <-chan lockResult
 	err := holderL.Do(ctx, key, func(fctx context.Context, tx *gorm.DB) error {
 		if err := tx.Exec("DO 1").Error; err != nil {
 			return err
 		}
 		partitioned = time.Now()
 		relay.Blackhole()
+		// A waiter, queued while fn still runs; the server frees the key
+		// once the lease is over.
+		granted = lockAsync(ctx, waiterL, key, dblock.WaitTimeout(10*time.Second))
 		select {
 		case <-fctx.Done():
 			cancelled = time.Now()
@@ -278,21 +284,22 @@ func TestFaultPartitionDoContext(t *testing.T) {
 	if !errors.Is(cause, dblock.ErrLockLost) {
 		t.Errorf("context.Cause(fn ctx) = %v, want ErrLockLost", cause)
 	}
-	if d >= partitionLease {
-		t.Errorf("fn's context cancelled %v after the partition: not before the lease (%v)", d, partitionLease)
-	}
 	if err == nil {
 		t.Fatal("Do returned nil after losing its lock")
 	}
 	if !errors.Is(err, dblock.ErrLockLost) {
 		t.Errorf("Do = %v, want an error wrapping ErrLockLost", err)
 	}
-	// The server frees the key once the lease is over.
-	k, err := waiterL.Lock(ctx, key, dblock.WaitTimeout(6*time.Second))
-	if err != nil {
-		t.Fatalf("Lock after the partitioned Do: %v", err)
+	r := awaitLock(t, granted, 15*time.Second)
+	if r.err != nil {
+		t.Fatalf("waiter: %v, want the lock once the server ended the partitioned holder's transaction", r.err)
 	}
-	if err := k.Commit(); err != nil {
+	t.Logf("the waiter was granted %v after the partition", r.at.Sub(partitioned).Round(time.Millisecond))
+	if !cancelled.Before(r.at) {
+		t.Errorf("the waiter was granted (%v after the partition) before fn's context was cancelled (%v): two holders believed they held %s",
+			r.at.Sub(partitioned), d, key)
+	}
+	if err := r.k.Commit(); err != nil {
 		t.Fatal(err)
 	}
 }

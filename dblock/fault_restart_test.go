@@ -108,10 +108,10 @@ func restartRound(t *testing.T, srv *testdb.Throwaway, halt func() error, table 
 			t.Logf("waiter %d: error after %v: %v", i, r.at.Sub(down).Round(time.Millisecond), r.err)
 			continue
 		}
-		at, ok := closedWithin(r.k.Lost(), 2*restartLease)
+		at, ok := closedWithin(r.k.Lost(), opTimeout)
 		if !ok {
 			r.k.Rollback()
-			t.Errorf("waiter %d was granted the lock while the server went down, and still holds it %v later", i, 2*restartLease)
+			t.Errorf("waiter %d was granted the lock while the server went down, and still holds it %v later", i, opTimeout)
 			continue
 		}
 		err := commitWithin(t, r.k, 5*time.Second)
@@ -123,9 +123,9 @@ func restartRound(t *testing.T, srv *testdb.Throwaway, halt func() error, table 
 	}
 	// Every holder learns its lock is lost.
 	for i, h := range held {
-		at, ok := closedWithin(h.Lost(), 2*restartLease)
+		at, ok := closedWithin(h.Lost(), opTimeout)
 		if !ok {
-			t.Errorf("holder %d: Lost not closed %v after the server went down", i, 2*restartLease)
+			t.Errorf("holder %d: Lost not closed %v after the server went down", i, opTimeout)
 			continue
 		}
 		t.Logf("holder %d: Lost after %v: %v", i, at.Sub(down).Round(time.Millisecond), h.Err())
@@ -141,8 +141,8 @@ func restartRound(t *testing.T, srv *testdb.Throwaway, halt func() error, table 
 		} else if !errors.Is(err, dblock.ErrLockLost) {
 			t.Errorf("the Do holder returned %v, want ErrLockLost", err)
 		}
-	case <-time.After(2 * restartLease):
-		t.Fatalf("the Do holder still runs %v after the server went down", 2*restartLease)
+	case <-time.After(opTimeout):
+		t.Fatalf("the Do holder still runs %v after the server went down", opTimeout)
 	}
 
 	up := time.Now()

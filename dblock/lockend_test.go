@@ -2,7 +2,11 @@ package dblock_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -89,7 +93,11 @@ func TestJoinedRowDeletedFailsFast(t *testing.T) {
 	if err := e.db.Exec("DELETE FROM `" + e.table + "`").Error; err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second) // let purge remove the delete-marked record: then the gap reaches the supremum
+	// Let purge remove the delete-marked record: then the gap reaches the
+	// supremum. Both outcomes below are right; this makes the second
+	// likely.
+	waitPurged(t, e.sqlDB, 10*time.Second)
+	ctx = ctxT(t) // the wait above may have used much of the first one
 	tx := e.db.Begin()
 	defer tx.Rollback()
 	start := time.Now()
@@ -100,7 +108,7 @@ func TestJoinedRowDeletedFailsFast(t *testing.T) {
 		// The deleted row was not purged yet, or its gap did not cover the
 		// new id: the row was created again and locked.
 		t.Logf("LockTx re-created the row in %v", took.Round(time.Millisecond))
-	case errors.Is(err, dblock.ErrNotAcquired) && took < 3*time.Second:
+	case errors.Is(err, dblock.ErrNotAcquired) && took < opTimeout: // six lock-wait timeouts would be 300 s
 		t.Logf("LockTx failed fast in %v: %v", took.Round(time.Millisecond), err)
 	default:
 		t.Fatalf("LockTx after the row was deleted: %v after %v; want success or a fast ErrNotAcquired", err, took)
@@ -112,4 +120,41 @@ func TestJoinedRowDeletedFailsFast(t *testing.T) {
 	if err := l.Do(ctx, key, func(context.Context, *gorm.DB) error { return nil }); err != nil {
 		t.Fatalf("Do after the rollback: %v", err)
 	}
+}
+
+// waitPurged waits until InnoDB's purge has passed every transaction
+// committed before the call: SHOW ENGINE INNODB STATUS says "Purge done
+// for trx's n:o < N" with N at least the "Trx id counter" read first. Old
+// read views of other sessions can hold purge back, so it gives up after
+// d, and logs what happened either way.
+func waitPurged(t *testing.T, db *sql.DB, d time.Duration) {
+	t.Helper()
+	counterRe := regexp.MustCompile(`Trx id counter (\d+)`)
+	purgedRe := regexp.MustCompile(`Purge done for trx's n:o < (\d+)`)
+	read := func(re *regexp.Regexp) (int64, error) {
+		var typ, name, status string
+		if err := db.QueryRow("SHOW ENGINE INNODB STATUS").Scan(&typ, &name, &status); err != nil {
+			return 0, err
+		}
+		m := re.FindStringSubmatch(status)
+		if m == nil {
+			return 0, fmt.Errorf("no %q in SHOW ENGINE INNODB STATUS", re)
+		}
+		return strconv.ParseInt(m[1], 10, 64)
+	}
+	start := time.Now()
+	target, err := read(counterRe)
+	for err == nil {
+		var done int64
+		if done, err = read(purgedRe); err == nil && done >= target {
+			t.Logf("purge passed trx n:o %d after %v", target, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > d {
+			t.Logf("purge at trx n:o %d, not %d, after %v", done, target, d)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("cannot tell when purge is done: %v", err)
 }

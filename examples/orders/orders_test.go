@@ -160,8 +160,13 @@ func TestHeldOrderIsALockTimeout(t *testing.T) {
 	if code != http.StatusServiceUnavailable || resp.Code != "lock_timeout" {
 		t.Errorf("pay of a held order: %d %+v", code, resp)
 	}
-	if d := time.Since(start); d < 1900*time.Millisecond || d > 5*time.Second {
-		t.Errorf("gave up after %v, want about the 2s of the directive", d)
+	// The directive's 2 s is a server-side statement timeout: never
+	// shorter, however busy the machine; without it the wait would run to
+	// innodb_lock_wait_timeout (50 s).
+	d := time.Since(start)
+	t.Logf("gave up after %v (directive: 2s)", d)
+	if d < 1900*time.Millisecond || d > 30*time.Second {
+		t.Errorf("gave up after %v, want the 2s of the directive", d)
 	}
 
 	svc := orders.NewLockedOrderService(orders.NewService(e.repo, orders.FakeGateway{}), locker)

@@ -312,9 +312,7 @@ func TestReset(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the target never saw the reset")
 	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("reset took %v", d)
-	}
+	t.Logf("both ends saw the reset %v after Reset", time.Since(start))
 	if n := len(p.Conns()); n != 0 {
 		t.Errorf("%d connections left after Reset", n)
 	}
@@ -358,40 +356,64 @@ func TestLatency(t *testing.T) {
 	if _, err := roundTrip(c, "x", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	const d = 50 * time.Millisecond
+	// d is large beside what a busy machine adds, so that the bounds
+	// below tell a delay from a throughput cap with seconds to spare.
+	const d = time.Second
 	p.Latency(d)
-	for range 3 {
-		start := time.Now()
-		if _, err := roundTrip(c, "ping", 2*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		rtt := time.Since(start)
-		if rtt < 2*d || rtt > 2*d+500*time.Millisecond {
-			t.Errorf("round trip with %v latency each way took %v", d, rtt)
-		}
-	}
-	// Latency is a delay, not a throughput cap: chunks sent back to back
-	// arrive about d later, not n*d.
 	start := time.Now()
-	for i := range 10 {
+	if _, err := roundTrip(c, "ping", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A delay is never shorter than asked, however busy the machine.
+	if rtt := time.Since(start); rtt < 2*d {
+		t.Errorf("round trip with %v latency each way took %v", d, rtt)
+	} else {
+		t.Logf("round trip with %v latency each way: %v", d, rtt)
+	}
+	// Latency is a delay, not a throughput cap: chunks sent one after the
+	// other arrive about 2d after they were sent, not n*d.
+	const n = 10
+	start = time.Now()
+	for i := range n {
 		if _, err := c.Write([]byte{byte('0' + i)}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	buf := make([]byte, 10)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, n)
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "0123456789" {
 		t.Fatalf("pipelined echo %q, %v", buf, err)
 	}
-	if el := time.Since(start); el > 2*d+50*time.Millisecond+500*time.Millisecond {
-		t.Errorf("10 pipelined chunks took %v with %v latency", el, d)
+	el := time.Since(start)
+	t.Logf("%d pipelined chunks with %v latency each way: %v", n, d, el)
+	if el < 2*d || el >= n*d/2 {
+		t.Errorf("%d pipelined chunks took %v with %v latency each way, want about %v (a cap would take over %v)", n, el, d, 2*d, n*d)
+	}
+	// Heal releases what the latency holds at once: with an hour of
+	// latency, the echo arrives only because of Heal.
+	p.Latency(time.Hour)
+	if _, err := c.Write([]byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	// Held: nothing comes back for a while (the relay has taken the
+	// chunk in by then, unless the machine is very busy: then Heal comes
+	// first and the check below is weaker, never wrong).
+	got := make([]byte, 4)
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := c.Read(got); !isTimeout(err) {
+		t.Fatalf("read under an hour of latency: %q, %v; want nothing yet", got[:n], err)
 	}
 	p.Heal()
-	start = time.Now()
-	if _, err := roundTrip(c, "fast", time.Second); err != nil || time.Since(start) > 40*time.Millisecond {
-		t.Errorf("after Heal: %v, %v", time.Since(start), err)
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "held" {
+		t.Fatalf("after Heal, the chunk held by an hour of latency: %q, %v", got, err)
 	}
+	start = time.Now()
+	if _, err := roundTrip(c, "fast", time.Minute); err != nil {
+		t.Errorf("after Heal: %v", err)
+	}
+	t.Logf("round trip after Heal: %v", time.Since(start))
 }
 
 func TestCloseEndsEverything(t *testing.T) {

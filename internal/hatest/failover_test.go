@@ -38,10 +38,10 @@ func testReplicaFailover(t *testing.T, semi bool) {
 	key := dblock.Resource("ha:failover")
 
 	// Warm up: the key's row exists, and reached the replica.
-	if _, err := acquireCommit(ctx, l, key, 10*time.Second); err != nil {
+	if _, err := acquireCommit(ctx, l, key, hatest.Ceiling); err != nil {
 		t.Fatalf("first acquisition: %v", err)
 	}
-	hatest.CatchUp(t, p.Primary, p.Replica, 30*time.Second)
+	hatest.CatchUp(t, p.Primary, p.Replica, hatest.Ceiling)
 
 	holder, err := l.Lock(ctx, key, dblock.Lease(2*time.Second))
 	if err != nil {
@@ -57,7 +57,7 @@ func testReplicaFailover(t *testing.T, semi bool) {
 	waitErrs := make([]error, waiters)
 	for i := range waiters {
 		wg.Go(func() {
-			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			wctx, cancel := context.WithTimeout(ctx, hatest.Ceiling)
 			defer cancel()
 			lk, err := l.Lock(wctx, key)
 			if err == nil {
@@ -71,18 +71,18 @@ func testReplicaFailover(t *testing.T, semi bool) {
 			waitErrs[i] = err
 		})
 	}
-	time.Sleep(200 * time.Millisecond) // the waiters queue on the primary
+	waitLockWaiters(t, p.Primary, waiters)
 
 	killed := time.Now()
 	if err := p.Primary.Kill(); err != nil {
 		t.Fatalf("kill: %v", err)
 	}
-	lost := lostAfter(holder, killed, 15*time.Second)
+	lost := lostAfter(holder, killed, hatest.Ceiling)
 
-	hatest.PromoteAfterRelayLog(t, p.Replica, 5*time.Second)
+	hatest.PromoteAfterRelayLog(t, p.Replica, hatest.Ceiling)
 	promoted := time.Since(killed)
 	p.Relay.Switch(p.Replica.Addr())
-	attempts, err := acquireCommit(ctx, l, key, 20*time.Second)
+	attempts, err := acquireCommit(ctx, l, key, hatest.Ceiling)
 	if err != nil {
 		t.Fatalf("acquire-and-commit on the promoted replica through the same *gorm.DB: %v", err)
 	}
@@ -95,7 +95,7 @@ func testReplicaFailover(t *testing.T, semi bool) {
 
 	d := <-lost
 	if d < 0 {
-		t.Errorf("holder: Lost() not closed within 15 s of the kill")
+		t.Errorf("holder: Lost() not closed within %v of the kill", hatest.Ceiling)
 	} else {
 		t.Logf("HA-RESULT holder Lost() closed %v after the kill (Lease 2s)", d.Round(time.Millisecond))
 	}

@@ -70,7 +70,7 @@ func StartGalera(t testing.TB, n int) *Galera {
 		}
 		node := StartNode(t, fmt.Sprintf("galera%d", i+1), NodeOptions{ServerID: i + 1, Galera: true, Extra: extra})
 		g.Nodes = append(g.Nodes, node)
-		WaitGaleraSize(t, node, i+1, 60*time.Second)
+		WaitGaleraSize(t, node, i+1, Ceiling)
 	}
 	g.Nodes[0].Exec(t,
 		"CREATE USER 'app'@'%' IDENTIFIED BY 'app'",
@@ -86,17 +86,59 @@ func WaitGaleraSize(t testing.TB, node *Node, size int, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var name, sz, state string
 		_ = node.Admin().QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'").Scan(&name, &sz)
 		_ = node.Admin().QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'").Scan(&name, &state)
 		cancel()
 		if sz == fmt.Sprint(size) && state == "Synced" {
+			t.Logf("hatest: %s synced in a cluster of %d after %v", node.Name, size, time.Since(deadline.Add(-within)).Round(time.Millisecond))
 			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("hatest: %s: cluster size %q state %q after %v, want %d Synced", node.Name, sz, state, within, size)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitApplied waits until node has applied every write set that any live
+// node of g had committed when WaitApplied was called (wsrep_last_committed
+// is the cluster-wide sequence number of a node's last committed write
+// set; a node applies remote write sets after they were certified, so a
+// read there can lag behind commits made on the others). It fails t after
+// within, naming the sequence numbers.
+func (g *Galera) WaitApplied(t testing.TB, node *Node, within time.Duration) {
+	t.Helper()
+	lastCommitted := func(n *Node) (int64, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var name string
+		var seq int64
+		err := n.Admin().QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_last_committed'").Scan(&name, &seq)
+		return seq, err
+	}
+	var target int64
+	for _, n := range g.Nodes {
+		if !n.Alive() {
+			continue
+		}
+		seq, err := lastCommitted(n)
+		if err != nil {
+			t.Fatalf("hatest: %s: wsrep_last_committed: %v", n.Name, err)
+		}
+		target = max(target, seq)
+	}
+	start := time.Now()
+	for {
+		seq, err := lastCommitted(node)
+		if err == nil && seq >= target {
+			t.Logf("hatest: %s applied the cluster's write sets up to %d after %v", node.Name, target, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > within {
+			t.Fatalf("hatest: %s: wsrep_last_committed %d (%v) after %v, want %d, the highest of the cluster's nodes", node.Name, seq, err, within, target)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

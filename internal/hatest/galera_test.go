@@ -46,10 +46,10 @@ func TestGalera(t *testing.T) {
 		key := dblock.Resource("ha:galera-single")
 		var inside, overlaps, done atomic.Int64
 		var wg sync.WaitGroup
-		stop := time.Now().Add(3 * time.Second)
+		more := keepGoing(3*time.Second, minSections, &done)
 		for range 8 {
 			wg.Go(func() {
-				for time.Now().Before(stop) {
+				for more() {
 					err := l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
 						if inside.Add(1) != 1 {
 							overlaps.Add(1)
@@ -64,10 +64,14 @@ func TestGalera(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		g.WaitApplied(t, g.Nodes[2], hatest.Ceiling)
 		v, _ := g.Nodes[2].QueryString(ctx, "SELECT v FROM ha_business WHERE id = 1")
-		t.Logf("HA-RESULT Galera single-writer: %d critical sections committed in 3 s by 8 goroutines on node1, %d overlaps; v on node3 = %s", done.Load(), overlaps.Load(), v)
+		t.Logf("HA-RESULT Galera single-writer: %d critical sections committed by 8 goroutines on node1 (at least 3 s and %d sections), %d overlaps; v on node3 = %s", done.Load(), minSections, overlaps.Load(), v)
 		if overlaps.Load() != 0 {
 			t.Errorf("%d overlapping critical sections", overlaps.Load())
+		}
+		if done.Load() < minSections {
+			t.Errorf("only %d critical sections committed within %v: too few to check mutual exclusion", done.Load(), hatest.Ceiling)
 		}
 	})
 
@@ -114,13 +118,15 @@ func TestGalera(t *testing.T) {
 		var tokens sync.Map // token -> node that took it
 		var dupTokens atomic.Int64
 		var wg sync.WaitGroup
-		stop := time.Now().Add(4 * time.Second)
 		var refusals countingHandler // token bumps refused and sent again
+		var committed atomic.Int64
+		loadStart := time.Now()
+		more := keepGoing(4*time.Second, minSections, &committed)
 		for i, n := range g.Nodes {
 			l := nodeLocker(t, n, dblock.GaleraMultiWriter(), dblock.Logger(slog.New(&refusals)))
 			for gr := range 3 {
 				wg.Go(func() {
-					for time.Now().Before(stop) {
+					for more() {
 						req := time.Now()
 						err := l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
 							token, ok := dblock.TokenFrom(ctx, key)
@@ -142,6 +148,9 @@ func TestGalera(t *testing.T) {
 							return sec.End(ctx)
 						}, dblock.Fencing(), dblock.Retry(dblock.RetryPolicy{Attempts: 1}))
 						out := history.Committed
+						if err == nil {
+							committed.Add(1)
+						}
 						switch {
 						case errors.Is(err, dblock.ErrLockLost):
 							out = history.Lost
@@ -157,7 +166,8 @@ func TestGalera(t *testing.T) {
 			}
 		}
 		wg.Wait()
-		time.Sleep(500 * time.Millisecond) // the last write sets reach node1
+		loadTook := time.Since(loadStart)
+		g.WaitApplied(t, g.Nodes[0], hatest.Ceiling) // the other nodes' last sections are in node1's table
 		events, err := history.Load(ctx, g.Nodes[0].Admin(), table)
 		if err != nil {
 			t.Fatal(err)
@@ -165,13 +175,16 @@ func TestGalera(t *testing.T) {
 		rep := history.Analyze(events)
 		handed := 0
 		tokens.Range(func(any, any) bool { handed++; return true })
-		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, 4 s, with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice; %d token bumps refused by certification and sent again",
-			rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load(), refusals.count("bump refused"))
+		t.Logf("HA-RESULT Galera multi-writer, 3 nodes x 3 goroutines, %v (at least 4 s and %d committed sections), with fencing tokens: outcomes %v (rolled_back = ErrDeadlock, a local deadlock or a brute-force abort while waiting; lost = ErrLockLost, certification failure at commit); %d committed sections checked, %d violations (overlap or token order); %d tokens handed out, %d handed out twice; %d token bumps refused by certification and sent again",
+			loadTook.Round(time.Millisecond), minSections, rec.Count(), rep.Checked, len(rep.Violations), handed, dupTokens.Load(), refusals.count("bump refused"))
 		if e := firstErr.Load(); e != nil {
 			t.Logf("first other failure: %v", *e)
 		}
 		if err := rep.Err(); err != nil {
 			t.Error(err)
+		}
+		if rep.Checked < minSections {
+			t.Errorf("only %d committed sections in the history (%d committed by the workers) within %v: too few to check", rep.Checked, committed.Load(), hatest.Ceiling)
 		}
 	})
 
@@ -187,7 +200,7 @@ func TestGalera(t *testing.T) {
 		txlockBin := buildTxlock(t)
 		l2 := nodeLocker(t, n2, dblock.GaleraMultiWriter(), dblock.Defaults(dblock.Lease(2*time.Second)))
 		l1 := nodeLocker(t, n1, dblock.GaleraMultiWriter())
-		if _, err := acquireCommit(ctx, l2, key, 10*time.Second); err != nil {
+		if _, err := acquireCommit(ctx, l2, key, hatest.Ceiling); err != nil {
 			t.Fatal(err)
 		}
 		waitKeyRow(t, n1, key)
@@ -210,17 +223,17 @@ func TestGalera(t *testing.T) {
 			if _, err := n2.Admin().ExecContext(ctx, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'"); err != nil {
 				t.Errorf("ending node2's isolation: %v", err)
 			}
-			hatest.WaitGaleraSize(t, n2, 3, 60*time.Second)
+			hatest.WaitGaleraSize(t, n2, 3, hatest.Ceiling)
 		})
-		lostCh := lostAfter(holder, isolated, 30*time.Second)
-		attempts, err := acquireCommit(ctx, l1, key, 30*time.Second)
+		lostCh := lostAfter(holder, isolated, hatest.Ceiling)
+		attempts, err := acquireCommit(ctx, l1, key, hatest.Ceiling)
 		if err != nil {
 			t.Fatalf("acquire-and-commit on node1 after node2's isolation: %v", err)
 		}
 		majority := time.Since(isolated)
 		lost := <-lostCh
 		if lost < 0 {
-			t.Errorf("holder on the isolated node: Lost() not closed within 30 s")
+			t.Errorf("holder on the isolated node: Lost() not closed within %v", hatest.Ceiling)
 		}
 		cerr := holder.Commit()
 		if !errors.Is(cerr, dblock.ErrLockLost) {
@@ -238,7 +251,7 @@ func TestGalera(t *testing.T) {
 			{l2, key},
 			{nodeLocker(t, n2, dblock.GaleraMultiWriter()), dblock.Resource("ha:galera-isolate-new")},
 		} {
-			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			tctx, cancel := context.WithTimeout(ctx, hatest.Ceiling)
 			lk, err := c.l.Lock(tctx, c.key, dblock.WaitTimeout(time.Second))
 			cancel()
 			if err == nil {
@@ -265,7 +278,7 @@ func TestGalera(t *testing.T) {
 		if _, err := n2.Admin().ExecContext(ctx, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'"); err != nil {
 			t.Fatalf("ending node2's isolation: %v", err)
 		}
-		hatest.WaitGaleraSize(t, n2, 3, 60*time.Second)
+		hatest.WaitGaleraSize(t, n2, 3, hatest.Ceiling)
 		t.Logf("HA-RESULT Galera node isolation: node2 back in the primary component, synced, %v after the isolation ended", time.Since(rejoin).Round(time.Millisecond))
 		for _, n := range g.Nodes {
 			v, err := n.QueryString(ctx, "SELECT v FROM ha_business WHERE id = 1")
@@ -276,7 +289,7 @@ func TestGalera(t *testing.T) {
 				t.Errorf("%s: v = %s: the isolated holder's write (+%d) landed", n.Name, v, marker)
 			}
 		}
-		if _, err := acquireCommit(ctx, l2, key, 10*time.Second); err != nil {
+		if _, err := acquireCommit(ctx, l2, key, hatest.Ceiling); err != nil {
 			t.Errorf("acquire-and-commit on node2 after it rejoined: %v", err)
 		}
 	})
@@ -287,7 +300,7 @@ func TestGalera(t *testing.T) {
 		key := dblock.Resource("ha:galera-kill")
 		l3 := nodeLocker(t, g.Nodes[2], dblock.GaleraSingleWriter(), dblock.Defaults(dblock.Lease(2*time.Second)))
 		l1 := nodeLocker(t, g.Nodes[0], dblock.GaleraSingleWriter())
-		if _, err := acquireCommit(ctx, l3, key, 10*time.Second); err != nil {
+		if _, err := acquireCommit(ctx, l3, key, hatest.Ceiling); err != nil {
 			t.Fatal(err)
 		}
 		waitKeyRow(t, g.Nodes[0], key)
@@ -300,15 +313,15 @@ func TestGalera(t *testing.T) {
 		if err := g.Nodes[2].Kill(); err != nil {
 			t.Fatal(err)
 		}
-		attempts, err := acquireCommit(ctx, l1, key, 30*time.Second)
+		attempts, err := acquireCommit(ctx, l1, key, hatest.Ceiling)
 		if err != nil {
 			t.Fatalf("acquire-and-commit on node1 after node3's kill: %v", err)
 		}
 		took := time.Since(killed)
 		select {
 		case <-holder.Lost():
-		case <-time.After(10 * time.Second):
-			t.Errorf("holder on the killed node: Lost() not closed")
+		case <-time.After(hatest.Ceiling):
+			t.Errorf("holder on the killed node: Lost() not closed within %v", hatest.Ceiling)
 		}
 		cerr := holder.Commit()
 		t.Logf("HA-RESULT Galera node kill: kill→acquire-and-commit on node1 %v (%d attempts); holder on the killed node: Commit -> %v", took.Round(time.Millisecond), attempts, cerr)
@@ -316,6 +329,21 @@ func TestGalera(t *testing.T) {
 			t.Errorf("holder's Commit on the killed node = %v, want ErrLockLost", cerr)
 		}
 	})
+}
+
+// minSections is how many critical sections a load test must have
+// committed before it stops: its check must have something to check.
+const minSections = 20
+
+// keepGoing returns a loop condition for load goroutines: true for at
+// least d, then until done reaches minDone, and false from hatest.Ceiling on
+// (the test then reports how few sections it saw).
+func keepGoing(d time.Duration, minDone int64, done *atomic.Int64) func() bool {
+	start := time.Now()
+	return func() bool {
+		el := time.Since(start)
+		return el < d || (done.Load() < minDone && el < hatest.Ceiling)
+	}
 }
 
 // nodeLocker returns a Locker on node for the account app, closed when t
@@ -329,14 +357,14 @@ func nodeLocker(t *testing.T, node *hatest.Node, opts ...dblock.Option) *dblock.
 func waitKeyRow(t *testing.T, node *hatest.Node, key dblock.Key) {
 	t.Helper()
 	h := key.Hash()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(hatest.Ceiling)
 	for {
 		n, err := node.QueryString(context.Background(), "SELECT COUNT(*) FROM tb_lock WHERE key_hash = ?", h[:])
 		if err == nil && n == "1" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: the row of %s did not arrive within 10 s (count %q, %v)", node.Name, key, n, err)
+			t.Fatalf("%s: the row of %s did not arrive within %v (count %q, %v)", node.Name, key, hatest.Ceiling, n, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ func newLocker(t *testing.T, db *gorm.DB, opts ...dblock.Option) *dblock.Locker 
 // and waits until the replica has them.
 func setupSchema(t *testing.T, p *hatest.Pair) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hatest.Ceiling)
 	defer cancel()
 	if err := migrations.Up(ctx, p.Primary.Admin()); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
@@ -53,7 +54,7 @@ func setupSchema(t *testing.T, p *hatest.Pair) {
 		"CREATE TABLE IF NOT EXISTS test.ha_business (id INT PRIMARY KEY, v BIGINT NOT NULL)",
 		"INSERT INTO test.ha_business VALUES (1, 0)",
 	)
-	hatest.CatchUp(t, p.Primary, p.Replica, 30*time.Second)
+	hatest.CatchUp(t, p.Primary, p.Replica, hatest.Ceiling)
 }
 
 // mysqlErr returns the server error number err wraps, or 0.
@@ -107,10 +108,33 @@ func buildTxlock(t *testing.T) string {
 // output; err is non-nil when it exits non-zero.
 func runDoctor(t *testing.T, bin, dsn string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hatest.Ceiling)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, append([]string{"doctor", "--dsn", dsn}, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// waitLockWaiters waits until n sessions of the account app on node run
+// a locking read (queued acquisitions; PROCESSLIST is live), and fails t
+// after hatest.Ceiling.
+func waitLockWaiters(t *testing.T, node *hatest.Node, n int) {
+	t.Helper()
+	start := time.Now()
+	var got string
+	var err error
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		got, err = node.QueryString(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app' AND INFO LIKE '%FOR UPDATE%'")
+		cancel()
+		if err == nil && got == strconv.Itoa(n) {
+			t.Logf("%d acquisitions queued on %s after %v", n, node.Name, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > hatest.Ceiling {
+			t.Fatalf("%s: %s locking reads of app running after %v, want %d (%v)", node.Name, got, hatest.Ceiling, n, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // lostAfter reports, once, how long after since the holder's Lost()

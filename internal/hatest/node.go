@@ -50,7 +50,7 @@ func SkipUnlessEnabled(t testing.TB) {
 const (
 	mariadbd     = "/usr/sbin/mariadbd"
 	installDB    = "mariadb-install-db"
-	startTimeout = 60 * time.Second
+	startTimeout = Ceiling // a Galera joiner answers only after its state transfer
 	stopTimeout  = 30 * time.Second
 )
 
@@ -229,7 +229,7 @@ func (n *Node) launch() error {
 	}
 	deadline := time.Now().Add(startTimeout)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err = db.PingContext(ctx)
 		cancel()
 		if err == nil {
@@ -273,15 +273,18 @@ func (n *Node) Admin() *sql.DB {
 	return n.admin
 }
 
-// Exec runs statements as root, failing t on error.
+// Exec runs statements as root, failing t on error or when one does not
+// return within Ceiling (STOP SLAVE waits for the event group being
+// applied, which under load can take long).
 func (n *Node) Exec(t testing.TB, stmts ...string) {
 	t.Helper()
 	for _, s := range stmts {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), Ceiling)
 		_, err := n.Admin().ExecContext(ctx, s)
 		cancel()
 		if err != nil {
-			t.Fatalf("hatest: %s: %s: %v", n.Name, s, err)
+			t.Fatalf("hatest: %s: %s: %v (after %v)", n.Name, s, err, time.Since(start).Round(time.Millisecond))
 		}
 	}
 }

@@ -33,7 +33,7 @@ func StartPair(t testing.TB, semiSync bool) *Pair {
 		"CREATE USER 'app'@'%' IDENTIFIED BY 'app'",
 		"GRANT ALL ON test.* TO 'app'@'%'",
 	)
-	CatchUp(t, p.Primary, p.Replica, 30*time.Second)
+	CatchUp(t, p.Primary, p.Replica, Ceiling)
 	p.Relay = StartRelay(t, p.Primary.Addr())
 	p.Setup = time.Since(start)
 	return p
@@ -48,39 +48,42 @@ func StartReplica(t testing.TB, name string, serverID int, primary *Node, semiSy
 		fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='root', MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos", primary.Port),
 		"START SLAVE",
 	)
-	WaitReplicating(t, r, 30*time.Second)
-	CatchUp(t, primary, r, 30*time.Second)
+	WaitReplicating(t, r, Ceiling)
+	CatchUp(t, primary, r, Ceiling)
 	if semiSync {
-		WaitSemiSyncClients(t, primary, 1, 30*time.Second)
+		WaitSemiSyncClients(t, primary, 1, Ceiling)
 	}
 	return r
 }
 
-// WaitReplicating waits until both replication threads of r run.
+// WaitReplicating waits until both replication threads of r run, and
+// fails t, naming their state, if they do not within.
 func WaitReplicating(t testing.TB, r *Node, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		io, sqlT, lastErr := slaveStatus(r)
-		if io == "Yes" && sqlT == "Yes" {
+		st := replicationState(r)
+		if st.ioRunning == "Yes" && st.sqlRunning == "Yes" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("hatest: %s: replication not running after %v (IO %q, SQL %q, last error %q)", r.Name, within, io, sqlT, lastErr)
+			t.Fatalf("hatest: %s: replication not running after %v: %s", r.Name, within, st)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func slaveStatus(r *Node) (io, sqlT, lastErr string) {
-	rows, err := r.Admin().Query("SHOW SLAVE STATUS")
+// SlaveStatus returns the row of SHOW SLAVE STATUS on r by column name;
+// empty when r does not replicate, Last_Error only when it cannot answer.
+func SlaveStatus(ctx context.Context, r *Node) map[string]string {
+	rows, err := r.Admin().QueryContext(ctx, "SHOW SLAVE STATUS")
 	if err != nil {
-		return "", "", err.Error()
+		return map[string]string{"Last_Error": err.Error()}
 	}
 	defer rows.Close()
 	cols, _ := rows.Columns()
 	if !rows.Next() {
-		return "", "", "no slave status"
+		return nil
 	}
 	vals := make([]any, len(cols))
 	raw := make([][]byte, len(cols))
@@ -88,37 +91,89 @@ func slaveStatus(r *Node) (io, sqlT, lastErr string) {
 		vals[i] = &raw[i]
 	}
 	if err := rows.Scan(vals...); err != nil {
-		return "", "", err.Error()
+		return map[string]string{"Last_Error": err.Error()}
 	}
+	out := make(map[string]string, len(cols))
 	for i, c := range cols {
-		switch c {
-		case "Slave_IO_Running":
-			io = string(raw[i])
-		case "Slave_SQL_Running":
-			sqlT = string(raw[i])
-		case "Last_Error", "Last_IO_Error", "Last_SQL_Error":
-			if len(raw[i]) > 0 {
-				lastErr = string(raw[i])
-			}
-		}
+		out[c] = string(raw[i])
 	}
-	return io, sqlT, lastErr
+	return out
 }
 
+// Ceiling bounds every wait of the harness for a replication or cluster
+// state: generous enough for a busy 2-core machine (a replica applying a
+// backlog of big transactions while other tests run), so that only a
+// defect, a stopped replication thread or a wedged server, reaches it.
+const Ceiling = 5 * time.Minute
+
 // CatchUp waits until r has applied everything primary had binlogged when
-// CatchUp was called.
+// CatchUp was called (primary's gtid_binlog_pos), and fails t, naming both
+// positions and r's replication state, if that does not happen within.
 func CatchUp(t testing.TB, primary, r *Node, within time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within+5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	pos, err := primary.QueryString(ctx, "SELECT @@gtid_binlog_pos")
 	if err != nil {
-		t.Fatalf("hatest: %s: gtid_binlog_pos: %v", primary.Name, err)
+		t.Fatalf("hatest: %s catching up with %s: reading %s's gtid_binlog_pos: %v", r.Name, primary.Name, primary.Name, err)
 	}
-	res, err := r.QueryString(ctx, "SELECT MASTER_GTID_WAIT(?, ?)", pos, within.Seconds())
-	if err != nil || res != "0" {
-		t.Fatalf("hatest: %s did not catch up with %s (%q) within %v: %q %v", r.Name, primary.Name, pos, within, res, err)
+	WaitGTID(t, fmt.Sprintf("%s catching up with %s", r.Name, primary.Name), r, pos, within)
+}
+
+// WaitGTID waits until r's SQL thread has applied every transaction up to
+// the GTID position pos, and logs how long that took. It asks the server
+// (MASTER_GTID_WAIT) in slices of a second, so that a SQL thread that
+// stopped (on an error, or by STOP SLAVE) fails t at once; if pos is not
+// reached within, it fails t naming step, pos, r's gtid_current_pos and
+// its replication threads' state.
+func WaitGTID(t testing.TB, step string, r *Node, pos string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(within)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := r.QueryString(ctx, "SELECT MASTER_GTID_WAIT(?, 1)", pos)
+		cancel()
+		if err == nil && res == "0" {
+			took := time.Since(start)
+			t.Logf("hatest: %s: %s reached %q in %v", step, r.Name, pos, took.Round(time.Millisecond))
+			return took
+		}
+		st := replicationState(r)
+		if st.sqlRunning == "No" {
+			t.Fatalf("hatest: %s: %s's SQL thread stopped before %q was applied: %s", step, r.Name, pos, st)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hatest: %s: %s did not apply up to %q within %v (last answer %q, %v): %s", step, r.Name, pos, within, res, err, st)
+		}
 	}
+}
+
+// replState is what a failure message says about a replica.
+type replState struct {
+	currentPos, ioPos                    string
+	ioRunning, sqlRunning, lastSQLError  string
+	lastIOError, secondsBehind, sqlState string
+}
+
+func (s replState) String() string {
+	return fmt.Sprintf("gtid_current_pos %q, Gtid_IO_Pos %q, IO thread %q (%s), SQL thread %q (%s; %q), Seconds_Behind_Master %q",
+		s.currentPos, s.ioPos, s.ioRunning, s.lastIOError, s.sqlRunning, s.sqlState, s.lastSQLError, s.secondsBehind)
+}
+
+// replicationState reads r's replication state; fields it cannot read
+// stay empty.
+func replicationState(r *Node) replState {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var s replState
+	s.currentPos, _ = r.QueryString(ctx, "SELECT @@gtid_current_pos")
+	cols := SlaveStatus(ctx, r)
+	s.ioPos = cols["Gtid_IO_Pos"]
+	s.ioRunning, s.sqlRunning = cols["Slave_IO_Running"], cols["Slave_SQL_Running"]
+	s.lastIOError, s.lastSQLError = cols["Last_IO_Error"], cols["Last_SQL_Error"]
+	s.secondsBehind, s.sqlState = cols["Seconds_Behind_Master"], cols["Slave_SQL_Running_State"]
+	return s
 }
 
 // WaitSemiSyncClients waits until primary has n semi-sync replicas and
@@ -127,9 +182,11 @@ func WaitSemiSyncClients(t testing.TB, primary *Node, n int, within time.Duratio
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var name, clients, status string
-		_ = primary.Admin().QueryRow("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'").Scan(&name, &clients)
-		_ = primary.Admin().QueryRow("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'").Scan(&name, &status)
+		_ = primary.Admin().QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'").Scan(&name, &clients)
+		_ = primary.Admin().QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'").Scan(&name, &status)
+		cancel()
 		if clients == fmt.Sprint(n) && status == "ON" {
 			return
 		}
@@ -140,8 +197,11 @@ func WaitSemiSyncClients(t testing.TB, primary *Node, n int, within time.Duratio
 	}
 }
 
-// Promote makes r a primary: STOP SLAVE, then read_only=0 (and, on a
-// semi-sync node, the master side of semi-sync on first).
+// Promote makes r a primary at once: STOP SLAVE, then read_only=0 (and, on
+// a semi-sync node, the master side of semi-sync on first). It does not
+// wait for r to apply what it has received: events in its relay log that
+// the SQL thread has not applied yet are dropped. That is what a hasty
+// failover script does; PromoteAfterRelayLog is the careful way.
 func Promote(t testing.TB, r *Node) {
 	t.Helper()
 	r.Exec(t, "STOP SLAVE")
@@ -159,47 +219,21 @@ func Fence(t testing.TB, n *Node) {
 }
 
 // PromoteAfterRelayLog promotes r the careful way: it stops the IO thread,
-// waits (up to within) until the SQL thread has applied every event the
-// replica had received (Gtid_IO_Pos), then STOP SLAVE and read_only=0.
-// STOP SLAVE alone may leave received but not yet applied events behind:
-// with semi-sync those are exactly the acknowledged commits.
+// waits until the SQL thread has applied every event the replica had
+// received (Gtid_IO_Pos), then STOP SLAVE and read_only=0. STOP SLAVE
+// alone may leave received but not yet applied events behind: with
+// semi-sync those are exactly the acknowledged commits. Applying them is a
+// precondition of a careful promotion, so if it does not happen within,
+// t fails naming the positions; it never promotes anyway.
 func PromoteAfterRelayLog(t testing.TB, r *Node, within time.Duration) {
 	t.Helper()
 	r.Exec(t, "STOP SLAVE IO_THREAD")
-	ioPos := slaveColumn(r, "Gtid_IO_Pos")
-	if ioPos != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), within+5*time.Second)
-		res, err := r.QueryString(ctx, "SELECT MASTER_GTID_WAIT(?, ?)", ioPos, within.Seconds())
-		cancel()
-		if err != nil || res != "0" {
-			t.Logf("hatest: %s: relay log not applied up to %q within %v (%q, %v): promoting anyway", r.Name, ioPos, within, res, err)
-		}
+	st := replicationState(r)
+	if st.ioPos == "" && st.ioRunning == "" {
+		t.Fatalf("hatest: promoting %s: no replication status to read Gtid_IO_Pos from: %s", r.Name, st)
+	}
+	if st.ioPos != "" {
+		WaitGTID(t, fmt.Sprintf("promoting %s: applying its relay log", r.Name), r, st.ioPos, within)
 	}
 	Promote(t, r)
-}
-
-func slaveColumn(r *Node, col string) string {
-	rows, err := r.Admin().Query("SHOW SLAVE STATUS")
-	if err != nil {
-		return ""
-	}
-	defer rows.Close()
-	cols, _ := rows.Columns()
-	if !rows.Next() {
-		return ""
-	}
-	vals := make([]any, len(cols))
-	raw := make([][]byte, len(cols))
-	for i := range vals {
-		vals[i] = &raw[i]
-	}
-	if err := rows.Scan(vals...); err != nil {
-		return ""
-	}
-	for i, c := range cols {
-		if c == col {
-			return string(raw[i])
-		}
-	}
-	return ""
 }

@@ -25,10 +25,10 @@ func TestSplitBrain(t *testing.T) {
 
 	oldDB := openGorm(t, p.Primary.DSN("app", "app"))
 	oldL := newLocker(t, oldDB)
-	if _, err := acquireCommit(ctx, oldL, key, 10*time.Second); err != nil {
+	if _, err := acquireCommit(ctx, oldL, key, hatest.Ceiling); err != nil {
 		t.Fatalf("first acquisition: %v", err)
 	}
-	hatest.CatchUp(t, p.Primary, p.Replica, 30*time.Second)
+	hatest.CatchUp(t, p.Primary, p.Replica, hatest.Ceiling)
 
 	// Promote without fencing the old primary: split brain.
 	hatest.Promote(t, p.Replica)
