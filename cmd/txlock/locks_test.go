@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os/exec"
 	"slices"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
@@ -71,6 +74,44 @@ func runBin(bin, stdin string, args ...string) (string, string, int, error) {
 		return stdout.String(), stderr.String(), ee.ExitCode(), nil
 	}
 	return "", "", -1, err
+}
+
+// where is the server and database as the binary names them.
+func (f *fixture) where(t *testing.T) string {
+	t.Helper()
+	cfg, err := gomysql.ParseDSN(f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%s@%s(%s)/%s", cfg.User, cfg.Net, cfg.Addr, cfg.DBName)
+}
+
+func (f *fixture) sqlDB(t *testing.T) *sql.DB {
+	t.Helper()
+	sqlDB, err := f.db.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sqlDB
+}
+
+// startBin starts the binary and returns a channel that yields its
+// result once it has exited.
+type binResult struct {
+	out, errOut string
+	code        int
+	err         error
+}
+
+func (f *fixture) startBin(t *testing.T, stdin string, args ...string) <-chan binResult {
+	t.Helper()
+	bin := buildBinary(t)
+	done := make(chan binResult, 1)
+	go func() {
+		out, errOut, code, err := runBin(bin, stdin, append(args, f.flags...)...)
+		done <- binResult{out, errOut, code, err}
+	}()
+	return done
 }
 
 // ok runs the binary and fails the test unless it exits 0.
@@ -369,17 +410,7 @@ func TestLocksDropsStaleCacheEntries(t *testing.T) {
 		return k != nil && k.Holder != nil && k.Holder.ID == holderConn && len(k.Waiters) == 1, string(b)
 	})
 
-	freeze, frozen := context.WithCancel(context.Background())
-	defer frozen()
-	reader := make(chan struct{})
-	go func() {
-		defer close(reader)
-		for freeze.Err() == nil {
-			var n int
-			_ = sqlDB.QueryRowContext(freeze, "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS").Scan(&n)
-			time.Sleep(30 * time.Millisecond)
-		}
-	}()
+	stop := freezeCache(t, sqlDB)
 	if err := holder.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -396,8 +427,7 @@ func TestLocksDropsStaleCacheEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, err := in.snapshot(context.Background(), dblock.Key{})
-	frozen()
-	<-reader
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,4 +528,103 @@ func TestLockViewSQL(t *testing.T) {
 	if got := in.lockTableName(); got != "tb_lock" {
 		t.Errorf("MySQL OBJECT_NAME = %s", got)
 	}
+}
+
+// freezeCache reads MariaDB's INNODB_* cache every 30 ms until the
+// returned function is called: the server refreshes it only after 100 ms
+// without reads, so it stays as it was.
+func freezeCache(t *testing.T, db *sql.DB) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			var n int
+			_ = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS").Scan(&n)
+			time.Sleep(30 * time.Millisecond)
+		}
+	}()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestBinaryLocksNeverNamesAStaleHolder: while another client keeps
+// MariaDB's INNODB_* cache from being refreshed, the holder it shows
+// commits (its pooled connection stays open) and the waiter it shows takes
+// the key. locks used to name the old holder as the holder and leave out
+// the real one; it must not name the old holder.
+func TestBinaryLocksNeverNamesAStaleHolder(t *testing.T) {
+	f := newFixture(t)
+	key := dblock.Resource("stale:holder")
+	first, firstConn := f.held(t, key)
+	w := f.wait(t, key)
+	poll(t, "the holder and its waiter", func() (bool, string) {
+		out := f.ok(t, "locks", "--json", "--key-resource", "stale:holder")
+		var s Snapshot
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("locks --json: %v\n%s", err, out)
+		}
+		k := findKey(&s, "stale:holder")
+		return k != nil && k.Holder != nil && k.Holder.ID == firstConn && len(k.Waiters) == 1, out
+	})
+
+	sqlDB := f.sqlDB(t)
+	stop := freezeCache(t, sqlDB)
+	if err := first.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var secondConn int64
+	select {
+	case secondConn = <-w.got:
+	case <-w.done:
+		t.Fatalf("waiter: %v", w.err)
+	}
+	// The first holder's connection is back in the pool, open and idle.
+	var alive int
+	if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", firstConn).Scan(&alive); err != nil {
+		t.Fatal(err)
+	}
+	var cached int
+	in := &inspector{srv: serverInfo{MariaDB: true, DB: dbName(t, sqlDB)}, table: f.table}
+	if err := sqlDB.QueryRow(`SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w
+		JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id WHERE l.lock_table = ?`, in.lockTableName()).Scan(&cached); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("connection %d (the first holder) alive: %v; the frozen cache still shows %d wait(s); connection %d holds the key now", firstConn, alive == 1, cached, secondConn)
+
+	out := f.ok(t, "locks", "--json", "--key-resource", "stale:holder")
+	stop()
+	t.Logf("txlock locks --json while the cache is frozen:\n%s", out)
+	var s Snapshot
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	k := findKey(&s, "stale:holder")
+	switch {
+	case k == nil:
+		t.Errorf("the held key is not shown: %+v", s.Keys)
+	case k.Holder != nil && k.Holder.ID == firstConn:
+		t.Errorf("connection %d, which committed, is named as the holder; connection %d holds the key", firstConn, secondConn)
+	case k.Holder != nil && k.Holder.ID != secondConn:
+		t.Errorf("connection %d is named as the holder; connection %d holds the key", k.Holder.ID, secondConn)
+	}
+	if cached > 0 && !slices.ContainsFunc(s.Notes, func(n string) bool { return strings.Contains(n, "was not refreshed") }) {
+		t.Errorf("no note says the cache was stale: %q", s.Notes)
+	}
+	if alive == 0 {
+		t.Log("the first holder's connection had closed: the old code would have left it out too")
+	}
+	w.let()
+}
+
+// dbName returns the current database.
+func dbName(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var name string
+	if err := db.QueryRow("SELECT DATABASE()").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }
