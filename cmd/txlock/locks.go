@@ -431,7 +431,8 @@ type HeldKey struct {
 	Key    keyJSON `json:"key"`
 	KeyStr string  `json:"key_string"`
 	RowID  int64   `json:"row_id"`
-	// Holder is nil when the key is held but its holder is not visible.
+	// Holder is nil when the key is held but its holder is not visible, or
+	// not proven to hold it still (MariaDB's cached views may be old).
 	Holder *Conn `json:"holder"`
 	// Source says how the holding was seen: "lock_waits" (MariaDB, someone
 	// waits), "probe" (MariaDB, SKIP LOCKED probe: holder unknown),

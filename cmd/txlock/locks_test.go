@@ -357,19 +357,22 @@ func TestLocksWatch(t *testing.T) {
 		t.Errorf("--watch --interval 100ms on MariaDB: %v, want an error", err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond)
+	// Interrupted (as by ^C) once it has printed three snapshots.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	root, _ = newRootCmd(func(string) string { return "" })
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
+	out := &linesThenCancel{n: 3, cancel: cancel}
+	root.SetOut(out)
+	root.SetErr(out)
 	root.SetArgs(append([]string{"locks", "--watch", "--interval", "250ms", "--json"}, f.flags...))
+	start := time.Now()
 	if err := root.ExecuteContext(ctx); err != nil {
-		t.Fatalf("locks --watch: %v\n%s", err, out.String())
+		t.Fatalf("locks --watch: %v\n%s", err, out.buf.String())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) < 2 {
-		t.Fatalf("--watch printed %d snapshot(s) in 900 ms, want several:\n%s", len(lines), out.String())
+	lines := strings.Split(strings.TrimSpace(out.buf.String()), "\n")
+	t.Logf("--watch printed %d snapshot(s) in %v", len(lines), time.Since(start))
+	if len(lines) < 3 {
+		t.Fatalf("--watch printed %d snapshot(s) in 30 s, want 3:\n%s", len(lines), out.buf.String())
 	}
 	for _, l := range lines {
 		var s Snapshot
@@ -380,6 +383,21 @@ func TestLocksWatch(t *testing.T) {
 			t.Errorf("snapshot without the held key: %s", l)
 		}
 	}
+}
+
+// linesThenCancel collects output and calls cancel once it holds n lines.
+type linesThenCancel struct {
+	buf    bytes.Buffer
+	n      int
+	cancel func()
+}
+
+func (w *linesThenCancel) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	if bytes.Count(w.buf.Bytes(), []byte("\n")) >= w.n {
+		w.cancel()
+	}
+	return len(p), nil
 }
 
 // TestLocksDropsStaleCacheEntries freezes MariaDB's INNODB_* cache (it is

@@ -248,7 +248,7 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 		if naming == maxNamings {
 			return fmt.Errorf("%s: the holder of %s ran statements or changed each of the %d times release checked it right before the KILL: it is working, not stuck; nothing killed", in.table, key, maxNamings)
 		}
-		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named (it may have committed and moved on): not killed; naming the holder again\n", in.table, holder.conn)
+		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named, or was not listed before (it may have committed and moved on): not killed; naming the holder again\n", in.table, holder.conn)
 	}
 }
 
