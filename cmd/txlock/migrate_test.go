@@ -68,8 +68,26 @@ func TestBinaryMigrateDownWhileAKeyIsHeld(t *testing.T) {
 	}
 
 	// --force: the probe's refusal is skipped, but the DROP gives up after
-	// its short lock wait, dropping nothing.
-	res = <-f.startBin(t, "", "migrate", "down", "--force", "--yes")
+	// its short lock wait, dropping nothing. A locker of another key that
+	// arrives while the DROP waits queues behind it until then, and finds
+	// the tables still there.
+	done = f.startBin(t, "", "migrate", "down", "--force", "--yes")
+	sqlDB := f.sqlDB(t)
+	pollFast(t, "the DROP waiting for the held key's table", func() bool {
+		var n int
+		if err := sqlDB.QueryRow(`SELECT COUNT(*) FROM information_schema.PROCESSLIST
+			WHERE INFO LIKE 'DROP TABLE IF EXISTS%' AND INFO LIKE ? AND STATE LIKE 'Waiting for table metadata lock%'`, "%`"+f.table+"`%").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	})
+	start := time.Now()
+	err := f.locker.Do(ctx, dblock.Resource("down:behind"), func(context.Context, *gorm.DB) error { return nil }, dblock.WaitTimeout(time.Second))
+	t.Logf("Do(WaitTimeout(1s)) on another key while the DROP waited: %v after %v", err, time.Since(start))
+	if err != nil && !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Errorf("a locker of another key while the DROP waited: %v, want success or ErrNotAcquired (its wait ran out), never a missing table", err)
+	}
+	res = <-done
 	t.Logf("migrate down --force --yes while held: exit %d\nstdout: %s\nstderr: %s", res.code, res.out, res.errOut)
 	if res.code != 1 || !strings.Contains(res.errOut, "nothing was dropped") {
 		t.Errorf("migrate down --force while a key is held: exit %d, want 1 and nothing dropped", res.code)
