@@ -401,7 +401,7 @@ func (w *linesThenCancel) Write(p []byte) (int, error) {
 }
 
 // TestLocksDropsStaleCacheEntries freezes MariaDB's INNODB_* cache (it is
-// refreshed only after 100 ms without reads) with a reader every 30 ms,
+// refreshed only after 100 ms without reads) with a reader every 10 ms,
 // ends a holder and its waiter, and checks that locks leaves out what the
 // frozen cache still shows.
 func TestLocksDropsStaleCacheEntries(t *testing.T) {
@@ -439,12 +439,10 @@ func TestLocksDropsStaleCacheEntries(t *testing.T) {
 		t.Fatal(w.err)
 	}
 	time.Sleep(200 * time.Millisecond) // frozen: the cache still shows the wait
-	var cached int
-	if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id WHERE l.lock_table = ?",
-		in.lockTableName()).Scan(&cached); err != nil {
-		t.Fatal(err)
-	}
 	s, err := in.snapshot(context.Background(), dblock.Key{})
+	// The wait has ended: a fill that shows it was made before, so if the
+	// cache shows it now, every read of the snapshot got that old fill.
+	cached := cachedWaits(t, sqlDB, in.lockTableName())
 	stop()
 	if err != nil {
 		t.Fatal(err)
@@ -548,7 +546,7 @@ func TestLockViewSQL(t *testing.T) {
 	}
 }
 
-// freezeCache reads MariaDB's INNODB_* cache every 30 ms until the
+// freezeCache reads MariaDB's INNODB_* cache every 10 ms until the
 // returned function is called: the server refreshes it only after 100 ms
 // without reads, so it stays as it was.
 func freezeCache(t *testing.T, db *sql.DB) (stop func()) {
@@ -560,7 +558,7 @@ func freezeCache(t *testing.T, db *sql.DB) (stop func()) {
 		for ctx.Err() == nil {
 			var n int
 			_ = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS").Scan(&n)
-			time.Sleep(30 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	stop = sync.OnceFunc(func() { cancel(); <-done })
@@ -604,15 +602,14 @@ func TestBinaryLocksNeverNamesAStaleHolder(t *testing.T) {
 	if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", firstConn).Scan(&alive); err != nil {
 		t.Fatal(err)
 	}
-	var cached int
 	in := &inspector{srv: serverInfo{MariaDB: true, DB: dbName(t, sqlDB)}, table: f.table}
-	if err := sqlDB.QueryRow(`SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w
-		JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id WHERE l.lock_table = ?`, in.lockTableName()).Scan(&cached); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("connection %d (the first holder) alive: %v; the frozen cache still shows %d wait(s); connection %d holds the key now", firstConn, alive == 1, cached, secondConn)
+	t.Logf("connection %d (the first holder) alive: %v; the frozen cache shows %d wait(s); connection %d holds the key now",
+		firstConn, alive == 1, cachedWaits(t, sqlDB, in.lockTableName()), secondConn)
 
 	out := f.ok(t, "locks", "--json", "--key-resource", "stale:holder")
+	// The wait has ended: if the cache shows it still, locks read only
+	// that old fill.
+	cached := cachedWaits(t, sqlDB, in.lockTableName())
 	stop()
 	t.Logf("txlock locks --json while the cache is frozen:\n%s", out)
 	var s Snapshot
@@ -629,12 +626,24 @@ func TestBinaryLocksNeverNamesAStaleHolder(t *testing.T) {
 		t.Errorf("connection %d is named as the holder; connection %d holds the key", k.Holder.ID, secondConn)
 	}
 	if cached > 0 && !slices.ContainsFunc(s.Notes, func(n string) bool { return strings.Contains(n, "was not refreshed") }) {
-		t.Errorf("no note says the cache was stale: %q", s.Notes)
+		t.Errorf("the cache stayed frozen, but no note says it was stale: %q", s.Notes)
 	}
 	if alive == 0 {
 		t.Log("the first holder's connection had closed: the old code would have left it out too")
 	}
 	w.let()
+}
+
+// cachedWaits returns how many lock waits on lockTable (as INNODB_LOCKS
+// names it) MariaDB's INNODB_* cache shows.
+func cachedWaits(t *testing.T, db *sql.DB, lockTable string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w
+		JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id WHERE l.lock_table = ?`, lockTable).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // dbName returns the current database.

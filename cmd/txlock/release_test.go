@@ -165,6 +165,11 @@ func pollFast(t *testing.T, what string, cond func() bool) {
 // holder and before the KILL. It returns once the holder has been named
 // (release's probe was seen queued, then withdrawn), and a function that
 // lets release go on and returns its stdout, stderr and exit code.
+//
+// release names the holder at its first read of the INNODB_* cache that
+// shows its probe, 150 ms after the probe queues. So that the probe is
+// not missed, the cache is kept from being refreshed until the probe has
+// been seen: release then keeps polling (for up to 2 s).
 func (f *fixture) startPaused(t *testing.T, key string) func() (string, string, int) {
 	t.Helper()
 	r, w, err := os.Pipe()
@@ -173,6 +178,8 @@ func (f *fixture) startPaused(t *testing.T, key string) func() (string, string, 
 	}
 	t.Cleanup(func() { r.Close() })
 	filler := fillPipe(t, w)
+	sqlDB := f.sqlDB(t)
+	unfreeze := freezeCache(t, sqlDB)
 	cmd := exec.Command(buildBinary(t), append([]string{"release", "--force", "--key", key}, f.flags...)...)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = w, &stderr
@@ -182,7 +189,6 @@ func (f *fixture) startPaused(t *testing.T, key string) func() (string, string, 
 	w.Close()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	sqlDB := f.sqlDB(t)
 	probing := func() bool {
 		var n int
 		if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%" + probeTag + "%' AND ID <> CONNECTION_ID()").Scan(&n); err != nil {
@@ -198,6 +204,7 @@ func (f *fixture) startPaused(t *testing.T, key string) func() (string, string, 
 		}
 		return probing()
 	})
+	unfreeze()
 	pollFast(t, "release's probe withdrawn", func() bool { return !probing() })
 	return func() (string, string, int) {
 		var out bytes.Buffer
