@@ -21,5 +21,8 @@
 //
 // MySQL and MariaDB commit DDL implicitly: if a version fails halfway, the
 // statements before the failure stay applied and the version is not
-// recorded; the error says which version failed.
+// recorded; the error says which version failed. Every statement is
+// idempotent (IF NOT EXISTS, IF EXISTS), so running Up again completes it,
+// and Up re-creates the tables that are missing although the version table
+// records them. [WithReport] tells what one call did.
 package migrations

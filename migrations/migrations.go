@@ -15,6 +15,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/database"
 
@@ -43,6 +44,7 @@ type config struct {
 	table       string
 	logger      *slog.Logger
 	lockTimeout time.Duration
+	report      *Report
 }
 
 // WithTable sets the lock table's name (default [schema.DefaultTable],
@@ -83,6 +85,41 @@ func WithLockTimeout(d time.Duration) Option {
 		return nil
 	}
 }
+
+// WithReport makes Up and Down fill r with what that call did. Calls for
+// the same table are serialised, and each reports only its own work: of
+// several processes running Up at once, one reports the versions applied.
+func WithReport(r *Report) Option {
+	return func(c *config) error {
+		if r == nil {
+			return errors.New("nil report")
+		}
+		c.report = r
+		return nil
+	}
+}
+
+// A Report is what one call of Up or Down did (see [WithReport]).
+type Report struct {
+	// Applied lists the versions that this call of Up applied, oldest
+	// first.
+	Applied []int64
+	// RolledBack lists the versions that this call of Down rolled back,
+	// newest first.
+	RolledBack []int64
+	// Missing lists the tables that Up found missing although the version
+	// table recorded their migrations as applied (a Down or an Up
+	// interrupted halfway, a table dropped by hand). Up then ran those
+	// migrations again; every migration is idempotent.
+	Missing []string
+}
+
+// downLockWait bounds how long Down's DROP waits for the tables' metadata
+// locks (lock_wait_timeout, whole seconds). A transaction that holds a key
+// keeps the lock table's metadata lock until it ends, and every statement
+// on the table that arrives after a waiting DROP queues behind it: a long
+// wait would stall every locker of every key, not only the holder.
+const downLockWait = 2 * time.Second
 
 // MigrationStatus describes one embedded migration and whether the database
 // has it.
@@ -128,7 +165,10 @@ func Latest() int64 {
 }
 
 // Up applies every embedded migration that db does not have yet, in order.
-// It is idempotent: on an up-to-date database it changes nothing.
+// It is idempotent: on an up-to-date database it changes nothing. Whatever
+// the version table records, Up checks that the lock and fence tables
+// exist; when one is missing it runs the recorded migrations again, which
+// creates what is missing and leaves what exists as it is.
 func Up(ctx context.Context, db *sql.DB, opts ...Option) error {
 	cfg, err := newConfig(db, opts)
 	if err != nil {
@@ -138,39 +178,88 @@ func Up(ctx context.Context, db *sql.DB, opts ...Option) error {
 	if err != nil {
 		return err
 	}
-	if err := m.ensureVersionTable(ctx, db); err != nil {
+	missing, err := m.prepareUp(ctx, db)
+	if err != nil {
 		return err
 	}
-	if _, err := m.provider.Up(ctx); err != nil {
+	res, err := m.provider.Up(ctx)
+	cfg.report.record(func(r *Report) {
+		r.Applied = versions(res, err)
+		if len(r.Applied) > 0 {
+			r.Missing = missing
+		}
+	})
+	if err != nil {
 		return fmt.Errorf("migrations: up %s: %w", cfg.table, err)
 	}
 	return nil
 }
 
 // Down rolls back every applied migration, newest first: it drops the lock
-// and fence tables, with all locks and fencing counters in them. The version
-// table stays, recording that nothing is applied. Down on a database that
-// was never migrated does nothing.
-func Down(ctx context.Context, db *sql.DB, opts ...Option) error {
+// and fence tables, with all locks and fencing counters in them, in one
+// statement. The version table stays, recording that nothing is applied.
+// Down on a database that was never migrated does nothing.
+//
+// A transaction that holds a key keeps the tables in use until it ends.
+// Down waits at most 2 s for them (lock_wait_timeout), so that the lockers
+// queued behind its DROP are not stalled for longer, and then fails with
+// nothing dropped: stop the services that use the tables first.
+func Down(ctx context.Context, db *sql.DB, opts ...Option) (err error) {
 	cfg, err := newConfig(db, opts)
 	if err != nil {
 		return err
 	}
+	var res []*goose.MigrationResult
+	defer func() { cfg.report.record(func(r *Report) { r.RolledBack = versions(res, err) }) }()
 	exists, err := tableExists(ctx, db, VersionTable(cfg.table))
-	if err != nil {
+	if err != nil || !exists {
 		return err
-	}
-	if !exists {
-		return nil
 	}
 	m, err := newMigrator(db, cfg)
 	if err != nil {
 		return err
 	}
-	if _, err := m.provider.DownTo(ctx, 0); err != nil {
+	m.locker.ddlLockWait = downLockWait
+	res, err = m.provider.DownTo(ctx, 0)
+	var me *gomysql.MySQLError
+	switch {
+	case errors.As(err, &me) && me.Number == erLockWaitTimeout:
+		return fmt.Errorf("migrations: down %s: a transaction still uses %s or %s (one that holds a key keeps them in use until it ends); "+
+			"nothing was dropped: the DROP gave up after %v rather than stall every locker queued behind it; stop the services that use them and try again: %w",
+			cfg.table, cfg.table, schema.FenceTable(cfg.table), downLockWait, err)
+	case err != nil:
 		return fmt.Errorf("migrations: down %s: %w", cfg.table, err)
 	}
 	return nil
+}
+
+// erLockWaitTimeout is the server's error for a lock wait, row or
+// metadata, that ran out (1205).
+const erLockWaitTimeout = 1205
+
+// record resets r, if the caller asked for a report, and lets fill set it.
+func (r *Report) record(fill func(*Report)) {
+	if r == nil {
+		return
+	}
+	*r = Report{}
+	fill(r)
+}
+
+// versions returns the versions of goose's results, including those run
+// before a failure.
+func versions(res []*goose.MigrationResult, err error) []int64 {
+	var pe *goose.PartialError
+	if errors.As(err, &pe) {
+		res = pe.Applied
+	}
+	var out []int64
+	for _, r := range res {
+		if r != nil && r.Source != nil {
+			out = append(out, r.Source.Version)
+		}
+	}
+	return out
 }
 
 // Status lists the embedded migrations in version order and reports which
@@ -255,43 +344,97 @@ func newMigrator(db *sql.DB, cfg *config) (*migrator, error) {
 	return &migrator{table: cfg.table, provider: p, store: store, locker: locker}, nil
 }
 
-// ensureVersionTable creates the version table, with goose's version-0
-// row, unless it exists. goose would create it too, but outside its session
-// lock (in HasPending), where a concurrent Up could see the table before
-// its version-0 row and fail; here it happens under the migration lock,
-// on a single connection.
-func (m *migrator) ensureVersionTable(ctx context.Context, db *sql.DB) (err error) {
+// schemaTables returns the tables that the migrations create for the lock
+// table named table.
+func schemaTables(table string) []string {
+	return []string{table, schema.FenceTable(table)}
+}
+
+// withLock runs fn on a connection of db that holds the table's migration
+// lock.
+func (m *migrator) withLock(ctx context.Context, db *sql.DB, op string, fn func(conn *sql.Conn) error) (err error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("migrations: up %s: %w", m.table, err)
+		return fmt.Errorf("migrations: %s %s: %w", op, m.table, err)
 	}
 	defer func() {
 		if cerr := conn.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("migrations: up %s: %w", m.table, cerr)
+			err = fmt.Errorf("migrations: %s %s: %w", op, m.table, cerr)
 		}
 	}()
 	if err := m.locker.SessionLock(ctx, conn); err != nil {
-		return fmt.Errorf("migrations: up %s: %w", m.table, err)
+		return fmt.Errorf("migrations: %s %s: %w", op, m.table, err)
 	}
 	defer func() {
 		if uerr := m.locker.SessionUnlock(context.WithoutCancel(ctx), conn); uerr != nil && err == nil {
-			err = fmt.Errorf("migrations: up %s: %w", m.table, uerr)
+			err = fmt.Errorf("migrations: %s %s: %w", op, m.table, uerr)
 		}
 	}()
-	exists, err := tableExists(ctx, conn, m.store.Tablename())
-	if err != nil {
-		return err
-	}
-	if exists {
+	return fn(conn)
+}
+
+// prepareUp readies the version table for goose's Up, under the migration
+// lock, and returns the tables it found missing although recorded.
+//
+// It creates the version table, with goose's version-0 row, unless it
+// exists. goose would create it too, but outside its session lock (in
+// HasPending), where a concurrent Up could see the table before its
+// version-0 row and fail.
+//
+// When the version table records migrations but a table they create is
+// missing, it deletes those records, so that goose runs the migrations
+// again (every migration is idempotent). goose alone would see nothing
+// pending and leave the tables missing.
+func (m *migrator) prepareUp(ctx context.Context, db *sql.DB) (missing []string, err error) {
+	err = m.withLock(ctx, db, "up", func(conn *sql.Conn) error {
+		vt := m.store.Tablename()
+		exists, err := tableExists(ctx, conn, vt)
+		if err != nil {
+			return err
+		}
+		if !exists {
+			if err := m.store.CreateVersionTable(ctx, conn); err != nil {
+				return fmt.Errorf("migrations: up %s: creating %s: %w", m.table, vt, err)
+			}
+			if err := m.store.Insert(ctx, conn, database.InsertRequest{Version: 0}); err != nil {
+				return fmt.Errorf("migrations: up %s: initialising %s: %w", m.table, vt, err)
+			}
+			return nil
+		}
+		recorded, err := m.store.ListMigrations(ctx, conn)
+		if err != nil {
+			return fmt.Errorf("migrations: up %s: reading %s: %w", m.table, vt, err)
+		}
+		var applied []int64
+		for _, r := range recorded {
+			if r.Version > 0 && r.IsApplied {
+				applied = append(applied, r.Version)
+			}
+		}
+		if len(applied) == 0 {
+			return nil
+		}
+		for _, t := range schemaTables(m.table) {
+			ok, err := tableExists(ctx, conn, t)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				missing = append(missing, t)
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		for _, v := range applied {
+			if err := m.store.Delete(ctx, conn, v); err != nil {
+				return fmt.Errorf("migrations: up %s: %s missing: forgetting version %d in %s to run it again: %w",
+					m.table, strings.Join(missing, " and "), v, vt, err)
+			}
+		}
 		return nil
-	}
-	if err := m.store.CreateVersionTable(ctx, conn); err != nil {
-		return fmt.Errorf("migrations: up %s: creating %s: %w", m.table, m.store.Tablename(), err)
-	}
-	if err := m.store.Insert(ctx, conn, database.InsertRequest{Version: 0}); err != nil {
-		return fmt.Errorf("migrations: up %s: initialising %s: %w", m.table, m.store.Tablename(), err)
-	}
-	return nil
+	})
+	return missing, err
 }
 
 // source is one embedded migration file.

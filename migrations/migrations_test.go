@@ -240,6 +240,8 @@ func TestNilDB(t *testing.T) {
 	}
 }
 
+// TestConcurrentUp: six Up calls at once take turns; exactly one of them
+// applies the migration and reports it.
 func TestConcurrentUp(t *testing.T) {
 	t.Parallel()
 	db := open(t)
@@ -248,16 +250,24 @@ func TestConcurrentUp(t *testing.T) {
 	const n = 6
 	var wg sync.WaitGroup
 	errs := make([]error, n)
+	reports := make([]migrations.Report, n)
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = migrations.Up(context.Background(), db, migrations.WithTable(name))
+			errs[i] = migrations.Up(context.Background(), db, migrations.WithTable(name), migrations.WithReport(&reports[i]))
 		})
 	}
 	wg.Wait()
+	applied := 0
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("Up #%d: %v", i, err)
 		}
+		if len(reports[i].Applied) > 0 {
+			applied++
+		}
+	}
+	if applied != 1 {
+		t.Errorf("%d of %d concurrent Up calls report having applied version 1, want exactly 1: %+v", applied, n, reports)
 	}
 	wantStatus(t, db, name, true)
 }

@@ -19,11 +19,10 @@ func TestRenderRenamesEveryIdentifier(t *testing.T) {
 	}
 	text := string(b)
 	for _, want := range []string{
-		"CREATE TABLE `acme_locks` (",
-		"CREATE TABLE `acme_locks_fence` (",
+		"CREATE TABLE IF NOT EXISTS `acme_locks` (",
+		"CREATE TABLE IF NOT EXISTS `acme_locks_fence` (",
 		"UNIQUE KEY `uk_acme_locks_key_hash` (key_hash)",
-		"DROP TABLE IF EXISTS `acme_locks_fence`;",
-		"DROP TABLE IF EXISTS `acme_locks`;",
+		"DROP TABLE IF EXISTS `acme_locks_fence`, `acme_locks`;",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("rendered SQL lacks %q:\n%s", want, text)
@@ -83,6 +82,7 @@ func TestOptionsRejectBadValues(t *testing.T) {
 	for name, opt := range map[string]Option{
 		"empty table":      WithTable(""),
 		"nil logger":       WithLogger(nil),
+		"nil report":       WithReport(nil),
 		"zero timeout":     WithLockTimeout(0),
 		"negative timeout": WithLockTimeout(-1),
 	} {

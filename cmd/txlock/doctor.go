@@ -62,8 +62,9 @@ with what to change. It only reads: server variables, the lock table and its
 migration version.
 
 Checks: server version and flavour (MariaDB >= 10.6, MySQL >= 8.0),
-isolation level, innodb_snapshot_isolation (MariaDB), innodb_lock_wait_timeout,
-wait_timeout (how long a silently cut-off holder keeps its lock),
+isolation level, innodb_snapshot_isolation (MariaDB), innodb_lock_wait_timeout
+(0 FAILs: blocking lock calls would give up at once), max_statement_time
+(MariaDB), innodb_rollback_on_timeout, autocommit (OFF FAILs), wait_timeout (how long a silently cut-off holder keeps its lock),
 idle_transaction_timeout (MariaDB), innodb_deadlock_detect, read_only,
 super_read_only and innodb_read_only (a replica), Galera (wsrep_on, and
 whether the node is synced in the cluster's primary component),
@@ -171,7 +172,8 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*
 	}
 	vars, err := globalVars(ctx, db,
 		"tx_isolation", "transaction_isolation", "innodb_snapshot_isolation",
-		"innodb_lock_wait_timeout", "wait_timeout", "idle_transaction_timeout",
+		"innodb_lock_wait_timeout", "innodb_rollback_on_timeout", "max_statement_time", "autocommit",
+		"wait_timeout", "idle_transaction_timeout",
 		"innodb_deadlock_detect", "read_only", "super_read_only", "innodb_read_only",
 		"wsrep_on", "performance_schema")
 	if err != nil {
@@ -226,6 +228,10 @@ func (rep *doctorReport) count() *doctorReport {
 	}
 	return rep
 }
+
+// minLockWait is the innodb_lock_wait_timeout below which doctor warns
+// that blocking lock calls give up early.
+const minLockWait = 5
 
 // galeraMode is the Galera mode the services use, as doctor was told.
 type galeraMode int
@@ -285,11 +291,42 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 	// Lock waits.
 	if v, ok := vars["innodb_lock_wait_timeout"]; ok {
 		n, _ := strconv.ParseInt(v, 10, 64)
-		if n > 120 {
+		switch {
+		case n <= 0:
+			add("innodb_lock_wait_timeout", statusFail, v+": a lock call without WaitTimeout or context deadline gives up at once when the key is held: Lock and Do fail like TryLock",
+				"SET GLOBAL innodb_lock_wait_timeout = 50 (the default), or set it in the services' DSN (innodb_lock_wait_timeout=50)")
+		case n < minLockWait:
+			add("innodb_lock_wait_timeout", statusWarn, humanSeconds(n)+": a lock call without WaitTimeout or context deadline gives up after that, even on a key held only briefly by others",
+				"if that is not meant, SET GLOBAL innodb_lock_wait_timeout = 50 (the default), or give lock calls a WaitTimeout or deadline")
+		case n > 120:
 			add("innodb_lock_wait_timeout", statusWarn, humanSeconds(n)+": a waiter without WaitTimeout or context deadline queues that long",
 				"give lock calls a WaitTimeout or deadline, or lower it: SET GLOBAL innodb_lock_wait_timeout = 50")
-		} else {
+		default:
 			add("innodb_lock_wait_timeout", statusOK, humanSeconds(n)+": the longest wait of a lock call without WaitTimeout or deadline", "")
+		}
+	}
+	if v, ok := vars["max_statement_time"]; ok {
+		if f, _ := strconv.ParseFloat(v, 64); f > 0 {
+			add("max_statement_time", statusWarn, v+" s: every statement, a lock wait included, is ended after that (error 1969): a lock call without WaitTimeout or context deadline gives up then, whatever innodb_lock_wait_timeout says",
+				"SET GLOBAL max_statement_time = 0, or give lock calls a WaitTimeout or deadline (txlock then sets it per statement)")
+		} else {
+			add("max_statement_time", statusOK, "0 (off): statements are not cut short", "")
+		}
+	}
+	if serverinfo.IsOn(vars["innodb_rollback_on_timeout"]) {
+		add("innodb_rollback_on_timeout", statusWarn, "ON: a lock-wait timeout (error 1205, which MariaDB also returns for TryLock and NoWait) rolls back the whole transaction, not only the statement: "+
+			"in a transaction of your own (LockTx, Do inside WithTx) a failed TryLock or wait also undoes the writes and the locks taken before it, and the statements after it run in autocommit",
+			"take locks first in such transactions and end the transaction on ErrNotAcquired, or turn the option off in the server configuration (it needs a restart)")
+	} else if _, ok := vars["innodb_rollback_on_timeout"]; ok {
+		add("innodb_rollback_on_timeout", statusOK, "OFF: a lock-wait timeout ends only its statement; the transaction and its other locks stay", "")
+	}
+	if v, ok := vars["autocommit"]; ok {
+		if serverinfo.IsOn(v) {
+			add("autocommit", statusOK, "ON (default for new sessions)", "")
+		} else {
+			add("autocommit", statusFail, "OFF: a new session's first statement opens a transaction that stays open until COMMIT; "+
+				"the key rows and fencing counters that txlock writes beside the lock transaction (in autocommit) would stay uncommitted, their row locks held",
+				"SET GLOBAL autocommit = 1, or set autocommit=1 in every service's DSN")
 		}
 	}
 
@@ -411,7 +448,7 @@ func tableCheck(ctx context.Context, db *sql.DB, table string, add func(name, st
 	}
 	if len(missing) > 0 {
 		add("table", statusFail, strings.Join(missing, " and ")+" missing in this database",
-			"create them: txlock migrate up --table "+table)
+			"run txlock migrate up --table "+table+": it creates what is missing, whatever the version table records")
 		return
 	}
 	for _, name := range []string{table, schema.FenceTable(table)} {
@@ -432,7 +469,7 @@ func tableCheck(ctx context.Context, db *sql.DB, table string, add func(name, st
 		add("table", statusOK, fmt.Sprintf("%s and %s present (InnoDB), at migration %d (latest)", table, schema.FenceTable(table), version), "")
 	case version == 0:
 		add("table", statusWarn, fmt.Sprintf("%s exists but %s records no migration: created by another tool?", table, migrations.VersionTable(table)),
-			fmt.Sprintf("make sure it matches migration %d of this txlock (migrations/sql)", latest))
+			fmt.Sprintf("if it matches migration %d of this txlock (migrations/sql), record it with txlock migrate up --table %s (it keeps existing tables)", latest, table))
 	default:
 		add("table", statusFail, fmt.Sprintf("%s is at migration %d, this txlock needs %d", table, version, latest),
 			"txlock migrate up --table "+table)

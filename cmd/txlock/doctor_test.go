@@ -1,10 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/testdb"
+	"github.com/txlock/txlock/migrations"
 )
 
 func TestBinaryDoctor(t *testing.T) {
@@ -17,20 +24,22 @@ func TestBinaryDoctor(t *testing.T) {
 	}
 	// This server: MariaDB 10.11 with the default 8 h wait_timeout.
 	for _, want := range []string{
-		"OK    version                   MariaDB 10.",
-		"OK    isolation ",
-		"OK    read_only ",
-		"OK    galera ",
-		"OK    table                     " + f.table + " and " + f.table + "_fence present (InnoDB), at migration 1 (latest)",
+		"OK version MariaDB 10.",
+		"OK isolation ",
+		"OK read_only ",
+		"OK galera ",
+		"OK table " + f.table + " and " + f.table + "_fence present (InnoDB), at migration 1 (latest)",
+		" innodb_lock_wait_timeout ",
+		" innodb_rollback_on_timeout ",
+		"OK autocommit ON",
 		"idle_transaction_timeout",
-		"innodb_lock_wait_timeout",
 		"0 FAIL",
 	} {
-		if !strings.Contains(out, want) {
+		if !strings.Contains(squeeze(out), want) {
 			t.Errorf("doctor output lacks %q", want)
 		}
 	}
-	if !strings.Contains(out, "WARN  wait_timeout") && !strings.Contains(out, "OK    wait_timeout") {
+	if !strings.Contains(squeeze(out), "WARN wait_timeout") && !strings.Contains(squeeze(out), "OK wait_timeout") {
 		t.Errorf("no wait_timeout line:\n%s", out)
 	}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
@@ -53,7 +62,7 @@ func TestBinaryDoctor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code != 1 || !strings.Contains(out, "FAIL  table") || !strings.Contains(out, "txlock migrate up --table "+f.table+"_missing") ||
+	if code != 1 || !strings.Contains(squeeze(out), "FAIL table") || !strings.Contains(out, "txlock migrate up --table "+f.table+"_missing") ||
 		!strings.Contains(errOut, "1 check(s) failed") {
 		t.Errorf("missing table: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
@@ -63,6 +72,15 @@ func TestBinaryDoctor(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "galera-multi-writer") {
 		t.Errorf("doctor with both Galera modes: exit %d, stderr %q", code, errOut)
 	}
+}
+
+// squeeze collapses the runs of blanks that align doctor's columns.
+func squeeze(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = strings.Join(strings.Fields(l), " ")
+	}
+	return strings.Join(lines, "\n")
 }
 
 func TestServerChecks(t *testing.T) {
@@ -148,5 +166,127 @@ func TestServerChecks(t *testing.T) {
 	}
 	if got := status(serverChecks(serverInfo{Version: "5.7.44", Major: 5, Minor: 7}, mysqlVars, galeraUnset), "version"); got != statusFail {
 		t.Errorf("MySQL 5.7: %s", got)
+	}
+}
+
+// TestBinaryDoctorFlagsLockWaitSettings runs doctor against a server of its
+// own whose globals would break blocking lock calls: with
+// innodb_lock_wait_timeout=0 a Lock on a held key fails at once (doctor
+// used to say OK), and with autocommit=0 the key rows that txlock creates
+// beside the lock transaction stay uncommitted.
+func TestBinaryDoctorFlagsLockWaitSettings(t *testing.T) {
+	t.Parallel()
+	srv := testdb.ThrowawayFor(t)
+	db := testdb.OpenDSN(t, srv.DSN())
+	sqlDB, err := db.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := migrations.Up(ctx, sqlDB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlDB.Exec("SET GLOBAL innodb_lock_wait_timeout = 0"); err != nil {
+		t.Fatal(err)
+	}
+	// What doctor warns of: a Lock without WaitTimeout or deadline, on a
+	// held key, on sessions opened from now on.
+	l1, l2 := newLockerOn(t, srv.DSN()), newLockerOn(t, srv.DSN())
+	held, err := l1.Lock(ctx, dblock.Resource("doctor:held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = l2.Lock(ctx, dblock.Resource("doctor:held"))
+	t.Logf("innodb_lock_wait_timeout=0: a blocking Lock on a held key returned after %v: %v", time.Since(start), err)
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Errorf("blocking Lock with innodb_lock_wait_timeout=0 = %v, want ErrNotAcquired at once", err)
+	}
+	if err := held.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	bin := buildBinary(t)
+	doctor := func() (string, int) {
+		t.Helper()
+		out, errOut, code, err := runBin(bin, "", "doctor", "--dsn", srv.DSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("txlock doctor (exit %d):\n%s%s", code, out, errOut)
+		return squeeze(out), code
+	}
+	out, code := doctor()
+	if code != 1 || !strings.Contains(out, "FAIL innodb_lock_wait_timeout 0: a lock call without WaitTimeout or context deadline gives up at once") {
+		t.Errorf("innodb_lock_wait_timeout=0: exit %d, want 1 and a FAIL line", code)
+	}
+
+	for _, set := range []string{"SET GLOBAL innodb_lock_wait_timeout = 2", "SET GLOBAL autocommit = 0"} {
+		if _, err := sqlDB.Exec(set); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, code = doctor()
+	if code != 1 || !strings.Contains(out, "WARN innodb_lock_wait_timeout 2 s: a lock call without WaitTimeout or context deadline gives up after that") ||
+		!strings.Contains(out, "FAIL autocommit OFF") {
+		t.Errorf("innodb_lock_wait_timeout=2, autocommit=0: exit %d, want 1, a WARN and an autocommit FAIL", code)
+	}
+	for _, set := range []string{"SET GLOBAL innodb_lock_wait_timeout = 50", "SET GLOBAL autocommit = 1"} {
+		if _, err := sqlDB.Exec(set); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, code = doctor(); code != 0 || !strings.Contains(out, "OK innodb_lock_wait_timeout 50 s") {
+		t.Errorf("defaults again: exit %d", code)
+	}
+}
+
+// newLockerOn returns a Locker on a server of dsn, closed when t ends.
+func newLockerOn(t *testing.T, dsn string) *dblock.Locker {
+	t.Helper()
+	l, err := dblock.New(testdb.OpenDSN(t, dsn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// TestServerChecksLockWaits judges the lock-wait settings from variables.
+func TestServerChecksLockWaits(t *testing.T) {
+	maria := serverInfo{Version: "10.11.19-MariaDB", MariaDB: true, Major: 10, Minor: 11, Patch: 19}
+	base := map[string]string{
+		"tx_isolation": "READ-COMMITTED", "innodb_lock_wait_timeout": "50", "wait_timeout": "60",
+		"idle_transaction_timeout": "0", "read_only": "OFF", "innodb_rollback_on_timeout": "OFF",
+		"autocommit": "ON", "max_statement_time": "0.000000",
+	}
+	for _, tc := range []struct {
+		name, value, check, want string
+	}{
+		{"tx_isolation", "READ-COMMITTED", "isolation", statusOK},
+		{"innodb_lock_wait_timeout", "50", "innodb_lock_wait_timeout", statusOK},
+		{"innodb_lock_wait_timeout", "0", "innodb_lock_wait_timeout", statusFail},
+		{"innodb_lock_wait_timeout", "1", "innodb_lock_wait_timeout", statusWarn},
+		{"innodb_lock_wait_timeout", "5", "innodb_lock_wait_timeout", statusOK},
+		{"innodb_lock_wait_timeout", "3600", "innodb_lock_wait_timeout", statusWarn},
+		{"innodb_rollback_on_timeout", "ON", "innodb_rollback_on_timeout", statusWarn},
+		{"innodb_rollback_on_timeout", "OFF", "innodb_rollback_on_timeout", statusOK},
+		{"autocommit", "OFF", "autocommit", statusFail},
+		{"autocommit", "0", "autocommit", statusFail},
+		{"autocommit", "ON", "autocommit", statusOK},
+		{"max_statement_time", "10.000000", "max_statement_time", statusWarn},
+		{"max_statement_time", "0.000000", "max_statement_time", statusOK},
+	} {
+		vars := maps.Clone(base)
+		vars[tc.name] = tc.value
+		got := "absent"
+		for _, c := range serverChecks(maria, vars, galeraUnset) {
+			if c.Name == tc.check {
+				got = c.Status
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s=%s: %s is %s, want %s", tc.name, tc.value, tc.check, got, tc.want)
+		}
 	}
 }

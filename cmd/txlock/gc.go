@@ -54,6 +54,9 @@ an id above the highest, outside every such gap, so it is never blocked by
 one.
 Rows skipped because they were held are counted as left.
 
+Without --dry-run, gc acts only on the server named by --dsn or
+$` + envDSN + ` (never on the default).
+
 The fence table (<table>_fence, the fencing counters) is never touched:
 a key's counter must survive the deletion of its row.`,
 		Example: `  txlock gc --older-than 720h --dry-run
@@ -66,6 +69,11 @@ a key's counter must survive the deletion of its row.`,
 			}
 			if batch < 1 || batch > maxGCBatch {
 				return fmt.Errorf("--batch must be between 1 and %d, got %d", maxGCBatch, batch)
+			}
+			if !dryRun {
+				if err := opts.requireDSN("gc"); err != nil {
+					return err
+				}
 			}
 			ctx := cmd.Context()
 			return opts.withDB(ctx, func(db *sql.DB, where string) error {

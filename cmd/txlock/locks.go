@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +68,16 @@ the old data, so while other clients poll these views more often than every
 100 ms the cache is not refreshed at all. locks therefore reads them once
 per snapshot, --identify polls every 150 ms, and --watch needs an --interval
 of at least 200 ms on MariaDB. PROCESSLIST is live.
+
+So that a holder that has released since is never named, locks opens a
+transaction of its own (a consistent snapshot, which locks nothing) and uses
+a fill of the cache that shows it, made after the snapshot began, waiting up
+to 1 s for one; and it names a holder only if PROCESSLIST shows its
+connection with the same QUERY_ID and COMMAND before that fill and after:
+every statement gets a new QUERY_ID and a transaction ends only with a
+statement, so it is still in the transaction that held the key. Otherwise
+the key's holder is "?" and a note says why; with a cache that was not
+refreshed in time no holder, waiter or candidate is taken from it at all.
 
 A snapshot is assembled from several queries and is not atomic: a lock
 released or taken during it may be shown or not. Needs the PROCESS
@@ -379,9 +388,10 @@ WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?
   COALESCE(trx_query, '') LIKE '%` + probeTag + `%'
 FROM information_schema.INNODB_TRX`
 
-	// processSQL: the connections; MariaDB has milliseconds.
-	mariaDBProcessSQL = `SELECT ID, USER, HOST, COALESCE(DB, ''), COMMAND, TIME_MS / 1000, COALESCE(STATE, '') FROM information_schema.PROCESSLIST`
-	mySQLProcessSQL   = `SELECT ID, USER, HOST, COALESCE(DB, ''), COMMAND, TIME, COALESCE(STATE, '') FROM information_schema.PROCESSLIST`
+	// processSQL: the connections; MariaDB has milliseconds and QUERY_ID
+	// (see liveness.go).
+	mariaDBProcessSQL = `SELECT ID, USER, HOST, COALESCE(DB, ''), COMMAND, TIME_MS / 1000, COALESCE(STATE, ''), QUERY_ID FROM information_schema.PROCESSLIST`
+	mySQLProcessSQL   = `SELECT ID, USER, HOST, COALESCE(DB, ''), COMMAND, TIME, COALESCE(STATE, ''), 0 FROM information_schema.PROCESSLIST`
 )
 
 // cacheNote is printed with every MariaDB table snapshot.
@@ -421,7 +431,8 @@ type HeldKey struct {
 	Key    keyJSON `json:"key"`
 	KeyStr string  `json:"key_string"`
 	RowID  int64   `json:"row_id"`
-	// Holder is nil when the key is held but its holder is not visible.
+	// Holder is nil when the key is held but its holder is not visible, or
+	// not proven to hold it still (MariaDB's cached views may be old).
 	Holder *Conn `json:"holder"`
 	// Source says how the holding was seen: "lock_waits" (MariaDB, someone
 	// waits), "probe" (MariaDB, SKIP LOCKED probe: holder unknown),
@@ -478,6 +489,7 @@ type trxInfo struct {
 type procInfo struct {
 	user, host, db, cmd, state string
 	secs                       float64
+	queryID                    int64 // MariaDB's QUERY_ID: new with every statement (0 on MySQL)
 }
 
 // lockTableName is the table as the flavour's lock view names it.
@@ -564,7 +576,7 @@ func (in *inspector) processes(ctx context.Context) (map[int64]procInfo, error) 
 			p    procInfo
 			secs sql.NullFloat64
 		)
-		if err := rows.Scan(&id, &p.user, &p.host, &p.db, &p.cmd, &secs, &p.state); err != nil {
+		if err := rows.Scan(&id, &p.user, &p.host, &p.db, &p.cmd, &secs, &p.state, &p.queryID); err != nil {
 			return nil, fmt.Errorf("reading PROCESSLIST: %w", err)
 		}
 		p.secs = secs.Float64
@@ -661,6 +673,68 @@ func (in *inspector) lockFree(ctx context.Context, ids []int64) (map[int64]bool,
 	return free, rows.Err()
 }
 
+// rowState is what a snapshot knows of one key row.
+type rowState struct {
+	holders map[string]int64 // trx -> conn, each proven to hold the row now
+	waiters map[string]int64
+	source  string
+	live    bool // the SKIP LOCKED probe found it held
+}
+
+// rowStates are the key rows a snapshot knows of, by id.
+type rowStates map[int64]*rowState
+
+func (r rowStates) state(id int64) *rowState {
+	s := r[id]
+	if s == nil {
+		s = &rowState{holders: map[string]int64{}, waiters: map[string]int64{}}
+		r[id] = s
+	}
+	return s
+}
+
+// rowsFromCache keeps the entries of the lock view that still hold now,
+// and returns how many it left out. procs is PROCESSLIST read after the
+// cache. On MariaDB a holder is kept only if the fill was made after
+// before was read and the holder's connection provably stayed in one
+// transaction from before to procs (liveness.go): a cached holder that may
+// have released since is never named. A waiter is kept if its connection
+// still runs a statement (and, on MariaDB, the fill is fresh). Probes of
+// txlock itself (--identify, release) are not waiters anyone needs to see.
+func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo) (rowStates, int) {
+	rows := rowStates{}
+	source := "lock_waits"
+	if !in.srv.MariaDB {
+		source = "data_locks"
+	}
+	left := 0
+	for _, e := range c.entries {
+		if t, ok := c.trxs[e.trx]; ok && t.probe {
+			continue
+		}
+		p, alive := procs[e.conn]
+		keep := alive && c.fresh
+		switch {
+		case e.waiting:
+			keep = keep && (p.cmd == "Query" || p.cmd == "Execute")
+		case in.srv.MariaDB:
+			keep = keep && sameTransaction(before[e.conn], p)
+		}
+		if !keep {
+			left++
+			continue
+		}
+		s := rows.state(e.rowID)
+		s.source = source
+		if e.waiting {
+			s.waiters[e.trx] = e.conn
+		} else {
+			s.holders[e.trx] = e.conn
+		}
+	}
+	return rows, left
+}
+
 // snapshot assembles the held keys matching filter.
 func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot, error) {
 	snap := &Snapshot{
@@ -672,15 +746,27 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		Keys:   []HeldKey{},
 		Notes:  []string{},
 	}
-	// The lock view and INNODB_TRX are read back to back: on MariaDB they
-	// then come from the same fill of the server's cache.
-	entries, err := in.entries(ctx)
+	// The baseline that cached holders are checked against (MariaDB).
+	var before map[int64]procInfo
+	if in.srv.MariaDB {
+		var err error
+		if before, err = in.processes(ctx); err != nil {
+			return nil, err
+		}
+	}
+	cache, err := in.readCache(ctx)
 	if err != nil {
 		return nil, err
 	}
-	trxs, err := in.transactions(ctx)
-	if err != nil {
-		return nil, err
+	probed := in.srv.MariaDB && in.probe
+	var held []int64
+	if probed {
+		start := time.Now()
+		if held, err = in.probeHeld(ctx, filter); err != nil {
+			return nil, err
+		}
+		d := time.Since(start).Seconds()
+		snap.ProbeSeconds = &d
 	}
 	procs, err := in.processes(ctx)
 	if err != nil {
@@ -688,57 +774,10 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 	}
 	// Which rows are held, by whom, and who waits. A transaction waiting
 	// for one row may hold another: it is listed under each.
-	type rowState struct {
-		holders map[string]int64 // trx -> conn
-		waiters map[string]int64
-		source  string
-		live    bool // the SKIP LOCKED probe found it held
-	}
-	rowsByID := map[int64]*rowState{}
-	state := func(id int64) *rowState {
-		s := rowsByID[id]
-		if s == nil {
-			s = &rowState{holders: map[string]int64{}, waiters: map[string]int64{}}
-			rowsByID[id] = s
-		}
-		return s
-	}
-	source := "lock_waits"
-	if !in.srv.MariaDB {
-		source = "data_locks"
-	}
-	stale := 0
-	for _, e := range entries {
-		// The cache may be older than PROCESSLIST, which is live: drop a
-		// waiter that no longer runs a statement and a holder whose
-		// connection is gone. Probes of txlock itself (--identify,
-		// release) are not waiters anyone needs to see.
-		p, alive := procs[e.conn]
-		if t, ok := trxs[e.trx]; ok && t.probe {
-			continue
-		}
-		if !alive || (e.waiting && p.cmd != "Query" && p.cmd != "Execute") {
-			stale++
-			continue
-		}
-		s := state(e.rowID)
-		s.source = source
-		if e.waiting {
-			s.waiters[e.trx] = e.conn
-		} else {
-			s.holders[e.trx] = e.conn
-		}
-	}
-	if in.srv.MariaDB && in.probe {
-		start := time.Now()
-		held, err := in.probeHeld(ctx, filter)
-		if err != nil {
-			return nil, err
-		}
-		d := time.Since(start).Seconds()
-		snap.ProbeSeconds = &d
+	rowsByID, left := in.rowsFromCache(cache, before, procs)
+	if probed {
 		for _, id := range held {
-			s := state(id)
+			s := rowsByID.state(id)
 			s.live = true
 			if s.source == "" {
 				s.source = "probe"
@@ -746,35 +785,90 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		}
 		// The probe is live, the cache is not: a row that the cache shows
 		// held but the probe could lock was released since the cache was
-		// filled. (A row outside filter is not shown anyway.)
+		// filled. (A row outside filter was not probed, and is not shown.)
+		var released []int64
 		for id, s := range rowsByID {
 			if !s.live {
-				stale += len(s.holders) + len(s.waiters)
-				delete(rowsByID, id)
+				released = append(released, id)
 			}
 		}
+		keys, err := in.keyRows(ctx, released)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range released {
+			if k, ok := keys[id]; ok && matches(k, filter) {
+				left += len(rowsByID[id].holders) + len(rowsByID[id].waiters)
+			}
+			delete(rowsByID, id)
+		}
 	}
-	// --identify: ask who holds the probed rows without a visible holder.
-	staleCache := false
+	// --identify: ask who holds the probed rows without a proven holder.
+	staleCache, moved := false, 0
 	if in.srv.MariaDB && in.identify {
+		found := map[int64]holderOf{}
 		for id, s := range rowsByID {
 			if len(s.holders) > 0 || !s.live {
 				continue
 			}
-			h, err := identifyHolder(ctx, in.db, in.lockTableName(), in.table, id, time.Second)
+			h, err := in.identifyHolder(ctx, id, time.Second)
 			if err != nil {
 				return nil, err
 			}
 			if h.found {
-				s.holders[h.trx] = h.conn
-				s.source = "identify"
+				found[id] = h
 			}
 			staleCache = staleCache || h.stale
 		}
 		if procs, err = in.processes(ctx); err != nil { // fresh, for the identified
 			return nil, err
 		}
+		for id, h := range found {
+			if !sameTransaction(h.base, procs[h.conn]) {
+				moved++ // it ran a statement since it was named: it may have released
+				continue
+			}
+			rowsByID[id].holders[h.trx] = h.conn
+			rowsByID[id].source = "identify"
+		}
 	}
+	candidates := cache.trxs
+	if !cache.fresh {
+		candidates = nil // what it shows may have ended long ago
+	}
+	unknownHolder, err := in.addKeys(ctx, snap, rowsByID, filter, cache.trxs, candidates, procs)
+	if err != nil {
+		return nil, err
+	}
+	if in.srv.MariaDB {
+		snap.Notes = append(snap.Notes, cacheNote)
+		if !cache.fresh {
+			snap.Notes = append(snap.Notes, fmt.Sprintf("the INNODB_* cache was not refreshed within %v of this snapshot's start (other clients read it more often than every 100 ms), so it may show holders that have released since: its %d entr(y/ies) are left out, and no holder, waiter or candidate is named from it (held keys come from the probe, holder \"?\")", cacheFreshWait, left))
+		} else if left > 0 {
+			snap.Notes = append(snap.Notes, fmt.Sprintf("%d entr(y/ies) of the INNODB_* cache left out: PROCESSLIST shows the connection gone, no longer waiting, or (a holder) running statements since this snapshot began, so it may have released", left))
+		}
+		switch {
+		case !in.probe:
+			snap.Notes = append(snap.Notes, "without --probe, a held key that nobody waits for is not shown: MariaDB's INNODB_LOCKS lists only locks that someone waits for")
+		case unknownHolder && !in.identify:
+			snap.Notes = append(snap.Notes, `holder "?": the key is held (the SKIP LOCKED probe skipped its row) but its holder is not in INNODB_LOCKS (nobody waits for it) or not proven to hold it still; --identify names it (by waiting behind it for a moment)`)
+		case unknownHolder && staleCache:
+			snap.Notes = append(snap.Notes, `holder "?": --identify queued behind the holder but never appeared in INNODB_TRX: the INNODB_* cache was not refreshed for 1 s, so other clients read it more often than every 100 ms`)
+		case unknownHolder && moved > 0:
+			snap.Notes = append(snap.Notes, fmt.Sprintf(`holder "?": %d holder(s) that --identify named ran statements right after, so may have released: not named`, moved))
+		case unknownHolder:
+			snap.Notes = append(snap.Notes, `holder "?": --identify did not see the holder within 1 s (it may have released meanwhile)`)
+		}
+	} else if left > 0 {
+		snap.Notes = append(snap.Notes, fmt.Sprintf("%d lock entr(y/ies) left out: their connection ended meanwhile", left))
+	}
+	return snap, nil
+}
+
+// addKeys adds to snap the rows of rowsByID whose keys match filter, and,
+// when a key's holder is unknown (which it reports), the transactions of
+// candidates that may hold it. trxs and procs describe the connections.
+func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowStates, filter dblock.Key, trxs, candidates map[string]trxInfo, procs map[int64]procInfo) (unknownHolder bool, err error) {
 	ids := make([]int64, 0, len(rowsByID))
 	for id := range rowsByID {
 		ids = append(ids, id)
@@ -782,7 +876,7 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 	slices.Sort(ids)
 	keys, err := in.keyRows(ctx, ids)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	conn := func(trx string, connID int64, waiting bool) Conn {
 		c := Conn{ID: connID, TrxID: trx}
@@ -803,7 +897,6 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		return c
 	}
 	shown := map[string]bool{}
-	unknownHolder := false
 	for _, id := range ids {
 		k, ok := keys[id]
 		if !ok || !matches(k, filter) {
@@ -829,8 +922,8 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		snap.Keys = append(snap.Keys, hk)
 	}
 	if unknownHolder {
-		for _, trx := range sortedKeys(trxs) {
-			t := trxs[trx]
+		for _, trx := range sortedKeys(candidates) {
+			t := candidates[trx]
 			if _, alive := procs[t.conn]; shown[trx] || !alive || t.probe || t.rows == 0 || t.tables == 0 || t.state == "LOCK WAIT" {
 				continue
 			}
@@ -840,25 +933,7 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		}
 		slices.SortStableFunc(snap.Candidates, func(a, b Conn) int { return cmpInt64(a.ID, b.ID) })
 	}
-	if in.srv.MariaDB {
-		snap.Notes = append(snap.Notes, cacheNote)
-		if stale > 0 {
-			snap.Notes = append(snap.Notes, fmt.Sprintf("%d entr(y/ies) of the INNODB_* cache left out: PROCESSLIST shows the connection gone or no longer waiting", stale))
-		}
-		switch {
-		case !in.probe:
-			snap.Notes = append(snap.Notes, "without --probe, a held key that nobody waits for is not shown: MariaDB's INNODB_LOCKS lists only locks that someone waits for")
-		case unknownHolder && !in.identify:
-			snap.Notes = append(snap.Notes, `holder "?": the key is held (the SKIP LOCKED probe skipped its row) but nobody waits for it, so its holder is not in INNODB_LOCKS; --identify names it (by waiting behind it for a moment)`)
-		case unknownHolder && staleCache:
-			snap.Notes = append(snap.Notes, `holder "?": --identify queued behind the holder but never appeared in INNODB_TRX: the INNODB_* cache was not refreshed for 1 s, so other clients read it more often than every 100 ms`)
-		case unknownHolder:
-			snap.Notes = append(snap.Notes, `holder "?": --identify did not see the holder within 1 s (it may have released meanwhile)`)
-		}
-	} else if stale > 0 {
-		snap.Notes = append(snap.Notes, fmt.Sprintf("%d lock entr(y/ies) left out: their connection ended meanwhile", stale))
-	}
-	return snap, nil
+	return unknownHolder, nil
 }
 
 // cmpWaited orders by waited time, unknown first.
@@ -917,6 +992,11 @@ type holderOf struct {
 	// stale: the probe waited (PROCESSLIST) but never appeared in the
 	// INNODB_* cache: other clients keep it from being refreshed.
 	stale bool
+	// base is the holder's connection as PROCESSLIST showed it before the
+	// probe began (zero if it was not there yet): if it still shows the
+	// same, the holder is still in the transaction that held the row
+	// (liveness.go).
+	base procInfo
 }
 
 // probeTag marks the locking read of identifyHolder, so that views can
@@ -937,29 +1017,24 @@ JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
 WHERE rt.trx_mysql_thread_id = ? AND bl.lock_table = ? AND bl.lock_index = 'PRIMARY'
   AND NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)`
 
-// identifyHolder finds who holds row id of table on MariaDB: a probe
-// connection queues "SELECT id ... FOR UPDATE" behind the holder for at
-// most maxWait, which makes the holder appear in INNODB_LOCK_WAITS as the
-// probe's blocker; then the probe is withdrawn (KILL QUERY) and rolled
-// back. lockTable is the table as INNODB_LOCKS names it.
-func identifyHolder(ctx context.Context, db *sql.DB, lockTable, table string, id int64, maxWait time.Duration) (h holderOf, err error) {
-	probe, err := db.Conn(ctx)
+// identifyHolder finds who holds row id of the lock table on MariaDB: a
+// probe connection queues "SELECT id ... FOR UPDATE" behind the holder for
+// at most maxWait, which makes the holder appear in INNODB_LOCK_WAITS as
+// the probe's blocker; then the probe is withdrawn (KILL QUERY) and rolled
+// back. The cache fill that names the holder shows the probe waiting, so it
+// was made after the probe began, and after PROCESSLIST was read into
+// h.base.
+func (in *inspector) identifyHolder(ctx context.Context, id int64, maxWait time.Duration) (h holderOf, err error) {
+	db, lockTable, table := in.db, in.lockTableName(), in.table
+	probe, probeID, err := ownSession(ctx, db)
 	if err != nil {
 		return h, fmt.Errorf("identifying the holder: %w", err)
 	}
-	defer func() {
-		// Leave no transaction behind; a connection that cannot roll back
-		// is discarded rather than returned to the pool.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, rerr := probe.ExecContext(rctx, "ROLLBACK"); rerr != nil {
-			_ = probe.Raw(func(any) error { return driver.ErrBadConn })
-		}
-		_ = probe.Close()
-	}()
-	var probeID int64
-	if err := probe.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&probeID); err != nil {
-		return h, fmt.Errorf("identifying the holder: %w", err)
+	// Leave no transaction behind.
+	defer discardOnFailedRollback(ctx, probe)
+	before, err := in.processes(ctx)
+	if err != nil {
+		return h, err
 	}
 	if _, err := probe.ExecContext(ctx, "START TRANSACTION"); err != nil {
 		return h, fmt.Errorf("identifying the holder: %w", err)
@@ -1004,7 +1079,7 @@ func identifyHolder(ctx context.Context, db *sql.DB, lockTable, table string, id
 		qerr := db.QueryRowContext(ctx, identifyQuerySQL, probeID, probeID, lockTable).Scan(&h.trx, &h.conn, &inTrx)
 		switch {
 		case qerr == nil && h.conn != 0:
-			h.found = true
+			h.found, h.base = true, before[h.conn]
 		case qerr == nil:
 			seen = seen || inTrx > 0
 		default:

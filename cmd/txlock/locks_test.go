@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os/exec"
 	"slices"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
@@ -71,6 +74,44 @@ func runBin(bin, stdin string, args ...string) (string, string, int, error) {
 		return stdout.String(), stderr.String(), ee.ExitCode(), nil
 	}
 	return "", "", -1, err
+}
+
+// where is the server and database as the binary names them.
+func (f *fixture) where(t *testing.T) string {
+	t.Helper()
+	cfg, err := gomysql.ParseDSN(f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%s@%s(%s)/%s", cfg.User, cfg.Net, cfg.Addr, cfg.DBName)
+}
+
+func (f *fixture) sqlDB(t *testing.T) *sql.DB {
+	t.Helper()
+	sqlDB, err := f.db.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sqlDB
+}
+
+// startBin starts the binary and returns a channel that yields its
+// result once it has exited.
+type binResult struct {
+	out, errOut string
+	code        int
+	err         error
+}
+
+func (f *fixture) startBin(t *testing.T, stdin string, args ...string) <-chan binResult {
+	t.Helper()
+	bin := buildBinary(t)
+	done := make(chan binResult, 1)
+	go func() {
+		out, errOut, code, err := runBin(bin, stdin, append(args, f.flags...)...)
+		done <- binResult{out, errOut, code, err}
+	}()
+	return done
 }
 
 // ok runs the binary and fails the test unless it exits 0.
@@ -316,19 +357,22 @@ func TestLocksWatch(t *testing.T) {
 		t.Errorf("--watch --interval 100ms on MariaDB: %v, want an error", err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond)
+	// Interrupted (as by ^C) once it has printed three snapshots.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	root, _ = newRootCmd(func(string) string { return "" })
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
+	out := &linesThenCancel{n: 3, cancel: cancel}
+	root.SetOut(out)
+	root.SetErr(out)
 	root.SetArgs(append([]string{"locks", "--watch", "--interval", "250ms", "--json"}, f.flags...))
+	start := time.Now()
 	if err := root.ExecuteContext(ctx); err != nil {
-		t.Fatalf("locks --watch: %v\n%s", err, out.String())
+		t.Fatalf("locks --watch: %v\n%s", err, out.buf.String())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) < 2 {
-		t.Fatalf("--watch printed %d snapshot(s) in 900 ms, want several:\n%s", len(lines), out.String())
+	lines := strings.Split(strings.TrimSpace(out.buf.String()), "\n")
+	t.Logf("--watch printed %d snapshot(s) in %v", len(lines), time.Since(start))
+	if len(lines) < 3 {
+		t.Fatalf("--watch printed %d snapshot(s) in 30 s, want 3:\n%s", len(lines), out.buf.String())
 	}
 	for _, l := range lines {
 		var s Snapshot
@@ -341,8 +385,23 @@ func TestLocksWatch(t *testing.T) {
 	}
 }
 
+// linesThenCancel collects output and calls cancel once it holds n lines.
+type linesThenCancel struct {
+	buf    bytes.Buffer
+	n      int
+	cancel func()
+}
+
+func (w *linesThenCancel) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	if bytes.Count(w.buf.Bytes(), []byte("\n")) >= w.n {
+		w.cancel()
+	}
+	return len(p), nil
+}
+
 // TestLocksDropsStaleCacheEntries freezes MariaDB's INNODB_* cache (it is
-// refreshed only after 100 ms without reads) with a reader every 30 ms,
+// refreshed only after 100 ms without reads) with a reader every 10 ms,
 // ends a holder and its waiter, and checks that locks leaves out what the
 // frozen cache still shows.
 func TestLocksDropsStaleCacheEntries(t *testing.T) {
@@ -369,17 +428,7 @@ func TestLocksDropsStaleCacheEntries(t *testing.T) {
 		return k != nil && k.Holder != nil && k.Holder.ID == holderConn && len(k.Waiters) == 1, string(b)
 	})
 
-	freeze, frozen := context.WithCancel(context.Background())
-	defer frozen()
-	reader := make(chan struct{})
-	go func() {
-		defer close(reader)
-		for freeze.Err() == nil {
-			var n int
-			_ = sqlDB.QueryRowContext(freeze, "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS").Scan(&n)
-			time.Sleep(30 * time.Millisecond)
-		}
-	}()
+	stop := freezeCache(t, sqlDB)
 	if err := holder.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -390,14 +439,11 @@ func TestLocksDropsStaleCacheEntries(t *testing.T) {
 		t.Fatal(w.err)
 	}
 	time.Sleep(200 * time.Millisecond) // frozen: the cache still shows the wait
-	var cached int
-	if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id WHERE l.lock_table = ?",
-		in.lockTableName()).Scan(&cached); err != nil {
-		t.Fatal(err)
-	}
 	s, err := in.snapshot(context.Background(), dblock.Key{})
-	frozen()
-	<-reader
+	// The wait has ended: a fill that shows it was made before, so if the
+	// cache shows it now, every read of the snapshot got that old fill.
+	cached := cachedWaits(t, sqlDB, in.lockTableName())
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,4 +544,114 @@ func TestLockViewSQL(t *testing.T) {
 	if got := in.lockTableName(); got != "tb_lock" {
 		t.Errorf("MySQL OBJECT_NAME = %s", got)
 	}
+}
+
+// freezeCache reads MariaDB's INNODB_* cache every 10 ms until the
+// returned function is called: the server refreshes it only after 100 ms
+// without reads, so it stays as it was.
+func freezeCache(t *testing.T, db *sql.DB) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			var n int
+			_ = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS").Scan(&n)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestBinaryLocksNeverNamesAStaleHolder: while another client keeps
+// MariaDB's INNODB_* cache from being refreshed, the holder it shows
+// commits (its pooled connection stays open) and the waiter it shows takes
+// the key. locks used to name the old holder as the holder and leave out
+// the real one; it must not name the old holder.
+func TestBinaryLocksNeverNamesAStaleHolder(t *testing.T) {
+	f := newFixture(t)
+	key := dblock.Resource("stale:holder")
+	first, firstConn := f.held(t, key)
+	w := f.wait(t, key)
+	poll(t, "the holder and its waiter", func() (bool, string) {
+		out := f.ok(t, "locks", "--json", "--key-resource", "stale:holder")
+		var s Snapshot
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("locks --json: %v\n%s", err, out)
+		}
+		k := findKey(&s, "stale:holder")
+		return k != nil && k.Holder != nil && k.Holder.ID == firstConn && len(k.Waiters) == 1, out
+	})
+
+	sqlDB := f.sqlDB(t)
+	stop := freezeCache(t, sqlDB)
+	if err := first.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var secondConn int64
+	select {
+	case secondConn = <-w.got:
+	case <-w.done:
+		t.Fatalf("waiter: %v", w.err)
+	}
+	// The first holder's connection is back in the pool, open and idle.
+	var alive int
+	if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", firstConn).Scan(&alive); err != nil {
+		t.Fatal(err)
+	}
+	in := &inspector{srv: serverInfo{MariaDB: true, DB: dbName(t, sqlDB)}, table: f.table}
+	t.Logf("connection %d (the first holder) alive: %v; the frozen cache shows %d wait(s); connection %d holds the key now",
+		firstConn, alive == 1, cachedWaits(t, sqlDB, in.lockTableName()), secondConn)
+
+	out := f.ok(t, "locks", "--json", "--key-resource", "stale:holder")
+	// The wait has ended: if the cache shows it still, locks read only
+	// that old fill.
+	cached := cachedWaits(t, sqlDB, in.lockTableName())
+	stop()
+	t.Logf("txlock locks --json while the cache is frozen:\n%s", out)
+	var s Snapshot
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	k := findKey(&s, "stale:holder")
+	switch {
+	case k == nil:
+		t.Errorf("the held key is not shown: %+v", s.Keys)
+	case k.Holder != nil && k.Holder.ID == firstConn:
+		t.Errorf("connection %d, which committed, is named as the holder; connection %d holds the key", firstConn, secondConn)
+	case k.Holder != nil && k.Holder.ID != secondConn:
+		t.Errorf("connection %d is named as the holder; connection %d holds the key", k.Holder.ID, secondConn)
+	}
+	if cached > 0 && !slices.ContainsFunc(s.Notes, func(n string) bool { return strings.Contains(n, "was not refreshed") }) {
+		t.Errorf("the cache stayed frozen, but no note says it was stale: %q", s.Notes)
+	}
+	if alive == 0 {
+		t.Log("the first holder's connection had closed: the old code would have left it out too")
+	}
+	w.let()
+}
+
+// cachedWaits returns how many lock waits on lockTable (as INNODB_LOCKS
+// names it) MariaDB's INNODB_* cache shows.
+func cachedWaits(t *testing.T, db *sql.DB, lockTable string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w
+		JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id WHERE l.lock_table = ?`, lockTable).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// dbName returns the current database.
+func dbName(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var name string
+	if err := db.QueryRow("SELECT DATABASE()").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }

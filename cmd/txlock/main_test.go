@@ -152,7 +152,13 @@ func TestBinaryMigrate(t *testing.T) {
 	}
 	wantIn(out, "applied")
 
-	wantIn(run("migrate", "down"), "rolled back 1 migration(s)")
+	// down warns on stderr, and --yes answers its question.
+	out, errOut, err = txlock(t, bin, nil, append([]string{"migrate", "down", "--yes"}, flags...)...)
+	if err != nil {
+		t.Fatalf("migrate down --yes: %v\nstdout: %s\nstderr: %s", err, out, errOut)
+	}
+	wantIn(out, "rolled back 1 migration(s)")
+	wantIn(errOut, "Stop every service that uses them first")
 	if exists() {
 		t.Fatal("migrate down left the tables")
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -31,7 +32,11 @@ table) and records the applied versions in <table>_schema_version.`,
 			Use:   "up",
 			Short: "Apply the pending migrations (create the tables)",
 			Long: `up applies every migration the database does not have yet. It is
-idempotent, and safe to run from several processes at once.`,
+idempotent, and safe to run from several processes at once: they take turns,
+and each says what it applied itself. Whatever the version table records, up
+checks that the lock and fence tables exist and creates a missing one (after
+a migration interrupted halfway, or a table dropped by hand); tables created
+by another tool from the same SQL are kept and recorded.`,
 			Example: `  txlock migrate up
   txlock migrate up --table billing_locks --dsn 'app:secret@tcp(db:3306)/billing'`,
 			Args: cobra.NoArgs,
@@ -39,17 +44,7 @@ idempotent, and safe to run from several processes at once.`,
 				return withDB(cmd, opts, migrateUp)
 			},
 		},
-		&cobra.Command{
-			Use:   "down",
-			Short: "Roll back every migration (drop the tables and all locks in them)",
-			Long: `down rolls back every applied migration: it drops the lock table and
-its fence table. Locks held at that moment block it until they are released.`,
-			Example: `  txlock migrate down --table tb_lock`,
-			Args:    cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				return withDB(cmd, opts, migrateDown)
-			},
-		},
+		newMigrateDownCmd(opts),
 		&cobra.Command{
 			Use:   "status",
 			Short: "List the migrations and whether each is applied",
@@ -88,42 +83,19 @@ func appliedCount(st []migrations.MigrationStatus) (n int, version int64) {
 }
 
 func migrateUp(ctx context.Context, out io.Writer, db *sql.DB, table, where string) error {
-	opt := migrations.WithTable(table)
-	before, err := migrations.Status(ctx, db, opt)
-	if err != nil {
+	var rep migrations.Report
+	if err := migrations.Up(ctx, db, migrations.WithTable(table), migrations.WithReport(&rep)); err != nil {
 		return err
 	}
-	if err := migrations.Up(ctx, db, opt); err != nil {
-		return err
-	}
-	after, err := migrations.Status(ctx, db, opt)
-	if err != nil {
-		return err
-	}
-	n0, _ := appliedCount(before)
-	n1, version := appliedCount(after)
-	if n1 == n0 {
-		_, err = fmt.Fprintf(out, "%s on %s: up to date at version %d\n", table, where, version)
-	} else {
-		_, err = fmt.Fprintf(out, "%s on %s: applied %d migration(s), now at version %d\n", table, where, n1-n0, version)
-	}
-	return err
-}
-
-func migrateDown(ctx context.Context, out io.Writer, db *sql.DB, table, where string) error {
-	opt := migrations.WithTable(table)
-	before, err := migrations.Status(ctx, db, opt)
-	if err != nil {
-		return err
-	}
-	if err := migrations.Down(ctx, db, opt); err != nil {
-		return err
-	}
-	n, _ := appliedCount(before)
-	if n == 0 {
-		_, err = fmt.Fprintf(out, "%s on %s: nothing to roll back\n", table, where)
-	} else {
-		_, err = fmt.Fprintf(out, "%s on %s: rolled back %d migration(s), tables dropped\n", table, where, n)
+	var err error
+	switch latest := migrations.Latest(); {
+	case len(rep.Applied) == 0:
+		_, err = fmt.Fprintf(out, "%s on %s: up to date at version %d\n", table, where, latest)
+	case len(rep.Missing) > 0:
+		_, err = fmt.Fprintf(out, "%s on %s: %s missing although recorded as migrated: applied %d migration(s) again, now at version %d\n",
+			table, where, strings.Join(rep.Missing, " and "), len(rep.Applied), latest)
+	default:
+		_, err = fmt.Fprintf(out, "%s on %s: applied %d migration(s), now at version %d\n", table, where, len(rep.Applied), latest)
 	}
 	return err
 }

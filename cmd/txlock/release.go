@@ -1,12 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +22,10 @@ const identifyWait = 2 * time.Second
 // goneWait bounds how long release waits for a killed connection to leave
 // the process list.
 const goneWait = 5 * time.Second
+
+// maxNamings bounds how many times release names the holder of a key
+// whose holder keeps running statements or changing.
+const maxNamings = 3
 
 // newReleaseCmd returns "txlock release".
 func newReleaseCmd(opts *rootOptions) *cobra.Command {
@@ -45,16 +48,29 @@ performance_schema.data_locks (live); on MariaDB always as with
 "txlock locks --identify", by queueing a probe behind the holder for at most
 2 s so that INNODB_LOCK_WAITS names it, then withdrawing the probe. (The
 INNODB_* views are a cache that can be older than the release: a holder read
-from it may have released since, and its pooled connection now serve other
-work. The probe's wait is in a cache fill made after the probe started.) If
-nobody holds the key, release says so and exits 0. A connection is killed
-by id, so a holder that commits in the instant between being named and the
-KILL loses its connection, not its lock: release kills right after naming.
+from it may have released since. The probe's wait is in a cache fill made
+after the probe started.) If nobody holds the key, release says so and
+exits 0.
 
-It asks for confirmation on stdin (y/N) unless --force is given; before
-killing after a prompt it checks that the same transaction still holds the
-key. What was killed is logged to stderr. Needs the PROCESS privilege, and
-CONNECTION ADMIN (or SUPER) to kill other users' connections.`,
+A connection is killed by id, and a pooled connection that committed the
+key may be doing unrelated work by the time of the KILL. So right before the
+KILL release checks that the connection is still in the transaction that
+held the key. On MariaDB: PROCESSLIST (live) must show it with the QUERY_ID
+and COMMAND it had before the probe began; every statement gets a new
+QUERY_ID and a transaction ends only with a statement, so it has run
+nothing since, not even a COMMIT. The check and the KILL are one statement
+run in the server (BEGIN NOT ATOMIC ... KILL ... END). On MySQL: data_locks
+must still show its transaction holding the row, read right before the KILL.
+A connection that fails the check is left alone and the holder is named
+again, up to 3 times: a holder that keeps running statements is not stuck,
+and release kills nothing.
+
+It asks for confirmation on stdin (y/N) unless --force is given, and again
+if the holder named after the prompt is another transaction. It acts only
+on the server named by --dsn or $` + envDSN + ` (never on the default), and
+prints it first. What was killed is logged to stderr. Needs the PROCESS
+privilege, and CONNECTION ADMIN (or SUPER) to kill other users'
+connections.`,
 		Example: `  txlock release --key 'resource=order:42'
   txlock release --key-user u-7 --key-operation refund
   txlock release --key global --force --table billing_locks`,
@@ -64,15 +80,8 @@ CONNECTION ADMIN (or SUPER) to kill other users' connections.`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			return opts.withServer(ctx, func(db *sql.DB, where string, srv serverInfo) error {
-				r := &releaser{
-					in:    &inspector{db: db, srv: srv, table: opts.table, where: where},
-					out:   cmd.OutOrStdout(),
-					log:   cmd.ErrOrStderr(),
-					stdin: cmd.InOrStdin(),
-				}
-				return r.release(ctx, key, force)
+			return opts.destructive(cmd, "release", func(ctx context.Context, c *console) error {
+				return (&releaser{c}).release(ctx, key, force)
 			})
 		},
 	}
@@ -81,13 +90,9 @@ CONNECTION ADMIN (or SUPER) to kill other users' connections.`,
 	return cmd
 }
 
-// releaser carries out "txlock release".
-type releaser struct {
-	in    *inspector
-	out   io.Writer // what was found
-	log   io.Writer // the prompt and what was killed
-	stdin io.Reader
-}
+// releaser carries out "txlock release": it reports what it found on
+// out, and asks and logs what it killed on log.
+type releaser struct{ *console }
 
 // holding is the holder of a key row as release sees it.
 type holding struct {
@@ -95,6 +100,9 @@ type holding struct {
 	conn int64
 	trx  string
 	via  string
+	// base is the connection in PROCESSLIST before it was named (MariaDB):
+	// the KILL happens only if it still shows the same.
+	base procInfo
 }
 
 // findHolder returns who holds row id, if anyone. MySQL's data_locks is
@@ -116,18 +124,54 @@ func (in *inspector) findHolder(ctx context.Context, id int64) (holding, error) 
 		}
 		return holding{}, nil
 	}
-	h, err := identifyHolder(ctx, in.db, in.lockTableName(), in.table, id, identifyWait)
+	h, err := in.identifyHolder(ctx, id, identifyWait)
 	switch {
 	case err != nil:
 		return holding{}, err
 	case h.found:
-		return holding{held: true, conn: h.conn, trx: h.trx, via: "a probe queued behind it (INNODB_LOCK_WAITS)"}, nil
+		return holding{held: true, conn: h.conn, trx: h.trx, via: "a probe queued behind it (INNODB_LOCK_WAITS)", base: h.base}, nil
 	case h.notHeld || h.rowGone:
 		return holding{}, nil
 	case h.stale:
 		return holding{}, fmt.Errorf("the row is held, but a probe queued behind its holder never appeared in INNODB_TRX within %v: MariaDB refreshes that cache only after 100 ms without reads, and other clients read it more often; try again", identifyWait)
 	}
 	return holding{}, fmt.Errorf("the row is held, but its holder did not appear in INNODB_LOCK_WAITS within %v (does this user have the PROCESS privilege?): %v", identifyWait, h.probeErr)
+}
+
+// killHolder kills h's connection if it still holds row id, checked right
+// before the KILL (MariaDB: in the same server-side statement), and reports
+// whether it did.
+func (in *inspector) killHolder(ctx context.Context, id int64, h holding) (bool, error) {
+	kill := "KILL CONNECTION " + strconv.FormatInt(h.conn, 10)
+	if in.srv.MariaDB {
+		q, ok := killIfUnchangedSQL(h.conn, h.base)
+		if !ok {
+			return false, nil // not in PROCESSLIST before it was named: name it again
+		}
+		var killed bool
+		if err := in.db.QueryRowContext(ctx, q).Scan(&killed); err != nil {
+			return false, killError(h.conn, err)
+		}
+		return killed, nil
+	}
+	entries, err := in.entries(ctx)
+	if err != nil {
+		return false, err
+	}
+	if !slices.ContainsFunc(entries, func(e lockEntry) bool {
+		return e.rowID == id && !e.waiting && e.conn == h.conn && e.trx == h.trx
+	}) {
+		return false, nil
+	}
+	if _, err := in.db.ExecContext(ctx, kill); err != nil {
+		return false, killError(h.conn, err)
+	}
+	return true, nil
+}
+
+// killError explains a failed KILL of connection conn.
+func killError(conn int64, err error) error {
+	return fmt.Errorf("KILL CONNECTION %d (killing another user's connection needs CONNECTION ADMIN or SUPER): %w", conn, err)
 }
 
 // describe returns a line about connection conn of transaction trx.
@@ -157,6 +201,7 @@ func (in *inspector) describe(ctx context.Context, conn int64, trx string) (stri
 
 func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) error {
 	in := r.in
+	fmt.Fprintf(r.log, "txlock: release %s of %s on %s (%s)\n", key, in.table, in.where, in.srv)
 	h := key.Hash()
 	var id int64
 	err := in.db.QueryRowContext(ctx, "SELECT id FROM `"+in.table+"` WHERE key_hash = ?", h[:]).Scan(&id)
@@ -167,51 +212,60 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 	if err != nil {
 		return fmt.Errorf("looking up %s in %s: %w", key, in.table, err)
 	}
-	holder, err := in.findHolder(ctx, id)
-	if err != nil {
-		return err
-	}
-	if !holder.held {
-		_, err = fmt.Fprintf(r.out, "%s: nobody holds %s (row %d)\n", in.table, key, id)
-		return err
-	}
-	who, err := in.describe(ctx, holder.conn, holder.trx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(r.out, "%s: %s (row %d) is held by %s; found through %s\n", in.table, key, id, who, holder.via)
-	if !force {
-		fmt.Fprintf(r.log, "Kill connection %d? [y/N] ", holder.conn)
-		answer, _ := bufio.NewReader(r.stdin).ReadString('\n')
-		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
-			return errors.New("not confirmed: nothing killed")
-		}
-		// Time has passed: make sure the same transaction still holds it.
-		again, err := in.findHolder(ctx, id)
+	confirmed := map[string]bool{} // connection/transaction pairs the user agreed to kill
+	for naming := 1; ; naming++ {
+		holder, err := in.findHolder(ctx, id)
 		if err != nil {
 			return err
 		}
-		if !again.held {
-			_, err = fmt.Fprintf(r.out, "%s: %s was released meanwhile; nothing killed\n", in.table, key)
+		if !holder.held {
+			if naming > 1 {
+				_, err = fmt.Fprintf(r.out, "%s: %s was released meanwhile; nothing killed\n", in.table, key)
+			} else {
+				_, err = fmt.Fprintf(r.out, "%s: nobody holds %s (row %d)\n", in.table, key, id)
+			}
 			return err
 		}
-		if again.conn != holder.conn || again.trx != holder.trx {
-			return fmt.Errorf("%s changed hands meanwhile (now connection %d, transaction %s): nothing killed; run release again", key, again.conn, again.trx)
+		who, err := in.describe(ctx, holder.conn, holder.trx)
+		if err != nil {
+			return err
 		}
+		fmt.Fprintf(r.out, "%s: %s (row %d) is held by %s; found through %s\n", in.table, key, id, who, holder.via)
+		pair := strconv.FormatInt(holder.conn, 10) + "/" + holder.trx
+		if !force && !confirmed[pair] {
+			if !r.confirm(fmt.Sprintf("Kill connection %d?", holder.conn)) {
+				return errors.New("not confirmed: nothing killed")
+			}
+			confirmed[pair] = true
+		}
+		killed, err := in.killHolder(ctx, id, holder)
+		if err != nil {
+			return err
+		}
+		if killed {
+			return r.killed(ctx, key, id, holder.conn, who)
+		}
+		if naming == maxNamings {
+			return fmt.Errorf("%s: the holder of %s ran statements or changed each of the %d times release checked it right before the KILL: it is working, not stuck; nothing killed", in.table, key, maxNamings)
+		}
+		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named, or was not listed before (it may have committed and moved on): not killed; naming the holder again\n", in.table, holder.conn)
 	}
-	if _, err := in.db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(holder.conn, 10)); err != nil {
-		return fmt.Errorf("KILL CONNECTION %d (killing another user's connection needs CONNECTION ADMIN or SUPER): %w", holder.conn, err)
-	}
+}
+
+// killed reports the kill of conn, which held key (row id), once the
+// connection has left the process list.
+func (r *releaser) killed(ctx context.Context, key dblock.Key, id, conn int64, who string) error {
+	in := r.in
 	fmt.Fprintf(r.log, "txlock: killed %s, which held %s (row %d of %s); the server rolls back its transaction\n", who, key, id, in.table)
-	gone, err := in.waitGone(ctx, holder.conn, goneWait)
+	gone, err := in.waitGone(ctx, conn, goneWait)
 	if err != nil {
 		return err
 	}
 	if !gone {
-		_, err = fmt.Fprintf(r.out, "%s: connection %d is still listed after %v (rolling back a large transaction?); check with txlock locks\n", in.table, holder.conn, goneWait)
+		_, err = fmt.Fprintf(r.out, "%s: connection %d is still listed after %v (rolling back a large transaction?); check with txlock locks\n", in.table, conn, goneWait)
 		return err
 	}
-	_, err = fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, holder.conn, key)
+	_, err = fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, conn, key)
 	return err
 }
 

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	gomysql "github.com/go-sql-driver/mysql"
@@ -43,7 +45,10 @@ holds and who waits for which key (locks), deletes old key rows (gc), checks
 the server (doctor) and ends a stuck holder's connection (release).
 
 The server is named by --dsn, else by $` + envDSN + `, else it is
-` + defaultDSN + `. DSNs use the go-sql-driver/mysql format:
+` + defaultDSN + `. The commands that destroy something (release, gc
+without --dry-run, migrate down) never fall back to that default: they need
+--dsn or $` + envDSN + `, naming a database, and say which server and
+database they act on. DSNs use the go-sql-driver/mysql format:
 user:password@tcp(host:port)/database. Passwords are never printed.`,
 		Example: `  export ` + envDSN + `='app:secret@tcp(db.internal:3306)/orders'
   txlock migrate up
@@ -78,6 +83,22 @@ func (o *rootOptions) resolvedDSN() string {
 		return v
 	}
 	return defaultDSN
+}
+
+// requireDSN refuses to let the destructive command what guess its
+// server: it needs --dsn or $DBLOCK_DSN, and the DSN must name a database.
+func (o *rootOptions) requireDSN(what string) error {
+	if o.dsn == "" && o.getenv(envDSN) == "" {
+		return fmt.Errorf("%s destroys data, so it does not fall back to %s: name the server with --dsn or $%s", what, defaultDSN, envDSN)
+	}
+	cfg, err := gomysql.ParseDSN(o.resolvedDSN())
+	if err != nil {
+		return fmt.Errorf("parsing the DSN: %w", err)
+	}
+	if cfg.DBName == "" {
+		return fmt.Errorf("%s: the DSN names no database: add it, e.g. user:password@tcp(host:3306)/database", what)
+	}
+	return nil
 }
 
 // open connects to the server, with parseTime=true, and returns the
@@ -122,6 +143,43 @@ func (o *rootOptions) withServer(ctx context.Context, fn func(db *sql.DB, where 
 			return err
 		}
 		return fn(db, where, srv)
+	})
+}
+
+// A console is what a destructive command works with: the inspector of
+// its table, stdout for what it found and did, stderr for warnings and
+// questions, stdin for the answers.
+type console struct {
+	in    *inspector
+	out   io.Writer
+	log   io.Writer
+	stdin *bufio.Reader
+}
+
+// confirm asks question on the log and reports whether stdin answers y or
+// yes; no answer (stdin closed) is no.
+func (c *console) confirm(question string) bool {
+	fmt.Fprint(c.log, question+" [y/N] ")
+	answer, _ := c.stdin.ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(answer))
+	return a == "y" || a == "yes"
+}
+
+// destructive runs fn for the destructive command what (its name, for
+// messages) on the server that --dsn or $DBLOCK_DSN names (see requireDSN),
+// with a console on cmd's streams.
+func (o *rootOptions) destructive(cmd *cobra.Command, what string, fn func(ctx context.Context, c *console) error) error {
+	if err := o.requireDSN(what); err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	return o.withServer(ctx, func(db *sql.DB, where string, srv serverInfo) error {
+		return fn(ctx, &console{
+			in:    &inspector{db: db, srv: srv, table: o.table, where: where},
+			out:   cmd.OutOrStdout(),
+			log:   cmd.ErrOrStderr(),
+			stdin: bufio.NewReader(cmd.InOrStdin()),
+		})
 	})
 }
 

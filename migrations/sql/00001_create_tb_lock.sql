@@ -25,9 +25,19 @@
 -- key row collected and created again keeps its counter). token is bumped in
 -- autocommit while the lock is held, so it survives the holder's rollback or
 -- crash and increases strictly per key. Never delete these rows.
+--
+-- Every statement can run again on a database that already has its effect
+-- (IF NOT EXISTS, IF EXISTS): a migration interrupted halfway, or tables
+-- created by another tool from these files, are completed by running it
+-- again, and migrations.Up runs the recorded versions again when a table
+-- is missing. Later migrations must keep that property.
+--
+-- Down drops both tables in one statement: the server takes the metadata
+-- locks of both before it drops either, so it drops both or, when a
+-- transaction still uses one of them (a held lock), neither.
 
 -- +goose Up
-CREATE TABLE `tb_lock` (
+CREATE TABLE IF NOT EXISTS `tb_lock` (
   id         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   key_hash   BINARY(32)      NOT NULL COMMENT 'SHA-256 of the canonical key encoding',
   resource   VARCHAR(255)    NOT NULL DEFAULT '',
@@ -41,7 +51,7 @@ CREATE TABLE `tb_lock` (
   UNIQUE KEY `uk_tb_lock_key_hash` (key_hash)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
-CREATE TABLE `tb_lock_fence` (
+CREATE TABLE IF NOT EXISTS `tb_lock_fence` (
   key_hash   BINARY(32)      NOT NULL COMMENT 'tb_lock.key_hash of the key',
   token      BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'fencing counter, bumped in autocommit while the lock is held',
   updated_at DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
@@ -49,5 +59,4 @@ CREATE TABLE `tb_lock_fence` (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- +goose Down
-DROP TABLE IF EXISTS `tb_lock_fence`;
-DROP TABLE IF EXISTS `tb_lock`;
+DROP TABLE IF EXISTS `tb_lock_fence`, `tb_lock`;

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// What the live process list proves about MariaDB's cached lock views.
+//
+// INNODB_TRX, INNODB_LOCKS and INNODB_LOCK_WAITS are a cache that can be
+// older than the moment it is read, by far when other clients keep reading
+// it; PROCESSLIST is live. Two facts of PROCESSLIST (measured on MariaDB
+// 10.11) tie a cached holder to the present:
+//
+//   - every statement a connection runs gets a new QUERY_ID, BEGIN and
+//     COMMIT included, and a connection can only end its transaction with a
+//     statement (or by ending the connection);
+//   - COMMAND is "Sleep" between statements and stays as it is while one
+//     statement runs.
+//
+// So a connection that PROCESSLIST shows with the same QUERY_ID and
+// COMMAND at two moments ran no statement in between and did not finish
+// the one it was running (which, in autocommit, commits): it was in one
+// transaction all along. If a cache fill made between those two moments
+// shows it holding a row, it still held that row at the second moment.
+// A fill is known to be made after a moment when it shows a transaction
+// that began after that moment (see readCache, and identifyHolder's probe).
+
+// sameTransaction reports whether a connection seen as before, then as
+// after, provably stayed in one transaction in between (see above). A
+// connection missing from either read has a zero QUERY_ID: not proven.
+func sameTransaction(before, after procInfo) bool {
+	return before.queryID != 0 && before.queryID == after.queryID && before.cmd == after.cmd
+}
+
+// cacheFreshWait bounds how long readCache waits for a fill of MariaDB's
+// INNODB_* cache made after it began.
+const cacheFreshWait = time.Second
+
+// cacheRead is the lock view and INNODB_TRX, read back to back: on MariaDB
+// they then come from one fill of the server's cache.
+type cacheRead struct {
+	entries []lockEntry
+	trxs    map[string]trxInfo
+	// fresh: the fill was made after readCache began (MariaDB), or the
+	// views are live (MySQL's data_locks).
+	fresh bool
+}
+
+// readCache reads the lock view and INNODB_TRX. On MariaDB it first opens a
+// marker transaction (a consistent snapshot, which locks nothing), and reads
+// again every cacheQuiet, for up to cacheFreshWait, until a fill shows the
+// marker: that fill was made after readCache began. If none does (other
+// clients read the cache more often than every 100 ms), the last read is
+// returned with fresh false.
+func (in *inspector) readCache(ctx context.Context) (c cacheRead, err error) {
+	if !in.srv.MariaDB {
+		c.fresh = true
+		if c.entries, err = in.entries(ctx); err == nil {
+			c.trxs, err = in.transactions(ctx)
+		}
+		return c, err
+	}
+	marker, markerID, err := ownSession(ctx, in.db)
+	if err != nil {
+		return c, fmt.Errorf("reading the INNODB_* cache: %w", err)
+	}
+	defer discardOnFailedRollback(ctx, marker)
+	if _, err := marker.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
+		return c, fmt.Errorf("reading the INNODB_* cache: %w", err)
+	}
+	deadline := time.Now().Add(cacheFreshWait)
+	for {
+		if c.entries, err = in.entries(ctx); err != nil {
+			return c, err
+		}
+		if c.trxs, err = in.transactions(ctx); err != nil {
+			return c, err
+		}
+		for _, t := range c.trxs {
+			c.fresh = c.fresh || t.conn == markerID
+		}
+		if c.fresh || !time.Now().Before(deadline) {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return c, ctx.Err()
+		case <-time.After(cacheQuiet):
+		}
+	}
+}
+
+// ownSession takes a connection of db for a transaction of txlock's own,
+// and returns it with its connection id. Give it back with
+// discardOnFailedRollback.
+func ownSession(ctx context.Context, db *sql.DB) (*sql.Conn, int64, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	var id int64
+	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		_ = conn.Close()
+		return nil, 0, err
+	}
+	return conn, id, nil
+}
+
+// discardOnFailedRollback rolls back whatever transaction conn has open
+// and returns it to the pool; a connection that cannot roll back is
+// discarded instead, so that no transaction is left behind.
+func discardOnFailedRollback(ctx context.Context, conn *sql.Conn) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := conn.ExecContext(rctx, "ROLLBACK"); err != nil {
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	_ = conn.Close()
+}
+
+// killIfUnchangedSQL is one MariaDB statement (a compound statement) that
+// kills connection conn only if PROCESSLIST still shows it as was (same
+// QUERY_ID and COMMAND), and returns 1 if it did, 0 if not. The check and
+// the KILL run in the server one after the other, with no round trip to
+// this client between them: to be killed after moving on, the connection
+// would have to commit, hear back and start new work in the gap between
+// two statements of one compound statement. ok is false when was cannot be
+// checked this way.
+func killIfUnchangedSQL(conn int64, was procInfo) (q string, ok bool) {
+	if was.queryID == 0 || !isWord(was.cmd) {
+		return "", false
+	}
+	id := strconv.FormatInt(conn, 10)
+	return "BEGIN NOT ATOMIC DECLARE q BIGINT UNSIGNED DEFAULT NULL; " +
+		"SELECT QUERY_ID INTO q FROM information_schema.PROCESSLIST WHERE ID = " + id +
+		" AND QUERY_ID = " + strconv.FormatInt(was.queryID, 10) + " AND COMMAND = '" + was.cmd + "'; " +
+		"IF q IS NOT NULL THEN KILL CONNECTION " + id + "; END IF; " +
+		"SELECT q IS NOT NULL; END", true
+}
+
+// isWord reports whether s is a PROCESSLIST command name ("Sleep",
+// "Query", "Binlog Dump"): letters and spaces only, safe to quote.
+func isWord(s string) bool {
+	return s != "" && strings.Trim(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz ") == ""
+}
