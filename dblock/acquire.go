@@ -223,7 +223,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 
 // notAcquired is the error of a wait that ran out its bound b.
 func (a *acquisition) notAcquired(key Key, b *waitBound, err error) error {
-	msg := fmt.Sprintf("%s is held, and the wait for it ran out (bounded by %s)", key, b.why)
+	msg := fmt.Sprintf("%s was not granted before the wait ran out (bounded by %s)", key, b.why)
 	switch {
 	case b.ctx && err != nil:
 		return fmt.Errorf("%w: %s: %w (%w)", ErrNotAcquired, msg, context.DeadlineExceeded, err)

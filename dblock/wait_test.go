@@ -3,6 +3,7 @@ package dblock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -325,4 +326,64 @@ func TestCancelWhileWaiting(t *testing.T) {
 	// Not delayed by a grant to the dead waiter: its statement was gone
 	// from the queue before the Commit (checked above).
 	within(t, "the grant to the live waiter after Commit", g.at.Sub(committed), 0, opTimeout)
+}
+
+// TestWaitTimeoutBehindDDL: acquisitions queued behind a DDL on the lock
+// table (a DROP waiting for the metadata lock a holder's transaction
+// keeps) end when WaitTimeout runs out, before the DDL gives up: the
+// locking read of a cached row (the server's statement timeout cuts its
+// metadata wait short) and the row step of a key not seen yet (its lookup
+// on the side pool is bounded by WaitTimeout too).
+func TestWaitTimeoutBehindDDL(t *testing.T) {
+	e, l := setupLocker(t)
+	ctx := ctxT(t)
+	a, cached, fresh := dblock.Resource("a"), dblock.Resource("cached"), dblock.Resource("fresh")
+	if err := l.Do(ctx, cached, nop); err != nil { // its row exists and its id is cached
+		t.Fatal(err)
+	}
+	holdKey(t, ctx, l, a) // its transaction holds a metadata lock on the table
+
+	conn, err := e.sqlDB.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "SET SESSION lock_wait_timeout = 60"); err != nil {
+		t.Fatal(err)
+	}
+	var dropConn int64
+	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&dropConn); err != nil {
+		t.Fatal(err)
+	}
+	dropped := make(chan error, 1)
+	go func() {
+		_, err := conn.ExecContext(ctx, "DROP TABLE `"+e.table+"_fence`, `"+e.table+"`")
+		dropped <- err
+	}()
+	waitFor(t, "the DROP waiting for its metadata lock", func() bool {
+		var n int
+		err := e.db.Raw("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DROP TABLE `" + e.table + "%' AND STATE LIKE '%metadata lock%'").Row().Scan(&n)
+		return err == nil && n > 0
+	})
+	for _, key := range []dblock.Key{cached, fresh} {
+		start := time.Now()
+		err := l.Do(ctx, key, fnMustNotRun(t), dblock.WaitTimeout(time.Second))
+		took := time.Since(start)
+		select {
+		case derr := <-dropped:
+			t.Fatalf("the DROP ended (%v) before Do(%s) returned (%v after %v): WaitTimeout did not end the wait", derr, key, err, took)
+		default:
+		}
+		t.Logf("Do(%s, WaitTimeout(1s)) behind the DROP returned after %v: %v", key, took.Round(time.Millisecond), err)
+		if !errors.Is(err, dblock.ErrNotAcquired) {
+			t.Fatalf("Do(%s) = %v, want ErrNotAcquired", key, err)
+		}
+	}
+	// Call the DROP off: the table stays.
+	if err := e.db.Exec(fmt.Sprintf("KILL QUERY %d", dropConn)).Error; err != nil {
+		t.Fatal(err)
+	}
+	if derr := <-dropped; derr == nil {
+		t.Fatal("the DROP went through although a holder kept its metadata lock")
+	}
 }
