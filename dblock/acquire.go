@@ -107,10 +107,10 @@ type waitBound struct {
 // readTimeout and, unless WaitTimeout asks for longer, the server's
 // innodb_lock_wait_timeout.
 func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
-	var b *waitBound
+	var b waitBound
 	consider := func(c waitBound) {
-		if b == nil || c.d < b.d {
-			b = &c
+		if b.why == "" || c.d < b.d {
+			b = c
 		}
 	}
 	now := time.Now()
@@ -128,7 +128,10 @@ func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
 	if rt := a.l.readTimeout; rt > 0 {
 		consider(waitBound{d: rt - readTimeoutMargin, why: "the DSN's readTimeout (" + rt.String() + ")"})
 	}
-	return b
+	if b.why == "" {
+		return nil
+	}
+	return &b
 }
 
 // lockOutcome is what a locking read found.
@@ -310,8 +313,8 @@ const (
 // the connection and the transaction usable; only when the statement has
 // not returned killGrace after that is the connection closed.
 func (l *Locker) runInterruptible(ctx context.Context, tag uint64, timer time.Duration, run func(sctx context.Context)) interruption {
-	if tag == 0 {
-		run(ctx)
+	if tag == 0 || (ctx.Done() == nil && timer == 0) {
+		run(ctx) // nothing can end it but the server
 		return notInterrupted
 	}
 	sctx, cutoff := context.WithCancel(context.WithoutCancel(ctx))

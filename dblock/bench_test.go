@@ -35,7 +35,9 @@ type benchDB struct {
 	plain   *gorm.DB
 	ip      *gorm.DB
 	counted *gorm.DB
-	trips   *atomic.Int64
+	// countedSide is the side pool of the counted handle's Lockers.
+	countedSide *sql.DB
+	trips       *atomic.Int64
 }
 
 func openBench(b *testing.B) *benchDB {
@@ -73,13 +75,21 @@ func openBench(b *testing.B) *benchDB {
 	}
 	counted := sql.OpenDB(countingConnector{connector, d.trips})
 	d.counted = open(mysql.New(mysql.Config{Conn: counted}))
+	// The Locker's side pool is counted too: an acquisition's round trips
+	// include its side statements.
+	d.countedSide = sql.OpenDB(countingConnector{connector, d.trips})
+	b.Cleanup(func() { d.countedSide.Close() })
 	d.table = testdb.Table(b, d.plain)
 	return d
 }
 
 func (d *benchDB) locker(b *testing.B, gdb *gorm.DB) *dblock.Locker {
 	b.Helper()
-	l, err := dblock.New(gdb, dblock.Table(d.table))
+	opts := []dblock.Option{dblock.Table(d.table)}
+	if gdb == d.counted {
+		opts = append(opts, dblock.SideDB(d.countedSide))
+	}
+	l, err := dblock.New(gdb, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}

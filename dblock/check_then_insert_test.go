@@ -218,7 +218,7 @@ func TestRetryRerunsOnStaleSnapshot(t *testing.T) {
 				}
 			}
 			return tx.Exec("UPDATE `"+kv+"` SET v = ? WHERE k = 'v'", v+1).Error
-		}, dblock.Retry(dblock.RetryPolicy{Attempts: 3}))
+		}, dblock.Retry(3))
 	}()
 	<-read
 	if err := put(holder.Tx(), kv, "v", 10); err != nil {

@@ -40,12 +40,12 @@ func (l *Locker) Do(ctx context.Context, key Key, fn func(ctx context.Context, t
 // do is Do over one or more keys, already validated and in canonical
 // order.
 func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context, tx *gorm.DB) error, opts []LockOption) (err error) {
-	ctx, end := l.tel.startDo(ctx, keys[0], len(keys))
-	defer func() { end(err) }()
 	lc, err := l.lockConfig(opts)
 	if err != nil {
 		return err
 	}
+	ctx, end := l.tel.startDo(ctx, keys[0], len(keys), lc.noWait)
+	defer func() { end(err) }()
 	s, err := l.scopeFor(ctx)
 	if err != nil {
 		return err
@@ -66,8 +66,8 @@ func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context
 		}
 		return lk.run(fn)
 	}
-	if lc.retry.Attempts > 1 {
-		return retrying(ctx, lc.retry, attempt)
+	if lc.attempts > 1 {
+		return retrying(ctx, lc.attempts, attempt)
 	}
 	return attempt()
 }

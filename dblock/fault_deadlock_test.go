@@ -54,7 +54,7 @@ func crossUpdate(t *testing.T, l *dblock.Locker, table string, opts ...dblock.Lo
 
 // TestFaultDeadlock: two Do calls updating two business rows in opposite
 // orders deadlock. Without Retry one of them fails with ErrDeadlock (its
-// writes rolled back, the other's committed); with Retry(DefaultRetryPolicy)
+// writes rolled back, the other's committed); with Retry(5)
 // the victim runs again and both succeed.
 func TestFaultDeadlock(t *testing.T) {
 	e, l := setupLocker(t)
@@ -97,7 +97,7 @@ func TestFaultDeadlock(t *testing.T) {
 
 	t.Run("with Retry", func(t *testing.T) {
 		reset()
-		errs, runs := crossUpdate(t, l, kv, dblock.Retry(dblock.DefaultRetryPolicy))
+		errs, runs := crossUpdate(t, l, kv, dblock.Retry(5))
 		for i, err := range errs {
 			if err != nil {
 				t.Errorf("Do %d with Retry: %v", i, err)

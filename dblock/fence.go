@@ -5,28 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 )
-
-// Fencing makes the acquisition take a fencing token, read with
-// Lock.Token or TokenFrom(ctx, key) in Do's fn: strictly increasing per key
-// in grant order, never reused, even when a holder crashes. Pass it to the
-// store the lock protects and have it reject writes carrying a token lower
-// than one it has seen. It costs an autocommit write and a read per
-// acquisition; see "Fencing tokens" in the package documentation.
-func Fencing() LockOption {
-	return func(lc *lockConfig) error {
-		lc.fencing = true
-		return nil
-	}
-}
 
 // fenceAttempts bounds the bumps bumpToken tries when the server refuses
 // one as a deadlock (1213).
 const fenceAttempts = 8
-
-// fenceBackoff spaces the bumps refused as deadlocks.
-var fenceBackoff = RetryPolicy{Attempts: fenceAttempts, Base: time.Millisecond, Max: 20 * time.Millisecond}
 
 // takeTokens takes a fencing token for each of keys, which the transaction
 // on tx holds: it bumps each key's counter in autocommit on the side pool,
@@ -149,7 +132,7 @@ func (l *Locker) bumpToken(ctx context.Context, key Key) (int64, error) {
 			return 0, fmt.Errorf("%w: %s %s: %d bumps refused as deadlocks (another holder bumping it: Galera multi-writer?): %w", ErrDeadlock, step, key, n, err)
 		}
 		l.log.DebugContext(ctx, "dblock: fencing token bump refused as a deadlock, retrying", "granularity", key.Granularity(), "attempt", n)
-		if serr := sleepCtx(ctx, fenceBackoff.backoff(n)); serr != nil {
+		if serr := sleepCtx(ctx, fenceBackoff.pause(n)); serr != nil {
 			return 0, fmt.Errorf("dblock: %s %s: %d bump(s) refused as deadlocks, retry abandoned: %w (%w)", step, key, n, serr, err)
 		}
 	}

@@ -38,44 +38,13 @@ func User(id string) Key { return Key{User: id} }
 // Global returns the one system-wide key.
 func Global() Key { return Key{Global: true} }
 
-// WithResource returns a copy of k with its Resource field set.
-func (k Key) WithResource(name string) Key { k.Resource = name; return k }
-
-// WithOperation returns a copy of k with its Operation field set.
-func (k Key) WithOperation(name string) Key { k.Operation = name; return k }
-
-// WithMethod returns a copy of k with its Method field set.
-func (k Key) WithMethod(name string) Key { k.Method = name; return k }
-
-// WithUser returns a copy of k with its User field set.
-func (k Key) WithUser(id string) Key { k.User = id; return k }
-
 // IsZero reports whether no field of k is set.
 func (k Key) IsZero() bool { return k == Key{} }
 
 // Granularity names the fields k sets, joined by "+" in the fixed order
 // global, user, method, operation, resource ("user+resource"). It is meant
 // for metrics and logs, where the raw key would have unbounded cardinality.
-func (k Key) Granularity() string {
-	if k.Global {
-		return "global"
-	}
-	var parts [4]string
-	n := 0
-	for _, f := range [...]struct {
-		set  bool
-		name string
-	}{{k.User != "", "user"}, {k.Method != "", "method"}, {k.Operation != "", "operation"}, {k.Resource != "", "resource"}} {
-		if f.set {
-			parts[n] = f.name
-			n++
-		}
-	}
-	if n == 0 {
-		return "none"
-	}
-	return strings.Join(parts[:n], "+")
-}
+func (k Key) Granularity() string { return granName(granIndex(k)) }
 
 // String renders k for logs and errors, e.g. `user="u-7" resource="order:42"`.
 func (k Key) String() string {

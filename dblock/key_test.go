@@ -21,11 +21,11 @@ func TestKeysAreDistinctLocks(t *testing.T) {
 
 	holdKey(t, ctx, l, dblock.Resource("a"))
 	for _, k := range []dblock.Key{
-		dblock.User("u").WithResource("a"),
+		{User: "u", Resource: "a"},
 		dblock.Operation("a"),
 		dblock.Method("a"),
 		dblock.User("a"),
-		dblock.Resource("a").WithOperation("a"),
+		{Resource: "a", Operation: "a"},
 		dblock.Resource("A"), // keys compare byte for byte
 		dblock.Resource("a "),
 		dblock.Global(),
@@ -33,14 +33,12 @@ func TestKeysAreDistinctLocks(t *testing.T) {
 		assertFree(t, l, k)
 	}
 	assertHeld(t, l, dblock.Resource("a"))
-	assertHeld(t, l, dblock.Key{}.WithResource("a"))
 	assertHeld(t, l, dblock.Key{Resource: "a"})
 
-	holdKey(t, ctx, l, dblock.User("u").WithResource("a"))
-	assertHeld(t, l, dblock.Resource("a").WithUser("u"))
-	assertHeld(t, l, dblock.Key{User: "u", Resource: "a"})
+	holdKey(t, ctx, l, dblock.Key{User: "u", Resource: "a"})
+	assertHeld(t, l, dblock.Key{Resource: "a", User: "u"})
 	assertFree(t, l, dblock.User("u"))
-	assertFree(t, l, dblock.User("u").WithResource("a").WithOperation("refund"))
+	assertFree(t, l, dblock.Key{User: "u", Resource: "a", Operation: "refund"})
 
 	holdKey(t, ctx, l, dblock.Global())
 	assertHeld(t, l, dblock.Global())
@@ -89,7 +87,7 @@ func TestKeyValidate(t *testing.T) {
 		{"Operation NUL", dblock.Operation("\x00"), "Operation"},
 		{"Method NUL", dblock.Method("M\x00"), "Method"},
 		{"User NUL", dblock.User("u\x00-7"), "User"},
-		{"composite, one bad field", dblock.User("u-7").WithResource("r\x00"), "Resource"},
+		{"composite, one bad field", dblock.Key{User: "u-7", Resource: "r\x00"}, "Resource"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			err := c.key.Validate()
@@ -111,7 +109,7 @@ func TestKeyValidate(t *testing.T) {
 		{"Operation at limit, 3-byte", dblock.Operation(longKey('€', schema.MaxOperationLen))},
 		{"Method at limit, 4-byte", dblock.Method(longKey('😀', schema.MaxMethodLen))},
 		{"User at limit, 4-byte", dblock.User(longKey('😀', schema.MaxUserLen))},
-		{"all fields", dblock.User("u-7").WithMethod("S.M").WithOperation("refund").WithResource("order:42")},
+		{"all fields", dblock.Key{User: "u-7", Method: "S.M", Operation: "refund", Resource: "order:42"}},
 		{"Global", dblock.Global()},
 		{"spaces", dblock.Resource(" ")},
 	} {
@@ -132,7 +130,7 @@ func TestKeyColumnsRoundTrip(t *testing.T) {
 		dblock.Operation(longKey('€', schema.MaxOperationLen)),
 		dblock.Method(longKey('😀', schema.MaxMethodLen)),
 		dblock.User(longKey('😀', schema.MaxUserLen)),
-		dblock.User("ü-7").WithMethod("Svc.Ünd").WithOperation("取消").WithResource("order:😀"),
+		dblock.Key{User: "ü-7", Method: "Svc.Ünd", Operation: "取消", Resource: "order:😀"},
 		dblock.Global(),
 	} {
 		if err := l.Do(ctx, key, nop); err != nil {
@@ -193,8 +191,8 @@ func TestKeyStringAndGranularity(t *testing.T) {
 		{dblock.Key{}, "(empty key)", "none", true, false},
 		{dblock.Global(), "global", "global", false, true},
 		{dblock.Resource("order:42"), `resource="order:42"`, "resource", false, true},
-		{dblock.User("u-7").WithResource("order:42"), `user="u-7" resource="order:42"`, "user+resource", false, true},
-		{dblock.Resource("r").WithOperation("o").WithMethod("m").WithUser("u"),
+		{dblock.Key{User: "u-7", Resource: "order:42"}, `user="u-7" resource="order:42"`, "user+resource", false, true},
+		{dblock.Key{Resource: "r", Operation: "o", Method: "m", User: "u"},
 			`user="u" method="m" operation="o" resource="r"`, "user+method+operation+resource", false, true},
 		{dblock.Operation(`a"b`), `operation="a\"b"`, "operation", false, true},
 	} {

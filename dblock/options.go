@@ -20,9 +20,9 @@ type Option func(*config) error
 // it applies to every acquisition of that Locker.
 type LockOption func(*lockConfig) error
 
-// DefaultKeyCacheSize is how many key-to-row-id entries a Locker keeps by
-// default (least recently used are evicted first).
-const DefaultKeyCacheSize = 10_000
+// defaultKeyCacheSize is how many key-to-row-id entries a Locker keeps
+// unless KeyCacheSize says otherwise.
+const defaultKeyCacheSize = 10_000
 
 type config struct {
 	table     string
@@ -44,16 +44,12 @@ type galeraMode uint8
 const (
 	galeraUnset        galeraMode = iota
 	galeraSingleWriter            // all lock traffic goes to one node
-	galeraMultiWriter             // holders write their lock row: certification decides
+	galeraMultiWriter             // holders on several nodes: see GaleraMultiWriter
 )
 
 // AllowReadOnly lets New accept a read-only server (read_only ON, most
-// likely a replica), which it otherwise refuses with ErrReadOnly. Locks
-// taken there exclude only other holders on that same server, and keys
-// whose row does not exist yet cannot be created (error 1290). Use it for
-// tools that only inspect (listing locks, diagnostics), for a service that
-// starts against a standby before it is promoted, or for a primary that is
-// read-only for a moment during a planned switchover; never to lock on a
+// likely a replica), which it otherwise refuses with ErrReadOnly: for tools
+// that only inspect, or a standby before its promotion. Never lock on a
 // replica beside holders on the primary.
 func AllowReadOnly() Option {
 	return func(c *config) error {
@@ -62,12 +58,9 @@ func AllowReadOnly() Option {
 	}
 }
 
-// GaleraSingleWriter tells New that all lock traffic of this service goes
-// to one Galera node at a time (a proxy in single-writer mode, or one node
-// by configuration): locks are plain blocking row locks, as on a single
-// server. Row locks are local to a node: two holders that reach different
-// nodes both get the key. On a server that is not a Galera node the option
-// has no effect.
+// GaleraSingleWriter tells New that all lock traffic goes to one Galera node
+// at a time (a proxy in single-writer mode): locks are plain row locks, as
+// on a single server. See docs/HA.md. No effect off Galera.
 func GaleraSingleWriter() Option {
 	return func(c *config) error {
 		if c.galera == galeraMultiWriter {
@@ -78,16 +71,9 @@ func GaleraSingleWriter() Option {
 	}
 }
 
-// GaleraMultiWriter makes locks hold across Galera nodes that all take
-// lock traffic: every holder also writes its lock row (its updated_at) in
-// the holding transaction, right after the locking read, one more
-// statement per acquisition. Of two overlapping holders on different
-// nodes, certification then lets the first to commit win; the other's
-// transaction is aborted, and it gets ErrLockLost (with ErrDeadlock, error
-// 1213) at its next statement or at COMMIT, with none of its writes
-// committed. So a holder may act on the lock only through its transaction:
-// side effects outside the database before COMMIT are not protected. On a
-// server that is not a Galera node the option has no effect.
+// GaleraMultiWriter tells New that lock traffic may reach several Galera
+// nodes at once. See "Galera" in the package documentation and docs/HA.md
+// for what this mode guarantees and costs. No effect off Galera.
 func GaleraMultiWriter() Option {
 	return func(c *config) error {
 		if c.galera == galeraSingleWriter {
@@ -98,11 +84,10 @@ func GaleraMultiWriter() Option {
 	}
 }
 
-// Table sets the lock table's name (default "tb_lock"). The name is
-// validated so that it can never inject SQL: letters, digits and
+// Table sets the lock table's name (default "tb_lock"): letters, digits and
 // underscores, starting with a letter or underscore, at most
-// schema.MaxTableNameLen (49) characters.
-// Create the table with migrations.Up(ctx, db, migrations.WithTable(name)).
+// schema.MaxTableNameLen characters. Create it with
+// migrations.Up(ctx, db, migrations.Table(name)).
 func Table(name string) Option {
 	return func(c *config) error {
 		if err := schema.ValidTableName(name); err != nil {
@@ -114,8 +99,8 @@ func Table(name string) Option {
 }
 
 // KeyCacheSize sets how many key-to-row-id entries the Locker caches
-// (default DefaultKeyCacheSize). Memory grows with distinct keys up to this
-// bound, never with the number of acquisitions.
+// (default 10,000, least recently used evicted first). A key whose id is
+// not cached costs one more round trip to acquire.
 func KeyCacheSize(n int) Option {
 	return func(c *config) error {
 		if n < 1 {
@@ -127,7 +112,7 @@ func KeyCacheSize(n int) Option {
 }
 
 // Logger sets a structured logger for events worth an operator's attention
-// (row creation, lost locks, cleanup failures). The default logs nothing.
+// (lost locks, dropped Locks, cleanup failures). The default logs nothing.
 // DSNs and credentials are never logged.
 func Logger(l *slog.Logger) Option {
 	return func(c *config) error {
@@ -139,13 +124,10 @@ func Logger(l *slog.Logger) Option {
 	}
 }
 
-// SideDB sets the pool the Locker uses for work that must run beside a
-// lock transaction in autocommit (creating a key's row). By default the
-// Locker opens a small pool of its own (at most 4 connections) from the
-// DSN of the gorm MySQL dialector, so that a caller holding its last pool
-// connection never waits for a second one; when the DSN is not available
-// (a gorm.DB built on an existing connection) the caller's pool is used.
-// A pool passed here is not closed by Locker.Close.
+// SideDB sets the pool the Locker uses beside lock transactions (row
+// creation, fencing tokens, interrupting abandoned waits), in autocommit.
+// Needed when db was opened on an existing pool; otherwise the Locker opens
+// one from db's DSN. Not closed by Close.
 func SideDB(db *sql.DB) Option {
 	return func(c *config) error {
 		if db == nil {
@@ -169,13 +151,37 @@ func Defaults(opts ...LockOption) Option {
 	}
 }
 
+// MeterProvider sets the OpenTelemetry MeterProvider of the Locker's
+// metrics (see "Observability" in the README); by default the global one.
+func MeterProvider(mp metric.MeterProvider) Option {
+	return func(c *config) error {
+		if mp == nil {
+			return errors.New("dblock: MeterProvider: nil metric.MeterProvider")
+		}
+		c.meters = mp
+		return nil
+	}
+}
+
+// TracerProvider sets the OpenTelemetry TracerProvider of the Locker's
+// spans ("txlock.Do", "txlock.acquire"); by default the global one.
+func TracerProvider(tp trace.TracerProvider) Option {
+	return func(c *config) error {
+		if tp == nil {
+			return errors.New("dblock: TracerProvider: nil trace.TracerProvider")
+		}
+		c.tracers = tp
+		return nil
+	}
+}
+
 type lockConfig struct {
-	wait    time.Duration // > 0: bounded wait
-	noWait  bool
-	retry   RetryPolicy // Attempts > 1: Do runs fn again after a rollback by the server
-	fencing bool
-	lease   time.Duration // server and client bound on a silent holder
-	fresh   bool          // the caller's transaction has not read before this lock
+	wait     time.Duration // > 0: bounded wait
+	noWait   bool
+	attempts int // > 1: Do runs fn again after the server rolled its transaction back
+	fencing  bool
+	lease    time.Duration // server and client bound on a silent holder
+	fresh    bool          // the caller's transaction has not read before this lock
 }
 
 func (lc *lockConfig) apply(opts []LockOption) error {
@@ -197,12 +203,9 @@ func (lc *lockConfig) apply(opts []LockOption) error {
 // is at most 1073741824 seconds); longer waits are clamped.
 const maxWait = 1 << 30 * time.Second
 
-// WaitTimeout bounds how long an acquisition waits for a held key; when it
-// runs out the acquisition fails with ErrNotAcquired. Sub-second values are
-// honoured (MariaDB: a per-statement max_statement_time; MySQL: the
-// statement's lock-wait timeout rounded up, cut short by a client
-// deadline). Without it, a wait is bounded by the context's deadline, or
-// else by the server's innodb_lock_wait_timeout (50 s by default).
+// WaitTimeout bounds the whole acquisition (pool connection, row step and
+// the server's wait, sub-second values honoured); running out gives
+// ErrNotAcquired. See "Waiting" in the package documentation.
 func WaitTimeout(d time.Duration) LockOption {
 	return func(lc *lockConfig) error {
 		if d <= 0 {
@@ -214,20 +217,8 @@ func WaitTimeout(d time.Duration) LockOption {
 	}
 }
 
-// NoPriorReads tells LockTx (or a Do that joins a transaction) that the
-// transaction has not read anything before this acquisition, so its
-// snapshot cannot predate the lock: the check for that (an autocommit
-// write and a read, MariaDB only) is skipped. A wrong promise brings back
-// the silent lost update the check prevents.
-func NoPriorReads() LockOption {
-	return func(lc *lockConfig) error {
-		lc.fresh = true
-		return nil
-	}
-}
-
 // NoWait makes an acquisition fail at once with ErrNotAcquired when the key
-// is held (SELECT ... FOR UPDATE NOWAIT).
+// is held.
 func NoWait() LockOption {
 	return func(lc *lockConfig) error {
 		lc.noWait = true
@@ -236,34 +227,59 @@ func NoWait() LockOption {
 	}
 }
 
-// MeterProvider sets the OpenTelemetry MeterProvider the Locker records its
-// metrics with (instrumentation scope "github.com/txlock/txlock/dblock"):
-// acquisition durations by outcome, hold durations, lost locks and waiting
-// acquisitions, by key granularity and lock table, never by key. By default
-// the Locker uses otel.GetMeterProvider(), the global provider, which
-// records nothing until the application sets one (and then records, even
-// for Lockers created earlier).
-func MeterProvider(mp metric.MeterProvider) Option {
-	return func(c *config) error {
-		if mp == nil {
-			return errors.New("dblock: MeterProvider: nil metric.MeterProvider")
-		}
-		c.meters = mp
+// NoPriorReads promises that the transaction a lock joins has not read
+// anything before it, which skips the stale-snapshot check (an autocommit
+// write and a read). A wrong promise brings back the silent lost update
+// the check prevents.
+func NoPriorReads() LockOption {
+	return func(lc *lockConfig) error {
+		lc.fresh = true
 		return nil
 	}
 }
 
-// TracerProvider sets the OpenTelemetry TracerProvider the Locker makes its
-// spans with: "txlock.Do" around Do and DoMulti, and "txlock.acquire"
-// around each acquisition that goes to the server. By default the Locker
-// uses otel.GetTracerProvider(), the global provider; while the
-// application has set none, the Locker starts no span at all.
-func TracerProvider(tp trace.TracerProvider) Option {
-	return func(c *config) error {
-		if tp == nil {
-			return errors.New("dblock: TracerProvider: nil trace.TracerProvider")
+// Fencing takes a fencing token with the lock (Lock.Token, TokenFrom):
+// strictly increasing per key in grant order, never reused. It costs an
+// autocommit write and a read; see "Fencing tokens" in the package
+// documentation.
+func Fencing() LockOption {
+	return func(lc *lockConfig) error {
+		lc.fencing = true
+		return nil
+	}
+}
+
+// DefaultLease is the lease of a lock whose acquisition does not set one.
+const DefaultLease = 60 * time.Second
+
+// minLease is the shortest lease: the server's idle timeouts count whole
+// seconds.
+const minLease = time.Second
+
+// Lease bounds how long a lock outlives a holder that stopped talking to
+// the server; the holder learns first (Lost, fn's context). Keep each
+// statement shorter than the lease minus twice a fifth of it. At least 1 s,
+// rounded up to whole seconds. See "The lease" in the package documentation.
+func Lease(d time.Duration) LockOption {
+	return func(lc *lockConfig) error {
+		if d < minLease {
+			return fmt.Errorf("dblock: Lease must be at least %v, got %v", minLease, d)
 		}
-		c.tracers = tp
+		lc.lease = d
+		return nil
+	}
+}
+
+// Retry makes Do run fn again, in a new transaction, when the server
+// rolled its transaction back (ErrDeadlock, ErrStaleSnapshot): at most
+// attempts runs in all, with jittered backoff from 5 ms to 200 ms. fn must
+// be safe to run again. A Do that joins a transaction cannot retry.
+func Retry(attempts int) LockOption {
+	return func(lc *lockConfig) error {
+		if attempts < 1 {
+			return fmt.Errorf("dblock: Retry: attempts must be at least 1, got %d", attempts)
+		}
+		lc.attempts = attempts
 		return nil
 	}
 }

@@ -5,16 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // rowAttempts bounds the row step's retries: a concurrent creator, a gc
 // deleting the row between two statements, or two creators of one key
 // deadlocking on a deleted row's index entry.
 const rowAttempts = 6
-
-// rowBackoff spaces the row step's retries.
-var rowBackoff = RetryPolicy{Attempts: rowAttempts, Base: 2 * time.Millisecond, Max: 50 * time.Millisecond}
 
 // rowIDs returns the row ids of keys (the row step of an acquisition).
 func (l *Locker) rowIDs(ctx context.Context, keys []Key, ids []int64) ([]int64, error) {
@@ -66,7 +62,7 @@ func (l *Locker) findRow(ctx context.Context, key Key, inTx bool) (int64, error)
 			}
 			fallthrough
 		case erLockDeadlock:
-			if err := sleepCtx(ctx, rowBackoff.backoff(attempt+1)); err != nil {
+			if err := sleepCtx(ctx, rowBackoff.pause(attempt+1)); err != nil {
 				return 0, fmt.Errorf("dblock: finding the row of %s: %w", key, err)
 			}
 			continue

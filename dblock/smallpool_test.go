@@ -43,7 +43,7 @@ func TestSmallPoolHotKey(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for r := range rounds {
-				hot := dblock.Resource("hot").WithOperation(string(rune('a' + r))) // a new key each round
+				hot := dblock.Key{Resource: "hot", Operation: string(rune('a' + r))} // a new key each round
 				cctx := ctx
 				if (g+r)%7 == 0 {
 					var c context.CancelFunc
@@ -55,7 +55,7 @@ func TestSmallPoolHotKey(t *testing.T) {
 					sec.start = time.Now()
 					defer func() { sec.end = time.Now() }()
 					// A second, new key joined into the same transaction.
-					return l.Do(ctx, dblock.User("u").WithResource(hot.Operation), func(context.Context, *gorm.DB) error {
+					return l.Do(ctx, dblock.Key{User: "u", Resource: hot.Operation}, func(context.Context, *gorm.DB) error {
 						time.Sleep(100 * time.Microsecond)
 						return nil
 					})

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"reflect"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -13,12 +14,11 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
-// ScopeName is the OpenTelemetry instrumentation scope of the Locker's
+// scopeName is the OpenTelemetry instrumentation scope of the Locker's
 // meter and tracer.
-const ScopeName = "github.com/txlock/txlock/dblock"
+const scopeName = "github.com/txlock/txlock/dblock"
 
 // The Locker's instruments. Every measurement carries the attributes
 // granularity (Key.Granularity: "resource", "user+resource", "global", ...)
@@ -100,8 +100,7 @@ var outcomeNames = [numOutcomes]string{"acquired", "not_acquired", "timeout", "d
 func (o outcome) String() string { return outcomeNames[o] }
 
 // acquireOutcome classifies the error of an acquisition; noWait says it
-// was not to wait (MariaDB answers NOWAIT with 1205, like a wait that ran
-// out).
+// was not to wait, so that ErrNotAcquired is not_acquired, not a timeout.
 func acquireOutcome(ctx context.Context, err error, noWait bool) outcome {
 	switch {
 	case err == nil:
@@ -114,15 +113,10 @@ func acquireOutcome(ctx context.Context, err error, noWait bool) outcome {
 			// the error carries, may be the caller's own error).
 			return outTimeout
 		}
-		switch mysqlErrorNumber(err) {
-		case erStatementTimeout, erQueryTimeout, erQueryInterrupted:
-			return outTimeout
-		case erLockWaitTimeout:
-			if !noWait {
-				return outTimeout
-			}
+		if noWait {
+			return outNotAcquired
 		}
-		return outNotAcquired
+		return outTimeout
 	case errors.Is(err, context.Canceled):
 		return outCanceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -140,7 +134,7 @@ func acquireOutcome(ctx context.Context, err error, noWait bool) outcome {
 // doOutcome classifies the error of a Do: "ok", "lost", "stale_snapshot",
 // or the acquisition's outcomes (fn's own errors are "error", or
 // "canceled"/"timeout" when they are the context's).
-func doOutcome(ctx context.Context, err error, took time.Duration) string {
+func doOutcome(ctx context.Context, err error, noWait bool) string {
 	switch {
 	case err == nil:
 		return "ok"
@@ -149,10 +143,7 @@ func doOutcome(ctx context.Context, err error, took time.Duration) string {
 	case errors.Is(err, ErrStaleSnapshot):
 		return "stale_snapshot"
 	}
-	// A Do does not know its options when its span starts: a 1205 answered
-	// within a second (innodb_lock_wait_timeout counts whole seconds) was a
-	// NOWAIT.
-	return acquireOutcome(ctx, err, took < time.Second).String()
+	return acquireOutcome(ctx, err, noWait).String()
 }
 
 // Granularities are indexed without allocating: one bit per field
@@ -183,25 +174,23 @@ func granIndex(k Key) int {
 	return i
 }
 
-// granKey returns a key of granularity index i.
-func granKey(i int) Key {
+// granName returns the name of granularity index i (see Key.Granularity).
+func granName(i int) string {
 	if i == globalGran {
-		return Global()
+		return "global"
 	}
-	var k Key
-	if i&1 != 0 {
-		k.User = "x"
+	var parts [4]string
+	n := 0
+	for bit, name := range [...]string{"user", "method", "operation", "resource"} {
+		if i&(1<<bit) != 0 {
+			parts[n] = name
+			n++
+		}
 	}
-	if i&2 != 0 {
-		k.Method = "x"
+	if n == 0 {
+		return "none"
 	}
-	if i&4 != 0 {
-		k.Operation = "x"
-	}
-	if i&8 != 0 {
-		k.Resource = "x"
-	}
-	return k
+	return strings.Join(parts[:n], "+")
 }
 
 // granTelemetry holds the measurement options of one granularity, built
@@ -223,12 +212,8 @@ type telemetry struct {
 	lostN      metric.Int64Counter
 	waitingN   metric.Int64UpDownCounter
 
-	tracer trace.Tracer // nil: no spans
-	// unsetGlobal is the global TracerProvider as it was at New, before the
-	// application set one (the OTel delegate that forwards to the provider
-	// set later), or nil. While otel.GetTracerProvider still returns it,
-	// spans would not record: none is started.
-	unsetGlobal trace.TracerProvider
+	tracer trace.Tracer // from the TracerProvider option; nil: the global's
+	global atomic.Pointer[globalTracer]
 
 	grans [numGrans]granTelemetry
 }
@@ -239,7 +224,7 @@ func newTelemetry(cfg *config) (*telemetry, error) {
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	meter := mp.Meter(ScopeName)
+	meter := mp.Meter(scopeName)
 	var err error
 	if t.acquireDur, err = meter.Float64Histogram(metricAcquireDuration,
 		metric.WithUnit("s"),
@@ -264,21 +249,14 @@ func newTelemetry(cfg *config) (*telemetry, error) {
 		return nil, fmt.Errorf("dblock: creating the %s up-down counter: %w", metricWaiting, err)
 	}
 
-	tp := cfg.tracers
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-		if isGlobalDelegate(tp) {
-			t.unsetGlobal = tp
-		}
-	}
-	if _, noop := tp.(tracenoop.TracerProvider); !noop {
-		t.tracer = tp.Tracer(ScopeName)
+	if cfg.tracers != nil {
+		t.tracer = cfg.tracers.Tracer(scopeName)
 	}
 
 	table := attrTable.String(cfg.table)
 	for i := range t.grans {
 		g := &t.grans[i]
-		g.attrs = []attribute.KeyValue{attrGranularity.String(granKey(i).Granularity()), table}
+		g.attrs = []attribute.KeyValue{attrGranularity.String(granName(i)), table}
 		set := attribute.NewSet(g.attrs...)
 		g.add = []metric.AddOption{metric.WithAttributeSet(set)}
 		g.record = []metric.RecordOption{metric.WithAttributeSet(set)}
@@ -291,31 +269,38 @@ func newTelemetry(cfg *config) (*telemetry, error) {
 	return t, nil
 }
 
-// isGlobalDelegate reports whether tp is the OTel global provider's
-// delegate, which otel.GetTracerProvider returns until the application sets
-// a provider.
-func isGlobalDelegate(tp trace.TracerProvider) bool {
-	rt := reflect.TypeOf(tp)
-	return rt != nil && rt.Kind() == reflect.Pointer && rt.Elem().PkgPath() == "go.opentelemetry.io/otel/internal/global"
+// globalTracer is the tracer of the OTel global TracerProvider, kept with
+// the provider it came from so that a provider set later is followed.
+type globalTracer struct {
+	provider trace.TracerProvider
+	tracer   trace.Tracer
 }
 
-// tracing reports whether spans may record.
-func (t *telemetry) tracing() bool {
-	return t.tracer != nil && (t.unsetGlobal == nil || otel.GetTracerProvider() != t.unsetGlobal)
+// spans returns the tracer to start spans with: the TracerProvider
+// option's, else the global provider's, whose spans do not record until
+// the application sets a provider.
+func (t *telemetry) spans() trace.Tracer {
+	if t.tracer != nil {
+		return t.tracer
+	}
+	tp := otel.GetTracerProvider()
+	g := t.global.Load()
+	if g == nil || g.provider != tp {
+		g = &globalTracer{provider: tp, tracer: tp.Tracer(scopeName)}
+		t.global.Store(g)
+	}
+	return g.tracer
 }
 
 func nopEnd(error) {}
 
 // startDo starts the span of a Do (or DoMulti) over keys.
-func (t *telemetry) startDo(ctx context.Context, key Key, keys int) (context.Context, func(error)) {
-	if !t.tracing() {
-		return ctx, nopEnd
-	}
+func (t *telemetry) startDo(ctx context.Context, key Key, keys int, noWait bool) (context.Context, func(error)) {
+	tracer := t.spans()
 	g := &t.grans[granIndex(key)]
-	start := time.Now()
-	ctx, span := t.tracer.Start(ctx, spanDo, trace.WithAttributes(g.attrs[0], g.attrs[1], attrKeys.Int(keys)))
+	ctx, span := tracer.Start(ctx, spanDo, trace.WithAttributes(g.attrs[0], g.attrs[1], attrKeys.Int(keys)))
 	return ctx, func(err error) {
-		o := doOutcome(ctx, err, time.Since(start))
+		o := doOutcome(ctx, err, noWait)
 		span.SetAttributes(attrOutcome.String(o))
 		if err != nil {
 			// The error's message names the key: it stays out of the span.
@@ -329,14 +314,11 @@ func (t *telemetry) startDo(ctx context.Context, key Key, keys int) (context.Con
 // the returned func records its outcome from err.
 func (t *telemetry) startAcquire(ctx context.Context, key Key, noWait bool) func(error) {
 	measure := t.acquireDur.Enabled(ctx)
-	tracing := t.tracing()
-	if !measure && !tracing {
-		return nopEnd
-	}
 	g := &t.grans[granIndex(key)]
-	var span trace.Span
-	if tracing {
-		_, span = t.tracer.Start(ctx, spanAcquire, g.span...)
+	_, span := t.spans().Start(ctx, spanAcquire, g.span...)
+	if !measure && !span.IsRecording() {
+		span.End()
+		return nopEnd
 	}
 	start := time.Now()
 	return func(err error) {
@@ -345,15 +327,13 @@ func (t *telemetry) startAcquire(ctx context.Context, key Key, noWait bool) func
 		if measure {
 			t.acquireDur.Record(ctx, took.Seconds(), g.acquire[o]...)
 		}
-		if span != nil {
-			if span.IsRecording() {
-				span.SetAttributes(attrOutcome.String(o.String()), attrWait.Float64(took.Seconds()))
-			}
+		if span.IsRecording() {
+			span.SetAttributes(attrOutcome.String(o.String()), attrWait.Float64(took.Seconds()))
 			if o != outAcquired {
 				span.SetStatus(codes.Error, o.String())
 			}
-			span.End()
 		}
+		span.End()
 	}
 }
 

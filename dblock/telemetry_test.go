@@ -57,7 +57,7 @@ func (r *telRecorder) collect(t *testing.T) []metricdata.Metrics {
 		t.Fatalf("collecting metrics: %v", err)
 	}
 	for _, sm := range rm.ScopeMetrics {
-		if sm.Scope.Name == dblock.ScopeName {
+		if sm.Scope.Name == "github.com/txlock/txlock/dblock" {
 			return sm.Metrics
 		}
 	}
@@ -225,7 +225,7 @@ func TestTelemetryAcquired(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	multi := []dblock.Key{dblock.User("u-7").WithResource("order:43"), dblock.Resource("order:44")}
+	multi := []dblock.Key{dblock.Key{User: "u-7", Resource: "order:43"}, dblock.Resource("order:44")}
 	if err := l.DoMulti(ctx, multi, func(context.Context, *gorm.DB) error { return nil }); err != nil {
 		t.Fatal(err)
 	}

@@ -262,7 +262,7 @@ func TestKeyHelpers(t *testing.T) {
 		{"user from request", decorator.UserKey(func(r req) string { return r.User }), dblock.User("u-9")},
 		{"user from ctx", decorator.UserFromContext[req], dblock.User("u-7")},
 		{"user + resource", decorator.Compose(decorator.UserFromContext, decorator.ResourceKey("order:", id)),
-			dblock.User("u-7").WithResource("order:42")},
+			dblock.Key{User: "u-7", Resource: "order:42"}},
 		{"same field twice, same value", decorator.Compose(decorator.MethodKey[req]("M"), decorator.MethodKey[req]("M")), dblock.Method("M")},
 		{"same field twice, conflict", decorator.Compose(decorator.MethodKey[req]("M"), decorator.MethodKey[req]("N")), dblock.Key{}},
 	} {
@@ -470,7 +470,7 @@ func TestRetryAfterDeadlockReturnsNoRolledBackResult(t *testing.T) {
 			close(held)
 		}
 		return fmt.Sprint("attempt ", n), e.lockX(ctx)
-	}, dblock.NoWait(), dblock.Retry(dblock.RetryPolicy{Attempts: 2}))
+	}, dblock.NoWait(), dblock.Retry(2))
 	var (
 		got string
 		err error

@@ -146,7 +146,7 @@ func TestGalera(t *testing.T) {
 							}
 							time.Sleep(time.Millisecond)
 							return sec.End(ctx)
-						}, dblock.Fencing(), dblock.Retry(dblock.RetryPolicy{Attempts: 1}))
+						}, dblock.Fencing(), dblock.Retry(1))
 						out := history.Committed
 						if err == nil {
 							committed.Add(1)

@@ -111,8 +111,8 @@ func TestProxyLocksTheDirectedKeys(t *testing.T) {
 			}
 			return err
 		}},
-		{"Cancel", dblock.User("u-7").WithResource("order:42"), func() error { return p.Cancel(ctx, &CancelRequest{OrderID: "42"}) }},
-		{"Transfer", dblock.User("a-1").WithOperation("transfer"), func() error {
+		{"Cancel", dblock.Key{User: "u-7", Resource: "order:42"}, func() error { return p.Cancel(ctx, &CancelRequest{OrderID: "42"}) }},
+		{"Transfer", dblock.Key{User: "a-1", Operation: "transfer"}, func() error {
 			n, _, err := p.Transfer(ctx, &TransferRequest{From: &Account{ID: "a-1"}, Amount: 3})
 			if n != 3 {
 				t.Errorf("Transfer result %d", n)
@@ -129,7 +129,7 @@ func TestProxyLocksTheDirectedKeys(t *testing.T) {
 			return err
 		}},
 		{"Report", dblock.Resource("report:2024-02-29"), func() error { _, err := p.Report(ctx, Day{2024, 2, 29}, "csv"); return err }},
-		{"Renamed", dblock.Method("sample.Renamed").WithResource("tenant:t-1"), func() error { return p.Renamed(ctx, "t-1") }},
+		{"Renamed", dblock.Key{Method: "sample.Renamed", Resource: "tenant:t-1"}, func() error { return p.Renamed(ctx, "t-1") }},
 		{"Book", dblock.Resource("slot:2024-02-29T08:30:00.5Z"), func() error {
 			return p.Book(ctx, BookRequest{At: time.Date(2024, 2, 29, 9, 30, 0, 5e8, time.FixedZone("CET", 3600))})
 		}},
@@ -242,7 +242,7 @@ func TestProxyRetryAfterDeadlockReturnsZeroResults(t *testing.T) {
 	db := testdb.Open(t)
 	table := testdb.Table(t, db)
 	testdb.NoLeaks(t, db)
-	locker, err := dblock.New(db, dblock.Table(table), dblock.Defaults(dblock.Retry(dblock.RetryPolicy{Attempts: 2})))
+	locker, err := dblock.New(db, dblock.Table(table), dblock.Defaults(dblock.Retry(2)))
 	if err != nil {
 		t.Fatal(err)
 	}
