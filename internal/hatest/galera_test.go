@@ -16,6 +16,7 @@ import (
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/hatest"
 	"github.com/txlock/txlock/internal/history"
+	"github.com/txlock/txlock/internal/lockkey"
 	"github.com/txlock/txlock/migrations"
 	"gorm.io/gorm"
 )
@@ -356,7 +357,7 @@ func nodeLocker(t *testing.T, node *hatest.Node, opts ...dblock.Option) *dblock.
 // waitKeyRow waits until key's lock row has replicated to node.
 func waitKeyRow(t *testing.T, node *hatest.Node, key dblock.Key) {
 	t.Helper()
-	h := key.Hash()
+	h := lockkey.Fields(key).Hash()
 	deadline := time.Now().Add(hatest.Ceiling)
 	for {
 		n, err := node.QueryString(context.Background(), "SELECT COUNT(*) FROM tb_lock WHERE key_hash = ?", h[:])
