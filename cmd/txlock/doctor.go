@@ -82,12 +82,12 @@ The exit status is 1 when a check FAILs, 0 when all are OK or WARN.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			mode := galeraUnset
+			mode := serverinfo.GaleraUnset
 			switch {
 			case singleWriter:
-				mode = galeraSingle
+				mode = serverinfo.GaleraSingleWriter
 			case multiWriter:
-				mode = galeraMulti
+				mode = serverinfo.GaleraMultiWriter
 			}
 			return opts.withDB(ctx, func(db *sql.DB, where string) error {
 				rep, err := diagnose(ctx, db, opts.table, mode)
@@ -165,7 +165,7 @@ func humanSeconds(n int64) string {
 }
 
 // diagnose runs every check.
-func diagnose(ctx context.Context, db *sql.DB, table string, mode galeraMode) (*doctorReport, error) {
+func diagnose(ctx context.Context, db *sql.DB, table string, mode serverinfo.GaleraMode) (*doctorReport, error) {
 	srv, err := detectServer(ctx, db)
 	if err != nil {
 		return nil, err
@@ -233,31 +233,19 @@ func (rep *doctorReport) count() *doctorReport {
 // that blocking lock calls give up early.
 const minLockWait = 5
 
-// galeraMode is the Galera mode the services use, as doctor was told.
-type galeraMode int
-
-const (
-	galeraUnset galeraMode = iota
-	galeraSingle
-	galeraMulti
-)
-
 // serverChecks judges the server from its version and global variables
 // (lower-case names; a variable missing from vars does not exist on the
 // server), and on Galera its wsrep_* status variables.
-func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []check {
+func serverChecks(srv serverInfo, vars map[string]string, mode serverinfo.GaleraMode) []check {
 	var checks []check
 	add := func(name, status, msg, advice string) {
 		checks = append(checks, check{Name: name, Status: status, Message: msg, Advice: advice})
 	}
 
 	// Version and flavour.
-	switch {
-	case srv.MariaDB && !srv.atLeast(10, 6):
-		add("version", statusFail, srv.String()+": txlock needs MariaDB 10.6 or later", "upgrade the server (10.6 has SKIP LOCKED, NOWAIT and the lock behaviour txlock was measured on)")
-	case !srv.MariaDB && !srv.atLeast(8, 0):
-		add("version", statusFail, srv.String()+": txlock needs MySQL 8.0 or later", "upgrade the server to MySQL 8.0+")
-	default:
+	if err := srv.Supported(); err != nil {
+		add("version", statusFail, err.Error(), "upgrade the server (txlock relies on SKIP LOCKED, NOWAIT and the lock behaviour it was measured on)")
+	} else {
 		add("version", statusOK, srv.String(), "")
 	}
 
@@ -384,9 +372,9 @@ func serverChecks(srv serverInfo, vars map[string]string, mode galeraMode) []che
 	switch {
 	case !serverinfo.IsOn(vars["wsrep_on"]):
 		add("galera", statusOK, "not a Galera node (wsrep_on OFF or absent)", "")
-	case mode == galeraSingle:
+	case mode == serverinfo.GaleraSingleWriter:
 		add("galera", statusOK, "Galera node; --galera-single-writer: all lockers use one node at a time (dblock.GaleraSingleWriter)", "")
-	case mode == galeraMulti:
+	case mode == serverinfo.GaleraMultiWriter:
 		add("galera", statusOK, "Galera node; --galera-multi-writer: holders on several nodes write their lock row, and certification commits at most one of two overlapping holders (dblock.GaleraMultiWriter); their work outside the database is not protected", "")
 	default:
 		add("galera", statusWarn, "Galera node (wsrep_on ON): row locks are local to a node, so dblock.New requires dblock.GaleraSingleWriter() (every locker through one node) or dblock.GaleraMultiWriter() (holders on several nodes; the later of two overlapping holders fails at COMMIT)",

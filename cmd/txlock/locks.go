@@ -307,43 +307,19 @@ func toKeyJSON(k dblock.Key) keyJSON {
 
 // serverInfo is what detectServer learned.
 type serverInfo struct {
-	Version string // VERSION()
-	Comment string // @@version_comment
-	MariaDB bool
-	Major   int
-	Minor   int
-	Patch   int
-	DB      string // DATABASE()
-}
-
-// Flavor returns "MariaDB" or "MySQL".
-func (s serverInfo) Flavor() string { return serverinfo.Flavor(s.MariaDB) }
-
-// String returns e.g. "MariaDB 10.11.19-MariaDB-0+deb12u1".
-func (s serverInfo) String() string { return s.Flavor() + " " + s.Version }
-
-// atLeast reports whether the version is >= major.minor.
-func (s serverInfo) atLeast(major, minor int) bool {
-	if s.Major != major {
-		return s.Major > major
-	}
-	return s.Minor >= minor
+	serverinfo.Version
+	DB string // DATABASE()
 }
 
 // detectServer asks the server for its version, flavour and database.
 func detectServer(ctx context.Context, db *sql.DB) (serverInfo, error) {
-	var s serverInfo
+	var version, comment string
 	var dbName sql.NullString
-	if err := db.QueryRowContext(ctx, "SELECT VERSION(), @@version_comment, DATABASE()").Scan(&s.Version, &s.Comment, &dbName); err != nil {
-		return s, fmt.Errorf("detecting the server: %w", err)
+	if err := db.QueryRowContext(ctx, "SELECT VERSION(), @@version_comment, DATABASE()").Scan(&version, &comment, &dbName); err != nil {
+		return serverInfo{}, fmt.Errorf("detecting the server: %w", err)
 	}
-	s.DB = dbName.String
-	var ok bool
-	if s.Major, s.Minor, s.Patch, ok = serverinfo.ParseVersion(s.Version); !ok {
-		return s, fmt.Errorf("cannot parse the server version %q", s.Version)
-	}
-	s.MariaDB = serverinfo.IsMariaDB(s.Version, s.Comment)
-	return s, nil
+	v, err := serverinfo.Identify(version, comment)
+	return serverInfo{Version: v, DB: dbName.String}, err
 }
 
 // ---------------------------------------------------------------------------
