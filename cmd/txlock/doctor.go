@@ -445,7 +445,7 @@ func tableCheck(ctx context.Context, db *sql.DB, table string, add func(name, st
 			return
 		}
 	}
-	st, err := migrations.Status(ctx, db, migrations.WithTable(table))
+	st, err := migrations.Status(ctx, db, migrations.Table(table))
 	if err != nil {
 		add("table", statusFail, "cannot read the migration status: "+err.Error(), "")
 		return

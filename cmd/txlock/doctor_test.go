@@ -195,7 +195,7 @@ func TestBinaryDoctorFlagsLockWaitSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := migrations.Up(ctx, sqlDB); err != nil {
+	if _, err := migrations.Up(ctx, sqlDB); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := sqlDB.Exec("SET GLOBAL innodb_lock_wait_timeout = 0"); err != nil {

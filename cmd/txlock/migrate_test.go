@@ -222,7 +222,7 @@ func TestBinaryConcurrentMigrateUp(t *testing.T) {
 	f := newFixture(t)
 	sqlDB := f.sqlDB(t)
 	ctx := context.Background()
-	if err := migrations.Down(ctx, sqlDB, migrations.WithTable(f.table)); err != nil {
+	if _, err := migrations.Down(ctx, sqlDB, migrations.Table(f.table)); err != nil {
 		t.Fatal(err)
 	}
 	// Hold the table's migration lock until all six wait for it.
@@ -274,7 +274,7 @@ func TestBinaryConcurrentMigrateUp(t *testing.T) {
 	if applied != 1 || upToDate != n-1 {
 		t.Errorf("%d process(es) said applied, %d up to date; want 1 and %d", applied, upToDate, n-1)
 	}
-	st, err := migrations.Status(ctx, sqlDB, migrations.WithTable(f.table))
+	st, err := migrations.Status(ctx, sqlDB, migrations.Table(f.table))
 	if err != nil || len(st) != 1 || !st[0].Applied {
 		t.Errorf("Status = %+v, %v", st, err)
 	}
