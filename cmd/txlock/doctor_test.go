@@ -84,9 +84,9 @@ func squeeze(s string) string {
 	return strings.Join(lines, "\n")
 }
 
-// identified returns the serverInfo of a server whose VERSION() and
+// testServer returns the serverInfo of a server whose VERSION() and
 // @@version_comment are version and comment.
-func identified(t *testing.T, version, comment string) serverInfo {
+func testServer(t *testing.T, version, comment string) serverInfo {
 	t.Helper()
 	v, err := serverinfo.Identify(version, comment)
 	if err != nil {
@@ -104,7 +104,7 @@ func TestServerChecks(t *testing.T) {
 		}
 		return "absent"
 	}
-	mysql := identified(t, "8.0.36", "MySQL Community Server - GPL")
+	mysql := testServer(t, "8.0.36", "MySQL Community Server - GPL")
 	mysqlVars := map[string]string{
 		"transaction_isolation": "REPEATABLE-READ", "innodb_lock_wait_timeout": "50",
 		"wait_timeout": "60", "innodb_deadlock_detect": "OFF", "read_only": "OFF",
@@ -127,7 +127,7 @@ func TestServerChecks(t *testing.T) {
 		}
 	}
 
-	maria := identified(t, "10.6.5-MariaDB", "")
+	maria := testServer(t, "10.6.5-MariaDB", "")
 	mariaVars := map[string]string{
 		"tx_isolation": "SERIALIZABLE", "innodb_lock_wait_timeout": "3600", "wait_timeout": "28800",
 		"idle_transaction_timeout": "0", "read_only": "OFF", "wsrep_on": "ON",
@@ -172,11 +172,11 @@ func TestServerChecks(t *testing.T) {
 	if got := status(serverChecks(mysql, mysqlVars, serverinfo.GaleraUnset), "galera_state"); got != "absent" {
 		t.Errorf("not Galera: galera_state %s, want absent", got)
 	}
-	old := identified(t, "10.5.2-MariaDB", "")
+	old := testServer(t, "10.5.2-MariaDB", "")
 	if got := status(serverChecks(old, mariaVars, serverinfo.GaleraUnset), "version"); got != statusFail {
 		t.Errorf("MariaDB 10.5: %s", got)
 	}
-	if got := status(serverChecks(identified(t, "5.7.44", ""), mysqlVars, serverinfo.GaleraUnset), "version"); got != statusFail {
+	if got := status(serverChecks(testServer(t, "5.7.44", ""), mysqlVars, serverinfo.GaleraUnset), "version"); got != statusFail {
 		t.Errorf("MySQL 5.7: %s", got)
 	}
 }
@@ -266,7 +266,7 @@ func newLockerOn(t *testing.T, dsn string) *dblock.Locker {
 
 // TestServerChecksLockWaits judges the lock-wait settings from variables.
 func TestServerChecksLockWaits(t *testing.T) {
-	maria := identified(t, "10.11.19-MariaDB", "")
+	maria := testServer(t, "10.11.19-MariaDB", "")
 	base := map[string]string{
 		"tx_isolation": "READ-COMMITTED", "innodb_lock_wait_timeout": "50", "wait_timeout": "60",
 		"idle_transaction_timeout": "0", "read_only": "OFF", "innodb_rollback_on_timeout": "OFF",
