@@ -320,3 +320,25 @@ func TestBinaryDestructiveCommandsNeedAServer(t *testing.T) {
 		t.Errorf("gc with a DSN naming no database: %v, %s", err, errOut)
 	}
 }
+
+// TestBinaryDestructiveCommandsNameTheirServer: release and gc (without
+// --dry-run) say on stderr, before they act, which table on which server
+// and database they act on, as migrate down does
+// (TestBinaryMigrateDownAsksAndWarns).
+func TestBinaryDestructiveCommandsNameTheirServer(t *testing.T) {
+	f := newFixture(t)
+	for _, args := range [][]string{
+		{"release", "--force", "--key", "resource=nobody-holds-this"},
+		{"gc", "--older-than", "720h"},
+	} {
+		out, errOut, code := f.exitCode(t, "", args...)
+		t.Logf("txlock %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+		if code != 0 {
+			t.Fatalf("txlock %s: exit %d", strings.Join(args, " "), code)
+		}
+		want := f.table + " on " + f.where(t) + " (MariaDB "
+		if !strings.HasPrefix(errOut, "txlock: "+args[0]+" ") || !strings.Contains(strings.SplitN(errOut, "\n", 2)[0], want) {
+			t.Errorf("txlock %s: stderr does not start by naming %q", strings.Join(args, " "), want)
+		}
+	}
+}
