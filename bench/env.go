@@ -203,7 +203,7 @@ func warm(ctx context.Context, db *sql.DB, n int) error {
 // createTables creates the lock table (with migrations.Up), the business
 // table and the lease table, and one key per goroutine plus the hot key.
 func (e *env) createTables(ctx context.Context, n int) error {
-	if err := migrations.Up(ctx, e.admin, migrations.WithTable(e.lockTable)); err != nil {
+	if _, err := migrations.Up(ctx, e.admin, migrations.Table(e.lockTable)); err != nil {
 		return fmt.Errorf("creating the lock table: %w", err)
 	}
 	for _, q := range []string{
@@ -315,7 +315,7 @@ func (e *env) cleanup(keep bool) error {
 		return nil
 	}
 	var errs []error
-	if err := migrations.Down(ctx, e.admin, migrations.WithTable(e.lockTable)); err != nil {
+	if _, err := migrations.Down(ctx, e.admin, migrations.Table(e.lockTable)); err != nil {
 		errs = append(errs, err)
 	}
 	for _, t := range []string{migrations.VersionTable(e.lockTable), e.bizTable, e.leaseTable} {

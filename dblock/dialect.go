@@ -13,11 +13,7 @@ import (
 // server is what the Locker learned about the server at New.
 type server struct {
 	version string // @@version, the same as VERSION()
-	comment string // @@version_comment
 	mariaDB bool
-	major   int
-	minor   int
-	patch   int
 	// snapshotIsolation: MariaDB's innodb_snapshot_isolation exists, so a
 	// joined transaction's stale write can be made to fail (1020) instead
 	// of silently losing an update.
@@ -69,20 +65,6 @@ type Topology struct {
 	SemiSyncReplica bool
 }
 
-// flavor returns "MariaDB" or "MySQL".
-func (s server) flavor() string { return serverinfo.Flavor(s.mariaDB) }
-
-// atLeast reports whether the server version is >= major.minor.patch.
-func (s server) atLeast(major, minor, patch int) bool {
-	if s.major != major {
-		return s.major > major
-	}
-	if s.minor != minor {
-		return s.minor > minor
-	}
-	return s.patch >= patch
-}
-
 // The statements of New's detection: two round trips on both flavours.
 // Variables that a server lacks (wsrep_on without Galera support, the
 // semi-sync variables without their plugin, innodb_snapshot_isolation on
@@ -105,19 +87,14 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	if err != nil {
 		return s, fmt.Errorf("dblock: detecting the server: %w", err)
 	}
-	s.version, s.comment = vars["version"], vars["version_comment"]
-	var ok bool
-	s.major, s.minor, s.patch, ok = serverinfo.ParseVersion(s.version)
-	if !ok {
-		return s, fmt.Errorf("dblock: cannot parse server version %q", s.version)
+	v, err := serverinfo.Identify(vars["version"], vars["version_comment"])
+	if err != nil {
+		return s, fmt.Errorf("dblock: %w", err)
 	}
-	s.mariaDB = serverinfo.IsMariaDB(s.version, s.comment)
-	switch {
-	case s.mariaDB && !s.atLeast(10, 6, 0):
-		return s, fmt.Errorf("dblock: MariaDB %s is too old: txlock needs MariaDB 10.6 or later (or MySQL 8.0)", s.version)
-	case !s.mariaDB && !s.atLeast(8, 0, 0):
-		return s, fmt.Errorf("dblock: MySQL %s is too old: txlock needs MySQL 8.0 or later (or MariaDB 10.6)", s.version)
+	if err := v.Supported(); err != nil {
+		return s, fmt.Errorf("dblock: %w", err)
 	}
+	s.version, s.mariaDB = v.Text, v.MariaDB
 	var schemaName sql.NullString
 	var lockWait int64
 	if err := db.QueryRowContext(ctx, detectSchema).Scan(&schemaName, &lockWait); err != nil {
@@ -143,7 +120,7 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 	t.SemiSyncSource = on("rpl_semi_sync_master_enabled", "rpl_semi_sync_source_enabled")
 	t.SemiSyncReplica = on("rpl_semi_sync_slave_enabled", "rpl_semi_sync_replica_enabled")
 	if grants, err := showGrants(ctx, db); err == nil {
-		t.ReadOnlyBypass = !t.SuperReadOnly && bypassesReadOnly(grants, s.mariaDB && s.atLeast(10, 11, 0))
+		t.ReadOnlyBypass = !t.SuperReadOnly && bypassesReadOnly(grants, v.MariaDB && v.AtLeast(10, 11, 0))
 	}
 	return s, nil
 }

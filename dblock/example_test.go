@@ -39,7 +39,7 @@ func exampleSetup() (*gorm.DB, *dblock.Locker, func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := migrations.Up(ctx, sqlDB); err != nil {
+	if _, err := migrations.Up(ctx, sqlDB); err != nil {
 		log.Fatal(err)
 	}
 	if err := db.Exec(`CREATE TABLE IF NOT EXISTS dblock_example_orders (
@@ -73,7 +73,7 @@ func ExampleLocker_Do() {
 	}
 	sqlDB, _ := db.DB()
 	defer sqlDB.Close()
-	if err := migrations.Up(ctx, sqlDB); err != nil { // creates tb_lock
+	if _, err := migrations.Up(ctx, sqlDB); err != nil { // creates tb_lock
 		log.Fatal(err)
 	}
 	locker, err := dblock.New(db)

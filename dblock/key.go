@@ -1,12 +1,11 @@
 package dblock
 
 import (
-	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/txlock/txlock/internal/lockkey"
 	"github.com/txlock/txlock/schema"
 )
 
@@ -109,27 +108,13 @@ func (k Key) Validate() error {
 	return nil
 }
 
-// canonicalVersion prefixes the canonical encoding so that a future change
-// of encoding can never collide with rows written by this one.
-const canonicalVersion = "txlock.key.v1"
-
 // Canonical returns the canonical byte encoding of k: a version tag, then
 // each string field length-prefixed (uvarint) in the order resource,
 // operation, method, user, then one byte for Global. Distinct keys have
-// distinct encodings. It does not validate k.
-func (k Key) Canonical() []byte {
-	b := make([]byte, 0, len(canonicalVersion)+len(k.Resource)+len(k.Operation)+len(k.Method)+len(k.User)+4*binary.MaxVarintLen64+1)
-	b = append(b, canonicalVersion...)
-	for _, s := range [...]string{k.Resource, k.Operation, k.Method, k.User} {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
-	}
-	if k.Global {
-		return append(b, 1)
-	}
-	return append(b, 0)
-}
+// distinct encodings. It does not validate k. The encoding is
+// internal/lockkey's, shared with the txlock command.
+func (k Key) Canonical() []byte { return lockkey.Fields(k).Canonical() }
 
 // Hash returns the SHA-256 of k's canonical encoding: the value of the
 // table's unique key_hash column.
-func (k Key) Hash() [32]byte { return sha256.Sum256(k.Canonical()) }
+func (k Key) Hash() [32]byte { return lockkey.Fields(k).Hash() }

@@ -53,14 +53,14 @@ func TestRowCacheForgottenAfterTableRecreated(t *testing.T) {
 	a, b := dblock.Resource("A"), dblock.Resource("B")
 	assertFree(t, p1, a)
 	assertFree(t, p1, b)
-	if err := migrations.Down(ctx, e.sqlDB, migrations.WithTable(e.table)); err != nil {
+	if _, err := migrations.Down(ctx, e.sqlDB, migrations.Table(e.table)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := p1.TryLock(ctx, a)
 	if !errors.Is(err, dblock.ErrTableMissing) {
 		t.Errorf("TryLock with the table dropped = %v, want ErrTableMissing", err)
 	}
-	if err := migrations.Up(ctx, e.sqlDB, migrations.WithTable(e.table)); err != nil {
+	if _, err := migrations.Up(ctx, e.sqlDB, migrations.Table(e.table)); err != nil {
 		t.Fatal(err)
 	}
 	assertFree(t, p2, b) // B takes the id A had

@@ -44,14 +44,13 @@ type config struct {
 	table       string
 	logger      *slog.Logger
 	lockTimeout time.Duration
-	report      *Report
 }
 
-// WithTable sets the lock table's name (default [schema.DefaultTable],
+// Table sets the lock table's name (default [schema.DefaultTable],
 // "tb_lock"). The fence table, the unique key and the version table are
 // named after it: name+"_fence", "uk_"+name+"_key_hash" and
 // name+"_schema_version". The name must pass [schema.ValidTableName].
-func WithTable(name string) Option {
+func Table(name string) Option {
 	return func(c *config) error {
 		if err := schema.ValidTableName(name); err != nil {
 			return err
@@ -61,9 +60,9 @@ func WithTable(name string) Option {
 	}
 }
 
-// WithLogger makes Up and Down log each migration they apply or roll back
-// to l. By default they log nothing.
-func WithLogger(l *slog.Logger) Option {
+// Logger makes Up and Down log each migration they apply or roll back to
+// l. By default they log nothing.
+func Logger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l == nil {
 			return errors.New("nil logger")
@@ -73,10 +72,10 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithLockTimeout sets how long Up and Down wait for another process that
+// LockTimeout sets how long Up and Down wait for another process that
 // is migrating the same table before they give up (default 5 minutes). The
 // context's deadline, if earlier, applies as well.
-func WithLockTimeout(d time.Duration) Option {
+func LockTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
 			return fmt.Errorf("lock timeout %v: must be positive", d)
@@ -86,20 +85,10 @@ func WithLockTimeout(d time.Duration) Option {
 	}
 }
 
-// WithReport makes Up and Down fill r with what that call did. Calls for
-// the same table are serialised, and each reports only its own work: of
-// several processes running Up at once, one reports the versions applied.
-func WithReport(r *Report) Option {
-	return func(c *config) error {
-		if r == nil {
-			return errors.New("nil report")
-		}
-		c.report = r
-		return nil
-	}
-}
-
-// A Report is what one call of Up or Down did (see [WithReport]).
+// A Report is what one call of Up or Down did, including, when it failed,
+// what it did before the failure. Calls for the same table are serialised,
+// and each reports only its own work: of several processes running Up at
+// once, one reports the versions applied.
 type Report struct {
 	// Applied lists the versions that this call of Up applied, oldest
 	// first.
@@ -164,87 +153,77 @@ func Latest() int64 {
 	return latest
 }
 
-// Up applies every embedded migration that db does not have yet, in order.
-// It is idempotent: on an up-to-date database it changes nothing. Whatever
-// the version table records, Up checks that the lock and fence tables
-// exist; when one is missing it runs the recorded migrations again, which
-// creates what is missing and leaves what exists as it is.
-func Up(ctx context.Context, db *sql.DB, opts ...Option) error {
+// Up applies every embedded migration that db does not have yet, in order,
+// and reports what it applied. It is idempotent: on an up-to-date database
+// it changes nothing. Whatever the version table records, Up checks that
+// the lock and fence tables exist; when one is missing it runs the
+// recorded migrations again, which creates what is missing and leaves what
+// exists as it is.
+func Up(ctx context.Context, db *sql.DB, opts ...Option) (Report, error) {
 	cfg, err := newConfig(db, opts)
 	if err != nil {
-		return err
+		return Report{}, err
 	}
 	m, err := newMigrator(db, cfg)
 	if err != nil {
-		return err
+		return Report{}, err
 	}
 	missing, err := m.prepareUp(ctx, db)
 	if err != nil {
-		return err
+		return Report{}, err
 	}
 	res, err := m.provider.Up(ctx)
-	cfg.report.record(func(r *Report) {
-		r.Applied = versions(res, err)
-		if len(r.Applied) > 0 {
-			r.Missing = missing
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("migrations: up %s: %w", cfg.table, err)
+	rep := Report{Applied: versions(res, err)}
+	if len(rep.Applied) > 0 {
+		rep.Missing = missing
 	}
-	return nil
+	if err != nil {
+		return rep, fmt.Errorf("migrations: up %s: %w", cfg.table, err)
+	}
+	return rep, nil
 }
 
-// Down rolls back every applied migration, newest first: it drops the lock
-// and fence tables, with all locks and fencing counters in them, in one
-// statement. The version table stays, recording that nothing is applied.
-// Down on a database that was never migrated does nothing.
+// Down rolls back every applied migration, newest first, and reports what
+// it rolled back: it drops the lock and fence tables, with all locks and
+// fencing counters in them, in one statement. The version table stays,
+// recording that nothing is applied. Down on a database that was never
+// migrated does nothing.
 //
 // A transaction that holds a key keeps the tables in use until it ends.
 // Down waits at most 2 s for them (lock_wait_timeout), so that the lockers
 // queued behind its DROP are not stalled for longer, and then fails with
 // nothing dropped: stop the services that use the tables first.
-func Down(ctx context.Context, db *sql.DB, opts ...Option) (err error) {
+func Down(ctx context.Context, db *sql.DB, opts ...Option) (Report, error) {
 	cfg, err := newConfig(db, opts)
 	if err != nil {
-		return err
+		return Report{}, err
 	}
-	var res []*goose.MigrationResult
-	defer func() { cfg.report.record(func(r *Report) { r.RolledBack = versions(res, err) }) }()
 	exists, err := tableExists(ctx, db, VersionTable(cfg.table))
 	if err != nil || !exists {
-		return err
+		return Report{}, err
 	}
 	m, err := newMigrator(db, cfg)
 	if err != nil {
-		return err
+		return Report{}, err
 	}
 	m.locker.ddlLockWait = downLockWait
-	res, err = m.provider.DownTo(ctx, 0)
+	res, err := m.provider.DownTo(ctx, 0)
+	rep := Report{RolledBack: versions(res, err)}
 	var me *gomysql.MySQLError
 	switch {
 	case errors.As(err, &me) && me.Number == erLockWaitTimeout:
-		return fmt.Errorf("migrations: down %s: a transaction still uses %s or %s (one that holds a key keeps them in use until it ends); "+
+		return rep, fmt.Errorf("migrations: down %s: a transaction still uses %s or %s (one that holds a key keeps them in use until it ends); "+
 			"nothing was dropped: the DROP gave up after %v rather than stall every locker queued behind it; stop the services that use them and try again: %w",
 			cfg.table, cfg.table, schema.FenceTable(cfg.table), downLockWait, err)
 	case err != nil:
-		return fmt.Errorf("migrations: down %s: %w", cfg.table, err)
+		return rep, fmt.Errorf("migrations: down %s: %w", cfg.table, err)
 	}
-	return nil
+	return rep, nil
 }
 
 // erLockWaitTimeout is the server's error for a lock wait, row or
 // metadata, that ran out (1205).
 const erLockWaitTimeout = 1205
-
-// record resets r, if the caller asked for a report, and lets fill set it.
-func (r *Report) record(fill func(*Report)) {
-	if r == nil {
-		return
-	}
-	*r = Report{}
-	fill(r)
-}
 
 // versions returns the versions of goose's results, including those run
 // before a failure.

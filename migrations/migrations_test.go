@@ -88,7 +88,7 @@ func wantTables(t *testing.T, db *sql.DB, name string, lock, version bool) {
 
 func wantStatus(t *testing.T, db *sql.DB, name string, applied bool) []migrations.MigrationStatus {
 	t.Helper()
-	st, err := migrations.Status(context.Background(), db, migrations.WithTable(name))
+	st, err := migrations.Status(context.Background(), db, migrations.Table(name))
 	if err != nil {
 		t.Fatalf("Status: %v", err)
 	}
@@ -118,25 +118,25 @@ func TestLifecycle(t *testing.T) {
 	db := open(t)
 	name := freshName(t, 20)
 	dropAll(t, db, name)
-	opt := migrations.WithTable(name)
+	opt := migrations.Table(name)
 
 	// Status only reads.
 	wantStatus(t, db, name, false)
 	wantTables(t, db, name, false, false)
 	// Down on a database that never had the tables does nothing.
-	if err := migrations.Down(ctx, db, opt); err != nil {
+	if _, err := migrations.Down(ctx, db, opt); err != nil {
 		t.Fatalf("Down before Up: %v", err)
 	}
 	wantTables(t, db, name, false, false)
 
-	if err := migrations.Up(ctx, db, opt); err != nil {
+	if _, err := migrations.Up(ctx, db, opt); err != nil {
 		t.Fatalf("Up: %v", err)
 	}
 	wantTables(t, db, name, true, true)
 	first := wantStatus(t, db, name, true)
 
 	// Idempotent.
-	if err := migrations.Up(ctx, db, opt); err != nil {
+	if _, err := migrations.Up(ctx, db, opt); err != nil {
 		t.Fatalf("second Up: %v", err)
 	}
 	if again := wantStatus(t, db, name, true); !again[0].AppliedAt.Equal(first[0].AppliedAt) {
@@ -164,18 +164,18 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("unique key uk_%s_key_hash not found", name)
 	}
 
-	if err := migrations.Down(ctx, db, opt); err != nil {
+	if _, err := migrations.Down(ctx, db, opt); err != nil {
 		t.Fatalf("Down: %v", err)
 	}
 	wantTables(t, db, name, false, true)
 	wantStatus(t, db, name, false)
 
-	if err := migrations.Up(ctx, db, opt); err != nil {
+	if _, err := migrations.Up(ctx, db, opt); err != nil {
 		t.Fatalf("Up after Down: %v", err)
 	}
 	wantTables(t, db, name, true, true)
 	wantStatus(t, db, name, true)
-	if err := migrations.Down(ctx, db, opt); err != nil {
+	if _, err := migrations.Down(ctx, db, opt); err != nil {
 		t.Fatalf("second Down: %v", err)
 	}
 	wantTables(t, db, name, false, true)
@@ -186,11 +186,11 @@ func TestLongestTableName(t *testing.T) {
 	db := open(t)
 	name := freshName(t, schema.MaxTableNameLen)
 	dropAll(t, db, name)
-	if err := migrations.Up(context.Background(), db, migrations.WithTable(name)); err != nil {
+	if _, err := migrations.Up(context.Background(), db, migrations.Table(name)); err != nil {
 		t.Fatalf("Up with a %d-character name: %v", len(name), err)
 	}
 	wantTables(t, db, name, true, true)
-	if err := migrations.Down(context.Background(), db, migrations.WithTable(name)); err != nil {
+	if _, err := migrations.Down(context.Background(), db, migrations.Table(name)); err != nil {
 		t.Fatalf("Down: %v", err)
 	}
 }
@@ -208,18 +208,17 @@ func TestInvalidTableNames(t *testing.T) {
 		"tëb_lock",
 		strings.Repeat("a", schema.MaxTableNameLen+1),
 	} {
-		opt := migrations.WithTable(name)
+		opt := migrations.Table(name)
 		ctx := context.Background()
-		errs := map[string]error{
-			"Up":   migrations.Up(ctx, db, opt),
-			"Down": migrations.Down(ctx, db, opt),
-		}
+		errs := map[string]error{}
+		_, errs["Up"] = migrations.Up(ctx, db, opt)
+		_, errs["Down"] = migrations.Down(ctx, db, opt)
 		_, errs["Status"] = migrations.Status(ctx, db, opt)
 		for op, err := range errs {
 			if err == nil {
-				t.Errorf("%s(WithTable(%q)) succeeded", op, name)
+				t.Errorf("%s(Table(%q)) succeeded", op, name)
 			} else if !strings.HasPrefix(err.Error(), "migrations: invalid table name") {
-				t.Errorf("%s(WithTable(%q)) = %q, want a 'migrations: invalid table name' error", op, name, err)
+				t.Errorf("%s(Table(%q)) = %q, want a 'migrations: invalid table name' error", op, name, err)
 			}
 		}
 	}
@@ -228,12 +227,11 @@ func TestInvalidTableNames(t *testing.T) {
 func TestNilDB(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	_, statusErr := migrations.Status(ctx, nil)
-	for op, err := range map[string]error{
-		"Up":     migrations.Up(ctx, nil),
-		"Down":   migrations.Down(ctx, nil),
-		"Status": statusErr,
-	} {
+	errs := map[string]error{}
+	_, errs["Up"] = migrations.Up(ctx, nil)
+	_, errs["Down"] = migrations.Down(ctx, nil)
+	_, errs["Status"] = migrations.Status(ctx, nil)
+	for op, err := range errs {
 		if err == nil || !strings.HasPrefix(err.Error(), "migrations: nil") {
 			t.Errorf("%s(nil) = %v, want a 'migrations: nil *sql.DB' error", op, err)
 		}
@@ -253,7 +251,7 @@ func TestConcurrentUp(t *testing.T) {
 	reports := make([]migrations.Report, n)
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = migrations.Up(context.Background(), db, migrations.WithTable(name), migrations.WithReport(&reports[i]))
+			reports[i], errs[i] = migrations.Up(context.Background(), db, migrations.Table(name))
 		})
 	}
 	wg.Wait()
@@ -294,7 +292,7 @@ func TestUpWaitsForTheMigrationLock(t *testing.T) {
 	}
 
 	start := time.Now()
-	err = migrations.Up(ctx, db, migrations.WithTable(name), migrations.WithLockTimeout(time.Second))
+	_, err = migrations.Up(ctx, db, migrations.Table(name), migrations.LockTimeout(time.Second))
 	if err == nil || !strings.Contains(err.Error(), "migration lock") {
 		t.Fatalf("Up while another session migrates = %v, want a migration lock timeout", err)
 	}
@@ -305,13 +303,16 @@ func TestUpWaitsForTheMigrationLock(t *testing.T) {
 
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	err = migrations.Up(cctx, db, migrations.WithTable(name))
+	_, err = migrations.Up(cctx, db, migrations.Table(name))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Up with an expiring context = %v, want context.DeadlineExceeded", err)
 	}
 
 	done := make(chan error, 1)
-	go func() { done <- migrations.Up(ctx, db, migrations.WithTable(name)) }()
+	go func() {
+		_, err := migrations.Up(ctx, db, migrations.Table(name))
+		done <- err
+	}()
 	time.Sleep(200 * time.Millisecond)
 	if _, err := holder.ExecContext(ctx, "DO RELEASE_LOCK("+lockName+")", name); err != nil {
 		t.Fatal(err)
@@ -336,7 +337,7 @@ func TestStatusWithoutParseTime(t *testing.T) {
 	t.Cleanup(func() { raw.Close() })
 	name := freshName(t, 20)
 	dropAll(t, raw, name)
-	if err := migrations.Up(context.Background(), raw, migrations.WithTable(name)); err != nil {
+	if _, err := migrations.Up(context.Background(), raw, migrations.Table(name)); err != nil {
 		t.Fatal(err)
 	}
 	wantStatus(t, raw, name, true)
@@ -349,7 +350,7 @@ func TestLogger(t *testing.T) {
 	dropAll(t, db, name)
 	var buf syncBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
-	if err := migrations.Up(context.Background(), db, migrations.WithTable(name), migrations.WithLogger(log)); err != nil {
+	if _, err := migrations.Up(context.Background(), db, migrations.Table(name), migrations.Logger(log)); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(buf.String(), "00001_create_tb_lock.sql") {

@@ -80,11 +80,10 @@ func TestEmbeddedSources(t *testing.T) {
 
 func TestOptionsRejectBadValues(t *testing.T) {
 	for name, opt := range map[string]Option{
-		"empty table":      WithTable(""),
-		"nil logger":       WithLogger(nil),
-		"nil report":       WithReport(nil),
-		"zero timeout":     WithLockTimeout(0),
-		"negative timeout": WithLockTimeout(-1),
+		"empty table":      Table(""),
+		"nil logger":       Logger(nil),
+		"zero timeout":     LockTimeout(0),
+		"negative timeout": LockTimeout(-1),
 	} {
 		if err := opt(&config{}); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -52,7 +52,7 @@ func migrated(t *testing.T) (*sql.DB, string) {
 	db := open(t)
 	name := freshName(t, 20)
 	dropAll(t, db, name)
-	if err := migrations.Up(context.Background(), db, migrations.WithTable(name)); err != nil {
+	if _, err := migrations.Up(context.Background(), db, migrations.Table(name)); err != nil {
 		t.Fatal(err)
 	}
 	return db, name
@@ -81,8 +81,8 @@ func TestUpRepairsTablesMissingDespiteTheRecord(t *testing.T) {
 	}
 	wantStatus(t, db, name, true) // the record still says applied
 
-	var rep migrations.Report
-	if err := migrations.Up(ctx, db, migrations.WithTable(name), migrations.WithReport(&rep)); err != nil {
+	rep, err := migrations.Up(ctx, db, migrations.Table(name))
+	if err != nil {
 		t.Fatalf("Up over a half-dropped schema: %v", err)
 	}
 	t.Logf("report: %+v", rep)
@@ -96,7 +96,7 @@ func TestUpRepairsTablesMissingDespiteTheRecord(t *testing.T) {
 		t.Errorf("the existing lock table lost its row: %d, %v", kept, err)
 	}
 	// Now complete: nothing more to do.
-	if err := migrations.Up(ctx, db, migrations.WithTable(name), migrations.WithReport(&rep)); err != nil || len(rep.Applied) != 0 || len(rep.Missing) != 0 {
+	if rep, err = migrations.Up(ctx, db, migrations.Table(name)); err != nil || len(rep.Applied) != 0 || len(rep.Missing) != 0 {
 		t.Errorf("third Up: %+v, %v; want nothing done", rep, err)
 	}
 
@@ -104,7 +104,7 @@ func TestUpRepairsTablesMissingDespiteTheRecord(t *testing.T) {
 	if _, err := db.Exec("DROP TABLE `" + schema.FenceTable(name) + "`, `" + name + "`"); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrations.Up(ctx, db, migrations.WithTable(name), migrations.WithReport(&rep)); err != nil {
+	if rep, err = migrations.Up(ctx, db, migrations.Table(name)); err != nil {
 		t.Fatal(err)
 	}
 	wantTables(t, db, name, true, true)
@@ -140,8 +140,8 @@ func TestUpCompletesAHalfDoneUp(t *testing.T) {
 					t.Fatalf("%s: %v", s, err)
 				}
 			}
-			var rep migrations.Report
-			if err := migrations.Up(ctx, db, migrations.WithTable(name), migrations.WithReport(&rep)); err != nil {
+			rep, err := migrations.Up(ctx, db, migrations.Table(name))
+			if err != nil {
 				t.Fatalf("Up after %d statement(s) ran: %v", len(stmts), err)
 			}
 			wantTables(t, db, name, true, true)
@@ -201,8 +201,7 @@ func TestDownGivesUpFastWhileAKeyIsHeld(t *testing.T) {
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	var rep migrations.Report
-	err = migrations.Down(dctx, one, migrations.WithTable(name), migrations.WithReport(&rep))
+	rep, err := migrations.Down(dctx, one, migrations.Table(name))
 	took := time.Since(start)
 	t.Logf("Down while a key is held: %v after %v", err, took)
 	var me *gomysql.MySQLError
@@ -225,7 +224,7 @@ func TestDownGivesUpFastWhileAKeyIsHeld(t *testing.T) {
 	if err := holder.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrations.Down(ctx, one, migrations.WithTable(name), migrations.WithReport(&rep)); err != nil {
+	if rep, err = migrations.Down(ctx, one, migrations.Table(name)); err != nil {
 		t.Fatalf("Down after the holder ended: %v", err)
 	}
 	if !slices.Equal(rep.RolledBack, []int64{1}) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/internal/testdb"
 	"github.com/txlock/txlock/migrations"
 )
@@ -83,6 +84,17 @@ func squeeze(s string) string {
 	return strings.Join(lines, "\n")
 }
 
+// testServer returns the serverInfo of a server whose VERSION() and
+// @@version_comment are version and comment.
+func testServer(t *testing.T, version, comment string) serverInfo {
+	t.Helper()
+	v, err := serverinfo.Identify(version, comment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serverInfo{Version: v}
+}
+
 func TestServerChecks(t *testing.T) {
 	status := func(checks []check, name string) string {
 		for _, c := range checks {
@@ -92,13 +104,13 @@ func TestServerChecks(t *testing.T) {
 		}
 		return "absent"
 	}
-	mysql := serverInfo{Version: "8.0.36", Major: 8, Minor: 0, Patch: 36}
+	mysql := testServer(t, "8.0.36", "MySQL Community Server - GPL")
 	mysqlVars := map[string]string{
 		"transaction_isolation": "REPEATABLE-READ", "innodb_lock_wait_timeout": "50",
 		"wait_timeout": "60", "innodb_deadlock_detect": "OFF", "read_only": "OFF",
 		"super_read_only": "ON", "performance_schema": "OFF",
 	}
-	c := serverChecks(mysql, mysqlVars, galeraUnset)
+	c := serverChecks(mysql, mysqlVars, serverinfo.GaleraUnset)
 	for name, want := range map[string]string{
 		"version":                  statusOK,
 		"isolation":                statusOK, // from transaction_isolation: MySQL has no tx_isolation
@@ -115,12 +127,12 @@ func TestServerChecks(t *testing.T) {
 		}
 	}
 
-	maria := serverInfo{Version: "10.6.5-MariaDB", MariaDB: true, Major: 10, Minor: 6, Patch: 5}
+	maria := testServer(t, "10.6.5-MariaDB", "")
 	mariaVars := map[string]string{
 		"tx_isolation": "SERIALIZABLE", "innodb_lock_wait_timeout": "3600", "wait_timeout": "28800",
 		"idle_transaction_timeout": "0", "read_only": "OFF", "wsrep_on": "ON",
 	}
-	c = serverChecks(maria, mariaVars, galeraUnset)
+	c = serverChecks(maria, mariaVars, serverinfo.GaleraUnset)
 	for name, want := range map[string]string{
 		"version":                  statusOK,
 		"isolation":                statusWarn,
@@ -137,7 +149,7 @@ func TestServerChecks(t *testing.T) {
 			t.Errorf("MariaDB %s: %s, want %s", name, got, want)
 		}
 	}
-	for _, mode := range []galeraMode{galeraSingle, galeraMulti} {
+	for _, mode := range []serverinfo.GaleraMode{serverinfo.GaleraSingleWriter, serverinfo.GaleraMultiWriter} {
 		if got := status(serverChecks(maria, mariaVars, mode), "galera"); got != statusOK {
 			t.Errorf("Galera with mode %d: %s", mode, got)
 		}
@@ -153,18 +165,18 @@ func TestServerChecks(t *testing.T) {
 	} {
 		vars := maps.Clone(mariaVars)
 		vars["wsrep_cluster_status"], vars["wsrep_ready"], vars["wsrep_local_state_comment"], vars["wsrep_cluster_size"] = c.cluster, c.ready, c.state, "3"
-		if got := status(serverChecks(maria, vars, galeraSingle), "galera_state"); got != c.want {
+		if got := status(serverChecks(maria, vars, serverinfo.GaleraSingleWriter), "galera_state"); got != c.want {
 			t.Errorf("Galera node %s/%s/%s: galera_state %s, want %s", c.cluster, c.ready, c.state, got, c.want)
 		}
 	}
-	if got := status(serverChecks(mysql, mysqlVars, galeraUnset), "galera_state"); got != "absent" {
+	if got := status(serverChecks(mysql, mysqlVars, serverinfo.GaleraUnset), "galera_state"); got != "absent" {
 		t.Errorf("not Galera: galera_state %s, want absent", got)
 	}
-	old := serverInfo{Version: "10.5.2-MariaDB", MariaDB: true, Major: 10, Minor: 5}
-	if got := status(serverChecks(old, mariaVars, galeraUnset), "version"); got != statusFail {
+	old := testServer(t, "10.5.2-MariaDB", "")
+	if got := status(serverChecks(old, mariaVars, serverinfo.GaleraUnset), "version"); got != statusFail {
 		t.Errorf("MariaDB 10.5: %s", got)
 	}
-	if got := status(serverChecks(serverInfo{Version: "5.7.44", Major: 5, Minor: 7}, mysqlVars, galeraUnset), "version"); got != statusFail {
+	if got := status(serverChecks(testServer(t, "5.7.44", ""), mysqlVars, serverinfo.GaleraUnset), "version"); got != statusFail {
 		t.Errorf("MySQL 5.7: %s", got)
 	}
 }
@@ -183,7 +195,7 @@ func TestBinaryDoctorFlagsLockWaitSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := migrations.Up(ctx, sqlDB); err != nil {
+	if _, err := migrations.Up(ctx, sqlDB); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := sqlDB.Exec("SET GLOBAL innodb_lock_wait_timeout = 0"); err != nil {
@@ -254,7 +266,7 @@ func newLockerOn(t *testing.T, dsn string) *dblock.Locker {
 
 // TestServerChecksLockWaits judges the lock-wait settings from variables.
 func TestServerChecksLockWaits(t *testing.T) {
-	maria := serverInfo{Version: "10.11.19-MariaDB", MariaDB: true, Major: 10, Minor: 11, Patch: 19}
+	maria := testServer(t, "10.11.19-MariaDB", "")
 	base := map[string]string{
 		"tx_isolation": "READ-COMMITTED", "innodb_lock_wait_timeout": "50", "wait_timeout": "60",
 		"idle_transaction_timeout": "0", "read_only": "OFF", "innodb_rollback_on_timeout": "OFF",
@@ -280,7 +292,7 @@ func TestServerChecksLockWaits(t *testing.T) {
 		vars := maps.Clone(base)
 		vars[tc.name] = tc.value
 		got := "absent"
-		for _, c := range serverChecks(maria, vars, galeraUnset) {
+		for _, c := range serverChecks(maria, vars, serverinfo.GaleraUnset) {
 			if c.Name == tc.check {
 				got = c.Status
 			}

@@ -55,7 +55,7 @@ one.
 Rows skipped because they were held are counted as left.
 
 Without --dry-run, gc acts only on the server named by --dsn or
-$` + envDSN + ` (never on the default).
+$` + envDSN + ` (never on the default), and first names it on stderr.
 
 The fence table (<table>_fence, the fencing counters) is never touched:
 a key's counter must survive the deletion of its row.`,
@@ -63,25 +63,27 @@ a key's counter must survive the deletion of its row.`,
   txlock gc --older-than 720h
   txlock gc --older-than 168h --batch 500 --table billing_locks`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			if olderThan < 0 {
 				return fmt.Errorf("--older-than must not be negative, got %v", olderThan)
 			}
 			if batch < 1 || batch > maxGCBatch {
 				return fmt.Errorf("--batch must be between 1 and %d, got %d", maxGCBatch, batch)
 			}
-			if !dryRun {
-				if err := opts.requireDSN("gc"); err != nil {
-					return err
-				}
-			}
-			ctx := cmd.Context()
-			return opts.withDB(ctx, func(db *sql.DB, where string) error {
+			gc := func(ctx context.Context, db *sql.DB, where string) error {
 				res, err := collect(ctx, db, opts.table, olderThan, batch, dryRun)
 				if err != nil {
 					return err
 				}
 				return res.print(cmd.OutOrStdout(), opts.table, where)
+			}
+			if dryRun {
+				ctx := cmd.Context()
+				return opts.withDB(ctx, func(db *sql.DB, where string) error { return gc(ctx, db, where) })
+			}
+			return opts.destructive(cmd, "gc", func(ctx context.Context, c *console) error {
+				fmt.Fprintf(c.log, "txlock: gc of %s on %s (%s): deleting the key rows not changed for %v, never a held one\n", c.in.table, c.in.where, c.in.srv, olderThan)
+				return gc(ctx, c.in.db, c.in.where)
 			})
 		},
 	}

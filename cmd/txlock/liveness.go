@@ -1,13 +1,8 @@
 package main
 
 import (
-	"context"
-	"database/sql"
-	"database/sql/driver"
-	"fmt"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // What the live process list proves about MariaDB's cached lock views.
@@ -36,92 +31,6 @@ import (
 // connection missing from either read has a zero QUERY_ID: not proven.
 func sameTransaction(before, after procInfo) bool {
 	return before.queryID != 0 && before.queryID == after.queryID && before.cmd == after.cmd
-}
-
-// cacheFreshWait bounds how long readCache waits for a fill of MariaDB's
-// INNODB_* cache made after it began.
-const cacheFreshWait = time.Second
-
-// cacheRead is the lock view and INNODB_TRX, read back to back: on MariaDB
-// they then come from one fill of the server's cache.
-type cacheRead struct {
-	entries []lockEntry
-	trxs    map[string]trxInfo
-	// fresh: the fill was made after readCache began (MariaDB), or the
-	// views are live (MySQL's data_locks).
-	fresh bool
-}
-
-// readCache reads the lock view and INNODB_TRX. On MariaDB it first opens a
-// marker transaction (a consistent snapshot, which locks nothing), and reads
-// again every cacheQuiet, for up to cacheFreshWait, until a fill shows the
-// marker: that fill was made after readCache began. If none does (other
-// clients read the cache more often than every 100 ms), the last read is
-// returned with fresh false.
-func (in *inspector) readCache(ctx context.Context) (c cacheRead, err error) {
-	if !in.srv.MariaDB {
-		c.fresh = true
-		if c.entries, err = in.entries(ctx); err == nil {
-			c.trxs, err = in.transactions(ctx)
-		}
-		return c, err
-	}
-	marker, markerID, err := ownSession(ctx, in.db)
-	if err != nil {
-		return c, fmt.Errorf("reading the INNODB_* cache: %w", err)
-	}
-	defer discardOnFailedRollback(ctx, marker)
-	if _, err := marker.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
-		return c, fmt.Errorf("reading the INNODB_* cache: %w", err)
-	}
-	deadline := time.Now().Add(cacheFreshWait)
-	for {
-		if c.entries, err = in.entries(ctx); err != nil {
-			return c, err
-		}
-		if c.trxs, err = in.transactions(ctx); err != nil {
-			return c, err
-		}
-		for _, t := range c.trxs {
-			c.fresh = c.fresh || t.conn == markerID
-		}
-		if c.fresh || !time.Now().Before(deadline) {
-			return c, nil
-		}
-		select {
-		case <-ctx.Done():
-			return c, ctx.Err()
-		case <-time.After(cacheQuiet):
-		}
-	}
-}
-
-// ownSession takes a connection of db for a transaction of txlock's own,
-// and returns it with its connection id. Give it back with
-// discardOnFailedRollback.
-func ownSession(ctx context.Context, db *sql.DB) (*sql.Conn, int64, error) {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	var id int64
-	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
-		_ = conn.Close()
-		return nil, 0, err
-	}
-	return conn, id, nil
-}
-
-// discardOnFailedRollback rolls back whatever transaction conn has open
-// and returns it to the pool; a connection that cannot roll back is
-// discarded instead, so that no transaction is left behind.
-func discardOnFailedRollback(ctx context.Context, conn *sql.Conn) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := conn.ExecContext(rctx, "ROLLBACK"); err != nil {
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-	}
-	_ = conn.Close()
 }
 
 // killIfUnchangedSQL is one MariaDB statement (a compound statement) that

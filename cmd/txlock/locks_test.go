@@ -19,6 +19,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/internal/testdb"
 )
 
@@ -536,7 +537,7 @@ func TestLockViewSQL(t *testing.T) {
 			t.Errorf("%s: %d columns selected, want 5: %s", tc.name, n, sel)
 		}
 	}
-	in := &inspector{srv: serverInfo{MariaDB: true, DB: "test"}, table: "tb_lock"}
+	in := &inspector{srv: serverInfo{Version: serverinfo.Version{MariaDB: true}, DB: "test"}, table: "tb_lock"}
 	if got := in.lockTableName(); got != "`test`.`tb_lock`" {
 		t.Errorf("MariaDB lock_table = %s", got)
 	}
@@ -602,7 +603,7 @@ func TestBinaryLocksNeverNamesAStaleHolder(t *testing.T) {
 	if err := sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", firstConn).Scan(&alive); err != nil {
 		t.Fatal(err)
 	}
-	in := &inspector{srv: serverInfo{MariaDB: true, DB: dbName(t, sqlDB)}, table: f.table}
+	in := &inspector{srv: serverInfo{Version: serverinfo.Version{MariaDB: true}, DB: dbName(t, sqlDB)}, table: f.table}
 	t.Logf("connection %d (the first holder) alive: %v; the frozen cache shows %d wait(s); connection %d holds the key now",
 		firstConn, alive == 1, cachedWaits(t, sqlDB, in.lockTableName()), secondConn)
 

@@ -140,7 +140,7 @@ func TestBinaryMigrate(t *testing.T) {
 	}
 	wantIn(run("migrate", "up"), "up to date at version 1")
 	wantIn(run("migrate", "status"), "applied", "00001_create_tb_lock.sql")
-	st, err := migrations.Status(context.Background(), sqlDB, migrations.WithTable(table))
+	st, err := migrations.Status(context.Background(), sqlDB, migrations.Table(table))
 	if err != nil || len(st) != 1 || !st[0].Applied {
 		t.Errorf("after migrate up, Status = %+v, %v", st, err)
 	}

@@ -83,11 +83,10 @@ func appliedCount(st []migrations.MigrationStatus) (n int, version int64) {
 }
 
 func migrateUp(ctx context.Context, out io.Writer, db *sql.DB, table, where string) error {
-	var rep migrations.Report
-	if err := migrations.Up(ctx, db, migrations.WithTable(table), migrations.WithReport(&rep)); err != nil {
+	rep, err := migrations.Up(ctx, db, migrations.Table(table))
+	if err != nil {
 		return err
 	}
-	var err error
 	switch latest := migrations.Latest(); {
 	case len(rep.Applied) == 0:
 		_, err = fmt.Fprintf(out, "%s on %s: up to date at version %d\n", table, where, latest)
@@ -101,7 +100,7 @@ func migrateUp(ctx context.Context, out io.Writer, db *sql.DB, table, where stri
 }
 
 func migrateStatus(ctx context.Context, out io.Writer, db *sql.DB, table, where string) error {
-	st, err := migrations.Status(ctx, db, migrations.WithTable(table))
+	st, err := migrations.Status(ctx, db, migrations.Table(table))
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ const heldShown = 3
 func (d *downer) down(ctx context.Context, yes, force bool) error {
 	in := d.in
 	table, fence := in.table, schema.FenceTable(in.table)
-	opt := migrations.WithTable(table)
+	opt := migrations.Table(table)
 	st, err := migrations.Status(ctx, in.db, opt)
 	if err != nil {
 		return err
@@ -94,8 +94,8 @@ func (d *downer) down(ctx context.Context, yes, force bool) error {
 	if !yes && !d.confirm(fmt.Sprintf("Drop %s and %s on %s?", table, fence, in.where)) {
 		return errors.New("not confirmed: nothing dropped")
 	}
-	var rep migrations.Report
-	if err := migrations.Down(ctx, in.db, opt, migrations.WithReport(&rep)); err != nil {
+	rep, err := migrations.Down(ctx, in.db, opt)
+	if err != nil {
 		return err
 	}
 	if len(rep.RolledBack) == 0 {

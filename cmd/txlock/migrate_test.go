@@ -222,7 +222,7 @@ func TestBinaryConcurrentMigrateUp(t *testing.T) {
 	f := newFixture(t)
 	sqlDB := f.sqlDB(t)
 	ctx := context.Background()
-	if err := migrations.Down(ctx, sqlDB, migrations.WithTable(f.table)); err != nil {
+	if _, err := migrations.Down(ctx, sqlDB, migrations.Table(f.table)); err != nil {
 		t.Fatal(err)
 	}
 	// Hold the table's migration lock until all six wait for it.
@@ -274,7 +274,7 @@ func TestBinaryConcurrentMigrateUp(t *testing.T) {
 	if applied != 1 || upToDate != n-1 {
 		t.Errorf("%d process(es) said applied, %d up to date; want 1 and %d", applied, upToDate, n-1)
 	}
-	st, err := migrations.Status(ctx, sqlDB, migrations.WithTable(f.table))
+	st, err := migrations.Status(ctx, sqlDB, migrations.Table(f.table))
 	if err != nil || len(st) != 1 || !st[0].Applied {
 		t.Errorf("Status = %+v, %v", st, err)
 	}
@@ -318,5 +318,27 @@ func TestBinaryDestructiveCommandsNeedAServer(t *testing.T) {
 	_, errOut, err := txlock(t, bin, nil, "gc", "--dsn", "root@tcp(127.0.0.1:1)/", "--table", f.table)
 	if err == nil || !strings.Contains(errOut, "the DSN names no database") {
 		t.Errorf("gc with a DSN naming no database: %v, %s", err, errOut)
+	}
+}
+
+// TestBinaryDestructiveCommandsNameTheirServer: release and gc (without
+// --dry-run) say on stderr, before they act, which table on which server
+// and database they act on, as migrate down does
+// (TestBinaryMigrateDownAsksAndWarns).
+func TestBinaryDestructiveCommandsNameTheirServer(t *testing.T) {
+	f := newFixture(t)
+	for _, args := range [][]string{
+		{"release", "--force", "--key", "resource=nobody-holds-this"},
+		{"gc", "--older-than", "720h"},
+	} {
+		out, errOut, code := f.exitCode(t, "", args...)
+		t.Logf("txlock %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+		if code != 0 {
+			t.Fatalf("txlock %s: exit %d", strings.Join(args, " "), code)
+		}
+		want := f.table + " on " + f.where(t) + " (MariaDB "
+		if !strings.HasPrefix(errOut, "txlock: "+args[0]+" ") || !strings.Contains(strings.SplitN(errOut, "\n", 2)[0], want) {
+			t.Errorf("txlock %s: stderr does not start by naming %q", strings.Join(args, " "), want)
+		}
 	}
 }

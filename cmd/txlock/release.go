@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/lockkey"
 )
 
 // identifyWait bounds how long release waits behind a holder to name it
@@ -202,7 +203,7 @@ func (in *inspector) describe(ctx context.Context, conn int64, trx string) (stri
 func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) error {
 	in := r.in
 	fmt.Fprintf(r.log, "txlock: release %s of %s on %s (%s)\n", key, in.table, in.where, in.srv)
-	h := key.Hash()
+	h := lockkey.Fields(key).Hash()
 	var id int64
 	err := in.db.QueryRowContext(ctx, "SELECT id FROM `"+in.table+"` WHERE key_hash = ?", h[:]).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
+
+	"github.com/txlock/txlock/internal/serverinfo"
 )
 
 // TestKillHolderMySQL checks the statements of release's last check on
@@ -31,7 +33,7 @@ func TestKillHolderMySQL(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			in := &inspector{db: db, srv: serverInfo{Version: "8.0.36", Major: 8}, table: "tb_lock"}
+			in := &inspector{db: db, srv: serverInfo{Version: serverinfo.Version{Text: "8.0.36", Major: 8}}, table: "tb_lock"}
 			mock.ExpectQuery(regexp.QuoteMeta("FROM performance_schema.data_locks d")).WithArgs("tb_lock").
 				WillReturnRows(sqlmock.NewRows([]string{"LOCK_DATA", "trx", "conn", "waiting", "blocking"}).
 					AddRow("7", tc.trx, tc.conn, tc.waiting, nil))

@@ -16,6 +16,7 @@ import (
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/hatest"
 	"github.com/txlock/txlock/internal/history"
+	"github.com/txlock/txlock/internal/lockkey"
 	"github.com/txlock/txlock/migrations"
 	"gorm.io/gorm"
 )
@@ -33,7 +34,7 @@ func TestGalera(t *testing.T) {
 	g := hatest.StartGalera(t, 3)
 	t.Logf("HA-RESULT setup of a 3-node Galera cluster: %v", g.Setup.Round(time.Millisecond))
 	ctx := context.Background()
-	if err := migrations.Up(ctx, g.Nodes[0].Admin()); err != nil {
+	if _, err := migrations.Up(ctx, g.Nodes[0].Admin()); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
 	g.Nodes[0].Exec(t,
@@ -356,7 +357,7 @@ func nodeLocker(t *testing.T, node *hatest.Node, opts ...dblock.Option) *dblock.
 // waitKeyRow waits until key's lock row has replicated to node.
 func waitKeyRow(t *testing.T, node *hatest.Node, key dblock.Key) {
 	t.Helper()
-	h := key.Hash()
+	h := lockkey.Fields(key).Hash()
 	deadline := time.Now().Add(hatest.Ceiling)
 	for {
 		n, err := node.QueryString(context.Background(), "SELECT COUNT(*) FROM tb_lock WHERE key_hash = ?", h[:])

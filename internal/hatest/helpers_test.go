@@ -47,7 +47,7 @@ func setupSchema(t *testing.T, p *hatest.Pair) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), hatest.Ceiling)
 	defer cancel()
-	if err := migrations.Up(ctx, p.Primary.Admin()); err != nil {
+	if _, err := migrations.Up(ctx, p.Primary.Admin()); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
 	p.Primary.Exec(t,

@@ -189,13 +189,13 @@ func TableNamed(t testing.TB, db *gorm.DB, name string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := migrations.Up(ctx, sqlDB, migrations.WithTable(name)); err != nil {
+	if _, err := migrations.Up(ctx, sqlDB, migrations.Table(name)); err != nil {
 		t.Fatalf("testdb: creating table %s: %v", name, err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := migrations.Down(ctx, sqlDB, migrations.WithTable(name)); err != nil {
+		if _, err := migrations.Down(ctx, sqlDB, migrations.Table(name)); err != nil {
 			t.Errorf("testdb: dropping table %s (does a transaction still hold it?): %v", name, err)
 			return
 		}

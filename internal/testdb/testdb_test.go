@@ -48,7 +48,7 @@ func TestOpenAndTable(t *testing.T) {
 				t.Errorf("table %s missing", tb)
 			}
 		}
-		st, err := migrations.Status(context.Background(), sqlDB, migrations.WithTable(name))
+		st, err := migrations.Status(context.Background(), sqlDB, migrations.Table(name))
 		if err != nil || len(st) == 0 || !st[len(st)-1].Applied {
 			t.Errorf("Status = %+v, %v: want all applied", st, err)
 		}
@@ -184,7 +184,7 @@ func TestThrowawayServer(t *testing.T) {
 	if current != "test" || !strings.Contains(version, "MariaDB") {
 		t.Errorf("throwaway server: database %q, version %q", current, version)
 	}
-	if err := migrations.Up(context.Background(), db); err != nil {
+	if _, err := migrations.Up(context.Background(), db); err != nil {
 		t.Fatalf("migrations.Up on the throwaway server: %v", err)
 	}
 	db.Close()

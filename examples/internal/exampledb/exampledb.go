@@ -57,7 +57,7 @@ func OpenMigrated(ctx context.Context, dsn, lockTable string) (*gorm.DB, *sql.DB
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := migrations.Up(ctx, sqlDB, migrations.WithTable(lockTable)); err != nil {
+	if _, err := migrations.Up(ctx, sqlDB, migrations.Table(lockTable)); err != nil {
 		_ = sqlDB.Close()
 		return nil, nil, err
 	}

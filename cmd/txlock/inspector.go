@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/txlock/txlock/dblock"
+)
+
+// Lock views, per flavour. Each returns, for the record locks on the lock
+// table's primary key: the row id (LOCK_DATA), the transaction, its
+// connection, whether it waits, and (for a waiter) a transaction that
+// blocks it. The one parameter is the table: '`db`.`table`' on MariaDB,
+// the bare name on MySQL.
+const (
+	// mariaDBLocksSQL: INNODB_LOCKS holds only locks involved in a wait, so
+	// only contended rows appear. A waiter's request blocks later waiters
+	// too: the blocking lock is a holder's only when it is not the blocking
+	// transaction's own pending request.
+	mariaDBLocksSQL = `SELECT rl.lock_data, CAST(w.requesting_trx_id AS CHAR), rt.trx_mysql_thread_id, 1, CAST(w.blocking_trx_id AS CHAR)
+FROM information_schema.INNODB_LOCK_WAITS w
+JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id
+JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id
+WHERE rl.lock_table = ? AND rl.lock_index = 'PRIMARY' AND rl.lock_type = 'RECORD'
+UNION ALL
+SELECT bl.lock_data, CAST(w.blocking_trx_id AS CHAR), bt.trx_mysql_thread_id, 0, NULL
+FROM information_schema.INNODB_LOCK_WAITS w
+JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
+JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id
+WHERE bl.lock_table = ? AND bl.lock_index = 'PRIMARY' AND bl.lock_type = 'RECORD'
+  AND NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)`
+
+	// mySQLLocksSQL: data_locks lists every lock, granted or waiting;
+	// threads maps performance_schema's thread to the connection id.
+	mySQLLocksSQL = `SELECT d.LOCK_DATA, CAST(d.ENGINE_TRANSACTION_ID AS CHAR), t.PROCESSLIST_ID, d.LOCK_STATUS = 'WAITING', CAST(w.BLOCKING_ENGINE_TRANSACTION_ID AS CHAR)
+FROM performance_schema.data_locks d
+JOIN performance_schema.threads t ON t.THREAD_ID = d.THREAD_ID
+LEFT JOIN performance_schema.data_lock_waits w ON w.ENGINE = d.ENGINE AND w.REQUESTING_ENGINE_LOCK_ID = d.ENGINE_LOCK_ID
+WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?
+  AND d.INDEX_NAME = 'PRIMARY' AND d.LOCK_TYPE = 'RECORD' AND d.LOCK_STATUS IN ('GRANTED', 'WAITING')`
+
+	// trxSQL: every open InnoDB transaction, with ages computed by the
+	// server (no clock skew). Both flavours have INNODB_TRX.
+	trxSQL = `SELECT CAST(trx_id AS CHAR), trx_mysql_thread_id, trx_state,
+  TIMESTAMPDIFF(SECOND, trx_started, NOW()), trx_rows_locked, trx_tables_locked,
+  COALESCE(trx_query, '') LIKE '%` + probeTag + `%'
+FROM information_schema.INNODB_TRX`
+
+	// processSQL: the connections; MariaDB has milliseconds and QUERY_ID
+	// (see liveness.go).
+	mariaDBProcessSQL = `SELECT ID, USER, HOST, COALESCE(DB, ''), COMMAND, TIME_MS / 1000, COALESCE(STATE, ''), QUERY_ID FROM information_schema.PROCESSLIST`
+	mySQLProcessSQL   = `SELECT ID, USER, HOST, COALESCE(DB, ''), COMMAND, TIME, COALESCE(STATE, ''), 0 FROM information_schema.PROCESSLIST`
+)
+
+// inspector reads the locks of one table.
+type inspector struct {
+	db       *sql.DB
+	srv      serverInfo
+	table    string
+	where    string
+	probe    bool
+	identify bool
+}
+
+// lockEntry is one row of the flavour's lock view.
+type lockEntry struct {
+	rowID    int64
+	trx      string
+	conn     int64
+	waiting  bool
+	blocking string
+}
+
+type trxInfo struct {
+	conn   int64
+	state  string
+	age    int64
+	rows   int64
+	tables int64
+	probe  bool // a probe of txlock itself (its statement carries probeTag)
+}
+
+type procInfo struct {
+	user, host, db, cmd, state string
+	secs                       float64
+	queryID                    int64 // MariaDB's QUERY_ID: new with every statement (0 on MySQL)
+}
+
+// lockTableName is the table as the flavour's lock view names it.
+func (in *inspector) lockTableName() string {
+	if in.srv.MariaDB {
+		return "`" + in.srv.DB + "`.`" + in.table + "`"
+	}
+	return in.table
+}
+
+// entries reads the flavour's lock view.
+func (in *inspector) entries(ctx context.Context) ([]lockEntry, error) {
+	q, args := mySQLLocksSQL, []any{in.lockTableName()}
+	if in.srv.MariaDB {
+		q, args = mariaDBLocksSQL, []any{in.lockTableName(), in.lockTableName()}
+	}
+	rows, err := in.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		if !in.srv.MariaDB {
+			return nil, fmt.Errorf("reading performance_schema.data_locks (MySQL needs performance_schema=ON and the PROCESS privilege): %w", err)
+		}
+		return nil, fmt.Errorf("reading information_schema.INNODB_LOCK_WAITS (needs the PROCESS privilege): %w", err)
+	}
+	defer rows.Close()
+	var out []lockEntry
+	for rows.Next() {
+		var (
+			data     sql.NullString
+			e        lockEntry
+			conn     sql.NullInt64
+			blocking sql.NullString
+		)
+		if err := rows.Scan(&data, &e.trx, &conn, &e.waiting, &blocking); err != nil {
+			return nil, fmt.Errorf("reading the lock view: %w", err)
+		}
+		id, err := strconv.ParseInt(strings.TrimSpace(data.String), 10, 64)
+		if err != nil {
+			continue // a gap or supremum lock: not a key row
+		}
+		e.rowID, e.conn, e.blocking = id, conn.Int64, blocking.String
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// transactions reads INNODB_TRX by transaction id.
+func (in *inspector) transactions(ctx context.Context) (map[string]trxInfo, error) {
+	rows, err := in.db.QueryContext(ctx, trxSQL)
+	if err != nil {
+		return nil, fmt.Errorf("reading information_schema.INNODB_TRX (needs the PROCESS privilege): %w", err)
+	}
+	defer rows.Close()
+	out := map[string]trxInfo{}
+	for rows.Next() {
+		var (
+			id  string
+			t   trxInfo
+			age sql.NullInt64
+		)
+		if err := rows.Scan(&id, &t.conn, &t.state, &age, &t.rows, &t.tables, &t.probe); err != nil {
+			return nil, fmt.Errorf("reading INNODB_TRX: %w", err)
+		}
+		t.age = age.Int64
+		out[id] = t
+	}
+	return out, rows.Err()
+}
+
+// processes reads PROCESSLIST by connection id.
+func (in *inspector) processes(ctx context.Context) (map[int64]procInfo, error) {
+	q := mySQLProcessSQL
+	if in.srv.MariaDB {
+		q = mariaDBProcessSQL
+	}
+	rows, err := in.db.QueryContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("reading information_schema.PROCESSLIST: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]procInfo{}
+	for rows.Next() {
+		var (
+			id   int64
+			p    procInfo
+			secs sql.NullFloat64
+		)
+		if err := rows.Scan(&id, &p.user, &p.host, &p.db, &p.cmd, &secs, &p.state, &p.queryID); err != nil {
+			return nil, fmt.Errorf("reading PROCESSLIST: %w", err)
+		}
+		p.secs = secs.Float64
+		out[id] = p
+	}
+	return out, rows.Err()
+}
+
+// keyRows reads the key rows with the given ids.
+func (in *inspector) keyRows(ctx context.Context, ids []int64) (map[int64]dblock.Key, error) {
+	out := map[int64]dblock.Key{}
+	for chunk := range slices.Chunk(ids, 500) {
+		q := "SELECT id, resource, operation, method, user_id, is_global FROM `" + in.table + "` WHERE id IN (" + placeholders(len(chunk)) + ")"
+		rows, err := in.db.QueryContext(ctx, q, int64Args(chunk)...)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", in.table, err)
+		}
+		for rows.Next() {
+			var id int64
+			var k dblock.Key
+			if err := rows.Scan(&id, &k.Resource, &k.Operation, &k.Method, &k.User, &k.Global); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("reading %s: %w", in.table, err)
+			}
+			out[id] = k
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

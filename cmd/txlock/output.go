@@ -1,0 +1,133 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+)
+
+// A Conn is a connection that holds or waits for a key.
+type Conn struct {
+	ID    int64  `json:"connection_id"`
+	User  string `json:"user"`
+	Host  string `json:"host"`
+	DB    string `json:"db,omitempty"`
+	TrxID string `json:"trx_id,omitempty"`
+	Cmd   string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
+	State string `json:"state,omitempty"`
+	// TrxAge is how long its transaction has been open, in whole seconds
+	// (INNODB_TRX.trx_started has no fraction); nil: unknown.
+	TrxAge *int64 `json:"trx_open_seconds,omitempty"`
+	// Idle is how long a holder has been idle (COMMAND Sleep), seconds.
+	Idle *float64 `json:"idle_seconds,omitempty"`
+	// Waited is how long a waiter has waited (its statement's time), seconds.
+	Waited *float64 `json:"waited_seconds,omitempty"`
+	// Rows is the number of rows its transaction has locked (candidates only).
+	Rows int64 `json:"rows_locked,omitempty"`
+}
+
+// A HeldKey is one key of the table that is held or waited for.
+type HeldKey struct {
+	Key    keyJSON `json:"key"`
+	KeyStr string  `json:"key_string"`
+	RowID  int64   `json:"row_id"`
+	// Holder is nil when the key is held but its holder is not visible, or
+	// not proven to hold it still (MariaDB's cached views may be old).
+	Holder *Conn `json:"holder"`
+	// Source says how the holding was seen: "lock_waits" (MariaDB, someone
+	// waits), "probe" (MariaDB, SKIP LOCKED probe: holder unknown),
+	// "identify" (MariaDB, --identify), "data_locks" (MySQL).
+	Source  string `json:"source"`
+	Waiters []Conn `json:"waiters"`
+}
+
+// A Snapshot is what locks prints.
+type Snapshot struct {
+	Table  string    `json:"table"`
+	Server string    `json:"server"`
+	Flavor string    `json:"flavor"`
+	Where  string    `json:"where"`
+	At     time.Time `json:"at"`
+	Keys   []HeldKey `json:"keys"`
+	// Candidates are open transactions with row locks that are neither a
+	// shown holder nor a waiter: one of them may hold a key shown with an
+	// unknown holder (MariaDB).
+	Candidates []Conn   `json:"candidates,omitempty"`
+	Notes      []string `json:"notes"`
+	// ProbeSeconds is how long the SKIP LOCKED probe took (MariaDB).
+	ProbeSeconds *float64 `json:"probe_seconds,omitempty"`
+}
+
+func writeJSON(out io.Writer, v any, indent bool) error {
+	enc := json.NewEncoder(out)
+	if indent {
+		enc.SetIndent("", "  ")
+	}
+	return enc.Encode(v)
+}
+
+// writeLocksTable prints a snapshot for people.
+func writeLocksTable(out io.Writer, s *Snapshot) error {
+	fmt.Fprintf(out, "%s on %s (%s), %s UTC\n", s.Table, s.Where, s.Server, s.At.Format("2006-01-02 15:04:05.000"))
+	if len(s.Keys) == 0 {
+		fmt.Fprintln(out, "no held key")
+	} else {
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "KEY\tROW\tROLE\tCONN\tUSER\tHOST\tTRX OPEN\tIDLE\tWAITED")
+		for _, k := range s.Keys {
+			first := k.KeyStr
+			row := strconv.FormatInt(k.RowID, 10)
+			if k.Holder != nil {
+				h := k.Holder
+				fmt.Fprintf(w, "%s\t%s\tholder\t%d\t%s\t%s\t%s\t%s\t-\n", first, row, h.ID, dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
+			} else {
+				fmt.Fprintf(w, "%s\t%s\tholder\t?\t-\t-\t-\t-\t-\n", first, row)
+			}
+			for _, c := range k.Waiters {
+				fmt.Fprintf(w, "\t\twaiter\t%d\t%s\t%s\t%s\t-\t%s\n", c.ID, dash(c.User), dash(c.Host), secs(c.TrxAge), fsecs(c.Waited))
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(s.Candidates) > 0 {
+		fmt.Fprintln(out, "\nopen transactions holding row locks, not shown above (one of them may be a \"?\" holder):")
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "CONN\tUSER\tHOST\tDB\tTRX OPEN\tIDLE\tROWS LOCKED")
+		for _, c := range s.Candidates {
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\n", c.ID, dash(c.User), dash(c.Host), dash(c.DB), secs(c.TrxAge), fsecs(c.Idle), c.Rows)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	for _, n := range s.Notes {
+		fmt.Fprintln(out, "note:", n)
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func secs(v *int64) string {
+	if v == nil {
+		return "-"
+	}
+	return (time.Duration(*v) * time.Second).String()
+}
+
+func fsecs(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return time.Duration(*v * float64(time.Second)).Round(time.Millisecond).String()
+}

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/txlock/txlock/dblock"
+)
+
+// rowState is what a snapshot knows of one key row.
+type rowState struct {
+	holders map[string]int64 // trx -> conn, each proven to hold the row now
+	waiters map[string]int64
+	source  string
+	live    bool // the SKIP LOCKED probe found it held
+}
+
+// rowStates are the key rows a snapshot knows of, by id.
+type rowStates map[int64]*rowState
+
+func (r rowStates) state(id int64) *rowState {
+	s := r[id]
+	if s == nil {
+		s = &rowState{holders: map[string]int64{}, waiters: map[string]int64{}}
+		r[id] = s
+	}
+	return s
+}
+
+// rowsFromCache keeps the entries of the lock view that still hold now,
+// and returns how many it left out. procs is PROCESSLIST read after the
+// cache. On MariaDB a holder is kept only if the fill was made after
+// before was read and the holder's connection provably stayed in one
+// transaction from before to procs (liveness.go): a cached holder that may
+// have released since is never named. A waiter is kept if its connection
+// still runs a statement (and, on MariaDB, the fill is fresh). Probes of
+// txlock itself (--identify, release) are not waiters anyone needs to see.
+func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo) (rowStates, int) {
+	rows := rowStates{}
+	source := "lock_waits"
+	if !in.srv.MariaDB {
+		source = "data_locks"
+	}
+	left := 0
+	for _, e := range c.entries {
+		if t, ok := c.trxs[e.trx]; ok && t.probe {
+			continue
+		}
+		p, alive := procs[e.conn]
+		keep := alive && c.fresh
+		switch {
+		case e.waiting:
+			keep = keep && (p.cmd == "Query" || p.cmd == "Execute")
+		case in.srv.MariaDB:
+			keep = keep && sameTransaction(before[e.conn], p)
+		}
+		if !keep {
+			left++
+			continue
+		}
+		s := rows.state(e.rowID)
+		s.source = source
+		if e.waiting {
+			s.waiters[e.trx] = e.conn
+		} else {
+			s.holders[e.trx] = e.conn
+		}
+	}
+	return rows, left
+}
+
+// snapshot assembles the held keys matching filter: PROCESSLIST as a
+// baseline (MariaDB), the lock views, the SKIP LOCKED probe (MariaDB),
+// PROCESSLIST again, --identify for held keys with no proven holder, then
+// the keys, their connections and the notes.
+func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot, error) {
+	snap := &Snapshot{
+		Table:  in.table,
+		Server: in.srv.String(),
+		Flavor: in.srv.Flavor(),
+		Where:  in.where,
+		At:     time.Now().UTC(),
+		Keys:   []HeldKey{},
+		Notes:  []string{},
+	}
+	// The baseline that cached holders are checked against (MariaDB).
+	var before map[int64]procInfo
+	if in.srv.MariaDB {
+		var err error
+		if before, err = in.processes(ctx); err != nil {
+			return nil, err
+		}
+	}
+	cache, err := in.readCache(ctx)
+	if err != nil {
+		return nil, err
+	}
+	probed := in.srv.MariaDB && in.probe
+	var held []int64
+	if probed {
+		start := time.Now()
+		if held, err = in.probeHeld(ctx, filter); err != nil {
+			return nil, err
+		}
+		d := time.Since(start).Seconds()
+		snap.ProbeSeconds = &d
+	}
+	procs, err := in.processes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Which rows are held, by whom, and who waits. A transaction waiting
+	// for one row may hold another: it is listed under each.
+	rowsByID, left := in.rowsFromCache(cache, before, procs)
+	if probed {
+		released, err := in.applyProbe(ctx, rowsByID, held, filter)
+		if err != nil {
+			return nil, err
+		}
+		left += released
+	}
+	var named identified
+	if in.srv.MariaDB && in.identify {
+		if named, procs, err = in.identifyHolders(ctx, rowsByID); err != nil {
+			return nil, err
+		}
+	}
+	candidates := cache.trxs
+	if !cache.fresh {
+		candidates = nil // what it shows may have ended long ago
+	}
+	unknownHolder, err := in.addKeys(ctx, snap, rowsByID, filter, connViews{cache.trxs, procs}, candidates)
+	if err != nil {
+		return nil, err
+	}
+	snap.Notes = append(snap.Notes, in.notes(cache.fresh, left, unknownHolder, named)...)
+	return snap, nil
+}
+
+// applyProbe marks the rows that the probe found held (held) as live, and
+// drops the rows that the cache shows held but the probe could lock: the
+// probe is live, the cache is not, so those were released since the cache
+// was filled. (A row outside filter was not probed, and is not shown.) It
+// returns how many cache entries of keys matching filter it dropped.
+func (in *inspector) applyProbe(ctx context.Context, rowsByID rowStates, held []int64, filter dblock.Key) (int, error) {
+	for _, id := range held {
+		s := rowsByID.state(id)
+		s.live = true
+		if s.source == "" {
+			s.source = "probe"
+		}
+	}
+	var released []int64
+	for id, s := range rowsByID {
+		if !s.live {
+			released = append(released, id)
+		}
+	}
+	keys, err := in.keyRows(ctx, released)
+	if err != nil {
+		return 0, err
+	}
+	left := 0
+	for _, id := range released {
+		if k, ok := keys[id]; ok && matches(k, filter) {
+			left += len(rowsByID[id].holders) + len(rowsByID[id].waiters)
+		}
+		delete(rowsByID, id)
+	}
+	return left, nil
+}
+
+// addKeys adds to snap the rows of rowsByID whose keys match filter, and,
+// when a key's holder is unknown (which it reports), the transactions of
+// candidates that may hold it. views describe the connections.
+func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowStates, filter dblock.Key, views connViews, candidates map[string]trxInfo) (unknownHolder bool, err error) {
+	ids := make([]int64, 0, len(rowsByID))
+	for id := range rowsByID {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	keys, err := in.keyRows(ctx, ids)
+	if err != nil {
+		return false, err
+	}
+	shown := map[string]bool{} // the transactions shown as a holder or waiter
+	for _, id := range ids {
+		k, ok := keys[id]
+		if !ok || !matches(k, filter) {
+			continue // the row is gone, or not asked for
+		}
+		s := rowsByID[id]
+		if len(s.holders) == 0 && len(s.waiters) == 0 && !s.live {
+			continue
+		}
+		hk := HeldKey{Key: toKeyJSON(k), KeyStr: k.String(), RowID: id, Source: s.source, Waiters: []Conn{}}
+		if holderTrx := sortedKeys(s.holders); len(holderTrx) > 0 {
+			c := views.conn(holderTrx[0], s.holders[holderTrx[0]], false)
+			hk.Holder = &c
+			shown[holderTrx[0]] = true
+		} else {
+			unknownHolder = true
+		}
+		for _, trx := range sortedKeys(s.waiters) {
+			hk.Waiters = append(hk.Waiters, views.conn(trx, s.waiters[trx], true))
+			shown[trx] = true
+		}
+		slices.SortStableFunc(hk.Waiters, func(a, b Conn) int { return cmp.Compare(waited(b), waited(a)) })
+		snap.Keys = append(snap.Keys, hk)
+	}
+	if unknownHolder {
+		snap.Candidates = views.candidates(candidates, shown)
+	}
+	return unknownHolder, nil
+}
+
+// connViews are what INNODB_TRX (by transaction) and PROCESSLIST (by
+// connection) show of the connections.
+type connViews struct {
+	trxs  map[string]trxInfo
+	procs map[int64]procInfo
+}
+
+// conn describes connection connID in transaction trx, a waiter or a
+// holder.
+func (v connViews) conn(trx string, connID int64, waiting bool) Conn {
+	c := Conn{ID: connID, TrxID: trx}
+	if t, ok := v.trxs[trx]; ok {
+		age := t.age
+		c.TrxAge = &age
+	}
+	if p, ok := v.procs[connID]; ok {
+		c.User, c.Host, c.DB, c.Cmd, c.State = p.user, p.host, p.db, p.cmd, p.state
+		secs := p.secs
+		switch {
+		case waiting && (p.cmd == "Query" || p.cmd == "Execute"):
+			c.Waited = &secs
+		case !waiting && p.cmd == "Sleep":
+			c.Idle = &secs
+		}
+	}
+	return c
+}
+
+// candidates returns the transactions of trxs that may hold a key shown
+// with an unknown holder: alive, not shown, not a probe of txlock, holding
+// row locks on some table and not waiting; by connection id.
+func (v connViews) candidates(trxs map[string]trxInfo, shown map[string]bool) []Conn {
+	var out []Conn
+	for _, trx := range sortedKeys(trxs) {
+		t := trxs[trx]
+		if _, alive := v.procs[t.conn]; shown[trx] || !alive || t.probe || t.rows == 0 || t.tables == 0 || t.state == "LOCK WAIT" {
+			continue
+		}
+		c := v.conn(trx, t.conn, false)
+		c.Rows = t.rows
+		out = append(out, c)
+	}
+	slices.SortStableFunc(out, func(a, b Conn) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// waited is how long c has waited, -1 when unknown (so that it sorts
+// first).
+func waited(c Conn) float64 {
+	if c.Waited == nil {
+		return -1
+	}
+	return *c.Waited
+}
+
+// sortedKeys returns the keys of m, numeric strings (transaction ids) in
+// numeric order.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		if len(a) != len(b) { // numeric strings
+			return len(a) - len(b)
+		}
+		return strings.Compare(a, b)
+	})
+	return out
+}
