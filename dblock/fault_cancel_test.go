@@ -16,7 +16,7 @@ import (
 // innodb_lock_wait_timeout: a statement that ended no longer waits), so
 // that before the holder's commit only the live waiter queued behind it
 // still runs a locking read, and the server cannot first grant the lock to
-// the dead waiter (DESIGN.md measured 31 ms instead of 1.5 ms for that).
+// the dead waiter (docs/PROTOCOL.md: 31 ms instead of 1.5 ms).
 // Five rounds of each; how long the cleanup took and the grant latencies
 // with and without an abandoned waiter are logged, not bounded.
 func TestFaultCancelledWaiterLeavesQueue(t *testing.T) {

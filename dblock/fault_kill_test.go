@@ -13,7 +13,7 @@ import (
 // and grants the key to the waiter, before the waiter's opTimeout (a lock
 // that outlived its process would be held for the lease, 60 s by
 // default). Five rounds; the time from the kill to the waiter's grant is
-// logged (DESIGN.md measured 2.7 ms with raw database/sql).
+// logged (docs/PROTOCOL.md: 2–3 ms).
 func TestFaultKillHolder(t *testing.T) {
 	e, l := setupLocker(t)
 	const rounds = 5

@@ -16,6 +16,7 @@ import (
 	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
 
+	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/schema"
 )
 
@@ -102,7 +103,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		srv:    srv,
 		cache:  newLRU[Key, int64](cfg.cacheSize),
 		q:      buildQueries(cfg.table, srv),
-		touch:  srv.topology.Galera && cfg.galera == galeraMultiWriter,
+		touch:  srv.topology.Galera && cfg.galera == serverinfo.GaleraMultiWriter,
 		log:    cfg.logger,
 		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
 	}
@@ -220,7 +221,7 @@ func checkTopology(t Topology, cfg config) error {
 	if t.ReadOnly && !cfg.allowReadOnly {
 		return fmt.Errorf("%w (read_only is ON; pass AllowReadOnly to accept it)", ErrReadOnly)
 	}
-	if t.Galera && cfg.galera == galeraUnset {
+	if t.Galera && cfg.galera == serverinfo.GaleraUnset {
 		return errors.New("dblock: the server is a Galera cluster node (wsrep_on=ON), where row locks are local to a node: " +
 			"pass GaleraSingleWriter() if all lock traffic goes to one node at a time (plain blocking locks), " +
 			"or GaleraMultiWriter() if holders may reach different nodes (each holder also writes its lock row, so that " +

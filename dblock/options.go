@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/schema"
 )
 
@@ -34,18 +35,8 @@ type config struct {
 	tracers   trace.TracerProvider // nil: otel.GetTracerProvider()
 
 	allowReadOnly bool
-	galera        galeraMode
+	galera        serverinfo.GaleraMode
 }
-
-// galeraMode is how a Locker on a Galera node makes its locks hold across
-// the cluster.
-type galeraMode uint8
-
-const (
-	galeraUnset        galeraMode = iota
-	galeraSingleWriter            // all lock traffic goes to one node
-	galeraMultiWriter             // holders on several nodes: see GaleraMultiWriter
-)
 
 // AllowReadOnly lets New accept a read-only server (read_only ON, most
 // likely a replica), which it otherwise refuses with ErrReadOnly: for tools
@@ -63,10 +54,10 @@ func AllowReadOnly() Option {
 // on a single server. See docs/HA.md. No effect off Galera.
 func GaleraSingleWriter() Option {
 	return func(c *config) error {
-		if c.galera == galeraMultiWriter {
+		if c.galera == serverinfo.GaleraMultiWriter {
 			return errors.New("dblock: GaleraSingleWriter and GaleraMultiWriter exclude each other")
 		}
-		c.galera = galeraSingleWriter
+		c.galera = serverinfo.GaleraSingleWriter
 		return nil
 	}
 }
@@ -76,10 +67,10 @@ func GaleraSingleWriter() Option {
 // for what this mode guarantees and costs. No effect off Galera.
 func GaleraMultiWriter() Option {
 	return func(c *config) error {
-		if c.galera == galeraSingleWriter {
+		if c.galera == serverinfo.GaleraSingleWriter {
 			return errors.New("dblock: GaleraSingleWriter and GaleraMultiWriter exclude each other")
 		}
-		c.galera = galeraMultiWriter
+		c.galera = serverinfo.GaleraMultiWriter
 		return nil
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/txlock/txlock/dblock"
 )
 
-// TestSmallPoolHotKey is DESIGN.md protocol step 9: a service with
+// TestSmallPoolHotKey is the row step of docs/PROTOCOL.md: a service with
 // SetMaxOpenConns(3) and dozens of goroutines on one hot key must not
 // stall. Waiters hold pool connections while they queue; nothing a holder
 // needs beside its transaction (row creation, fencing tokens, withdrawing

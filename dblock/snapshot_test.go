@@ -59,8 +59,8 @@ var staleSnapshotCases = []staleSnapshotCase{
 }
 
 // TestJoinedStaleSnapshot: a lock joined into a transaction that has
-// already read must not turn into a silent lost update (DESIGN.md protocol
-// step 8): after the lock, either the transaction's reads see the previous
+// already read must not turn into a silent lost update (docs/PROTOCOL.md,
+// step 6): after the lock, either the transaction's reads see the previous
 // holder's commit, or its write based on the stale read fails with
 // ErrStaleSnapshot (MariaDB with innodb_snapshot_isolation). The previous
 // holder sets v from 0 to 10 while the transaction waits for the lock; the
