@@ -112,6 +112,9 @@ type Result struct {
 	// which no anomaly was found, how far its longest partial
 	// linearization went.
 	Partial []string
+	// Applied lists the operations of unknown outcome that the history
+	// shows were committed (see KeyResult.UnknownApplied).
+	Applied []Op
 	// HTML is the visualisation written, if any, and HTMLErr why it could
 	// not be.
 	HTML    string
@@ -262,8 +265,9 @@ func Check(h History, o Options) (Result, error) {
 	slices.Sort(keys)
 
 	for _, k := range keys {
-		kr, anomalies := analyze(k, byKey[k], h)
+		kr, applied, anomalies := analyze(k, byKey[k], h)
 		r.Keys = append(r.Keys, kr)
+		r.Applied = append(r.Applied, applied...)
 		r.Anomalies = append(r.Anomalies, anomalies...)
 	}
 	ops := porcupineHistory(h, keys, byKey, r.Base)
@@ -519,7 +523,8 @@ func runPorcupine(ops []porcupine.Operation, o Options, r *Result) porcupine.Che
 
 // analyze counts key's operations and looks for the anomalies that prove
 // a history is not linearizable, each with the operations involved.
-func analyze(key string, ops []Op, h History) (KeyResult, []Anomaly) {
+// It also returns the operations of unknown outcome shown applied.
+func analyze(key string, ops []Op, h History) (KeyResult, []Op, []Anomaly) {
 	kr := KeyResult{Key: key, Ops: len(ops), Initial: h.Initial[key]}
 	kr.Final, kr.HasFinal = h.Final[key]
 	var committed, unknown []Op
@@ -599,7 +604,7 @@ func analyze(key string, ops []Op, h History) (KeyResult, []Anomaly) {
 		}
 	}
 	kr.Anomalies = len(out)
-	return kr, out
+	return kr, applied, out
 }
 
 // staleReads finds increments that began after a committed increment
