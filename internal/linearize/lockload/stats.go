@@ -65,7 +65,7 @@ func Label(err error) string {
 // many goroutines.
 type Stats struct {
 	mu       sync.Mutex
-	outcomes map[string]int // path + "/" + outcome
+	outcomes map[string]int    // path + "/" + outcome
 	labels   map[string]int    // outcome + ": " + label
 	examples map[string]string // label -> the first error seen
 }

@@ -29,8 +29,8 @@ type Path string
 
 // The paths.
 const (
-	Do        Path = "Do"               // Locker.Do, fn's tx
-	Lock      Path = "Lock"             // Locker.Lock, Lock.Tx, Lock.Commit
+	Do        Path = "Do"                // Locker.Do, fn's tx
+	Lock      Path = "Lock"              // Locker.Lock, Lock.Tx, Lock.Commit
 	LockTx    Path = "LockTx-after-read" // the caller's transaction reads the counter, then LockTx, then the increment
 	Decorator Path = "decorator.WithLock"
 	DoMulti   Path = "DoMulti" // two keys, both counters incremented
