@@ -175,6 +175,9 @@ func (r Result) Explain() string {
 			fmt.Fprintf(&b, "; %d anomalies", k.Anomalies)
 		}
 	}
+	if paths, nodes := r.Involvement(); len(paths) > 0 {
+		fmt.Fprintf(&b, "\n  anomalies by the paths involved: %s; by the nodes involved: %s", countList(paths), countList(nodes))
+	}
 	listed := make(map[string]int)
 	for _, a := range r.Anomalies {
 		id := a.Key + "\x00" + string(a.Kind)
@@ -205,6 +208,47 @@ func (r Result) Explain() string {
 		fmt.Fprintf(&b, "\n  visualisation not written: %v", r.HTMLErr)
 	}
 	return b.String()
+}
+
+// Involvement counts, over the anomalies that name two or more operations
+// (values read twice, stale reads), the combinations of paths and of nodes
+// they involve: "Do+LockTx" counts the anomalies whose operations went
+// through exactly those two paths, "Do" those whose all went through Do.
+func (r Result) Involvement() (paths, nodes map[string]int) {
+	paths, nodes = make(map[string]int), make(map[string]int)
+	for _, a := range r.Anomalies {
+		if len(a.Ops) < 2 {
+			continue
+		}
+		ps, ns := make([]string, 0, len(a.Ops)), make([]string, 0, len(a.Ops))
+		for _, op := range a.Ops {
+			ps, ns = append(ps, op.Path), append(ns, op.Node)
+		}
+		slices.Sort(ps)
+		slices.Sort(ns)
+		paths[strings.Join(slices.Compact(ps), "+")]++
+		nodes[strings.Join(slices.Compact(ns), "+")]++
+	}
+	return paths, nodes
+}
+
+// countList formats m as "a: 3, b: 1", largest first.
+func countList(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // describeOp formats op for explanations, its times relative to base.

@@ -129,6 +129,9 @@ func TestCheckFails(t *testing.T) {
 		{"lost update, sequential in real time", History{Ops: []Op{
 			op("k", 0, 0, 1, 0, C), op("k", 1, 2, 3, 0, C),
 		}, Final: final("k", 1)}, []AnomalyKind{DuplicateRead, StaleRead}, []string{"began 1ms after a committed one returned having read 0, yet read 0"}},
+		{"lost update across nodes and paths", History{Ops: []Op{
+			op("k", 0, 0, 10, 0, C), func() Op { o := op("k", 1, 1, 11, 0, C); o.Node, o.Path = "n2", "LockTx"; return o }(),
+		}, Final: final("k", 1)}, []AnomalyKind{DuplicateRead}, []string{"on different nodes and through different paths", "anomalies by the paths involved: Do+LockTx: 1; by the nodes involved: n1+n2: 1", "client 1 on n2 via LockTx"}},
 		{"stale read without a duplicate", History{Ops: []Op{
 			op("k", 0, 10, 11, 1, C), op("k", 1, 12, 13, 0, C),
 		}, Final: final("k", 2)}, []AnomalyKind{StaleRead}, []string{"having read 1, yet read 0"}},
