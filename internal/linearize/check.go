@@ -108,9 +108,10 @@ type Result struct {
 	Anomalies []Anomaly
 	// Porcupine is porcupine's own answer (Ok, Illegal, Unknown).
 	Porcupine porcupine.CheckResult
-	// Partial describes, for a key porcupine could not linearize and for
-	// which no anomaly was found, how far its longest partial
-	// linearization went.
+	// Partial describes, for each key porcupine could not linearize, how
+	// far its longest partial linearization went. It is filled only when
+	// porcupine ran again verbosely: when no anomaly explains its verdict,
+	// or when the visualisation was asked for.
 	Partial []string
 	// Applied lists the operations of unknown outcome that the history
 	// shows were committed (see KeyResult.UnknownApplied).
@@ -200,6 +201,9 @@ func (r Result) Explain() string {
 	for _, p := range r.Partial {
 		b.WriteString("\n  ")
 		b.WriteString(p)
+	}
+	if r.Porcupine == porcupine.Ok && len(r.Anomalies) > 0 {
+		b.WriteString("\n  porcupine found a linearization although the anomalies above prove there is none: a bug of package linearize")
 	}
 	if r.HTML != "" {
 		fmt.Fprintf(&b, "\n  visualisation: %s", r.HTML)
