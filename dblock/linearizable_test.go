@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -131,8 +132,13 @@ func TestTortureLinearizable(t *testing.T) {
 	for label, ex := range stats.Examples() {
 		t.Logf("e.g. %s: %s", label, ex)
 	}
+	// The history shows these were committed: what did their error say?
+	applied := make(map[string]int)
 	for _, op := range res.Applied {
-		t.Logf("of unknown outcome, committed: %s via %s: %s", op.Key, op.Path, op.Err)
+		applied[op.Path+": "+keyInError.ReplaceAllString(op.Err, `resource="…"`)]++
+	}
+	for what, n := range applied {
+		t.Logf("of unknown outcome, shown committed: %d via %s", n, what)
 	}
 	t.Logf("verdict: %s", res.Summary())
 	if res.Verdict != linearize.Linearizable {
@@ -144,6 +150,9 @@ func TestTortureLinearizable(t *testing.T) {
 		}
 	}
 }
+
+// keyInError matches the key in the library's error messages.
+var keyInError = regexp.MustCompile(`resource="[^"]*"`)
 
 // linChild is the child process of TestTortureLinearizable.
 type linChild struct {
