@@ -209,7 +209,7 @@ func causalWorkload(t *testing.T, g *hatest.Galera, pools map[causalProtocol][]*
 // DoMulti), then every path.
 func causalLibrary(t *testing.T, g *hatest.Galera, rounds int, d time.Duration) {
 	ctx := context.Background()
-	if err := migrations.Up(ctx, g.Nodes[0].Admin()); err != nil {
+	if _, err := migrations.Up(ctx, g.Nodes[0].Admin()); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
 	clients := map[causalProtocol]*galeraClientSet{

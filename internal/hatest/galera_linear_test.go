@@ -90,7 +90,7 @@ func TestGaleraLinearizable(t *testing.T) {
 	g := hatest.StartGalera(t, 3)
 	t.Logf("HA-RESULT setup of a 3-node Galera cluster: %v", g.Setup.Round(time.Millisecond))
 	ctx := context.Background()
-	if err := migrations.Up(ctx, g.Nodes[0].Admin()); err != nil {
+	if _, err := migrations.Up(ctx, g.Nodes[0].Admin()); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
 	binary := galeraClients(t, g, false, dblock.GaleraMultiWriter())
