@@ -220,7 +220,7 @@ func causalLibrary(t *testing.T, g *hatest.Galera, rounds int, d time.Duration) 
 	var summary []string
 	for round := 1; round <= rounds; round++ {
 		for _, c := range []galeraLinearConfig{
-			{name: "lock-first paths", spread: true, paths: withoutPath(lockload.LockTx)},
+			{name: "lock-first paths", spread: true, paths: withoutPath(lockload.ReadFirst)},
 			{name: "every path", spread: true, paths: lockload.AllPaths},
 		} {
 			for _, proto := range []causalProtocol{binaryProtocol, textProtocol} {

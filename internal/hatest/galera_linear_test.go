@@ -99,9 +99,9 @@ func TestGaleraLinearizable(t *testing.T) {
 	for i, c := range []galeraLinearConfig{
 		{name: "one-node", paths: lockload.AllPaths},
 		{name: "three-nodes", spread: true, paths: lockload.AllPaths},
-		{name: "three-nodes-without-LockTx", spread: true, paths: withoutPath(lockload.LockTx)},
+		{name: "three-nodes-without-LockTx", spread: true, paths: withoutPath(lockload.ReadFirst)},
 		{name: "three-nodes-text-protocol", spread: true, paths: lockload.AllPaths, text: true},
-		{name: "three-nodes-without-LockTx-text-protocol", spread: true, paths: withoutPath(lockload.LockTx), text: true},
+		{name: "three-nodes-without-LockTx-text-protocol", spread: true, paths: withoutPath(lockload.ReadFirst), text: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cl := binary

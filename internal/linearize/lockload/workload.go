@@ -31,13 +31,14 @@ type Path string
 const (
 	Do        Path = "Do"                // Locker.Do, fn's tx
 	Lock      Path = "Lock"              // Locker.Lock, Lock.Tx, Lock.Commit
-	LockTx    Path = "LockTx-after-read" // the caller's transaction reads the counter, then LockTx, then the increment
+	LockTx    Path = "LockTx"            // the caller's transaction: LockTx first, then the increment
+	ReadFirst Path = "LockTx-after-read" // the caller's transaction reads the counter, then LockTx: refused (ErrStaleSnapshot) on MariaDB
 	Decorator Path = "decorator.WithLock"
 	DoMulti   Path = "DoMulti" // two keys, both counters incremented
 )
 
 // AllPaths lists every path.
-var AllPaths = []Path{Do, Lock, LockTx, Decorator, DoMulti}
+var AllPaths = []Path{Do, Lock, LockTx, ReadFirst, Decorator, DoMulti}
 
 // Counters names the counter rows: row i of Table (id INT primary key, v
 // BIGINT) is guarded by the lock key Prefix+i.
@@ -224,7 +225,9 @@ func (w *Worker) Once(ctx context.Context, s Step) {
 	case Lock:
 		err = w.lockCommit(ctx, s, work)
 	case LockTx:
-		err = w.lockTx(ctx, s, work)
+		err = w.lockTx(ctx, s, work, false)
+	case ReadFirst:
+		err = w.lockTx(ctx, s, work, true)
 	default:
 		err = fmt.Errorf("lockload: unknown path %q", s.Path)
 	}
@@ -258,15 +261,17 @@ func (w *Worker) lockCommit(ctx context.Context, s Step, work func(context.Conte
 // lockTx is the LockTx path: the caller's transaction reads the counter
 // before it locks (its snapshot may then predate the previous holder's
 // commit), takes the lock with LockTx, does the work and commits.
-func (w *Worker) lockTx(ctx context.Context, s Step, work func(context.Context, *gorm.DB) error) error {
+func (w *Worker) lockTx(ctx context.Context, s Step, work func(context.Context, *gorm.DB) error, readFirst bool) error {
 	tx := w.DB.WithContext(ctx).Begin()
 	if tx.Error != nil {
 		return tx.Error
 	}
-	var before int64
-	if err := tx.Raw("SELECT v FROM `"+w.Counters.Table+"` WHERE id = ?", s.Keys[0]).Row().Scan(&before); err != nil {
-		tx.Rollback()
-		return fmt.Errorf("lockload: the read before the lock: %w", err)
+	if readFirst {
+		var before int64
+		if err := tx.Raw("SELECT v FROM `"+w.Counters.Table+"` WHERE id = ?", s.Keys[0]).Row().Scan(&before); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("lockload: the read before the lock: %w", err)
+		}
 	}
 	if err := w.Locker.LockTx(ctx, tx, w.Counters.Key(s.Keys[0]), s.Opts...); err != nil {
 		tx.Rollback()
