@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -535,10 +536,28 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 func (a *acquisition) setLease(lk *Lock, session sql.NullInt64) error {
 	c := lk.h.keeper
 	secs := int64(leaseSeconds(a.lc.lease))
+	var set []string
 	if !session.Valid || session.Int64 != secs {
-		stmt := "SET SESSION " + a.l.q.sessionVar + " = " + strconv.FormatInt(secs, 10)
+		set = append(set, a.l.q.sessionVar+" = "+strconv.FormatInt(secs, 10))
+	}
+	if a.l.touch {
+		// Galera multi-writer: a transaction the cluster aborts is not
+		// always told to the client (see guardAborts); with autocommit
+		// off, what the holder sends after such an abort stays in a new
+		// transaction that the check before COMMIT rolls back.
+		set = append(set, "autocommit = 0")
+	}
+	if len(set) > 0 {
+		stmt := "SET SESSION " + strings.Join(set, ", ")
+		// Restored even if the answer is lost: the statement may have run.
+		lk.h.mu.Lock()
+		lk.h.autocommitOff = a.l.touch
+		lk.h.mu.Unlock()
 		if _, err := c.ExecContext(lk.h.ctx, stmt); err != nil {
-			return fmt.Errorf("%w: %s: setting the lease on the lock's connection: %w", ErrLockLost, lk.h.key, err)
+			return fmt.Errorf("%w: %s: setting the session of the lock's connection: %w", ErrLockLost, lk.h.key, err)
+		}
+		if a.l.touch {
+			return lk.h.guardAborts()
 		}
 		return nil
 	}
@@ -614,6 +633,9 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		// without the lock.
 		return fmt.Errorf("%w: %s: the transaction this context carries has ended: %w", ErrNoTransaction, keys[0], err)
 	}
+	if l.touch && s.owner == nil {
+		return errMultiWriterJoin
+	}
 	tx, err := s.runner()
 	if err != nil {
 		return err
@@ -664,6 +686,12 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	}
 	return nil
 }
+
+// errMultiWriterJoin refuses a lock in a caller's transaction on Galera in
+// multi-writer mode.
+var errMultiWriterJoin = errors.New("dblock: GaleraMultiWriter: a lock in a transaction of yours (LockTx, Do under WithTx) cannot be made safe across Galera nodes: " +
+	"when another node's holder commits first, the cluster aborts your transaction, and the abort is not always reported to your statements, " +
+	"which then run in autocommit outside any lock; take the lock with Do or Lock, whose transaction the Locker checks before COMMIT")
 
 // joinKey takes key in the transaction of s, recreating a row that was
 // collected since its id was cached.

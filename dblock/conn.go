@@ -371,13 +371,35 @@ func (c *keeper) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
 // errNotSent marks a COMMIT that was refused without being sent.
 var errNotSent = errors.New("not sent")
 
-// commit ends the keepalive and commits; after a loss nothing is sent.
+// erSavepointMissing is ER_SP_DOES_NOT_EXIST: the savepoint is gone.
+const erSavepointMissing = 1305
+
+// errSilentAbort says a Galera multi-writer transaction was aborted by the
+// cluster without the abort being reported to its statements.
+var errSilentAbort = errors.New("the cluster aborted the transaction (another node's holder committed first) without telling its statements; what they did after the abort was rolled back")
+
+// commit ends the keepalive and commits; after a loss nothing is sent. In
+// Galera multi-writer mode it first checks that the transaction is still
+// the one the Locker began (its savepoint is there), and rolls back
+// otherwise.
 func (c *keeper) commit() error {
 	c.stop()
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.refusedErr(); err != nil {
 		return fmt.Errorf("%w (%w)", err, errNotSent)
+	}
+	if c.l.touch {
+		if _, err := c.tx.ExecContext(context.Background(), "RELEASE SAVEPOINT "+abortSavepoint); err != nil {
+			_ = c.tx.Rollback()
+			switch mysqlErrorNumber(err) {
+			case erSavepointMissing:
+				return fmt.Errorf("%w: %w: %w (%w)", ErrDeadlock, errSilentAbort, err, errNotSent)
+			case erLockDeadlock:
+				return fmt.Errorf("%w: %w (%w)", ErrDeadlock, err, errNotSent)
+			}
+			return fmt.Errorf("%w (%w)", err, errNotSent)
+		}
 	}
 	return c.tx.Commit()
 }

@@ -177,6 +177,9 @@ func commitError(key Key, err error) error {
 		return nil
 	}
 	if errors.Is(err, errNotSent) {
+		if !errors.Is(err, ErrLockLost) {
+			err = fmt.Errorf("%w: %w", ErrLockLost, err)
+		}
 		return fmt.Errorf("%w; commit of %s not sent, writes not committed", err, key)
 	}
 	switch n := mysqlErrorNumber(err); {

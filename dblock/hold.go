@@ -3,6 +3,7 @@ package dblock
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"sync"
 	"time"
@@ -24,6 +25,9 @@ type hold struct {
 
 	mu        sync.Mutex
 	state     lockState
+	// autocommitOff: the connection's session was set to autocommit off
+	// (Galera multi-writer) and must be set back before the pool has it.
+	autocommitOff bool
 	lostErr   error         // why, in state lost
 	lost      chan struct{} // made by the first Lost call; closed when the lock ends
 	stopWatch func() bool
@@ -118,16 +122,51 @@ func (h *hold) abort() {
 func (h *hold) finish() {
 	h.closing.Do(func() {
 		h.mu.Lock()
-		stop := h.stopWatch
+		stop, restore := h.stopWatch, h.autocommitOff
 		h.mu.Unlock()
 		if stop != nil {
 			stop()
 		}
 		if h.conn != nil {
+			if restore {
+				h.restoreAutocommit()
+			}
 			_ = h.conn.Close() // waits for the transaction to end
 		}
 		h.cancel(nil)
 	})
+}
+
+// abortSavepoint marks a Galera multi-writer transaction: it exists only
+// while the transaction the Locker began is alive.
+const abortSavepoint = "txlock_held"
+
+// guardAborts sets the savepoint by which the commit of a Galera
+// multi-writer transaction tells whether the cluster aborted it in the
+// meantime. A brute-force abort (another node's holder committed first) is
+// not always reported to the statement that meets it (measured with the
+// binary protocol: the statement answers OK); the session then leaves the
+// transaction, and the savepoint with it.
+func (h *hold) guardAborts() error {
+	if _, err := h.keeper.ExecContext(h.ctx, "SAVEPOINT "+abortSavepoint); err != nil {
+		return fmt.Errorf("%w: %s: marking the lock's transaction: %w", ErrLockLost, h.key, err)
+	}
+	return nil
+}
+
+// restoreAutocommit turns autocommit back on for the connection of a
+// Galera multi-writer transaction once it has ended, before the connection
+// goes back to the pool; a connection where that fails is closed instead.
+func (h *hold) restoreAutocommit() {
+	// The transaction must be over first: turning autocommit on commits
+	// an open one. A no-op when it has ended (ErrTxDone).
+	_ = h.keeper.tx.Rollback()
+	ctx, cancel := context.WithTimeout(context.Background(), killTimeout)
+	defer cancel()
+	if _, err := h.conn.ExecContext(ctx, "SET SESSION autocommit = 1"); err != nil {
+		h.l.log.Warn("dblock: closing a lock connection whose autocommit could not be restored", "error", err)
+		_ = h.conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
 }
 
 // abandon releases the lock of a Lock that became unreachable without

@@ -22,6 +22,23 @@ import (
 // right after its locking read.
 const qTouch7 = "UPDATE `tb_lock` SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = 7"
 
+// The statements of a Galera multi-writer hold besides the row's write:
+// autocommit off and a savepoint after the grant; the savepoint released
+// before COMMIT; autocommit on again after the transaction.
+const (
+	qAutocommitOff = "SET SESSION autocommit = 0"
+	qSavepointHeld = "SAVEPOINT txlock_held"
+	qReleaseHeld   = "RELEASE SAVEPOINT txlock_held"
+	qAutocommitOn  = "SET SESSION autocommit = 1"
+)
+
+// expectMultiWriterHold expects the statements that start a multi-writer
+// hold after its first key's write.
+func expectMultiWriterHold(m mocked) {
+	m.mock.ExpectExec(qAutocommitOff).WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectExec(qSavepointHeld).WillReturnResult(sqlmock.NewResult(0, 0))
+}
+
 // galeraVars are the variables of a Galera node.
 var galeraVars = [][2]string{{"wsrep_on", "ON"}}
 
@@ -162,17 +179,22 @@ func TestSQLGaleraModes(t *testing.T) {
 		}
 		m.done(t)
 	})
-	t.Run("multi writer writes the row", func(t *testing.T) {
+	t.Run("multi writer writes the row and checks the transaction before COMMIT", func(t *testing.T) {
+		// Each key's row is written; autocommit goes off and a savepoint
+		// marks the transaction, whose release before COMMIT shows the
+		// cluster has not aborted it; autocommit comes back on after.
 		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
-		// A joined acquisition writes its row too.
+		expectMultiWriterHold(m)
 		inner := dblock.Resource("order:43")
 		m.expectLookup(inner, 8)
 		m.mock.ExpectQuery(nestedStmt(8)).WillReturnRows(lockRow(8))
 		m.mock.ExpectExec("UPDATE `tb_lock` SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = 8").
 			WillReturnResult(sqlmock.NewResult(0, 1))
+		m.mock.ExpectExec(qReleaseHeld).WillReturnResult(sqlmock.NewResult(0, 0))
 		m.mock.ExpectCommit()
+		m.mock.ExpectExec(qAutocommitOn).WillReturnResult(sqlmock.NewResult(0, 0))
 		err := l.Do(context.Background(), key, func(ctx context.Context, _ *gorm.DB) error {
 			return l.Do(ctx, inner, nop, dblock.NoPriorReads())
 		})
@@ -181,11 +203,31 @@ func TestSQLGaleraModes(t *testing.T) {
 		}
 		m.done(t)
 	})
+	t.Run("multi writer: an abort nobody was told of", func(t *testing.T) {
+		// The savepoint is gone: the transaction ended behind the holder's
+		// back. Nothing is committed; what was sent since is rolled back.
+		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
+		expectMultiWriterHold(m)
+		m.mock.ExpectExec(qReleaseHeld).WillReturnError(&gomysql.MySQLError{Number: 1305, Message: "SAVEPOINT txlock_held does not exist"})
+		m.mock.ExpectRollback()
+		m.mock.ExpectExec(qAutocommitOn).WillReturnResult(sqlmock.NewResult(0, 0))
+		err := l.Do(context.Background(), key, nop)
+		if !errors.Is(err, dblock.ErrLockLost) || !errors.Is(err, dblock.ErrDeadlock) || errors.Is(err, dblock.ErrCommitUnknown) {
+			t.Fatalf("Do = %v, want ErrLockLost and ErrDeadlock (certain: not committed)", err)
+		}
+		mustContain(t, err, "not committed")
+		m.done(t)
+	})
 	t.Run("multi writer: certification failure at COMMIT", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraMultiWriter(), galeraVars)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectExec(qTouch7).WillReturnResult(sqlmock.NewResult(0, 1))
+		expectMultiWriterHold(m)
+		m.mock.ExpectExec(qReleaseHeld).WillReturnResult(sqlmock.NewResult(0, 0))
 		m.mock.ExpectCommit().WillReturnError(&gomysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock; try restarting transaction"})
+		m.mock.ExpectExec(qAutocommitOn).WillReturnResult(sqlmock.NewResult(0, 0))
 		k, err := l.Lock(context.Background(), key)
 		if err != nil {
 			t.Fatal(err)
@@ -194,6 +236,16 @@ func TestSQLGaleraModes(t *testing.T) {
 		if !errors.Is(err, dblock.ErrLockLost) || !errors.Is(err, dblock.ErrDeadlock) {
 			t.Fatalf("Commit = %v, want ErrLockLost and ErrDeadlock", err)
 		}
+		m.done(t)
+	})
+	t.Run("multi writer refuses a caller's transaction", func(t *testing.T) {
+		m, l := galeraNode(t, dblock.GaleraMultiWriter(), galeraVars)
+		m.mock.ExpectBegin()
+		m.mock.ExpectRollback()
+		tx := m.db.Begin()
+		err := l.LockTx(context.Background(), tx, dblock.Resource("order:42"))
+		tx.Rollback()
+		mustContain(t, err, "GaleraMultiWriter", "Do or Lock")
 		m.done(t)
 	})
 	t.Run("multi writer: write aborted", func(t *testing.T) {
