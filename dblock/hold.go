@@ -23,15 +23,15 @@ type hold struct {
 	cancel  context.CancelCauseFunc
 	granted time.Time
 
-	mu        sync.Mutex
-	state     lockState
+	mu    sync.Mutex
+	state lockState
 	// autocommitOff: the connection's session was set to autocommit off
 	// (Galera multi-writer) and must be set back before the pool has it.
 	autocommitOff bool
-	lostErr   error         // why, in state lost
-	lost      chan struct{} // made by the first Lost call; closed when the lock ends
-	stopWatch func() bool
-	closing   sync.Once
+	lostErr       error         // why, in state lost
+	lost          chan struct{} // made by the first Lost call; closed when the lock ends
+	stopWatch     func() bool
+	closing       sync.Once
 }
 
 type lockState uint8
