@@ -33,6 +33,14 @@ func Label(err error) string {
 	if err == nil {
 		return "ok"
 	}
+	switch {
+	case mysqlNumber(err) == 1305:
+		// Galera multi-writer: the savepoint that marks the lock's
+		// transaction was gone at COMMIT: an abort nobody was told of.
+		return "ErrDeadlock (unreported abort)"
+	case strings.Contains(err.Error(), "GaleraMultiWriter: a lock in a transaction of yours"):
+		return "refused (GaleraMultiWriter)"
+	}
 	for _, s := range []struct {
 		err  error
 		name string
