@@ -147,7 +147,7 @@ type lockOutcome struct {
 // transaction loses.
 func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
 	l := a.l
-	r := lockRead{id: id, hash: key.Hash(), skip: a.lc.noWait, session: session}
+	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session}
 	var b *waitBound
 	if !r.skip {
 		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {

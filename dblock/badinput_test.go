@@ -205,7 +205,7 @@ func TestBadWaitTimeout(t *testing.T) {
 
 // TestClosedLocker: acquisitions after Close fail; Close is idempotent.
 func TestClosedLocker(t *testing.T) {
-	e, l := setupLocker(t)
+	_, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("order:1")
 	if err := l.Do(ctx, key, nop); err != nil {
@@ -220,10 +220,4 @@ func TestClosedLocker(t *testing.T) {
 	mustContain(t, l.Do(ctx, key, nop), "closed")
 	_, err := l.TryLock(ctx, key)
 	mustContain(t, err, "closed")
-	if l.Table() != e.table {
-		t.Errorf("Table() = %q, want %q", l.Table(), e.table)
-	}
-	if !strings.Contains(l.ServerVersion(), ".") {
-		t.Errorf("ServerVersion() = %q", l.ServerVersion())
-	}
 }

@@ -163,7 +163,7 @@ func (l *Locker) endsTransaction(err error) bool {
 // wrapped with ErrNotPrimary when it is Galera's 1047 on a Galera node
 // (elsewhere 1047 is ER_UNKNOWN_COM_ERROR); else nil.
 func (l *Locker) notPrimary(step string, key Key, err error) error {
-	if !l.srv.topology.Galera || mysqlErrorNumber(err) != erUnknownCommand {
+	if !l.srv.galera || mysqlErrorNumber(err) != erUnknownCommand {
 		return nil
 	}
 	return fmt.Errorf("%w: %s %s: %w", ErrNotPrimary, step, key, err)

@@ -53,7 +53,7 @@ func (l *Locker) takeTokens(ctx context.Context, tx stmtRunner, keys []Key, hold
 			return nil, l.tokenReadError(keys[0], err, holdsOthers)
 		}
 		for i, k := range keys {
-			if h := k.Hash(); bytes.Equal(hash, h[:]) {
+			if h := k.hash(); bytes.Equal(hash, h[:]) {
 				if token < tokens[i] {
 					return nil, fmt.Errorf("dblock: fencing token of %s: the transaction reads %d after the bump to %d", k, token, tokens[i])
 				}
@@ -102,7 +102,7 @@ func (l *Locker) lostIf(holdsOthers bool, err error) error {
 // loser gets 1213 and the bump is sent again, up to fenceAttempts times.
 func (l *Locker) bumpToken(ctx context.Context, key Key) (int64, error) {
 	const step = "taking the fencing token of"
-	h := key.Hash()
+	h := key.hash()
 	for n := 1; ; n++ {
 		res, err := l.side.ExecContext(ctx, l.q.bumpFence, h[:])
 		if err == nil {

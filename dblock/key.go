@@ -108,13 +108,10 @@ func (k Key) Validate() error {
 	return nil
 }
 
-// Canonical returns the canonical byte encoding of k: a version tag, then
-// each string field length-prefixed (uvarint) in the order resource,
-// operation, method, user, then one byte for Global. Distinct keys have
-// distinct encodings. It does not validate k. The encoding is
-// internal/lockkey's, shared with the txlock command.
-func (k Key) Canonical() []byte { return lockkey.Fields(k).Canonical() }
+// canonical returns the canonical byte encoding of k (internal/lockkey's,
+// shared with the txlock command): distinct keys have distinct encodings.
+func (k Key) canonical() []byte { return lockkey.Fields(k).Canonical() }
 
-// Hash returns the SHA-256 of k's canonical encoding: the value of the
+// hash returns the SHA-256 of k's canonical encoding: the value of the
 // table's unique key_hash column.
-func (k Key) Hash() [32]byte { return lockkey.Fields(k).Hash() }
+func (k Key) hash() [32]byte { return lockkey.Fields(k).Hash() }

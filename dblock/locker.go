@@ -55,7 +55,7 @@ const detectTimeout = 10 * time.Second
 
 // New returns a Locker on db, a gorm handle opened with gorm.io/driver/mysql
 // on MySQL 8.0+ or MariaDB 10.6+. New asks the server what it is (a few
-// round trips, bounded by 10 s; see Topology) and fails on a closed or
+// round trips, bounded by 10 s) and fails on a closed or
 // unreachable database, a server too old for txlock, a read-only server
 // (ErrReadOnly, unless AllowReadOnly), or a Galera node when neither
 // GaleraSingleWriter nor GaleraMultiWriter is given. It does not check the
@@ -89,7 +89,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkTopology(srv.topology, cfg); err != nil {
+	if err := checkTopology(srv, cfg); err != nil {
 		return nil, err
 	}
 	var nonce [6]byte
@@ -103,7 +103,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		srv:    srv,
 		cache:  newLRU[Key, int64](cfg.cacheSize),
 		q:      buildQueries(cfg.table, srv),
-		touch:  srv.topology.Galera && cfg.galera == serverinfo.GaleraMultiWriter,
+		touch:  srv.galera && cfg.galera == serverinfo.GaleraMultiWriter,
 		log:    cfg.logger,
 		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
 	}
@@ -203,25 +203,13 @@ func (l *Locker) Close() error {
 	return nil
 }
 
-// Table returns the name of the lock table.
-func (l *Locker) Table() string { return l.cfg.table }
-
-// ServerVersion returns the version string of the server New detected.
-func (l *Locker) ServerVersion() string { return l.srv.version }
-
-// Topology returns what New learned about the server's place in a
-// replication setup. It is not refreshed: a later failover or a change of
-// read_only shows in the errors of acquisitions and commits (ErrLockLost),
-// not here.
-func (l *Locker) Topology() Topology { return l.srv.topology }
-
 // checkTopology refuses servers where locks would not exclude the holders
 // they must exclude, unless cfg says the caller knows.
-func checkTopology(t Topology, cfg config) error {
-	if t.ReadOnly && !cfg.allowReadOnly {
+func checkTopology(t server, cfg config) error {
+	if t.readOnly && !cfg.allowReadOnly {
 		return fmt.Errorf("%w (read_only is ON; pass AllowReadOnly to accept it)", ErrReadOnly)
 	}
-	if t.Galera && cfg.galera == serverinfo.GaleraUnset {
+	if t.galera && cfg.galera == serverinfo.GaleraUnset {
 		return errors.New("dblock: the server is a Galera cluster node (wsrep_on=ON), where row locks are local to a node: " +
 			"pass GaleraSingleWriter() if all lock traffic goes to one node at a time (plain blocking locks), " +
 			"or GaleraMultiWriter() if holders may reach different nodes (each holder also writes its lock row, so that " +

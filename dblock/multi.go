@@ -39,7 +39,7 @@ func canonicalOrder(keys []Key) []Key {
 	}
 	es := make([]enc, len(keys))
 	for i, k := range keys {
-		es[i] = enc{k, k.Canonical()}
+		es[i] = enc{k, k.canonical()}
 	}
 	slices.SortFunc(es, func(a, b enc) int { return bytes.Compare(a.b, b.b) })
 	out := make([]Key, 0, len(es))

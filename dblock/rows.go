@@ -34,7 +34,7 @@ func (l *Locker) findRow(ctx context.Context, key Key, inTx bool) (int64, error)
 	if id, ok := l.cache.get(key); ok {
 		return id, nil
 	}
-	h := key.Hash()
+	h := key.hash()
 	var err error
 	for attempt := 0; attempt < rowAttempts; attempt++ {
 		var id int64

@@ -121,7 +121,7 @@ func appendFenceRead(buf []byte, prefix string, keys []Key) []byte {
 		if i > 0 {
 			buf = append(buf, ", "...)
 		}
-		h := k.Hash()
+		h := k.hash()
 		buf = append(buf, "X'"...)
 		buf = hex.AppendEncode(buf, h[:])
 		buf = append(buf, '\'')

@@ -16,6 +16,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/lockkey"
 )
 
 // qTouch7 is the write of row 7 that a Galera multi-writer holder sends
@@ -42,82 +43,18 @@ func expectMultiWriterHold(m mocked) {
 // galeraVars are the variables of a Galera node.
 var galeraVars = [][2]string{{"wsrep_on", "ON"}}
 
-func TestSQLTopologyDetection(t *testing.T) {
-	for _, c := range []struct {
-		name             string
-		version, comment string
-		vars             [][2]string
-		grants           []string
-		want             dblock.Topology
-	}{
-		{"stand-alone, all privileges", mariaVersion, mariaComment, nil, []string{rootGrants},
-			dblock.Topology{ReadOnlyBypass: true}},
-		{"MariaDB semi-sync source, READ_ONLY ADMIN", mariaVersion, mariaComment,
-			[][2]string{{"rpl_semi_sync_master_enabled", "ON"}, {"rpl_semi_sync_slave_enabled", "OFF"}, {"wsrep_on", "OFF"}},
-			[]string{"GRANT SELECT, READ_ONLY ADMIN ON *.* TO `app`@`%`"},
-			dblock.Topology{ReadOnlyBypass: true, SemiSyncSource: true}},
-		{"MariaDB 10.11 SUPER does not bypass", mariaVersion, mariaComment,
-			[][2]string{{"rpl_semi_sync_slave_enabled", "ON"}},
-			[]string{"GRANT SUPER ON *.* TO `app`@`%`", "GRANT ALL PRIVILEGES ON `test`.* TO `app`@`%`"},
-			dblock.Topology{SemiSyncReplica: true}},
-		{"MariaDB 10.6 SUPER bypasses", "10.6.18-MariaDB", "", nil,
-			[]string{"GRANT SUPER ON *.* TO `app`@`%`"},
-			dblock.Topology{ReadOnlyBypass: true}},
-		{"MySQL CONNECTION_ADMIN, new semi-sync names", mysqlVersion, mysqlComment,
-			[][2]string{{"rpl_semi_sync_source_enabled", "ON"}, {"rpl_semi_sync_replica_enabled", "ON"}},
-			[]string{"GRANT USAGE ON *.* TO `app`@`%`", "GRANT BACKUP_ADMIN,CONNECTION_ADMIN ON *.* TO `app`@`%`"},
-			dblock.Topology{ReadOnlyBypass: true, SemiSyncSource: true, SemiSyncReplica: true}},
-		{"unprivileged", mysqlVersion, mysqlComment, nil,
-			[]string{"GRANT USAGE ON *.* TO `app`@`%`", "GRANT ALL PRIVILEGES ON `app`.* TO `app`@`%`", "GRANT `admin`@`%` TO `app`@`%`"},
-			dblock.Topology{}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			m := newMocked(t)
-			m.expectDetectWith(c.version, c.comment, false, c.vars, c.grants...)
-			m.expectSideCheck()
-			l, err := m.newLocker()
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			defer l.Close()
-			if got := l.Topology(); got != c.want {
-				t.Errorf("Topology() = %+v, want %+v", got, c.want)
-			}
-			m.done(t)
-		})
-	}
-	t.Run("SHOW GRANTS fails", func(t *testing.T) {
-		m := newMocked(t)
-		m.mock.ExpectQuery(qDetect).WillReturnRows(sqlmock.NewRows([]string{"Variable_name", "Value"}).
-			AddRow("version", mariaVersion).AddRow("version_comment", mariaComment))
-		m.mock.ExpectQuery(qSchema).WillReturnRows(sqlmock.NewRows([]string{"DATABASE()", "@@SESSION.innodb_lock_wait_timeout"}).AddRow("test", 50))
-		m.mock.ExpectQuery(qGrants).WillReturnError(&gomysql.MySQLError{Number: 1141, Message: "no grants"})
-		m.expectSideCheck()
-		l, err := m.newLocker()
-		if err != nil {
-			t.Fatalf("New: %v (a failed SHOW GRANTS must not fail New)", err)
-		}
-		defer l.Close()
-		if got := l.Topology(); got != (dblock.Topology{}) {
-			t.Errorf("Topology() = %+v, want zero", got)
-		}
-		m.done(t)
-	})
-}
-
 func TestSQLNewRefusesReadOnly(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		vars [][2]string
-		want dblock.Topology
 	}{
-		{"read_only", [][2]string{{"read_only", "ON"}}, dblock.Topology{ReadOnly: true}},
-		{"super_read_only", [][2]string{{"super_read_only", "ON"}}, dblock.Topology{ReadOnly: true, SuperReadOnly: true}},
+		{"read_only", [][2]string{{"read_only", "ON"}}},
+		{"super_read_only", [][2]string{{"super_read_only", "ON"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := newMocked(t)
 			// A later variable of the same name wins: the mock lists read_only OFF first.
-			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars, "GRANT USAGE ON *.* TO `app`@`%`")
+			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars)
 			_, err := m.newLocker()
 			if !errors.Is(err, dblock.ErrReadOnly) {
 				t.Fatalf("New = %v, want ErrReadOnly", err)
@@ -125,16 +62,13 @@ func TestSQLNewRefusesReadOnly(t *testing.T) {
 			mustContain(t, err, "read-only", "replica", "AllowReadOnly")
 			m.done(t)
 
-			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars, "GRANT USAGE ON *.* TO `app`@`%`")
+			m.expectDetectWith(mysqlVersion, mysqlComment, false, c.vars)
 			m.expectSideCheck()
 			l, err := m.newLocker(dblock.AllowReadOnly())
 			if err != nil {
 				t.Fatalf("New(AllowReadOnly) = %v", err)
 			}
 			defer l.Close()
-			if got := l.Topology(); got != c.want {
-				t.Errorf("Topology() = %+v, want %+v", got, c.want)
-			}
 			m.done(t)
 		})
 	}
@@ -143,7 +77,7 @@ func TestSQLNewRefusesReadOnly(t *testing.T) {
 func TestSQLGaleraModes(t *testing.T) {
 	t.Run("no mode", func(t *testing.T) {
 		m := newMocked(t)
-		m.expectDetectWith(mariaVersion, mariaComment, true, galeraVars, rootGrants)
+		m.expectDetectWith(mariaVersion, mariaComment, true, galeraVars)
 		_, err := m.newLocker()
 		if err == nil {
 			t.Fatal("New on a Galera node without a mode succeeded")
@@ -160,9 +94,6 @@ func TestSQLGaleraModes(t *testing.T) {
 	})
 	t.Run("single writer: plain locks", func(t *testing.T) {
 		m, l, key := galeraLocker(t, dblock.GaleraSingleWriter(), galeraVars)
-		if !l.Topology().Galera {
-			t.Error("Topology().Galera = false")
-		}
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.mock.ExpectCommit()
 		if err := l.Do(context.Background(), key, nop); err != nil {
@@ -264,7 +195,7 @@ func TestSQLGaleraModes(t *testing.T) {
 func galeraNode(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *dblock.Locker) {
 	t.Helper()
 	m := newMocked(t)
-	m.expectDetectWith(mariaVersion, mariaComment, true, vars, rootGrants)
+	m.expectDetectWith(mariaVersion, mariaComment, true, vars)
 	m.expectSideCheck()
 	l, err := m.newLocker(mode)
 	if err != nil {
@@ -295,7 +226,7 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 	t.Run("row lookup", func(t *testing.T) {
 		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
 		key := dblock.Resource("order:42")
-		h := key.Hash()
+		h := lockkey.Fields(key).Hash()
 		m.side.mock.ExpectQuery(qLookup).WithArgs(h[:]).WillReturnError(notPrimary)
 		_, err := l.Lock(context.Background(), key)
 		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
