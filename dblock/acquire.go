@@ -761,7 +761,7 @@ func txPool(tx *gorm.DB) (gorm.ConnPool, error) {
 // lockConfig merges the Locker's defaults and opts.
 func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
 	if len(opts) == 0 && len(l.cfg.defaults) == 0 {
-		return lockConfig{lease: DefaultLease}, nil
+		return lockConfig{lease: defaultLease}, nil
 	}
 	var lc lockConfig
 	if len(l.cfg.defaults) > 0 {

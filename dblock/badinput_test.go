@@ -56,7 +56,6 @@ func TestNewInvalidOptions(t *testing.T) {
 		{"table with a quote", dblock.Table("tb_lock`; DROP TABLE x; --"), "table name"},
 		{"table starting with a digit", dblock.Table("1tb"), "table name"},
 		{"table too long", dblock.Table(strings.Repeat("t", schema.MaxTableNameLen+1)), "table name"},
-		{"KeyCacheSize(0)", dblock.KeyCacheSize(0), "KeyCacheSize"},
 		{"nil Logger", dblock.Logger(nil), "Logger"},
 		{"nil SideDB", dblock.SideDB(nil), "SideDB"},
 		{"Defaults(WaitTimeout(0))", dblock.Defaults(dblock.WaitTimeout(0)), "WaitTimeout"},

@@ -125,7 +125,7 @@ func previousHolderSetup(t *testing.T) (env, *dblock.Locker, string, *dblock.Loc
 func TestLockTxBeforeReadsSeesPreviousHolder(t *testing.T) {
 	e, l, kv, holder := previousHolderSetup(t)
 	ctx := ctxT(t)
-	a, b := dblock.Resource("a"), holder.Key()
+	a, b := dblock.Resource("a"), dblock.Resource("b") // b: the holder's key
 	var seen int64 = -1
 	done := make(chan error, 1)
 	go func() {
@@ -195,7 +195,7 @@ func TestNestedDoAfterReadIsStale(t *testing.T) {
 func TestRetryRerunsOnStaleSnapshot(t *testing.T) {
 	e, l, kv, holder := previousHolderSetup(t)
 	ctx := ctxT(t)
-	a, b := dblock.Resource("a"), holder.Key()
+	a, b := dblock.Resource("a"), dblock.Resource("b") // b: the holder's key
 	read := make(chan struct{})
 	runs := 0
 	done := make(chan error, 1)

@@ -184,7 +184,7 @@ func ExampleKey() {
 	ctx := context.Background()
 
 	key := dblock.Key{User: "u-7", Resource: "order:4711"}
-	fmt.Println(key, "/", key.Granularity())
+	fmt.Println(key)
 	fmt.Println("Global with a field:", errors.Is(dblock.Key{Global: true, User: "u-7"}.Validate(), dblock.ErrInvalidKey))
 
 	held, err := locker.TryLock(ctx, key)
@@ -196,7 +196,7 @@ func ExampleKey() {
 	fmt.Println("order alone while the user's key is held:", err)
 	_ = order.Rollback()
 	// Output:
-	// user="u-7" resource="order:4711" / user+resource
+	// user="u-7" resource="order:4711"
 	// Global with a field: true
 	// order alone while the user's key is held: <nil>
 }

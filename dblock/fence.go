@@ -131,7 +131,7 @@ func (l *Locker) bumpToken(ctx context.Context, key Key) (int64, error) {
 			// back whole, so running it again is safe: Retry does.
 			return 0, fmt.Errorf("%w: %s %s: %d bumps refused as deadlocks (another holder bumping it: Galera multi-writer?): %w", ErrDeadlock, step, key, n, err)
 		}
-		l.log.DebugContext(ctx, "dblock: fencing token bump refused as a deadlock, retrying", "granularity", key.Granularity(), "attempt", n)
+		l.log.DebugContext(ctx, "dblock: fencing token bump refused as a deadlock, retrying", "granularity", key.granularity(), "attempt", n)
 		if serr := sleepCtx(ctx, fenceBackoff.pause(n)); serr != nil {
 			return 0, fmt.Errorf("dblock: %s %s: %d bump(s) refused as deadlocks, retry abandoned: %w (%w)", step, key, n, serr, err)
 		}

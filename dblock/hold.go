@@ -73,7 +73,7 @@ func (h *hold) lose(err error) {
 	h.closeLostLocked()
 	h.mu.Unlock()
 	h.keeper.refuse(err)
-	h.l.log.Warn("dblock: lock lost", "granularity", h.key.Granularity(), "error", err)
+	h.l.log.Warn("dblock: lock lost", "granularity", h.key.granularity(), "error", err)
 	h.l.tel.lost(h.ctx, h.key, err)
 	h.l.tel.held(h.ctx, h.key, time.Since(h.granted))
 	h.cancel(err)
@@ -177,7 +177,7 @@ func (h *hold) abandon() {
 	h.mu.Unlock()
 	if wasHeld {
 		h.l.log.Warn("dblock: a Lock was dropped without Commit or Rollback: rolling its transaction back",
-			"granularity", h.key.Granularity(), "held", time.Since(h.granted).Round(time.Millisecond))
+			"granularity", h.key.granularity(), "held", time.Since(h.granted).Round(time.Millisecond))
 	}
 	if ok, _ := h.end(); ok {
 		_ = h.keeper.rollback()

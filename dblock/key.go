@@ -40,10 +40,10 @@ func Global() Key { return Key{Global: true} }
 // IsZero reports whether no field of k is set.
 func (k Key) IsZero() bool { return k == Key{} }
 
-// Granularity names the fields k sets, joined by "+" in the fixed order
+// granularity names the fields k sets, joined by "+" in the fixed order
 // global, user, method, operation, resource ("user+resource"). It is meant
 // for metrics and logs, where the raw key would have unbounded cardinality.
-func (k Key) Granularity() string { return granName(granIndex(k)) }
+func (k Key) granularity() string { return granName(granIndex(k)) }
 
 // String renders k for logs and errors, e.g. `user="u-7" resource="order:42"`.
 func (k Key) String() string {

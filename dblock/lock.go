@@ -60,10 +60,6 @@ func (l *Locker) lockOne(ctx context.Context, key Key, opts []LockOption, noWait
 	return lk, nil
 }
 
-// Key returns the key the lock holds (the first in canonical order when it
-// holds several).
-func (lk *Lock) Key() Key { return lk.h.key }
-
 // Tx returns the transaction that holds the lock. Writes made through it
 // commit with Commit and are dropped by Rollback; its Commit and Rollback
 // are the Lock's.

@@ -70,7 +70,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	if db == nil {
 		return nil, errors.New("dblock: New: nil *gorm.DB")
 	}
-	cfg := config{table: schema.DefaultTable, cacheSize: defaultKeyCacheSize}
+	cfg := config{table: schema.DefaultTable, cacheSize: keyCacheSize}
 	for _, o := range opts {
 		if o == nil {
 			continue

@@ -21,9 +21,10 @@ type Option func(*config) error
 // it applies to every acquisition of that Locker.
 type LockOption func(*lockConfig) error
 
-// defaultKeyCacheSize is how many key-to-row-id entries a Locker keeps
-// unless KeyCacheSize says otherwise.
-const defaultKeyCacheSize = 10_000
+// keyCacheSize is how many key-to-row-id entries a Locker keeps (least
+// recently used evicted first); a key whose id is not cached costs one
+// more round trip to acquire.
+const keyCacheSize = 10_000
 
 type config struct {
 	table     string
@@ -85,19 +86,6 @@ func Table(name string) Option {
 			return fmt.Errorf("dblock: Table: %w", err)
 		}
 		c.table = name
-		return nil
-	}
-}
-
-// KeyCacheSize sets how many key-to-row-id entries the Locker caches
-// (default 10,000, least recently used evicted first). A key whose id is
-// not cached costs one more round trip to acquire.
-func KeyCacheSize(n int) Option {
-	return func(c *config) error {
-		if n < 1 {
-			return fmt.Errorf("dblock: KeyCacheSize must be at least 1, got %d", n)
-		}
-		c.cacheSize = n
 		return nil
 	}
 }
@@ -177,7 +165,7 @@ type lockConfig struct {
 
 func (lc *lockConfig) apply(opts []LockOption) error {
 	if lc.lease == 0 {
-		lc.lease = DefaultLease
+		lc.lease = defaultLease
 	}
 	for _, o := range opts {
 		if o == nil {
@@ -240,8 +228,8 @@ func Fencing() LockOption {
 	}
 }
 
-// DefaultLease is the lease of a lock whose acquisition does not set one.
-const DefaultLease = 60 * time.Second
+// defaultLease is the lease of a lock whose acquisition does not set one.
+const defaultLease = 60 * time.Second
 
 // minLease is the shortest lease: the server's idle timeouts count whole
 // seconds.
@@ -250,7 +238,8 @@ const minLease = time.Second
 // Lease bounds how long a lock outlives a holder that stopped talking to
 // the server; the holder learns first (Lost, fn's context). Keep each
 // statement shorter than the lease minus twice a fifth of it. At least 1 s,
-// rounded up to whole seconds. See "The lease" in the package documentation.
+// rounded up to whole seconds; 60 s by default. See "The lease" in the
+// package documentation.
 func Lease(d time.Duration) LockOption {
 	return func(lc *lockConfig) error {
 		if d < minLease {

@@ -97,7 +97,7 @@ func (l *Locker) createRow(ctx context.Context, key Key, hash []byte) (int64, er
 	}
 	id, err := res.LastInsertId()
 	if err == nil {
-		l.log.DebugContext(ctx, "dblock: created key row", "granularity", key.Granularity(), "id", id)
+		l.log.DebugContext(ctx, "dblock: created key row", "granularity", key.granularity(), "id", id)
 	}
 	return id, err
 }
