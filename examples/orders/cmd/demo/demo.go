@@ -198,7 +198,8 @@ func runDemo(ctx context.Context, cfg config, out io.Writer) (bool, error) {
 		ms(wall), ms(took[0]), ms(took[len(took)/2]), ms(took[len(took)-1]))
 	w.Flush()
 
-	fmt.Fprintf(out, "\nlock acquisitions by outcome, from GET /metrics of each instance (txlock_acquire_duration_seconds_count)\n")
+	fmt.Fprintf(out, "\nlock acquisitions by outcome, from GET /metrics of each instance (txlock_acquire_duration_seconds_count):\n"+
+		"the %d refunds, and on A the order's payment, which takes the order's lock too\n", cfg.Refunds)
 	for _, in := range insts {
 		line, err := acquisitionsByOutcome(ctx, client, in.url+"/metrics")
 		if err != nil {
