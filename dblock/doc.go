@@ -117,9 +117,24 @@
 //
 // A lock excludes only the holders that lock the same row on the same
 // server. New refuses a read-only server ([ErrReadOnly], unless
-// [AllowReadOnly]) and requires a mode on a Galera node
-// ([GaleraSingleWriter] or [GaleraMultiWriter]); docs/HA.md says what each
-// topology guarantees.
+// [AllowReadOnly]) and requires a mode on a Galera node; docs/HA.md says
+// what each topology guarantees.
+//
+// # Galera
+//
+// Row locks are local to a Galera node. With [GaleraSingleWriter] all lock
+// traffic goes to one node at a time, and locks are plain row locks there.
+// With [GaleraMultiWriter] holders may be on several nodes at once: each
+// holder also writes its lock row, so that of two overlapping holders the
+// cluster lets the first to commit win and aborts the other. Such an abort
+// is not always reported to the statement that meets it, and the session
+// then runs later statements in autocommit; so in this mode a transaction
+// the Locker opens runs with autocommit off and a savepoint set after the
+// grant, which is released before COMMIT: a missing savepoint means the
+// cluster aborted the transaction, which is rolled back with everything
+// sent since ([ErrLockLost] and [ErrDeadlock]). A caller's own transaction
+// cannot be checked that way, so LockTx and a Do under WithTx are refused
+// in this mode. It costs four statements per transaction.
 //
 // # Errors
 //
