@@ -165,7 +165,7 @@ func TestLockersSharingAPoolKeepTheirLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer k.Rollback()
-	const idle = 5 * time.Second
+	const idle = 3 * time.Second // beyond B's 2 s lease
 	start := time.Now()
 	polls := 0
 	for time.Since(start) < idle { // the idle holder is the behaviour under test

@@ -66,9 +66,9 @@ func TestPrepareStmtCacheNotGrownByLocks(t *testing.T) {
 
 // TestPreparedSessionInFnKeepsLock (issue 14 item 15): inside Do with
 // Lease(2s), fn runs statements through a gorm Session with PrepareStmt
-// (they bypass the lock's connection wrapper) for 6 s, three leases: the
+// (they bypass the lock's connection wrapper) for 4 s, two leases: the
 // keepalive must not collide with their result sets and the lock must not
-// be lost. Then a holder that goes idle 5 s after such statements keeps its
+// be lost. Then a holder that goes idle 3 s after such statements keeps its
 // lock too (the behaviour issue 14 prefers): a third party cannot take the
 // key while it idles.
 func TestPreparedSessionInFnKeepsLock(t *testing.T) {
@@ -104,26 +104,26 @@ func TestPreparedSessionInFnKeepsLock(t *testing.T) {
 	ctx := ctxT(t)
 	lease := dblock.Lease(2 * time.Second)
 
-	t.Run("busy for 6 s", func(t *testing.T) {
+	t.Run("busy for 4 s", func(t *testing.T) {
 		var n int
 		err := l.Do(ctx, dblock.Resource("busy"), func(ctx context.Context, tx *gorm.DB) error {
 			var err error
-			n, err = statements(tx, 6*time.Second)
+			n, err = statements(tx, 4*time.Second)
 			return err
 		}, lease)
-		t.Logf("%d rounds of prepared statements in 6 s: Do = %v", n, err)
+		t.Logf("%d rounds of prepared statements in 4 s: Do = %v", n, err)
 		if err != nil {
 			t.Errorf("Do = %v, want nil", err)
 		}
 	})
-	t.Run("idle 5 s after", func(t *testing.T) {
+	t.Run("idle 3 s after", func(t *testing.T) {
 		key := dblock.Resource("idle")
 		polls := 0
 		err := l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
 			if _, err := statements(tx, 500*time.Millisecond); err != nil {
 				return err
 			}
-			for start := time.Now(); time.Since(start) < 5*time.Second; polls++ { // the holder's idle time is the behaviour under test
+			for start := time.Now(); time.Since(start) < 3*time.Second; polls++ { // the holder's idle time is the behaviour under test
 				if err := heldByOther(third, key); err != nil {
 					t.Errorf("after %v idle: %v", time.Since(start).Round(time.Millisecond), err)
 					return nil
@@ -132,7 +132,7 @@ func TestPreparedSessionInFnKeepsLock(t *testing.T) {
 			}
 			return nil
 		}, lease)
-		t.Logf("idle 5 s after prepared statements (%d polls): Do = %v", polls, err)
+		t.Logf("idle 3 s after prepared statements (%d polls): Do = %v", polls, err)
 		if err != nil {
 			t.Errorf("Do = %v, want nil", err)
 		}
