@@ -136,3 +136,71 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 		t.Errorf("rows before=%d after=%d, want neither (after=1: autocommitted without a lock)", bv, av)
 	}
 }
+
+// TestReviewDeadlockInPreparedStmtNotRefused: statements of a gorm
+// PrepareStmt session on fn's tx run through StmtContext, outside the
+// keeper, so their errors are never seen either: a prepared UPDATE chosen
+// as a deadlock victim ends the transaction, and fn's next (plain) write
+// through tx is autocommitted, Do returning nil.
+func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
+	e, l := setupLocker(t)
+	kv := e.kvTable(t)
+	ctx := ctxT(t)
+	for _, k := range []string{"r1", "r2"} {
+		if err := put(e.db, kv, k, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heavy := e.businessTable(t, "heavy", "id INT PRIMARY KEY, v INT")
+	if err := e.db.Exec("INSERT INTO `" + heavy + "` SELECT seq, 0 FROM seq_1_to_200").Error; err != nil {
+		t.Fatal(err)
+	}
+	odb := otherPool(t)
+	other := odb.WithContext(ctx).Begin()
+	defer other.Rollback()
+	if err := other.Exec("UPDATE `" + heavy + "` SET v = v + 1").Error; err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r2'").Error; err != nil {
+		t.Fatal(err)
+	}
+	otherDone := make(chan error, 1)
+	var updErr, after error
+	err := l.Do(ctx, dblock.Resource("prepared"), func(ctx context.Context, tx *gorm.DB) error {
+		if err := put(tx, kv, "before", 1); err != nil {
+			return err
+		}
+		ptx := tx.Session(&gorm.Session{PrepareStmt: true})
+		if err := ptx.Exec("UPDATE `"+kv+"` SET v = v + 1 WHERE k = ?", "r1").Error; err != nil {
+			return err
+		}
+		go func() {
+			waitFor(t, "fn's UPDATE to wait for r2", func() bool {
+				var n int
+				_ = odb.Raw("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE ?", "%"+kv+"%").Row().Scan(&n)
+				return n == 1
+			})
+			otherDone <- other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
+		}()
+		updErr = ptx.Exec("UPDATE `"+kv+"` SET v = v + 1 WHERE k = ?", "r2").Error
+		after = put(tx, kv, "after", 1) // carries on after the failed statement
+		return nil
+	})
+	if oerr := <-otherDone; oerr != nil {
+		t.Logf("the other transaction's UPDATE: %v", oerr)
+	}
+	_ = other.Rollback()
+	t.Logf("fn's prepared UPDATE: %v; write after it: %v; Do: %v", updErr, after, err)
+	if mysqlNumber(t, updErr) != 1213 {
+		t.Fatalf("fn's UPDATE = %v, want 1213 (the setting of the test)", updErr)
+	}
+	if !errors.Is(after, dblock.ErrLockLost) {
+		t.Errorf("a write through tx after the deadlock rolled the transaction back = %v, want it refused with ErrLockLost", after)
+	}
+	if err == nil {
+		t.Errorf("Do returned nil although its transaction was rolled back by a deadlock halfway through fn")
+	}
+	if bv, av := get(t, e.db, kv, "before"), get(t, e.db, kv, "after"); bv != -1 || av != -1 {
+		t.Errorf("rows before=%d after=%d, want neither (after=1: autocommitted without a lock)", bv, av)
+	}
+}
