@@ -66,7 +66,7 @@ type reviewOp struct {
 // ErrCommitUnknown did; fencing tokens grow with the order of the runs.
 func TestReviewKillTorture(t *testing.T) {
 	e := setup(t)
-	reviewTorture(t, e, reviewUser(t), 20*time.Second, true)
+	reviewTorture(t, e, reviewUser(t), 20*time.Second, true, nil)
 }
 
 // TestReviewConfigTorture runs the same judge without the killer under the
@@ -105,14 +105,14 @@ func TestReviewConfigTorture(t *testing.T) {
 				cfg.Params[k] = v
 			}
 			cfg.ReadTimeout = c.rt
-			reviewTorture(t, e, cfg.FormatDSN(), 4*time.Second, false)
+			reviewTorture(t, e, cfg.FormatDSN(), 4*time.Second, false, nil)
 		})
 	}
 }
 
 // reviewTorture runs the judged workload on a pool of dsn for d, with or
 // without the killer.
-func reviewTorture(t *testing.T, e env, dsn string, runFor time.Duration, kill bool) {
+func reviewTorture(t *testing.T, e env, dsn string, runFor time.Duration, kill bool, disturb func(l *dblock.Locker, stop <-chan struct{})) {
 	t.Helper()
 	udb := testdb.OpenDSN(t, dsn)
 	testdb.NoLeaks(t, udb)
@@ -158,6 +158,13 @@ func reviewTorture(t *testing.T, e env, dsn string, runFor time.Duration, kill b
 		}()
 	}
 
+	if disturb != nil {
+		killerDone.Add(1)
+		go func() {
+			defer killerDone.Done()
+			disturb(l, stop)
+		}()
+	}
 	kinds := []string{"Do", "DoFencing", "DoMulti", "NestedDo", "Lock", "LockTx", "TryLock", "LockTxReadFirst"}
 	var mu sync.Mutex
 	var ops []reviewOp
@@ -301,7 +308,7 @@ func reviewTorture(t *testing.T, e env, dsn string, runFor time.Duration, kill b
 	}
 	t.Logf("outcomes:%s", b.String())
 	t.Logf("%d committed runs carried a fencing token, in increasing order of the runs", len(tokens))
-	if counter == 0 {
+	if counter == 0 && disturb == nil {
 		t.Errorf("nothing committed under this setting")
 	}
 }
@@ -324,4 +331,46 @@ func reviewClass(err error) string {
 		s = s[:60]
 	}
 	return "other(" + s + ")"
+}
+
+// TestReviewTruncateTorture runs the judged workload while the lock table
+// is truncated every 200 ms (row ids are then reused by other keys), and
+// rows are deleted behind the workload's back every 50 ms (a gc gone
+// wrong, deleting live rows).
+func TestReviewTruncateTorture(t *testing.T) {
+	e := setup(t)
+	var truncates, deletes int
+	reviewTorture(t, e, reviewUser(t), 10*time.Second, false, func(_ *dblock.Locker, stop <-chan struct{}) {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				t.Logf("%d TRUNCATEs, %d DELETEs of the lock table", truncates, deletes)
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			q, n := "DELETE FROM `"+e.table+"` WHERE id % 2 = 0", &deletes
+			if i%4 == 0 {
+				q, n = "TRUNCATE TABLE `"+e.table+"`", &truncates
+			}
+			if err := e.db.Exec(q).Error; err != nil {
+				t.Logf("%s: %v", q, err)
+				continue
+			}
+			*n++
+		}
+	})
+}
+
+// TestReviewCloseTorture closes the Locker halfway through the judged
+// workload: acquisitions in flight must end with an honest outcome, and
+// nothing may stay held or leak.
+func TestReviewCloseTorture(t *testing.T) {
+	e := setup(t)
+	reviewTorture(t, e, reviewUser(t), 6*time.Second, false, func(l *dblock.Locker, stop <-chan struct{}) {
+		select {
+		case <-stop:
+		case <-time.After(2 * time.Second):
+			t.Logf("Close: %v", l.Close())
+		}
+	})
 }
