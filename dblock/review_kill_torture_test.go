@@ -14,7 +14,9 @@ import (
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
+	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/testdb"
@@ -115,6 +117,12 @@ func TestReviewConfigTorture(t *testing.T) {
 func reviewTorture(t *testing.T, e env, dsn string, runFor time.Duration, kill bool, disturb func(l *dblock.Locker, stop <-chan struct{})) {
 	t.Helper()
 	udb := testdb.OpenDSN(t, dsn)
+	reviewTortureOn(t, e, udb, runFor, kill, disturb)
+}
+
+// reviewTortureOn is reviewTorture on the gorm handle udb.
+func reviewTortureOn(t *testing.T, e env, udb *gorm.DB, runFor time.Duration, kill bool, disturb func(l *dblock.Locker, stop <-chan struct{})) {
+	t.Helper()
 	testdb.NoLeaks(t, udb)
 	usql, err := udb.DB()
 	if err != nil {
@@ -372,5 +380,37 @@ func TestReviewCloseTorture(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Logf("Close: %v", l.Close())
 		}
+	})
+}
+
+// TestReviewGormOptionsTorture runs the judged workload on gorm handles
+// opened with the options services use: PrepareStmt, SkipDefaultTransaction,
+// DefaultTransactionTimeout (above any run), and gorm on an existing
+// *sql.DB with SideDB.
+func TestReviewGormOptionsTorture(t *testing.T) {
+	e := setup(t)
+	dsn := reviewUser(t)
+	open := func(t *testing.T, config *gorm.Config) *gorm.DB {
+		cfg, err := gomysql.ParseDSN(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		config.Logger = logger.Discard
+		db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sqlDB, _ := db.DB()
+		t.Cleanup(func() { _ = sqlDB.Close() })
+		return db
+	}
+	t.Run("PrepareStmt", func(t *testing.T) {
+		reviewTortureOn(t, e, open(t, &gorm.Config{PrepareStmt: true}), 4*time.Second, false, nil)
+	})
+	t.Run("SkipDefaultTransaction", func(t *testing.T) {
+		reviewTortureOn(t, e, open(t, &gorm.Config{SkipDefaultTransaction: true}), 4*time.Second, false, nil)
+	})
+	t.Run("DefaultTransactionTimeout", func(t *testing.T) {
+		reviewTortureOn(t, e, open(t, &gorm.Config{DefaultTransactionTimeout: 30 * time.Second}), 4*time.Second, false, nil)
 	})
 }
