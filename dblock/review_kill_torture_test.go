@@ -123,12 +123,19 @@ func reviewTorture(t *testing.T, e env, dsn string, runFor time.Duration, kill b
 // reviewTortureOn is reviewTorture on the gorm handle udb.
 func reviewTortureOn(t *testing.T, e env, udb *gorm.DB, runFor time.Duration, kill bool, disturb func(l *dblock.Locker, stop <-chan struct{})) {
 	t.Helper()
+	reviewTortureSized(t, e, udb, runFor, kill, disturb, 6, 4)
+}
+
+// reviewTortureSized is reviewTortureOn with goroutines on a pool of
+// poolSize connections.
+func reviewTortureSized(t *testing.T, e env, udb *gorm.DB, runFor time.Duration, kill bool, disturb func(l *dblock.Locker, stop <-chan struct{}), goroutines, poolSize int) {
+	t.Helper()
 	testdb.NoLeaks(t, udb)
 	usql, err := udb.DB()
 	if err != nil {
 		t.Fatal(err)
 	}
-	usql.SetMaxOpenConns(4)
+	usql.SetMaxOpenConns(poolSize)
 	l := faultLocker(t, udb, e.table)
 	kv := e.kvTable(t)
 	if err := put(e.db, kv, "ctr", 0); err != nil {
@@ -178,7 +185,7 @@ func reviewTortureOn(t *testing.T, e env, udb *gorm.DB, runFor time.Duration, ki
 	var ops []reviewOp
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(runFor)
-	for g := range 6 {
+	for g := range goroutines {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -412,5 +419,18 @@ func TestReviewGormOptionsTorture(t *testing.T) {
 	})
 	t.Run("DefaultTransactionTimeout", func(t *testing.T) {
 		reviewTortureOn(t, e, open(t, &gorm.Config{DefaultTransactionTimeout: 30 * time.Second}), 4*time.Second, false, nil)
+	})
+}
+
+// TestReviewSmallPoolTorture: many goroutines on pools of one and two
+// connections, every path, with the killer on the pool of two.
+func TestReviewSmallPoolTorture(t *testing.T) {
+	e := setup(t)
+	dsn := reviewUser(t)
+	t.Run("pool1", func(t *testing.T) {
+		reviewTortureSized(t, e, testdb.OpenDSN(t, dsn), 5*time.Second, false, nil, 24, 1)
+	})
+	t.Run("pool2-kill", func(t *testing.T) {
+		reviewTortureSized(t, e, testdb.OpenDSN(t, dsn), 8*time.Second, true, nil, 24, 2)
 	})
 }
