@@ -91,11 +91,13 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	otherDone := make(chan error, 1)
+	started := false
 	var scanErr, after error
 	err := l.Do(ctx, dblock.Resource("scan"), func(ctx context.Context, tx *gorm.DB) error {
 		if err := put(tx, kv, "before", 1); err != nil {
 			return err
 		}
+		started = true
 		// Lock r1, then wait for r2 inside one scan; the other
 		// transaction then asks for r1: a deadlock, whose victim is fn's.
 		go func() {
@@ -118,6 +120,9 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 		after = put(tx, kv, "after", 1) // carries on after the failed scan
 		return nil
 	})
+	if !started {
+		t.Fatalf("fn failed before the deadlock was set up: %v", err)
+	}
 	if oerr := <-otherDone; oerr != nil {
 		t.Logf("the other transaction's UPDATE: %v", oerr)
 	}
@@ -165,6 +170,7 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	otherDone := make(chan error, 1)
+	started := false
 	var updErr, after error
 	err := l.Do(ctx, dblock.Resource("prepared"), func(ctx context.Context, tx *gorm.DB) error {
 		if err := put(tx, kv, "before", 1); err != nil {
@@ -174,6 +180,7 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 		if err := ptx.Exec("UPDATE `"+kv+"` SET v = v + 1 WHERE k = ?", "r1").Error; err != nil {
 			return err
 		}
+		started = true
 		go func() {
 			waitFor(t, "fn's UPDATE to wait for r2", func() bool {
 				var n int
@@ -186,6 +193,9 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 		after = put(tx, kv, "after", 1) // carries on after the failed statement
 		return nil
 	})
+	if !started {
+		t.Fatalf("fn failed before the deadlock was set up: %v", err)
+	}
 	if oerr := <-otherDone; oerr != nil {
 		t.Logf("the other transaction's UPDATE: %v", oerr)
 	}
