@@ -57,7 +57,11 @@ type (
 	warehouse struct{ Site string } // keyed by its String, through a pointer
 
 	stamp struct{ time.Time } // time.Time's String would be promoted
+
+	ownStamp struct{ *time.Time } // a String of its own, beside an embedded time
 )
+
+func (s ownStamp) String() string { return s.UTC().Format(time.RFC3339Nano) }
 
 func (r region) String() string     { return "region-" + strconv.Itoa(int(r)) }
 func (c code) String() string       { return "code " + string(c) }
@@ -127,6 +131,8 @@ func TestKeyErrorsSayWhy(t *testing.T) {
 			`ResourceKey("price:"): the id is float64; want a string, an integer, a time.Time, or a type with a String() string method`},
 		{"promoted time String", decorator.ResourceKey("at:", func(req) stamp { return stamp{time.Now()} }), nil,
 			`ResourceKey("at:"): the id is decorator_test.stamp, which embeds time.Time: its String() may be time.Time's, which includes the monotonic clock reading and the zone, so one instant would give several keys; return the time.Time field instead`},
+		{"time embedded, String of its own", decorator.ResourceKey("at:", func(req) *ownStamp { return &ownStamp{} }), nil,
+			`ResourceKey("at:"): the id is *decorator_test.ownStamp, which embeds time.Time: its String() may be time.Time's, which includes the monotonic clock reading and the zone, so one instant would give several keys; return the time.Time field instead`},
 		{"empty user id", decorator.UserKey(func(r req) string { return r.User }), nil, "UserKey: the id is empty"},
 		{"nil user id function", decorator.UserKey[req, int64](nil), nil, "UserKey: nil id function: pass a func(Req) ID that returns the request's id"},
 		{"no user in ctx", decorator.UserFromContext[req], nil, "UserFromContext: ctx carries no user: put it there with decorator.ContextWithUser"},
