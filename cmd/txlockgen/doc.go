@@ -4,7 +4,8 @@
 // passing the others straight through.
 //
 // In a module of your own, add it as a tool once (go get -tool records it
-// in go.mod, at the version of txlock the module requires):
+// in go.mod; it then runs at the txlock version the module requires, the
+// one the generated code compiles against):
 //
 //	go get -tool github.com/txlock/txlock/cmd/txlockgen
 //
