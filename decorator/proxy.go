@@ -22,11 +22,11 @@ import (
 // name. fn's ctx carries the lock's transaction; see WithLock for the
 // transaction and reentrancy semantics.
 //
-// key is used as given: a key that dblock refuses (the zero key, or one
-// built from an empty id, such as dblock.Resource("order:"+""), which is
-// the valid key "order:") is the caller's to rule out. The zero key fails
-// with an error wrapping dblock.ErrInvalidKey, and fn is not called; so do
-// a nil l or fn.
+// key is used as given. The zero key fails with an error wrapping
+// dblock.ErrInvalidKey, and fn is not called (so does a nil l or fn, with
+// its own error); but a key built from an empty id, such as
+// dblock.Resource("order:"+""), is the valid key "order:": rule empty ids
+// out before the call, as the key helpers and generated proxies do.
 func Call(ctx context.Context, l *dblock.Locker, method string, key dblock.Key, fn func(ctx context.Context) error, opts ...dblock.LockOption) error {
 	if err := checkCall(method, l, fn == nil); err != nil {
 		return err
@@ -71,9 +71,10 @@ func (f *fnFailure) Error() string { return f.err.Error() }
 func (f *fnFailure) Unwrap() error { return f.err }
 
 // run is the one code path of every decorator and proxy: run fn under
-// Locker.Do (which refuses an invalid key before anything else), and keep fn's result only if the run it comes
-// from is the one that committed or whose own error is returned. method,
-// when not empty, prefixes the errors that are not fn's own.
+// Locker.Do (which refuses an invalid key before anything else), and keep
+// fn's result only if the run it comes from is the one that committed or
+// whose own error is returned. method, when not empty, prefixes the errors
+// that are not fn's own.
 func run[R any](ctx context.Context, l *dblock.Locker, method string, key dblock.Key, fn func(ctx context.Context) (R, error), opts []dblock.LockOption) (R, error) {
 	var zero R
 	var (
