@@ -217,84 +217,91 @@ func TestLockErrorsAreDblockSentinels(t *testing.T) {
 	}
 }
 
-func TestEmptyKeyIsInvalid(t *testing.T) {
+// Nil arguments do not panic: every call of the decorated function, and
+// Call and CallResult, return an error that names the decorator (or the
+// method) and what to pass, and nothing runs.
+func TestNilArgumentsFailEachCall(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	called := false
-	body := func(context.Context, req) error { called = true; return nil }
-	cases := map[string]decorator.KeyFunc[req]{
-		"empty resource field": decorator.ResourceKey("order:", func(r req) string { return r.ID }),
-		"empty user field":     decorator.UserKey(func(r req) string { return r.User }),
-		"no user in ctx":       decorator.UserFromContext[req],
-		"compose, one empty": decorator.Compose(decorator.UserFromContext[req],
-			decorator.ResourceKey("order:", func(req) string { return "1" })),
-	}
-	for name, key := range cases {
-		err := decorator.WithLockErr(e.locker, key, body)(context.Background(), req{})
-		if !errors.Is(err, dblock.ErrInvalidKey) {
-			t.Errorf("%s: %v, want ErrInvalidKey", name, err)
-		}
-	}
-	if called {
-		t.Error("fn ran with an empty key")
-	}
-	err := decorator.Call(context.Background(), e.locker, "Svc.M", dblock.Key{}, func(context.Context) error { return nil })
-	if !errors.Is(err, dblock.ErrInvalidKey) || !strings.Contains(err.Error(), "Svc.M") {
-		t.Errorf("Call with the zero key: %v", err)
-	}
-}
-
-func TestKeyHelpers(t *testing.T) {
-	t.Parallel()
-	ctx := decorator.ContextWithUser(context.Background(), "u-7")
-	r := req{ID: "42", User: "u-9"}
-	id := func(r req) string { return r.ID }
+	ctx := context.Background()
+	called := 0
+	body := func(context.Context, req) (int, error) { called++; return 1, nil }
+	bodyErr := func(context.Context, req) error { called++; return nil }
+	job := func(context.Context) error { called++; return nil }
+	run := func(ctx context.Context) error { called++; return nil }
+	key := decorator.ResourceKey("order:", func(r req) string { return r.ID })
+	const (
+		nilLocker = "nil *dblock.Locker: pass the Locker that dblock.New returns"
+		nilKey    = "nil KeyFunc: pass a key helper (ResourceKey, UserKey, MethodKey, ...) or a func(context.Context, Req) dblock.Key"
+		nilFn     = "nil fn: pass the function to run under the lock"
+	)
 	for _, c := range []struct {
-		name string
-		key  decorator.KeyFunc[req]
-		want dblock.Key
+		name, want string
+		call       func() error
 	}{
-		{"method", decorator.MethodKey[req]("Orders.Refund"), dblock.Method("Orders.Refund")},
-		{"operation", decorator.OperationKey[req]("refund"), dblock.Operation("refund")},
-		{"global", decorator.GlobalKey[req], dblock.Global()},
-		{"fixed", decorator.Fixed[req](dblock.User("x")), dblock.User("x")},
-		{"resource", decorator.ResourceKey("order:", id), dblock.Resource("order:42")},
-		{"user from request", decorator.UserKey(func(r req) string { return r.User }), dblock.User("u-9")},
-		{"user from ctx", decorator.UserFromContext[req], dblock.User("u-7")},
-		{"user + resource", decorator.Compose(decorator.UserFromContext, decorator.ResourceKey("order:", id)),
-			dblock.Key{User: "u-7", Resource: "order:42"}},
-		{"same field twice, same value", decorator.Compose(decorator.MethodKey[req]("M"), decorator.MethodKey[req]("M")), dblock.Method("M")},
-		{"same field twice, conflict", decorator.Compose(decorator.MethodKey[req]("M"), decorator.MethodKey[req]("N")), dblock.Key{}},
+		{"WithLock, nil locker", "decorator.WithLock: " + nilLocker, func() error {
+			n, err := decorator.WithLock(nil, key, body)(ctx, req{ID: "1"})
+			if n != 0 {
+				t.Errorf("result %d beside the error", n)
+			}
+			return err
+		}},
+		{"WithLock, nil key", "decorator.WithLock: " + nilKey, func() error {
+			_, err := decorator.WithLock(e.locker, nil, body)(ctx, req{ID: "1"})
+			return err
+		}},
+		{"WithLock, nil fn", "decorator.WithLock: " + nilFn, func() error {
+			_, err := decorator.WithLock[req, int](e.locker, key, nil)(ctx, req{ID: "1"})
+			return err
+		}},
+		{"WithLockErr, nil locker", "decorator.WithLockErr: " + nilLocker, func() error {
+			return decorator.WithLockErr(nil, key, bodyErr)(ctx, req{ID: "1"})
+		}},
+		{"WithLockErr, nil key", "decorator.WithLockErr: " + nilKey, func() error {
+			return decorator.WithLockErr(e.locker, nil, bodyErr)(ctx, req{ID: "1"})
+		}},
+		{"WithLockErr, nil fn", "decorator.WithLockErr: " + nilFn, func() error {
+			return decorator.WithLockErr[req](e.locker, key, nil)(ctx, req{ID: "1"})
+		}},
+		{"WithLock0, nil locker", "decorator.WithLock0: " + nilLocker, func() error {
+			return decorator.WithLock0(nil, decorator.GlobalKey, job)(ctx)
+		}},
+		{"WithLock0, nil key", "decorator.WithLock0: " + nilKey, func() error {
+			return decorator.WithLock0(e.locker, nil, job)(ctx)
+		}},
+		{"WithLock0, nil fn", "decorator.WithLock0: " + nilFn, func() error {
+			return decorator.WithLock0(e.locker, decorator.GlobalKey, nil)(ctx)
+		}},
+		{"Call, nil locker", "Svc.M: " + nilLocker, func() error {
+			return decorator.Call(ctx, nil, "Svc.M", dblock.Resource("order:1"), run)
+		}},
+		{"Call, nil fn", "Svc.M: " + nilFn, func() error {
+			return decorator.Call(ctx, e.locker, "Svc.M", dblock.Resource("order:1"), nil)
+		}},
+		{"CallResult, nil locker", "Svc.N: " + nilLocker, func() error {
+			n, err := decorator.CallResult(ctx, nil, "Svc.N", dblock.Resource("order:1"), func(context.Context) (int, error) { called++; return 1, nil })
+			if n != 0 {
+				t.Errorf("result %d beside the error", n)
+			}
+			return err
+		}},
+		{"CallResult, nil fn", "Svc.N: " + nilFn, func() error {
+			_, err := decorator.CallResult[int](ctx, e.locker, "Svc.N", dblock.Resource("order:1"), nil)
+			return err
+		}},
 	} {
-		if got := c.key(ctx, r); got != c.want {
-			t.Errorf("%s: got %s, want %s", c.name, got, c.want)
+		for range 2 { // every call, not only the first
+			err := c.call()
+			if err == nil || err.Error() != c.want {
+				t.Errorf("%s: %v, want %q", c.name, err, c.want)
+			}
 		}
 	}
-	if got := decorator.UserFromContext(context.Background(), r); !got.IsZero() {
-		t.Errorf("UserFromContext without a user: %s", got)
+	if called != 0 {
+		t.Errorf("a function ran %d times despite a nil argument", called)
 	}
-	if u, ok := decorator.UserFrom(decorator.ContextWithUser(context.Background(), "")); ok {
-		t.Errorf("UserFrom of an empty id: %q, true", u)
-	}
-}
-
-func TestNilArgumentsPanicAtDecoration(t *testing.T) {
-	t.Parallel()
-	for name, f := range map[string]func(){
-		"nil locker": func() { decorator.WithLock0(nil, decorator.GlobalKey, func(context.Context) error { return nil }) },
-		"nil key": func() {
-			decorator.WithLockErr[req](&dblock.Locker{}, nil, func(context.Context, req) error { return nil })
-		},
-		"nil fn": func() { decorator.WithLock[req, int](&dblock.Locker{}, decorator.GlobalKey, nil) },
-	} {
-		func() {
-			defer func() {
-				if recover() == nil {
-					t.Errorf("%s: no panic", name)
-				}
-			}()
-			f()
-		}()
+	if e.heldElsewhere(t, dblock.Resource("order:1")) {
+		t.Error("a key is held after the failed calls")
 	}
 }
 

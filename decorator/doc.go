@@ -10,7 +10,7 @@
 // that holds a lock for each call:
 //
 //	refund := decorator.WithLock(locker,
-//		decorator.ResourceKey("order:", func(r RefundRequest) string { return r.OrderID }),
+//		decorator.ResourceKey("order:", func(r RefundRequest) int64 { return r.OrderID }),
 //		orders.Refund,
 //		dblock.WaitTimeout(2*time.Second))
 //
@@ -30,19 +30,50 @@
 // dblock.ErrLockLost, dblock.ErrInvalidKey, ...); the service's own errors
 // are returned unchanged, with its results. On an error of the lock or of
 // the commit the results are zero: never those of a run that dblock.Retry
-// rolled back before the attempt that failed. There is no reflection at call time: a decorated call costs
-// a closure call over [dblock.Locker.Do].
+// rolled back before the attempt that failed.
+//
+// Nothing in this package panics on bad input: a nil Locker, key function
+// or fn given to a decorator, Call or CallResult, and a key helper given
+// nil, make every call return an error that names the function and what to
+// pass.
 //
 // # Keys
 //
 // A [KeyFunc] computes a call's key from its context and request. There is
 // a helper per granularity: [MethodKey] and [OperationKey] (fixed names),
-// [ResourceKey] (a business object named by a request field), [UserKey]
+// [ResourceKey] (a business object named by an id of the request), [UserKey]
 // (a user id in the request), [UserFromContext] (the user that
 // [ContextWithUser] put in the context), [GlobalKey], and [Compose] to
-// combine them, e.g. user + resource. A KeyFunc that cannot compute its key
-// (an empty field, no user) returns the zero key and the call fails with
-// dblock.ErrInvalidKey rather than take a different lock than intended.
+// combine them, e.g. user + resource. ResourceKey and UserKey take an id of
+// any type that cmd/txlockgen takes in a placeholder, turned into text by
+// the same rules (an integer in decimal, a time.Time as its instant in UTC,
+// ...): ResourceKey("order:", func(r Req) int64 { return r.OrderID }). A
+// KeyFunc that cannot compute its key (an empty id, no user) returns the
+// zero key and the call fails with dblock.ErrInvalidKey rather than take a
+// different lock than intended; the error says which helper and why
+// ("decorator.WithLock: dblock: invalid key: ResourceKey("order:"): the id
+// is empty").
+//
+// The helpers read an id's type once, when they are built; a call then
+// converts the id (tens of nanoseconds) and costs a closure call over
+// [dblock.Locker.Do].
+//
+// # Several parameters
+//
+// The decorators take the three shapes above. A function of another
+// shape, several parameters for instance, needs no adapter struct: lock it
+// with [Call] or [CallResult], whose fn is a closure over the arguments,
+// and compute the key from them:
+//
+//	transfer := func(ctx context.Context, from, to, amount int64) (int64, error) {
+//		return decorator.CallResult(ctx, locker, "Accounts.Transfer",
+//			dblock.Resource("account:"+strconv.FormatInt(from, 10)),
+//			func(ctx context.Context) (int64, error) { return accounts.Transfer(ctx, from, to, amount) })
+//	}
+//
+// A key built by hand is used as given: rule out empty string ids before
+// the call (dblock.Resource("account:"+"") is the valid key "account:"). A
+// generated proxy (below) does that for methods of every shape.
 //
 // # Proxies
 //
@@ -54,12 +85,12 @@
 //	type OrderService interface {
 //		//txlock:lock resource=order:{OrderID} wait=2s
 //		Refund(ctx context.Context, req RefundRequest) (Refund, error)
-//		Get(ctx context.Context, id string) (Order, error) // not locked: passed through
+//		Get(ctx context.Context, id int64) (Order, error) // not locked: passed through
 //	}
 //
-// Generated code calls [Call] and [CallResult]. Without code generation, write the proxy by
-// hand: a struct that embeds the interface (the methods it does not
-// override pass through) and overrides the methods to lock:
+// Generated code calls [Call] and [CallResult]. Without code generation,
+// write the proxy by hand: a struct that embeds the interface (the methods
+// it does not override pass through) and overrides the methods to lock:
 //
 //	type lockedOrders struct {
 //		OrderService // the implementation
@@ -67,7 +98,8 @@
 //	}
 //
 //	func (p lockedOrders) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
-//		return decorator.CallResult(ctx, p.locker, "OrderService.Refund", dblock.Resource("order:"+req.OrderID),
+//		return decorator.CallResult(ctx, p.locker, "OrderService.Refund",
+//			dblock.Resource("order:"+strconv.FormatInt(req.OrderID, 10)),
 //			func(ctx context.Context) (Refund, error) { return p.OrderService.Refund(ctx, req) },
 //			dblock.WaitTimeout(2*time.Second))
 //	}

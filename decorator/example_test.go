@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"strconv"
 	"time"
 
 	"gorm.io/driver/mysql"
@@ -168,3 +169,64 @@ func Example_staticProxy() {
 type orderService struct{ *Orders }
 
 func (orderService) Status(context.Context, string) (string, error) { return "paid", nil }
+
+// Accounts is a service whose methods take several parameters.
+type Accounts struct{ db *gorm.DB }
+
+// Transfer moves amount from one account to another and returns the
+// balance left on from.
+func (a *Accounts) Transfer(ctx context.Context, from, to, amount int64) (int64, error) {
+	db := dblock.DB(ctx, a.db)
+	if err := db.Exec("UPDATE accounts SET balance = balance - ? WHERE id = ?", amount, from).Error; err != nil {
+		return 0, err
+	}
+	if err := db.Exec("UPDATE accounts SET balance = balance + ? WHERE id = ?", amount, to).Error; err != nil {
+		return 0, err
+	}
+	var left int64
+	return left, db.Raw("SELECT balance FROM accounts WHERE id = ?", from).Scan(&left).Error
+}
+
+// Close closes an account of a user.
+func (a *Accounts) Close(ctx context.Context, userID, accountID string) error {
+	return dblock.DB(ctx, a.db).Exec("UPDATE accounts SET closed = 1 WHERE id = ? AND owner = ?", accountID, userID).Error
+}
+
+// A function of several parameters, locked by hand: no adapter struct,
+// CallResult runs a closure over the arguments, and the key is computed
+// from them with dblock's constructors. An integer id is written in
+// decimal, as ResourceKey and cmd/txlockgen write it.
+func ExampleCallResult() {
+	db, locker := openLocker()
+	accounts := &Accounts{db: db}
+
+	transfer := func(ctx context.Context, from, to, amount int64) (int64, error) {
+		return decorator.CallResult(ctx, locker, "Accounts.Transfer",
+			dblock.Resource("account:"+strconv.FormatInt(from, 10)),
+			func(ctx context.Context) (int64, error) { return accounts.Transfer(ctx, from, to, amount) },
+			dblock.WaitTimeout(2*time.Second))
+	}
+
+	left, err := transfer(context.Background(), 1, 2, 500)
+	fmt.Println(left, err)
+}
+
+// Call is CallResult for a function that returns only an error. A key
+// built by hand is used as given: rule out empty ids first, or
+// dblock.Resource("account:"+"") would lock "account:", one key for every
+// call without an id.
+func ExampleCall() {
+	db, locker := openLocker()
+	accounts := &Accounts{db: db}
+
+	closeAccount := func(ctx context.Context, userID, accountID string) error {
+		if userID == "" || accountID == "" {
+			return fmt.Errorf("Accounts.Close: %w: want a user and an account id", dblock.ErrInvalidKey)
+		}
+		return decorator.Call(ctx, locker, "Accounts.Close",
+			dblock.Key{User: userID, Resource: "account:" + accountID},
+			func(ctx context.Context) error { return accounts.Close(ctx, userID, accountID) })
+	}
+
+	fmt.Println(closeAccount(context.Background(), "u-7", "a-1"))
+}

@@ -11,19 +11,22 @@ import (
 )
 
 // Call runs fn holding key: the runtime part of the proxies that
-// cmd/txlockgen generates, usable by hand-written proxies too. method
-// names the call ("OrderService.Refund"): errors of the lock and of the
-// commit start with it ("OrderService.Refund: dblock: lock not acquired:
-// ..."), and still match dblock's sentinels with errors.Is. fn's own
-// errors are returned unchanged, except a server outcome that dblock
-// classifies (a deadlock fn ran into: dblock.ErrDeadlock), which comes
-// wrapped, after the method's name. fn's ctx carries the lock's
-// transaction; see WithLock for the transaction and reentrancy semantics.
+// cmd/txlockgen generates, and the way to lock a function or method of
+// any shape by hand (several parameters, no request): fn is a closure over
+// the call's arguments. method names the call ("OrderService.Refund"):
+// errors of the lock and of the commit start with it
+// ("OrderService.Refund: dblock: lock not acquired: ..."), and still match
+// dblock's sentinels with errors.Is. fn's own errors are returned
+// unchanged, except a server outcome that dblock classifies (a deadlock fn
+// ran into: dblock.ErrDeadlock), which comes wrapped, after the method's
+// name. fn's ctx carries the lock's transaction; see WithLock for the
+// transaction and reentrancy semantics.
 //
-// A zero key, which the generated key code returns when a request field
-// it is computed from is empty or behind a nil pointer, or when ctx
-// carries no user, fails with an error wrapping dblock.ErrInvalidKey, and
-// fn is not called.
+// key is used as given. The zero key fails with an error wrapping
+// dblock.ErrInvalidKey, and fn is not called (so does a nil l or fn, with
+// its own error); but a key built from an empty id, such as
+// dblock.Resource("order:"+""), is the valid key "order:": rule empty ids
+// out before the call, as the key helpers and generated proxies do.
 func Call(ctx context.Context, l *dblock.Locker, method string, key dblock.Key, fn func(ctx context.Context) error, opts ...dblock.LockOption) error {
 	if err := checkCall(method, l, fn == nil); err != nil {
 		return err
@@ -31,7 +34,7 @@ func Call(ctx context.Context, l *dblock.Locker, method string, key dblock.Key, 
 	return runErr(ctx, l, method, key, fn, opts)
 }
 
-// CallResult is Call for a method with results: fn returns them beside
+// CallResult is Call for a function with results: fn returns them beside
 // its error (several results in a struct). It returns fn's result when
 // the call committed, or beside fn's own error. On an error of the lock
 // or of the commit it returns the zero R, also when an earlier run of fn
@@ -50,9 +53,9 @@ func CallResult[R any](ctx context.Context, l *dblock.Locker, method string, key
 func checkCall(method string, l *dblock.Locker, nilFn bool) error {
 	switch {
 	case l == nil:
-		return fmt.Errorf("decorator: %s: nil *dblock.Locker", method)
+		return named(method, errNilLocker)
 	case nilFn:
-		return fmt.Errorf("decorator: %s: nil fn", method)
+		return named(method, errors.New("nil fn: pass the function to run under the lock"))
 	}
 	return nil
 }
@@ -67,15 +70,13 @@ type fnFailure struct{ err error }
 func (f *fnFailure) Error() string { return f.err.Error() }
 func (f *fnFailure) Unwrap() error { return f.err }
 
-// run is the one code path of every decorator and proxy: check the key,
-// run fn under Locker.Do, and keep fn's result only if the run it comes
-// from is the one that committed or whose own error is returned. method,
-// when not empty, prefixes the errors that are not fn's own.
+// run is the one code path of every decorator and proxy: run fn under
+// Locker.Do (which refuses an invalid key before anything else), and keep
+// fn's result only if the run it comes from is the one that committed or
+// whose own error is returned. method, when not empty, prefixes the errors
+// that are not fn's own.
 func run[R any](ctx context.Context, l *dblock.Locker, method string, key dblock.Key, fn func(ctx context.Context) (R, error), opts []dblock.LockOption) (R, error) {
 	var zero R
-	if key.IsZero() {
-		return zero, emptyKeyError(method)
-	}
 	var (
 		res  R
 		last *fnFailure // the error of fn's latest run, nil if it succeeded
@@ -107,21 +108,10 @@ func runErr(ctx context.Context, l *dblock.Locker, method string, key dblock.Key
 	return err
 }
 
-// named prefixes err with the method it concerns, if any.
+// named prefixes err with the method (or decorator) it concerns, if any.
 func named(method string, err error) error {
 	if method == "" {
 		return err
 	}
 	return fmt.Errorf("%s: %w", method, err)
-}
-
-// emptyKeyError says why a computed key can be empty.
-func emptyKeyError(method string) error {
-	prefix := "decorator: "
-	if method != "" {
-		prefix = method + ": "
-	}
-	return fmt.Errorf("%s%w: the key computed for the call is empty "+
-		"(a request field it comes from is empty or behind a nil pointer, "+
-		"or the context carries no user, or composed parts conflict)", prefix, dblock.ErrInvalidKey)
 }

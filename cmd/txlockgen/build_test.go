@@ -41,7 +41,7 @@ func TestGeneratedCodeBuilds(t *testing.T) {
 		{"follow", "Redeclared", []string{"Run"}},
 		{"follow", "GroupA", []string{"A"}},
 		{"follow", "GroupB", []string{"B"}},
-		{"names", "Service", []string{"Named", "Refund", "Report", "Results", "Three", "Unnamed", "Variadic", "Zero"}},
+		{"names", "Service", []string{"Kinds", "Named", "Refund", "Report", "Results", "Three", "Unnamed", "Variadic", "Zero"}},
 		{"imports", "Service", []string{"At", "Keyed", "Run"}},
 	}
 	tmp := t.TempDir()

@@ -3,12 +3,17 @@
 // holding a txlock lock around the methods marked with a directive and
 // passing the others straight through.
 //
-// Run it with go:generate next to the interface:
+// In a module of your own, add it as a tool once (go get -tool records it
+// in go.mod; it then runs at the txlock version the module requires, the
+// one the generated code compiles against):
 //
-//	//go:generate go run github.com/txlock/txlock/cmd/txlockgen -type OrderService
+//	go get -tool github.com/txlock/txlock/cmd/txlockgen
 //
-// (or `go tool txlockgen` with a tool directive in go.mod). For an
-// interface OrderService it writes orderservice_txlock.go with:
+// and run it with go:generate next to the interface:
+//
+//	//go:generate go tool txlockgen -type OrderService
+//
+// For an interface OrderService it writes orderservice_txlock.go with:
 //
 //	type LockedOrderServiceInner interface{ OrderService }  // what the proxy wraps
 //	type LockedOrderService struct{ ... }                   // implements OrderService
@@ -17,7 +22,11 @@
 // LockedOrderServiceInner is a distinct type so that a dependency injector
 // (google/wire) can bind OrderService to *LockedOrderService and
 // LockedOrderServiceInner to the implementation without a cycle. Any
-// OrderService implementation is a LockedOrderServiceInner.
+// OrderService implementation is a LockedOrderServiceInner. The
+// constructor does not panic: given a nil inner (or locker), the proxy's
+// methods that return an error say so at each call ("OrderService.Refund:
+// no implementation: NewLockedOrderService was given a nil inner; ...");
+// a method that returns no error cannot, and calls the nil inner.
 //
 // A locked method holds its key for the call and runs the implementation
 // inside the lock's transaction, carried by its ctx (see package
@@ -86,14 +95,20 @@
 //	nowait             dblock.NoWait: fail at once when the key is held
 //
 // A locked method must take a context.Context first and return an error
-// last. A key computed at call time from an empty string, a nil pointer
-// on the path, a zero time.Time, or a ctx without a user is the zero key:
-// the call fails with an error wrapping dblock.ErrInvalidKey and the
-// implementation is not called. Key text cannot contain '=': it is the
+// last. A key that cannot be computed at call time, from an empty string,
+// a nil pointer on the path, a zero time.Time, an empty String(), a ctx
+// without a user, or a key function that returns the zero key, fails the
+// call with an error wrapping dblock.ErrInvalidKey that names the method,
+// the term and the value ("OrderService.Refund: dblock: invalid key:
+// resource: req.OrderID is empty"), and the implementation is not called.
+// Key text cannot contain '=': it is the
 // mark of a missing space ("resource=order:{OrderID}wait=2s"), and fails
 // the generation.
 //
 // # What a placeholder locks on
+//
+// decorator.ResourceKey and decorator.UserKey turn an id into text by the
+// same rules, at run time (a test runs both on the same values):
 //
 //   - a string type: its bytes, even when the type has a String method;
 //   - an integer type: its number in decimal ("42"), even when the type has
@@ -104,8 +119,10 @@
 //     nanoseconds and trailing zeros dropped ("2024-02-29T08:30:00.5Z"), so
 //     one instant gives one key whatever its zone or monotonic reading;
 //   - any other type with a String() string method: what String returns,
-//     except a String promoted from an embedded time.Time, which is refused
-//     (name the time.Time field instead).
+//     except for a type that embeds a time.Time (directly or through
+//     embedded structs), which is refused: its String may be time.Time's,
+//     promoted, and the runtime cannot tell (name the time.Time field
+//     instead).
 //
 // # Embedded and defined interfaces
 //
@@ -146,11 +163,11 @@
 // Receipt in a method returning Receipt, one named like its key function),
 // an import, a predeclared identifier or a local of the generated method;
 // it is then renamed aN (with underscores when needed), and the locals
-// (p, ctx, res, err) take an underscore when the package declares their
-// names. The imports are renamed (dblock2, decorator2, ...) when the
-// package declares their names at package level. A package that declares
-// one of the predeclared identifiers the generated code uses (error, nil,
-// panic, string, int64, uint64, true) is refused.
+// (p, ctx, res, err, key) take an underscore when the package declares
+// their names. The imports are renamed (dblock2, decorator2, fmt2, ...)
+// when the package declares their names at package level. A package that
+// declares one of the predeclared identifiers the generated code uses
+// (error, false, nil, string, int64, uint64, true) is refused.
 //
 // # Output
 //

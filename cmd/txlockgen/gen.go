@@ -249,7 +249,7 @@ func (g *generator) prepare(m *method) {
 		g.errAt(pos, "%s is locked but does not take a context.Context first: the lock's transaction travels in ctx", m.name)
 		return
 	}
-	if n := sig.Results().Len(); n == 0 || !types.Identical(sig.Results().At(n-1).Type(), types.Universe.Lookup("error").Type()) {
+	if !returnsError(sig) {
 		g.errAt(pos, "%s is locked but does not return an error last: a lock that is not acquired has to be reported", m.name)
 		return
 	}

@@ -162,7 +162,8 @@ func TestBadDirectives(t *testing.T) {
 		{typ: "MissingSpaceOperation", at: "refundwait", want: "a space is missing before wait=: write operation=refund wait=1s"},
 		{typ: "EqualsInKey", at: "resource=a=b", want: "'=' cannot be part of a key"},
 		// time.Time's String, promoted, is refused.
-		{typ: "TimeStringer", at: "{At}", want: "r.At is Stamp, whose String() is time.Time's"},
+		{typ: "TimeStringer", at: "{At}", want: "r.At is Stamp, which embeds time.Time: its String() may be time.Time's"},
+		{typ: "OwnTimeStringer", at: "{At}", want: "r.At is *OwnStamp, which embeds time.Time: its String() may be time.Time's"},
 		// Embedded and defined interfaces are followed.
 		{typ: "Duplicate", in: "dupA", at: "//txlock:lock global", want: "M is declared in dupA (testdata/bad/bad.go:"},
 		{typ: "EmbeddedBadDirective", in: "badBase", at: "tenant=ID", want: `unknown term "tenant"`},
@@ -197,9 +198,9 @@ func TestBadDirectives(t *testing.T) {
 func TestPredeclaredRedeclaredIsRefused(t *testing.T) {
 	t.Parallel()
 	_, _, err := generate(config{dir: filepath.Join("testdata", "shadow"), typeName: "Service"})
-	want := "testdata/shadow/shadow.go:7:6: package shadow declares panic"
+	want := "testdata/shadow/shadow.go:7:7: package shadow declares true"
 	if err == nil || !strings.HasPrefix(filepath.ToSlash(err.Error()), want) {
-		t.Errorf("generating with a package-level panic: %v, want %s...", err, want)
+		t.Errorf("generating with a package-level true: %v, want %s...", err, want)
 	}
 }
 

@@ -23,6 +23,8 @@ var fixedImports = [...][2]string{
 	{"context", "context"},
 	{dblockPath, "dblock"},
 	{decoratorPath, "decorator"},
+	{"errors", "errors"},
+	{"fmt", "fmt"},
 	{"strconv", "strconv"},
 	{"time", "time"},
 }

@@ -7,10 +7,12 @@ import (
 	"strings"
 )
 
-// A keyPlan is the body of a locked method's key method.
+// A keyPlan is the body of a locked method's key method, which returns
+// the key, or the error that says which value it cannot be computed from.
 type keyPlan struct {
 	stmts []string // statements before the return
 	ret   string   // the returned dblock.Key expression
+	fails bool     // whether a statement returns an error
 }
 
 // planKey computes how the key of the locked method m is built, recording
@@ -43,7 +45,8 @@ func (g *generator) planKey(m *method) *keyPlan {
 	switch {
 	case s.userCtx:
 		v := b.newVar()
-		kp.stmts = append(kp.stmts, fmt.Sprintf("%s, _ := %s.UserFrom(%s)", v, g.ref(decoratorPath), m.params[0].name), b.emptyCheck(v))
+		kp.stmts = append(kp.stmts, fmt.Sprintf("%s, _ := %s.UserFrom(%s)", v, g.ref(decoratorPath), m.params[0].name),
+			b.failIf(v+` == ""`, "user: ctx carries no user: put it there with decorator.ContextWithUser"))
 		fields = append(fields, "User: "+v)
 	case s.user != nil:
 		v, ok := b.template("user", s.user)
@@ -104,7 +107,13 @@ func (g *generator) planKeyFunc(m *method) *keyPlan {
 	if m.sig.Variadic() {
 		call += "..."
 	}
-	return &keyPlan{ret: call + ")"}
+	b := &keyBuilder{g: g, m: m}
+	v := b.newVar()
+	return &keyPlan{
+		stmts: []string{v + " := " + call + ")", b.failIf(v+".IsZero()", s.keyFunc+" returned the zero dblock.Key")},
+		ret:   v,
+		fails: true,
+	}
 }
 
 // wantKeySig renders the signature a key function of m must have.
@@ -133,7 +142,12 @@ type keyBuilder struct {
 	kp      *keyPlan
 	n       int
 	guarded map[string]bool
+	term    string // the key term being built, for messages: resource, user
 }
+
+// A guard is a value on a path that must not be nil: cond is the Go test,
+// where the value as the directive's author knows it ("req.From").
+type guard struct{ cond, where string }
 
 func (b *keyBuilder) newVar() string {
 	v := fmt.Sprintf("v%d", b.n)
@@ -156,17 +170,23 @@ func (b *keyBuilder) clashes(name string) bool {
 	return false
 }
 
-// zeroIf returns the statement that returns the zero key when cond
-// holds.
-func (b *keyBuilder) zeroIf(cond string) string {
-	return fmt.Sprintf("if %s {\nreturn %s.Key{}\n}", cond, b.g.ref(dblockPath))
+// failIf returns the statement that, when cond holds, returns the zero
+// key and an error wrapping dblock.ErrInvalidKey that says why, after the
+// method's name: "Service.Refund: dblock: invalid key: resource:
+// req.OrderID is empty". why is made of identifiers and plain words.
+func (b *keyBuilder) failIf(cond, why string) string {
+	if b.kp != nil {
+		b.kp.fails = true
+	}
+	format := strconv.Quote(b.g.iface + "." + b.m.name + ": %w: " + why)
+	dblock := b.g.ref(dblockPath)
+	return fmt.Sprintf("if %s {\nreturn %s.Key{}, %s.Errorf(%s, %s.ErrInvalidKey)\n}", cond, dblock, b.g.ref("fmt"), format, dblock)
 }
-
-func (b *keyBuilder) emptyCheck(v string) string { return b.zeroIf(v + ` == ""`) }
 
 // template emits the values of t's placeholders and returns the
 // expression that concatenates them with its literal text.
 func (b *keyBuilder) template(term string, t *template) (string, bool) {
+	b.term = term
 	var parts []string
 	for _, p := range t.parts {
 		if p.path == nil {
@@ -207,12 +227,13 @@ func (b *keyBuilder) path(path []string) (string, error) {
 	if desc == "" || desc == "_" {
 		desc = fmt.Sprintf("parameter %d", start)
 	}
+	where := desc // expr as the directive's author knows it, with the embedded fields walked
 	t := m.params[start].t
 	addressable := true
-	var guards []string
-	guard := func() {
+	var guards []guard
+	guardNil := func() {
 		if isNillable(t) && !b.guarded[expr] {
-			guards = append(guards, expr+" == nil")
+			guards = append(guards, guard{expr + " == nil", where})
 			b.guarded[expr] = true
 		}
 	}
@@ -224,7 +245,7 @@ func (b *keyBuilder) path(path []string) (string, error) {
 			}
 			return "", fmt.Errorf("%s (%s) has no field or method %s", desc, b.g.typeString(t), seg)
 		}
-		guard()
+		guardNil()
 		// Walk embedded fields explicitly, to guard embedded pointers.
 		cur := t
 		for _, idx := range index[:len(index)-1] {
@@ -233,38 +254,45 @@ func (b *keyBuilder) path(path []string) (string, error) {
 				break
 			}
 			f := st.Field(idx)
-			expr, cur = expr+"."+f.Name(), f.Type()
+			expr, where, cur = expr+"."+f.Name(), where+"."+f.Name(), f.Type()
 			t = cur
-			guard()
+			guardNil()
 		}
 		desc += "." + seg
 		switch o := obj.(type) {
 		case *types.Var:
 			_, viaPtr := cur.Underlying().(*types.Pointer)
-			expr, t, addressable = expr+"."+seg, o.Type(), addressable || viaPtr
+			expr, where, t, addressable = expr+"."+seg, where+"."+seg, o.Type(), addressable || viaPtr
 		case *types.Func:
 			sig := o.Type().(*types.Signature)
 			if sig.Params().Len() != 0 || sig.Results().Len() != 1 {
 				return "", fmt.Errorf("%s is a method with parameters or not exactly one result; want a field or a method without arguments returning one value", desc)
 			}
-			expr, t, addressable = expr+"."+seg+"()", sig.Results().At(0).Type(), false
+			expr, where, t, addressable = expr+"."+seg+"()", where+"."+seg+"()", sig.Results().At(0).Type(), false
 		}
 	}
-	return b.stringValue(expr, desc, t, guards)
+	return b.stringValue(expr, desc, where, t, guards)
 }
 
 // stringValue emits the guards and the conversion of expr (of type t) to a
-// string and returns the variable that holds it. What a value locks on:
+// string and returns the variable that holds it; desc names expr in
+// generation errors, where in the errors of the generated code. What a
+// value locks on (package decorator applies the same rules at run time,
+// to the ids of ResourceKey and UserKey):
 //
-//   - a string type: its bytes (a String method is not called);
+//   - a string type: its bytes (a String method is not called); empty is
+//     no key;
 //   - an integer type: its number in decimal, even when it has a String
 //     method (the number does not change when a name does);
 //   - time.Time or *time.Time: the instant in UTC, RFC 3339 with
-//     nanoseconds, without monotonic reading or zone (the zero time is an
-//     empty value);
-//   - another type with a String() string method: what it returns, unless
-//     that is time.Time's String, promoted from an embedded field.
-func (b *keyBuilder) stringValue(expr, desc string, t types.Type, guards []string) (string, error) {
+//     nanoseconds, without monotonic reading or zone; the zero time is no
+//     key;
+//   - another type with a String() string method: what it returns (empty
+//     is no key), unless the type embeds a time.Time, whose String could
+//     be the one promoted.
+//
+// A nil pointer or interface on the way is no key either.
+func (b *keyBuilder) stringValue(expr, desc, where string, t types.Type, guards []guard) (string, error) {
 	var stmts []string
 	conv, isString := "", false
 	switch u := t.Underlying().(type) {
@@ -281,38 +309,38 @@ func (b *keyBuilder) stringValue(expr, desc string, t types.Type, guards []strin
 			conv = b.g.ref("strconv") + ".FormatInt(" + convert("int64", t, expr) + ", 10)"
 		}
 	}
+	empty := "is empty"
 	switch {
 	case conv != "":
 	case isTime(t):
 		if isNillable(t) && !b.guarded[expr] {
-			guards = append(guards, expr+" == nil")
+			guards = append(guards, guard{expr + " == nil", where})
 			b.guarded[expr] = true
 		}
 		tv := b.newVar()
-		stmts = append(stmts, tv+" := "+expr, b.zeroIf(tv+".IsZero()"))
+		stmts = append(stmts, tv+" := "+expr, b.failIf(tv+".IsZero()", b.term+": "+where+" is the zero time.Time"))
 		conv = tv + ".UTC().Format(" + b.g.ref("time") + ".RFC3339Nano)"
 	default:
-		fn := stringMethod(t, b.g.pkg.Types)
-		if fn == nil {
+		if stringMethod(t, b.g.pkg.Types) == nil {
 			return "", fmt.Errorf("%s is %s; want a string, an integer, a time.Time, or a type with a String() string method", desc, b.g.typeString(t))
 		}
-		if isTime(recvType(fn)) {
-			return "", fmt.Errorf("%s is %s, whose String() is time.Time's, promoted from an embedded field: it includes the monotonic clock reading and the zone, so one instant would give several keys; name the time.Time field instead ({%s.Time})", desc, b.g.typeString(t), desc)
+		if embedsTime(t) {
+			return "", fmt.Errorf("%s is %s, which embeds time.Time: its String() may be time.Time's, which includes the monotonic clock reading and the zone, so one instant would give several keys; name the time.Time field instead ({%s.Time})", desc, b.g.typeString(t), desc)
 		}
 		if isNillable(t) && !b.guarded[expr] {
-			guards = append(guards, expr+" == nil")
+			guards = append(guards, guard{expr + " == nil", where})
 			b.guarded[expr] = true
 		}
-		conv, isString = expr+".String()", true
+		conv, isString, empty = expr+".String()", true, "has an empty String()"
 	}
-	if len(guards) > 0 {
-		b.kp.stmts = append(b.kp.stmts, b.zeroIf(strings.Join(guards, " || ")))
+	for _, g := range guards {
+		b.kp.stmts = append(b.kp.stmts, b.failIf(g.cond, b.term+": "+g.where+" is nil"))
 	}
 	b.kp.stmts = append(b.kp.stmts, stmts...)
 	v := b.newVar()
 	b.kp.stmts = append(b.kp.stmts, v+" := "+conv)
 	if isString {
-		b.kp.stmts = append(b.kp.stmts, b.emptyCheck(v))
+		b.kp.stmts = append(b.kp.stmts, b.failIf(v+` == ""`, b.term+": "+where+" "+empty))
 	}
 	return v, nil
 }
@@ -331,9 +359,28 @@ func stringMethod(t types.Type, pkg *types.Package) *types.Func {
 	return fn
 }
 
-// recvType returns the receiver type of the method fn.
-func recvType(fn *types.Func) types.Type {
-	return fn.Type().(*types.Signature).Recv().Type()
+// embedsTime reports whether t, or the struct t points to, embeds a
+// time.Time or *time.Time, directly or through embedded structs. Which
+// String such a type has cannot be told at run time (reflect does not
+// say whether a method is declared or promoted), so package decorator
+// refuses it, and so does the generator, for one rule in both.
+func embedsTime(t types.Type) bool {
+	seen := map[string]bool{}
+	var walk func(types.Type) bool
+	walk = func(t types.Type) bool {
+		st, ok := derefStruct(t)
+		if !ok || seen[types.TypeString(t, nil)] {
+			return false
+		}
+		seen[types.TypeString(t, nil)] = true
+		for f := range st.Fields() {
+			if f.Embedded() && (isTime(f.Type()) || walk(f.Type())) {
+				return true
+			}
+		}
+		return false
+	}
+	return walk(t)
 }
 
 // isTime reports whether t is time.Time or *time.Time.

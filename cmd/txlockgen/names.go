@@ -18,12 +18,13 @@ type locals struct {
 	recv string // the proxy's receiver
 	ctx  string // the context parameter, and the closure's
 	res  string // the results of a method with several, and the closure's
-	err  string // the error beside them
+	err  string // the error beside them, and the key method's
+	key  string // the lock key
 }
 
 // predeclaredUsed are the predeclared identifiers generated code refers
 // to: a package that declares one of them cannot have a proxy.
-var predeclaredUsed = [...]string{"error", "int64", "nil", "panic", "string", "true", "uint64"}
+var predeclaredUsed = [...]string{"error", "false", "int64", "nil", "string", "true", "uint64"}
 
 // checkNames reports names the generated code would declare that the
 // package or the interface already uses, and predeclared identifiers the
@@ -84,7 +85,7 @@ func (g *generator) free(name string, used map[string]bool) string {
 	return name
 }
 
-// chooseLocals names the locals p, ctx, res and err, or those names
+// chooseLocals names the locals p, ctx, res, err and key, or those names
 // followed by underscores when the package declares them.
 func (g *generator) chooseLocals() {
 	used := map[string]bool{}
@@ -93,7 +94,7 @@ func (g *generator) chooseLocals() {
 		used[n] = true
 		return n
 	}
-	g.locals = locals{recv: pick("p"), ctx: pick("ctx"), res: pick("res"), err: pick("err")}
+	g.locals = locals{recv: pick("p"), ctx: pick("ctx"), res: pick("res"), err: pick("err"), key: pick("key")}
 }
 
 // nameParams gives the parameters names that are valid in generated code:
@@ -101,7 +102,7 @@ func (g *generator) chooseLocals() {
 // first parameter, when a context, is the local ctx.
 func (g *generator) nameParams(m *method) {
 	l := g.locals
-	used := map[string]bool{l.recv: true, l.ctx: true, l.res: true, l.err: true}
+	used := map[string]bool{l.recv: true, l.ctx: true, l.res: true, l.err: true, l.key: true}
 	for i := range m.params {
 		p := &m.params[i]
 		switch {

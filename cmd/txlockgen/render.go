@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"go/format"
+	"go/types"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -43,10 +45,8 @@ func (g *generator) render() ([]byte, error) {
 	w("type %s struct {\ninner %s\nlocker *%s.Locker\n}\n\n", g.proxy, inner, dblock)
 	w("var _ %s = (*%s)(nil)\n\n", g.iface, g.proxy)
 
-	w("%s", comment("New%s returns a %s that calls inner and takes its locks with locker. It panics if inner or locker is nil.", g.proxy, g.proxy))
+	w("%s", comment("New%s returns a %s that calls inner and takes its locks with locker. It does not panic on a nil inner or locker: the methods that return an error report it at each call (those that return none have no way to, and call the nil inner).", g.proxy, g.proxy))
 	w("func New%s(inner %s, locker *%s.Locker) *%s {\n", g.proxy, inner, dblock, g.proxy)
-	w("if inner == nil {\npanic(%q)\n}\n", "New"+g.proxy+": nil inner")
-	w("if locker == nil {\npanic(%q)\n}\n", "New"+g.proxy+": nil locker")
 	w("return &%s{inner: inner, locker: locker}\n}\n", g.proxy)
 
 	for _, m := range locked {
@@ -134,6 +134,9 @@ func (g *generator) renderPass(w func(string, ...any), m *method) {
 	p := g.locals.recv
 	w("// %s calls the implementation: it is not locked.\n", m.name)
 	w("func (%s *%s) %s%s {\n", p, g.proxy, m.name, signature(m))
+	if returnsError(m.sig) {
+		g.renderNilInner(w, m)
+	}
 	if len(m.results) > 0 {
 		w("return ")
 	}
@@ -150,10 +153,13 @@ func (g *generator) renderLocked(w func(string, ...any), m *method) {
 	if g.lockOptions(m.lock) != "" {
 		opts = ", " + g.optsVar(m) + "..."
 	}
-	call := fmt.Sprintf("%s.locker, %q, %s.%s(%s)", l.recv, g.iface+"."+m.name, l.recv, keyMethod(m), args(m))
+	call := fmt.Sprintf("%s.locker, %q, %s", l.recv, g.iface+"."+m.name, l.key)
 	inner := fmt.Sprintf("%s.inner.%s(%s)", l.recv, m.name, args(m))
 	w("%s", comment("%s holds the lock %s for the call, and calls the implementation inside the lock's transaction.", m.name, m.lock.text))
 	w("func (%s *%s) %s%s {\n", l.recv, g.proxy, m.name, signature(m))
+	g.renderNilInner(w, m)
+	w("%s, %s := %s.%s(%s)\n", l.key, l.err, l.recv, keyMethod(m), args(m))
+	w("if %s != nil {\nreturn %s\n}\n", l.err, g.zeroResults(m, l.err))
 	switch n := len(m.results) - 1; n { // results before the error
 	case 0:
 		w("return %s.Call(%s, %s, func(%s %s.Context) error {\n", dec, l.ctx, call, l.ctx, ctxPkg)
@@ -172,12 +178,61 @@ func (g *generator) renderLocked(w func(string, ...any), m *method) {
 		w("%s, %s = %s\nreturn %s, %s\n}%s)\n", strings.Join(sel, ", "), l.err, inner, l.res, l.err, opts)
 		w("return %s, %s\n}\n", strings.Join(sel, ", "), l.err)
 	}
-	w("\n%s", comment("%s returns the lock key of %s: %s.", keyMethod(m), m.name, m.lock.keyText))
-	w("func (*%s) %s%s %s.Key {\n", g.proxy, keyMethod(m), signature(&method{params: m.params, sig: m.sig}), g.ref(dblockPath))
+	if !m.key.fails {
+		w("\n%s", comment("%s returns the lock key of %s: %s.", keyMethod(m), m.name, m.lock.keyText))
+	} else {
+		w("\n%s", comment("%s returns the lock key of %s: %s; or, when a value it is computed from is empty, an error wrapping dblock.ErrInvalidKey that names the value.", keyMethod(m), m.name, m.lock.keyText))
+	}
+	w("func (*%s) %s%s (%s.Key, error) {\n", g.proxy, keyMethod(m), signature(&method{params: m.params, sig: m.sig}), g.ref(dblockPath))
 	for _, s := range m.key.stmts {
 		w("%s\n", s)
 	}
-	w("return %s\n}\n", m.key.ret)
+	w("return %s, nil\n}\n", m.key.ret)
+}
+
+// renderNilInner renders the check of a method returning an error last
+// that the proxy has an implementation.
+func (g *generator) renderNilInner(w func(string, ...any), m *method) {
+	msg := fmt.Sprintf("%s.%s: no implementation: New%s was given a nil inner; pass it an implementation of %s", g.iface, m.name, g.proxy, g.iface)
+	w("if %s.inner == nil {\nreturn %s\n}\n", g.locals.recv, g.zeroResults(m, g.ref("errors")+".New("+strconv.Quote(msg)+")"))
+}
+
+// zeroResults renders the results of m, which returns an error last: the
+// zero values, and err.
+func (g *generator) zeroResults(m *method, err string) string {
+	rs := make([]string, 0, m.sig.Results().Len())
+	for i := range m.sig.Results().Len() - 1 {
+		rs = append(rs, g.zeroValue(m.sig.Results().At(i).Type()))
+	}
+	return strings.Join(append(rs, err), ", ")
+}
+
+// zeroValue renders the zero value of t.
+func (g *generator) zeroValue(t types.Type) string {
+	switch u := t.Underlying().(type) {
+	case *types.Basic:
+		switch {
+		case u.Info()&types.IsBoolean != 0:
+			return "false"
+		case u.Info()&types.IsString != 0:
+			return `""`
+		case u.Info()&types.IsNumeric != 0:
+			return "0"
+		case u.Kind() == types.UnsafePointer:
+			return "nil"
+		}
+	case *types.Pointer, *types.Slice, *types.Map, *types.Chan, *types.Signature, *types.Interface:
+		return "nil"
+	case *types.Struct, *types.Array:
+		return g.typeString(t) + "{}"
+	}
+	return "*new(" + g.typeString(t) + ")"
+}
+
+// returnsError reports whether sig returns an error last.
+func returnsError(sig *types.Signature) bool {
+	n := sig.Results().Len()
+	return n > 0 && types.Identical(sig.Results().At(n-1).Type(), types.Universe.Lookup("error").Type())
 }
 
 // comment renders a doc comment, wrapped at about 76 columns.

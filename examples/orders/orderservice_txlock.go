@@ -4,6 +4,7 @@ package orders
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -38,14 +39,10 @@ type LockedOrderService struct {
 var _ OrderService = (*LockedOrderService)(nil)
 
 // NewLockedOrderService returns a LockedOrderService that calls inner and
-// takes its locks with locker. It panics if inner or locker is nil.
+// takes its locks with locker. It does not panic on a nil inner or locker:
+// the methods that return an error report it at each call (those that
+// return none have no way to, and call the nil inner).
 func NewLockedOrderService(inner LockedOrderServiceInner, locker *dblock.Locker) *LockedOrderService {
-	if inner == nil {
-		panic("NewLockedOrderService: nil inner")
-	}
-	if locker == nil {
-		panic("NewLockedOrderService: nil locker")
-	}
 	return &LockedOrderService{inner: inner, locker: locker}
 }
 
@@ -58,51 +55,78 @@ var lockedOrderServiceOptsRefund = []dblock.LockOption{dblock.WaitTimeout(2 * ti
 // Cancel holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedOrderService) Cancel(ctx context.Context, req CancelRequest) (Order, error) {
-	return decorator.CallResult(ctx, p.locker, "OrderService.Cancel", p.lockKeyCancel(ctx, req), func(ctx context.Context) (Order, error) {
+	if p.inner == nil {
+		return Order{}, errors.New("OrderService.Cancel: no implementation: NewLockedOrderService was given a nil inner; pass it an implementation of OrderService")
+	}
+	key, err := p.lockKeyCancel(ctx, req)
+	if err != nil {
+		return Order{}, err
+	}
+	return decorator.CallResult(ctx, p.locker, "OrderService.Cancel", key, func(ctx context.Context) (Order, error) {
 		return p.inner.Cancel(ctx, req)
 	}, lockedOrderServiceOptsCancel...)
 }
 
 // lockKeyCancel returns the lock key of Cancel: resource=order:{OrderID}.
-func (*LockedOrderService) lockKeyCancel(ctx context.Context, req CancelRequest) dblock.Key {
+func (*LockedOrderService) lockKeyCancel(ctx context.Context, req CancelRequest) (dblock.Key, error) {
 	v0 := strconv.FormatInt(req.OrderID, 10)
-	return dblock.Key{Resource: "order:" + v0}
+	return dblock.Key{Resource: "order:" + v0}, nil
 }
 
 // Create calls the implementation: it is not locked.
 func (p *LockedOrderService) Create(ctx context.Context, req CreateRequest) (Order, error) {
+	if p.inner == nil {
+		return Order{}, errors.New("OrderService.Create: no implementation: NewLockedOrderService was given a nil inner; pass it an implementation of OrderService")
+	}
 	return p.inner.Create(ctx, req)
 }
 
 // Get calls the implementation: it is not locked.
 func (p *LockedOrderService) Get(ctx context.Context, id int64) (Order, error) {
+	if p.inner == nil {
+		return Order{}, errors.New("OrderService.Get: no implementation: NewLockedOrderService was given a nil inner; pass it an implementation of OrderService")
+	}
 	return p.inner.Get(ctx, id)
 }
 
 // Pay holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedOrderService) Pay(ctx context.Context, req PayRequest) (Order, error) {
-	return decorator.CallResult(ctx, p.locker, "OrderService.Pay", p.lockKeyPay(ctx, req), func(ctx context.Context) (Order, error) {
+	if p.inner == nil {
+		return Order{}, errors.New("OrderService.Pay: no implementation: NewLockedOrderService was given a nil inner; pass it an implementation of OrderService")
+	}
+	key, err := p.lockKeyPay(ctx, req)
+	if err != nil {
+		return Order{}, err
+	}
+	return decorator.CallResult(ctx, p.locker, "OrderService.Pay", key, func(ctx context.Context) (Order, error) {
 		return p.inner.Pay(ctx, req)
 	}, lockedOrderServiceOptsPay...)
 }
 
 // lockKeyPay returns the lock key of Pay: resource=order:{OrderID}.
-func (*LockedOrderService) lockKeyPay(ctx context.Context, req PayRequest) dblock.Key {
+func (*LockedOrderService) lockKeyPay(ctx context.Context, req PayRequest) (dblock.Key, error) {
 	v0 := strconv.FormatInt(req.OrderID, 10)
-	return dblock.Key{Resource: "order:" + v0}
+	return dblock.Key{Resource: "order:" + v0}, nil
 }
 
 // Refund holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedOrderService) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
-	return decorator.CallResult(ctx, p.locker, "OrderService.Refund", p.lockKeyRefund(ctx, req), func(ctx context.Context) (Refund, error) {
+	if p.inner == nil {
+		return Refund{}, errors.New("OrderService.Refund: no implementation: NewLockedOrderService was given a nil inner; pass it an implementation of OrderService")
+	}
+	key, err := p.lockKeyRefund(ctx, req)
+	if err != nil {
+		return Refund{}, err
+	}
+	return decorator.CallResult(ctx, p.locker, "OrderService.Refund", key, func(ctx context.Context) (Refund, error) {
 		return p.inner.Refund(ctx, req)
 	}, lockedOrderServiceOptsRefund...)
 }
 
 // lockKeyRefund returns the lock key of Refund: resource=order:{OrderID}.
-func (*LockedOrderService) lockKeyRefund(ctx context.Context, req RefundRequest) dblock.Key {
+func (*LockedOrderService) lockKeyRefund(ctx context.Context, req RefundRequest) (dblock.Key, error) {
 	v0 := strconv.FormatInt(req.OrderID, 10)
-	return dblock.Key{Resource: "order:" + v0}
+	return dblock.Key{Resource: "order:" + v0}, nil
 }

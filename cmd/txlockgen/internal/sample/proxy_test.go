@@ -154,19 +154,36 @@ func TestProxyErrors(t *testing.T) {
 	s, p := setup(t)
 	ctx := context.Background()
 
-	// Keys that cannot be computed: nothing is called.
+	// Keys that cannot be computed: the error names the method, the key
+	// term and the value; nothing is called.
 	s.calls = 0
-	for name, err := range map[string]error{
-		"nil request":       p.Cancel(decorator.ContextWithUser(ctx, "u-7"), nil),
-		"no user in ctx":    p.Cancel(ctx, &CancelRequest{OrderID: "42"}),
-		"nil nested field":  func() error { _, _, err := p.Transfer(ctx, &TransferRequest{}); return err }(),
-		"empty field":       func() error { _, err := p.Refund(ctx, RefundRequest{}); return err }(),
-		"nil Stringer":      p.Ship(ctx, 1, 1, nil),
-		"empty placeholder": p.Renamed(ctx, ""),
-		"zero time":         p.Book(ctx, BookRequest{}),
+	for _, c := range []struct {
+		name, want string
+		err        error
+	}{
+		{"nil request", "Service.Cancel: dblock: invalid key: resource: req is nil",
+			p.Cancel(decorator.ContextWithUser(ctx, "u-7"), nil)},
+		{"no user in ctx", "Service.Cancel: dblock: invalid key: user: ctx carries no user: put it there with decorator.ContextWithUser",
+			p.Cancel(ctx, &CancelRequest{OrderID: "42"})},
+		{"nil nested field", "Service.Transfer: dblock: invalid key: user: req.From is nil",
+			func() error { _, _, err := p.Transfer(ctx, &TransferRequest{}); return err }()},
+		{"empty nested field", "Service.Transfer: dblock: invalid key: user: req.From.ID is empty",
+			func() error { _, _, err := p.Transfer(ctx, &TransferRequest{From: &Account{}}); return err }()},
+		{"empty field", "Service.Refund: dblock: invalid key: resource: req.OrderID is empty",
+			func() error { _, err := p.Refund(ctx, RefundRequest{}); return err }()},
+		{"empty field of an embedded interface's method", "Service.Put: dblock: invalid key: resource: item.OrderID is empty",
+			p.Put(ctx, Receipt{})},
+		{"nil Stringer", "Service.Ship: dblock: invalid key: resource: wh is nil", p.Ship(ctx, 1, 1, nil)},
+		{"empty String()", "Service.Ship: dblock: invalid key: resource: wh has an empty String()", p.Ship(ctx, 1, 1, &Warehouse{})},
+		{"empty placeholder", "Service.Renamed: dblock: invalid key: resource: strconv is empty", p.Renamed(ctx, "")},
+		{"zero time", "Service.Book: dblock: invalid key: resource: req.At is the zero time.Time", p.Book(ctx, BookRequest{})},
+		{"key function's zero key", "Service.Report: dblock: invalid key: reportKey returned the zero dblock.Key",
+			func() error { _, err := p.Report(ctx, Day{}, "csv"); return err }()},
 	} {
-		if !errors.Is(err, dblock.ErrInvalidKey) {
-			t.Errorf("%s: %v, want ErrInvalidKey", name, err)
+		if !errors.Is(c.err, dblock.ErrInvalidKey) {
+			t.Errorf("%s: %v, want ErrInvalidKey", c.name, c.err)
+		} else if c.err.Error() != c.want {
+			t.Errorf("%s:\n got %q\nwant %q", c.name, c.err, c.want)
 		}
 	}
 	if s.calls != 0 {
@@ -202,23 +219,30 @@ func TestProxyKeysAreCanonical(t *testing.T) {
 	t.Parallel()
 	var p LockedService
 	ctx := context.Background()
+	book := func(at time.Time) dblock.Key {
+		k, err := p.lockKeyBook(ctx, BookRequest{At: at})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
 	now := time.Now() // with a monotonic reading
-	want := p.lockKeyBook(ctx, BookRequest{At: now.Round(0)})
+	want := book(now.Round(0))
 	for name, at := range map[string]time.Time{
 		"monotonic":       now,
 		"another zone":    now.In(time.FixedZone("X", -7*3600)),
 		"UTC, no reading": now.UTC().Round(0),
 	} {
-		if got := p.lockKeyBook(ctx, BookRequest{At: at}); got != want {
+		if got := book(at); got != want {
 			t.Errorf("%s: %s, want %s (the same instant)", name, got, want)
 		}
 	}
-	if got, next := want, p.lockKeyBook(ctx, BookRequest{At: now.Add(time.Nanosecond)}); got == next {
+	if got, next := want, book(now.Add(time.Nanosecond)); got == next {
 		t.Errorf("instants 1ns apart lock one key %s", got)
 	}
 	t.Logf("time.Now() locks %s", want)
-	if got := p.lockKeyShip(ctx, 9, Region(2), &Warehouse{Site: "lyon"}); got != dblock.Resource("ship:9:2:wh-lyon") || Region(2).String() != "region-2" {
-		t.Errorf("Region(2), whose String is %q, locks %s, want its number: ship:9:2:wh-lyon", Region(2), got)
+	if got, err := p.lockKeyShip(ctx, 9, Region(2), &Warehouse{Site: "lyon"}); err != nil || got != dblock.Resource("ship:9:2:wh-lyon") || Region(2).String() != "region-2" {
+		t.Errorf("Region(2), whose String is %q, locks %s (%v), want its number: ship:9:2:wh-lyon", Region(2), got, err)
 	}
 }
 
@@ -299,5 +323,44 @@ func TestProxyRetryAfterDeadlockReturnsZeroResults(t *testing.T) {
 	}
 	if !strings.HasPrefix(err.Error(), "Service.Rebuild: ") {
 		t.Errorf("error %q does not name the method", err)
+	}
+}
+
+// A proxy given a nil inner or locker does not panic: its methods that
+// return an error say what is missing, at each call, and take no lock.
+func TestProxyWithoutImplementationOrLocker(t *testing.T) {
+	t.Parallel()
+	s, withLocker := setup(t)
+	ctx := context.Background()
+	noInner := NewLockedService(nil, withLocker.locker)
+	const missing = ": no implementation: NewLockedService was given a nil inner; pass it an implementation of Service"
+	for range 2 {
+		r, err := noInner.Refund(ctx, RefundRequest{OrderID: "1", Amount: 5})
+		if err == nil || err.Error() != "Service.Refund"+missing || r != (Receipt{}) {
+			t.Errorf("locked method, nil inner: %+v, %v", r, err)
+		}
+		n, at, err := noInner.Transfer(ctx, &TransferRequest{From: &Account{ID: "a"}})
+		if err == nil || err.Error() != "Service.Transfer"+missing || n != 0 || !at.IsZero() {
+			t.Errorf("locked method with several results, nil inner: %d, %v, %v", n, at, err)
+		}
+		if _, err := noInner.Get(ctx, "1"); err == nil || err.Error() != "Service.Get"+missing {
+			t.Errorf("pass-through method, nil inner: %v", err)
+		}
+		if err := noInner.Close(); err == nil || err.Error() != "Service.Close"+missing {
+			t.Errorf("pass-through method without ctx, nil inner: %v", err)
+		}
+	}
+
+	noLocker := NewLockedService(s, nil)
+	_, err := noLocker.Refund(ctx, RefundRequest{OrderID: "1"})
+	if want := "Service.Refund: nil *dblock.Locker: pass the Locker that dblock.New returns"; err == nil || err.Error() != want {
+		t.Errorf("locked method, nil locker: %v, want %q", err, want)
+	}
+	if s.calls != 0 {
+		t.Errorf("the implementation was called %d times by a locked method without a locker", s.calls)
+	}
+	s.want = dblock.Key{} // a pass-through needs no locker
+	if r, err := noLocker.Get(ctx, "7"); err != nil || r.OrderID != "7" {
+		t.Errorf("pass-through method, nil locker: %+v, %v", r, err)
 	}
 }

@@ -115,13 +115,21 @@ type BookRequest struct{ At time.Time }
 // Warehouse ships orders; its key is its String.
 type Warehouse struct{ Site string }
 
-// String returns the warehouse's site.
-func (w *Warehouse) String() string { return "wh-" + w.Site }
+// String returns the warehouse's site, empty when it has none.
+func (w *Warehouse) String() string {
+	if w.Site == "" {
+		return ""
+	}
+	return "wh-" + w.Site
+}
 
 // Day is a calendar day.
 type Day struct{ Year, Month, Day int }
 
-// reportKey is the key of a report: one per day.
+// reportKey is the key of a report: one per day, none without a day.
 func reportKey(_ context.Context, day Day, _ string) dblock.Key {
+	if day == (Day{}) {
+		return dblock.Key{}
+	}
 	return dblock.Resource(fmt.Sprintf("report:%04d-%02d-%02d", day.Year, day.Month, day.Day))
 }

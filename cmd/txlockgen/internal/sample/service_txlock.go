@@ -4,6 +4,8 @@ package sample
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -45,14 +47,10 @@ type LockedService struct {
 var _ Service = (*LockedService)(nil)
 
 // NewLockedService returns a LockedService that calls inner and takes its
-// locks with locker. It panics if inner or locker is nil.
+// locks with locker. It does not panic on a nil inner or locker: the
+// methods that return an error report it at each call (those that return
+// none have no way to, and call the nil inner).
 func NewLockedService(inner LockedServiceInner, locker *dblock.Locker) *LockedService {
-	if inner == nil {
-		panic("NewLockedService: nil inner")
-	}
-	if locker == nil {
-		panic("NewLockedService: nil locker")
-	}
 	return &LockedService{inner: inner, locker: locker}
 }
 
@@ -67,66 +65,96 @@ var lockedServiceOptsRefund = []dblock.LockOption{dblock.WaitTimeout(2 * time.Se
 // Audit holds the lock method wait=1500ms for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Audit(ctx context.Context) error {
-	return decorator.Call(ctx, p.locker, "Service.Audit", p.lockKeyAudit(ctx), func(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Audit: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyAudit(ctx)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Audit", key, func(ctx context.Context) error {
 		return p.inner.Audit(ctx)
 	}, lockedServiceOptsAudit...)
 }
 
 // lockKeyAudit returns the lock key of Audit: method.
-func (*LockedService) lockKeyAudit(ctx context.Context) dblock.Key {
-	return dblock.Key{Method: "Service.Audit"}
+func (*LockedService) lockKeyAudit(ctx context.Context) (dblock.Key, error) {
+	return dblock.Key{Method: "Service.Audit"}, nil
 }
 
 // Book holds the lock resource=slot:{At} for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Book(ctx context.Context, req BookRequest) error {
-	return decorator.Call(ctx, p.locker, "Service.Book", p.lockKeyBook(ctx, req), func(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Book: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyBook(ctx, req)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Book", key, func(ctx context.Context) error {
 		return p.inner.Book(ctx, req)
 	})
 }
 
-// lockKeyBook returns the lock key of Book: resource=slot:{At}.
-func (*LockedService) lockKeyBook(ctx context.Context, req BookRequest) dblock.Key {
+// lockKeyBook returns the lock key of Book: resource=slot:{At}; or, when a
+// value it is computed from is empty, an error wrapping
+// dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyBook(ctx context.Context, req BookRequest) (dblock.Key, error) {
 	v0 := req.At
 	if v0.IsZero() {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Book: %w: resource: req.At is the zero time.Time", dblock.ErrInvalidKey)
 	}
 	v1 := v0.UTC().Format(time.RFC3339Nano)
-	return dblock.Key{Resource: "slot:" + v1}
+	return dblock.Key{Resource: "slot:" + v1}, nil
 }
 
 // Cancel holds the lock user=ctx resource=order:{req.OrderID} nowait for
 // the call, and calls the implementation inside the lock's transaction.
 func (p *LockedService) Cancel(ctx context.Context, req *CancelRequest) error {
-	return decorator.Call(ctx, p.locker, "Service.Cancel", p.lockKeyCancel(ctx, req), func(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Cancel: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyCancel(ctx, req)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Cancel", key, func(ctx context.Context) error {
 		return p.inner.Cancel(ctx, req)
 	}, lockedServiceOptsCancel...)
 }
 
 // lockKeyCancel returns the lock key of Cancel: user=ctx
-// resource=order:{req.OrderID}.
-func (*LockedService) lockKeyCancel(ctx context.Context, req *CancelRequest) dblock.Key {
+// resource=order:{req.OrderID}; or, when a value it is computed from is
+// empty, an error wrapping dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyCancel(ctx context.Context, req *CancelRequest) (dblock.Key, error) {
 	if req == nil {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Cancel: %w: resource: req is nil", dblock.ErrInvalidKey)
 	}
 	v0 := req.OrderID
 	if v0 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Cancel: %w: resource: req.OrderID is empty", dblock.ErrInvalidKey)
 	}
 	v1, _ := decorator.UserFrom(ctx)
 	if v1 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Cancel: %w: user: ctx carries no user: put it there with decorator.ContextWithUser", dblock.ErrInvalidKey)
 	}
-	return dblock.Key{Resource: "order:" + v0, User: v1}
+	return dblock.Key{Resource: "order:" + v0, User: v1}, nil
 }
 
 // Close calls the implementation: it is not locked.
 func (p *LockedService) Close() error {
+	if p.inner == nil {
+		return errors.New("Service.Close: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
 	return p.inner.Close()
 }
 
 // Get calls the implementation: it is not locked.
 func (p *LockedService) Get(ctx context.Context, id string) (Receipt, error) {
+	if p.inner == nil {
+		return Receipt{}, errors.New("Service.Get: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
 	return p.inner.Get(ctx, id)
 }
 
@@ -138,108 +166,169 @@ func (p *LockedService) Ping() bool {
 // Put holds the lock resource=receipt:{OrderID} for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Put(ctx context.Context, item Receipt) error {
-	return decorator.Call(ctx, p.locker, "Service.Put", p.lockKeyPut(ctx, item), func(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Put: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyPut(ctx, item)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Put", key, func(ctx context.Context) error {
 		return p.inner.Put(ctx, item)
 	})
 }
 
-// lockKeyPut returns the lock key of Put: resource=receipt:{OrderID}.
-func (*LockedService) lockKeyPut(ctx context.Context, item Receipt) dblock.Key {
+// lockKeyPut returns the lock key of Put: resource=receipt:{OrderID}; or,
+// when a value it is computed from is empty, an error wrapping
+// dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyPut(ctx context.Context, item Receipt) (dblock.Key, error) {
 	v0 := item.OrderID
 	if v0 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Put: %w: resource: item.OrderID is empty", dblock.ErrInvalidKey)
 	}
-	return dblock.Key{Resource: "receipt:" + v0}
+	return dblock.Key{Resource: "receipt:" + v0}, nil
 }
 
 // Rebuild holds the lock global nowait for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Rebuild(ctx context.Context, tags ...string) (int, error) {
-	return decorator.CallResult(ctx, p.locker, "Service.Rebuild", p.lockKeyRebuild(ctx, tags...), func(ctx context.Context) (int, error) {
+	if p.inner == nil {
+		return 0, errors.New("Service.Rebuild: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyRebuild(ctx, tags...)
+	if err != nil {
+		return 0, err
+	}
+	return decorator.CallResult(ctx, p.locker, "Service.Rebuild", key, func(ctx context.Context) (int, error) {
 		return p.inner.Rebuild(ctx, tags...)
 	}, lockedServiceOptsRebuild...)
 }
 
 // lockKeyRebuild returns the lock key of Rebuild: global.
-func (*LockedService) lockKeyRebuild(ctx context.Context, tags ...string) dblock.Key {
-	return dblock.Key{Global: true}
+func (*LockedService) lockKeyRebuild(ctx context.Context, tags ...string) (dblock.Key, error) {
+	return dblock.Key{Global: true}, nil
 }
 
 // Refund holds the lock resource=order:{OrderID} wait=2s for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedService) Refund(ctx context.Context, req RefundRequest) (Receipt, error) {
-	return decorator.CallResult(ctx, p.locker, "Service.Refund", p.lockKeyRefund(ctx, req), func(ctx context.Context) (Receipt, error) {
+	if p.inner == nil {
+		return Receipt{}, errors.New("Service.Refund: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyRefund(ctx, req)
+	if err != nil {
+		return Receipt{}, err
+	}
+	return decorator.CallResult(ctx, p.locker, "Service.Refund", key, func(ctx context.Context) (Receipt, error) {
 		return p.inner.Refund(ctx, req)
 	}, lockedServiceOptsRefund...)
 }
 
-// lockKeyRefund returns the lock key of Refund: resource=order:{OrderID}.
-func (*LockedService) lockKeyRefund(ctx context.Context, req RefundRequest) dblock.Key {
+// lockKeyRefund returns the lock key of Refund: resource=order:{OrderID};
+// or, when a value it is computed from is empty, an error wrapping
+// dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyRefund(ctx context.Context, req RefundRequest) (dblock.Key, error) {
 	v0 := req.OrderID
 	if v0 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Refund: %w: resource: req.OrderID is empty", dblock.ErrInvalidKey)
 	}
-	return dblock.Key{Resource: "order:" + v0}
+	return dblock.Key{Resource: "order:" + v0}, nil
 }
 
 // Renamed holds the lock method=sample.Renamed resource=tenant:{strconv}
 // for the call, and calls the implementation inside the lock's transaction.
 func (p *LockedService) Renamed(ctx context.Context, a1 string) error {
-	return decorator.Call(ctx, p.locker, "Service.Renamed", p.lockKeyRenamed(ctx, a1), func(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Renamed: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyRenamed(ctx, a1)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Renamed", key, func(ctx context.Context) error {
 		return p.inner.Renamed(ctx, a1)
 	})
 }
 
 // lockKeyRenamed returns the lock key of Renamed: method=sample.Renamed
-// resource=tenant:{strconv}.
-func (*LockedService) lockKeyRenamed(ctx context.Context, a1 string) dblock.Key {
+// resource=tenant:{strconv}; or, when a value it is computed from is empty,
+// an error wrapping dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyRenamed(ctx context.Context, a1 string) (dblock.Key, error) {
 	v0 := a1
 	if v0 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Renamed: %w: resource: strconv is empty", dblock.ErrInvalidKey)
 	}
-	return dblock.Key{Resource: "tenant:" + v0, Method: "sample.Renamed"}
+	return dblock.Key{Resource: "tenant:" + v0, Method: "sample.Renamed"}, nil
 }
 
 // Report holds the lock key=reportKey for the call, and calls the
 // implementation inside the lock's transaction.
 func (p *LockedService) Report(ctx context.Context, day Day, format string) ([]byte, error) {
-	return decorator.CallResult(ctx, p.locker, "Service.Report", p.lockKeyReport(ctx, day, format), func(ctx context.Context) ([]byte, error) {
+	if p.inner == nil {
+		return nil, errors.New("Service.Report: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyReport(ctx, day, format)
+	if err != nil {
+		return nil, err
+	}
+	return decorator.CallResult(ctx, p.locker, "Service.Report", key, func(ctx context.Context) ([]byte, error) {
 		return p.inner.Report(ctx, day, format)
 	})
 }
 
-// lockKeyReport returns the lock key of Report: key=reportKey.
-func (*LockedService) lockKeyReport(ctx context.Context, day Day, format string) dblock.Key {
-	return reportKey(ctx, day, format)
+// lockKeyReport returns the lock key of Report: key=reportKey; or, when a
+// value it is computed from is empty, an error wrapping
+// dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyReport(ctx context.Context, day Day, format string) (dblock.Key, error) {
+	v0 := reportKey(ctx, day, format)
+	if v0.IsZero() {
+		return dblock.Key{}, fmt.Errorf("Service.Report: %w: reportKey returned the zero dblock.Key", dblock.ErrInvalidKey)
+	}
+	return v0, nil
 }
 
 // Ship holds the lock resource=ship:{id}:{region}:{wh} for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedService) Ship(ctx context.Context, id int64, region Region, wh *Warehouse) error {
-	return decorator.Call(ctx, p.locker, "Service.Ship", p.lockKeyShip(ctx, id, region, wh), func(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Ship: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyShip(ctx, id, region, wh)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Ship", key, func(ctx context.Context) error {
 		return p.inner.Ship(ctx, id, region, wh)
 	})
 }
 
 // lockKeyShip returns the lock key of Ship:
-// resource=ship:{id}:{region}:{wh}.
-func (*LockedService) lockKeyShip(ctx context.Context, id int64, region Region, wh *Warehouse) dblock.Key {
+// resource=ship:{id}:{region}:{wh}; or, when a value it is computed from is
+// empty, an error wrapping dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyShip(ctx context.Context, id int64, region Region, wh *Warehouse) (dblock.Key, error) {
 	v0 := strconv.FormatInt(id, 10)
 	v1 := strconv.FormatUint(uint64(region), 10)
 	if wh == nil {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Ship: %w: resource: wh is nil", dblock.ErrInvalidKey)
 	}
 	v2 := wh.String()
 	if v2 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Ship: %w: resource: wh has an empty String()", dblock.ErrInvalidKey)
 	}
-	return dblock.Key{Resource: "ship:" + v0 + ":" + v1 + ":" + v2}
+	return dblock.Key{Resource: "ship:" + v0 + ":" + v1 + ":" + v2}, nil
 }
 
 // Transfer holds the lock user=From.ID operation=transfer for the call, and
 // calls the implementation inside the lock's transaction.
 func (p *LockedService) Transfer(ctx context.Context, req *TransferRequest) (int64, time.Time, error) {
-	res, err := decorator.CallResult(ctx, p.locker, "Service.Transfer", p.lockKeyTransfer(ctx, req), func(ctx context.Context) (res struct {
+	if p.inner == nil {
+		return 0, time.Time{}, errors.New("Service.Transfer: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyTransfer(ctx, req)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	res, err := decorator.CallResult(ctx, p.locker, "Service.Transfer", key, func(ctx context.Context) (res struct {
 		r0 int64
 		r1 time.Time
 	}, err error) {
@@ -250,14 +339,18 @@ func (p *LockedService) Transfer(ctx context.Context, req *TransferRequest) (int
 }
 
 // lockKeyTransfer returns the lock key of Transfer: user=From.ID
-// operation=transfer.
-func (*LockedService) lockKeyTransfer(ctx context.Context, req *TransferRequest) dblock.Key {
-	if req == nil || req.From == nil {
-		return dblock.Key{}
+// operation=transfer; or, when a value it is computed from is empty, an
+// error wrapping dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyTransfer(ctx context.Context, req *TransferRequest) (dblock.Key, error) {
+	if req == nil {
+		return dblock.Key{}, fmt.Errorf("Service.Transfer: %w: user: req is nil", dblock.ErrInvalidKey)
+	}
+	if req.From == nil {
+		return dblock.Key{}, fmt.Errorf("Service.Transfer: %w: user: req.From is nil", dblock.ErrInvalidKey)
 	}
 	v0 := req.From.ID
 	if v0 == "" {
-		return dblock.Key{}
+		return dblock.Key{}, fmt.Errorf("Service.Transfer: %w: user: req.From.ID is empty", dblock.ErrInvalidKey)
 	}
-	return dblock.Key{Operation: "transfer", User: v0}
+	return dblock.Key{Operation: "transfer", User: v0}, nil
 }

@@ -169,6 +169,20 @@ type TimeStringer interface {
 	M(ctx context.Context, r Stamped) error
 }
 
+// OwnStamp embeds time.Time and declares a String of its own: refused all
+// the same, as package decorator refuses it, which cannot tell the two
+// apart at run time.
+type OwnStamp struct{ *time.Time }
+
+func (s OwnStamp) String() string { return s.UTC().Format(time.RFC3339Nano) }
+
+type OwnStamped struct{ At *OwnStamp }
+
+type OwnTimeStringer interface {
+	//txlock:lock resource=at:{At}
+	M(ctx context.Context, r OwnStamped) error
+}
+
 type dupA interface {
 	//txlock:lock global
 	M(ctx context.Context) error

@@ -4,7 +4,7 @@ package shadow
 
 import "context"
 
-func panic(any) {}
+const true = false
 
 type Service interface {
 	//txlock:lock method

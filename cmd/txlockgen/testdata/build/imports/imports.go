@@ -16,6 +16,8 @@ var (
 	strconv   = 2
 	context   = 3
 	time      = 4
+	errors    = 5
+	fmt       = 6
 )
 
 type Req struct {
@@ -36,4 +38,4 @@ type Service interface {
 
 func keyOf(_ stdctx.Context, id string) txdblock.Key { return txdblock.Resource(id) }
 
-var _ = []any{dblock, decorator, strconv, context, time}
+var _ = []any{dblock, decorator, strconv, context, time, errors, fmt}

@@ -5,6 +5,7 @@ package names
 
 import (
 	"context"
+	"unsafe"
 
 	"github.com/txlock/txlock/dblock"
 )
@@ -17,6 +18,8 @@ type RefundRequest struct{ OrderID string }
 type res struct{ N int }
 
 type p struct{}
+
+type flag bool
 
 var l = 1
 
@@ -37,9 +40,9 @@ type Service interface {
 	//txlock:lock method
 	Results(ctx context.Context, res res, p p) (res, p, error)
 
-	// Parameters named ctx (not first), l, err, inner, locker, v0, a1.
-	//txlock:lock resource={ctx}:{l}:{err}:{v0}
-	Named(c context.Context, ctx string, l string, err string, v0 int, inner, locker string, a1 bool) error
+	// Parameters named ctx (not first), l, err, key, inner, locker, v0, a1.
+	//txlock:lock resource={ctx}:{l}:{err}:{v0}:{key}
+	Named(c context.Context, ctx string, l string, err string, v0 int, inner, locker string, a1 bool, key int64) error
 
 	//txlock:lock method
 	Variadic(ctx context.Context, tags ...string) error
@@ -52,6 +55,12 @@ type Service interface {
 
 	//txlock:lock method
 	Three(ctx context.Context) (int, string, []byte, error)
+
+	// Results of every kind: the early returns (no implementation, no
+	// key) give their zero values.
+	//txlock:lock method
+	Kinds(ctx context.Context) (bool, flag, string, res, *p, []int, map[int]int, chan int, func(), any, struct{ N int }, [2]int, complex64, uintptr, unsafe.Pointer, error)
+	PassKinds(ctx context.Context) (bool, res, [2]int, error)
 
 	Pass(x int, ctx context.Context) (a, b int)
 	PassNone()
