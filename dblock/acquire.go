@@ -137,7 +137,7 @@ func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
 
 // lockOutcome is what a locking read found.
 type lockOutcome struct {
-	session sql.NullInt64 // the session's idle bound, when asked for
+	session [3]sql.NullInt64 // the session's idle bounds, when asked for (sessionVars)
 }
 
 // lockKey runs the locking read of key (row id) in the transaction on tx:
@@ -147,7 +147,12 @@ type lockOutcome struct {
 // transaction loses.
 func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
 	l := a.l
-	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session}
+	// In a caller's transaction, the server may have rolled it back
+	// behind the context's back (a deadlock fn did not report): the
+	// locking read would then run in autocommit and hold nothing. MariaDB
+	// says whether the session is still in a transaction.
+	_, caller := tx.(*keeper)
+	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !caller && l.srv.mariaDB}
 	var b *waitBound
 	if !r.skip {
 		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {
@@ -160,30 +165,53 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	var timer time.Duration
 	if !r.skip {
 		r.tag = l.seq.Add(1)
-		if b != nil && !b.server {
-			if l.srv.mariaDB {
-				r.wait = b.d
-			} else {
-				timer = b.d // MySQL has no per-statement sub-second bound: interrupt it
-			}
+		switch {
+		case b == nil:
+		case b.server:
+			timer = b.d + killGrace // a backstop: the server ends the wait itself
+		case l.srv.mariaDB:
+			// The server bounds the statement; the timer is a backstop
+			// for an answer that does not come (a partition after the
+			// grant).
+			r.wait, timer = b.d, b.d+killGrace
+		default:
+			timer = b.d // MySQL has no per-statement sub-second bound: interrupt it
 		}
 	}
 	var buf [320]byte
 	q := string(l.appendLockRead(buf[:0], r))
 
 	var out lockOutcome
-	var got int64
+	var got, inTx int64
 	var err error
+	dest := make([]any, 1, 5)
+	dest[0] = &got
+	if session {
+		for i := range l.q.sessionVars {
+			dest = append(dest, &out.session[i])
+		}
+	}
+	if r.inTx {
+		dest = append(dest, &inTx)
+	}
 	l.tel.waiting(a.ctx, key, 1)
 	interrupted := l.runInterruptible(a.ctx, r.tag, timer, func(sctx context.Context) {
-		row := tx.QueryRowContext(sctx, q)
-		if session {
-			err = row.Scan(&got, &out.session)
-		} else {
-			err = row.Scan(&got)
-		}
+		err = tx.QueryRowContext(sctx, q).Scan(dest...)
 	})
 	l.tel.waiting(a.ctx, key, -1)
+	noteErr(tx, err)
+	if mysqlErrorNumber(err) == erTableDefChanged {
+		// The table was recreated (TRUNCATE, a migration) after the
+		// transaction's snapshot.
+		if holdsOthers {
+			return out, fmt.Errorf("%w: acquiring %s: the lock table was recreated after this transaction began: %w", ErrStaleSnapshot, key, err)
+		}
+		return out, errRowGone
+	}
+	if err == nil && r.inTx && inTx == 0 {
+		return out, fmt.Errorf("%w: acquiring %s: the transaction had already ended on the server (rolled back: a deadlock or a timeout its statement reported?), so statements now run in autocommit and the lock would be released at once: roll it back and start again",
+			ErrNoTransaction, key)
+	}
 	switch {
 	case err == nil:
 		if l.touch {
@@ -306,6 +334,16 @@ const (
 	killed                      // interrupted on the server: the connection is intact
 	cutOff                      // the server did not answer in time: the connection was closed
 )
+
+// noteErr tells the keeper of a transaction the Locker opened about an
+// error that reached the library after the statement's call returned (at
+// Scan or Next: the server sends a result's columns before it runs into a
+// deadlock), so that a transaction the error ended is known lost.
+func noteErr(tx stmtRunner, err error) {
+	if c, ok := tx.(*keeper); ok && err != nil {
+		c.answered(time.Time{}, err)
+	}
+}
 
 // runInterruptible runs a tagged statement (run) so that its end is the
 // server's: run gets a context that the caller's ctx does not end. When
@@ -481,6 +519,13 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 		cancel(nil)
 		return nil, -1, a.prepError("waiting for a pool connection", keys[0], fmt.Errorf("dblock: acquiring %s: a pool connection: %w", keys[0], withCause(pctx, err)))
 	}
+	if err := l.presetLease(lctx, h.conn, a.lc.lease); err != nil {
+		h.finish()
+		if e := l.notPrimary("setting the lease for", keys[0], err); e != nil {
+			return nil, -1, e
+		}
+		return nil, -1, err
+	}
 	sqlTx, err := h.conn.BeginTx(lctx, nil)
 	if err != nil {
 		h.finish()
@@ -500,7 +545,7 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	lk.scope = newScope(tx, h, l.sqlDB)
 
 	sent := time.Now()
-	var session sql.NullInt64
+	var session [3]sql.NullInt64
 	for i, key := range keys {
 		out, err := a.lockKey(h.keeper, key, ids[i], i == 0, time.Time{}, false)
 		if err != nil {
@@ -528,17 +573,42 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	return lk, -1, nil
 }
 
+// presetLease sets the lease on a connection this Locker has not used
+// with it yet, before BEGIN: a grant whose answer is lost (a partition)
+// must not leave the key held for the session's old bound (wait_timeout
+// is 8 h by default). Connections it has seen are checked by their first
+// locking read instead (setLease), at no cost.
+func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Duration) error {
+	var dc any
+	if err := conn.Raw(func(driverConn any) error { dc = driverConn; return nil }); err != nil {
+		return err
+	}
+	secs := leaseSeconds(lease)
+	if got, ok := l.leased.get(dc); ok && got == secs {
+		return nil
+	}
+	if _, err := conn.ExecContext(ctx, l.q.leaseStatement(secs)); err != nil {
+		return fmt.Errorf("dblock: setting the lease on the lock's connection: %w", err)
+	}
+	l.leased.put(dc, secs)
+	return nil
+}
+
 // setLease makes the session's idle bound the lease, unless the locking
 // read showed it is already (it belongs to the connection, not to a
 // Locker: another Locker on the pool, or the caller, may have changed it),
 // and otherwise pings when the wait was long, so that the lease starts
 // from an answer after the grant.
-func (a *acquisition) setLease(lk *Lock, session sql.NullInt64) error {
+func (a *acquisition) setLease(lk *Lock, session [3]sql.NullInt64) error {
 	c := lk.h.keeper
 	secs := int64(leaseSeconds(a.lc.lease))
 	var set []string
-	if !session.Valid || session.Int64 != secs {
-		set = append(set, a.l.q.sessionVar+" = "+strconv.FormatInt(secs, 10))
+	same := true
+	for i := range a.l.q.sessionVars {
+		same = same && session[i].Valid && session[i].Int64 == secs
+	}
+	if !same {
+		set = append(set, a.l.q.leaseAssignments(int(secs)))
 	}
 	if a.l.touch {
 		// Galera multi-writer: a transaction the cluster aborts is not
@@ -549,15 +619,22 @@ func (a *acquisition) setLease(lk *Lock, session sql.NullInt64) error {
 	}
 	if len(set) > 0 {
 		stmt := "SET SESSION " + strings.Join(set, ", ")
-		// Restored even if the answer is lost: the statement may have run.
-		lk.h.mu.Lock()
-		lk.h.autocommitOff = a.l.touch
-		lk.h.mu.Unlock()
+		if a.l.touch {
+			// Restored even if the answer is lost: the statement may have run.
+			c.mu.Lock()
+			c.autocommitOff = true
+			c.mu.Unlock()
+		}
 		if _, err := c.ExecContext(lk.h.ctx, stmt); err != nil {
 			return fmt.Errorf("%w: %s: setting the session of the lock's connection: %w", ErrLockLost, lk.h.key, err)
 		}
 		if a.l.touch {
-			return lk.h.guardAborts()
+			c.op.Lock()
+			err := c.guardLocked(lk.h.ctx, true)
+			c.op.Unlock()
+			if err != nil {
+				return fmt.Errorf("%w: %s: marking the lock's transaction: %w", ErrLockLost, lk.h.key, err)
+			}
 		}
 		return nil
 	}
@@ -578,7 +655,7 @@ func (a *acquisition) setLease(lk *Lock, session sql.NullInt64) error {
 func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 	h, l := lk.h, a.l
 	if a.lc.fencing {
-		tokens, err := l.takeTokens(h.ctx, h.keeper, keys, false)
+		tokens, err := l.takeTokens(h.ctx, h.keeper, keys, false, false)
 		if err != nil {
 			h.abort()
 			return err
@@ -642,7 +719,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	}
 	l.adopt(s)
 	a := l.newAcquisition(ctx, lc)
-	var newKeys, tokenKeys []Key
+	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	for _, key := range keys {
 		if s.holds(l, key) {
 			if s.owner == nil {
@@ -653,7 +730,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 				}
 			}
 			if _, ok := s.token(l.cfg.table, key); lc.fencing && !ok {
-				tokenKeys = append(tokenKeys, key)
+				heldKeys = append(heldKeys, key)
 			}
 			continue
 		}
@@ -669,15 +746,18 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// (the token read fails if its snapshot predates them), unless the
 	// caller promised it has not; fencing takes the tokens either way.
 	check := len(newKeys) > 0 && !lc.fresh && l.srv.snapshotIsolation
-	if lc.fencing || check {
-		tokenKeys = append(tokenKeys, newKeys...)
-	}
-	if len(tokenKeys) > 0 {
-		tokens, err := l.takeTokens(ctx, tx, tokenKeys, s.owner != nil || s.holdsAny())
+	for _, t := range [...]struct {
+		keys  []Key
+		check bool
+	}{{heldKeys, false}, {newKeys, check}} {
+		if len(t.keys) == 0 || !(lc.fencing || t.check) {
+			continue
+		}
+		tokens, err := l.takeTokens(ctx, tx, t.keys, s.owner != nil || s.holdsAny(), t.check)
 		if err != nil {
 			return err
 		}
-		for i, k := range tokenKeys {
+		for i, k := range t.keys {
 			s.setToken(l, k, tokens[i])
 		}
 	}

@@ -51,9 +51,16 @@ type keeper struct {
 	rows      []*sql.Rows
 	lastRow   time.Time // when the latest *sql.Row was handed out
 	untracked time.Time // when gorm last ran a prepared statement (StmtContext)
-	refused   error     // why statements are refused: the transaction is gone
-	stopped   bool
-	timer     *time.Timer
+	rowsErr   error     // the error a closed result set met, not yet looked at
+	// guarded: autocommit is off and a savepoint marks the transaction
+	// (Galera multi-writer, or once gorm ran a prepared statement the
+	// keeper cannot see), checked before COMMIT; autocommitOff: the
+	// session must get autocommit back before the pool has it.
+	guarded, autocommitOff bool
+	stalled                bool  // a COMMIT or ROLLBACK got no answer: the connection is left to fail
+	refused                error // why statements are refused: the transaction is gone
+	stopped                bool
+	timer                  *time.Timer
 }
 
 const pingStmt = "DO 1"
@@ -168,10 +175,31 @@ func (c *keeper) pruneRowsLocked() {
 		// safe beside the reader's Next.
 		if _, err := r.Columns(); err == nil {
 			open = append(open, r)
+			continue
+		}
+		// An error met while reading the rows (a deadlock that arrived
+		// after the columns) may have ended the transaction: the holder's
+		// call returned long before it.
+		if err := r.Err(); err != nil && c.rowsErr == nil {
+			c.rowsErr = err
 		}
 	}
 	clear(c.rows[len(open):])
 	c.rows = open
+}
+
+// checkRowsLocked looks at the result sets the holder has closed since the
+// last look: one whose reading failed with an error that ended the
+// transaction loses the lock. The caller holds op, not mu.
+func (c *keeper) checkRowsLocked() {
+	c.mu.Lock()
+	c.pruneRowsLocked()
+	err := c.rowsErr
+	c.rowsErr = nil
+	c.mu.Unlock()
+	if err != nil {
+		c.answered(time.Time{}, err)
+	}
 }
 
 // pingLocked sends a keepalive. The caller holds op.
@@ -190,6 +218,7 @@ func (c *keeper) pingLocked(ctx context.Context) error {
 // answer is older than the margin, so that every statement may run for
 // the lease minus twice the margin. The caller holds op.
 func (c *keeper) beforeLocked(ctx context.Context) error {
+	c.checkRowsLocked()
 	c.mu.Lock()
 	refused, armed := c.refused, c.lose != nil
 	stale := armed && time.Since(c.lastOK) > c.margin
@@ -362,6 +391,14 @@ func (c *keeper) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
 		cancel(err)
 		return c.tx.StmtContext(ctx, stmt) // fails when used, with err as the cause
 	}
+	// The statement runs outside the keeper, which cannot see an error
+	// that ends the transaction: guard it, so that what follows such an
+	// error is rolled back instead of run in autocommit.
+	if err := c.guardLocked(ctx, false); err != nil {
+		ctx, cancel := context.WithCancelCause(ctx)
+		cancel(err)
+		return c.tx.StmtContext(ctx, stmt)
+	}
 	c.mu.Lock()
 	c.untracked = time.Now()
 	c.mu.Unlock()
@@ -374,24 +411,81 @@ var errNotSent = errors.New("not sent")
 // erSavepointMissing is ER_SP_DOES_NOT_EXIST: the savepoint is gone.
 const erSavepointMissing = 1305
 
-// errSilentAbort says a Galera multi-writer transaction was aborted by the
-// cluster without the abort being reported to its statements.
-var errSilentAbort = errors.New("the cluster aborted the transaction (another node's holder committed first) without telling its statements; what they did after the abort was rolled back")
+// abortSavepoint marks a guarded transaction: it exists only while the
+// transaction the Locker began is alive.
+const abortSavepoint = "txlock_held"
 
-// commit ends the keepalive and commits; after a loss nothing is sent. In
-// Galera multi-writer mode it first checks that the transaction is still
-// the one the Locker began (its savepoint is there), and rolls back
-// otherwise.
+// errSilentAbort says a transaction was aborted without the abort being
+// reported to its statements.
+var errSilentAbort = errors.New("the server aborted the transaction (on Galera: another node's holder committed first) without telling its statements; what they did after the abort was rolled back")
+
+// errStalled says the server did not answer a COMMIT or ROLLBACK within
+// the lease.
+var errStalled = errors.New("no answer from the server within the lease")
+
+// guardLocked turns autocommit off (unless it is already) and sets the
+// savepoint by which the commit tells whether the server ended the
+// transaction behind the holder's back: statements sent after such an
+// abort then stay in a new transaction, which is rolled back. The caller
+// holds op.
+func (c *keeper) guardLocked(ctx context.Context, autocommitOff bool) error {
+	if c.guarded {
+		return nil
+	}
+	if !autocommitOff {
+		c.mu.Lock()
+		c.autocommitOff = true // restored even if the answer is lost: it may have run
+		c.mu.Unlock()
+		sent := time.Now()
+		_, err := c.tx.ExecContext(ctx, "SET SESSION autocommit = 0")
+		c.answered(sent, err)
+		if err != nil {
+			return err
+		}
+	}
+	sent := time.Now()
+	_, err := c.tx.ExecContext(ctx, "SAVEPOINT "+abortSavepoint)
+	c.answered(sent, err)
+	if err == nil {
+		c.guarded = true
+	}
+	return err
+}
+
+// bounded runs op, a COMMIT or ROLLBACK, whose driver call takes no
+// context: when the server has not answered within the lease (a silent
+// partition), it returns errStalled and leaves op to fail with the
+// connection.
+func (c *keeper) bounded(op func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- op() }()
+	t := time.NewTimer(c.lease)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		c.mu.Lock()
+		c.stalled = true
+		c.mu.Unlock()
+		return errStalled
+	}
+}
+
+// commit ends the keepalive and commits; after a loss nothing is sent. A
+// guarded transaction is first checked to still be the one the Locker
+// began (its savepoint is there), and rolled back otherwise.
 func (c *keeper) commit() error {
 	c.stop()
 	c.op.Lock()
 	defer c.op.Unlock()
+	c.checkRowsLocked()
 	if err := c.refusedErr(); err != nil {
 		return fmt.Errorf("%w (%w)", err, errNotSent)
 	}
-	if c.l.touch {
+	if c.guarded {
 		if _, err := c.tx.ExecContext(context.Background(), "RELEASE SAVEPOINT "+abortSavepoint); err != nil {
-			_ = c.tx.Rollback()
+			_ = c.bounded(c.tx.Rollback)
 			switch mysqlErrorNumber(err) {
 			case erSavepointMissing:
 				return fmt.Errorf("%w: %w: %w (%w)", ErrDeadlock, errSilentAbort, err, errNotSent)
@@ -401,7 +495,7 @@ func (c *keeper) commit() error {
 			return fmt.Errorf("%w (%w)", err, errNotSent)
 		}
 	}
-	return c.tx.Commit()
+	return c.bounded(c.tx.Commit)
 }
 
 // rollback ends the keepalive and rolls back.
@@ -409,7 +503,22 @@ func (c *keeper) rollback() error {
 	c.stop()
 	c.op.Lock()
 	defer c.op.Unlock()
-	return c.tx.Rollback()
+	return c.bounded(c.tx.Rollback)
+}
+
+// autocommitWasOff reports whether the session's autocommit was turned
+// off for the transaction.
+func (c *keeper) autocommitWasOff() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.autocommitOff
+}
+
+// wasStalled reports whether a COMMIT or ROLLBACK got no answer.
+func (c *keeper) wasStalled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stalled
 }
 
 // lockConn is what gorm sees as the connection of a Lock's transaction

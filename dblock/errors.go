@@ -99,6 +99,7 @@ const (
 	erConnectionWasKilled = 1927 // MariaDB
 	erUnknownThread       = 1094 // KILL of a connection that is gone
 	erNoSuchQuery         = 1957 // MariaDB KILL QUERY ID of a query that ended
+	erTableDefChanged     = 1412 // the table was recreated after the transaction's snapshot
 )
 
 // mysqlErrorNumber returns the server error number err wraps, or 0.
@@ -197,7 +198,7 @@ func commitError(key Key, err error) error {
 		// (database/sql rolls back), a connection found dead before use.
 		return fmt.Errorf("%w: commit of %s not sent, writes not committed: %w", ErrLockLost, key, err)
 	}
-	return fmt.Errorf("%w: %w: the connection failed while committing %s: the writes may or may not be committed: %w",
+	return fmt.Errorf("%w: %w: COMMIT of %s was sent and no answer came back (the connection failed or stalled): the writes may or may not be committed: %w",
 		ErrCommitUnknown, ErrLockLost, key, err)
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // fenceAttempts bounds the bumps bumpToken tries when the server refuses
@@ -20,29 +21,86 @@ const fenceAttempts = 8
 // bump). On MariaDB the read also runs with innodb_snapshot_isolation:
 // when the transaction read before these locks (its snapshot predates the
 // bumps), it fails with 1020 and the server rolls the transaction back
-// (ErrStaleSnapshot).
-func (l *Locker) takeTokens(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers bool) ([]int64, error) {
+// (ErrStaleSnapshot): with check, for keys just locked (a key the
+// transaction held before its reads needs no check).
+func (l *Locker) takeTokens(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers, check bool) ([]int64, error) {
 	tokens := make([]int64, len(keys))
+	var held []Key // keys whose counter this very transaction holds already
 	for i, k := range keys {
 		t, err := l.bumpToken(ctx, k)
 		if mysqlErrorNumber(err) == erLockWaitTimeout {
-			// Another transaction holds the counter's row: a successor that
-			// got the key because this transaction is gone, or (alive) a
-			// transaction of this process holding the key another way.
+			// Another transaction holds the counter's row: a successor
+			// that got the key because this transaction is gone, or this
+			// transaction itself, which read the counter when it took the
+			// key through another Locker or context.
 			if _, perr := tx.ExecContext(ctx, pingStmt); perr != nil {
 				return nil, fmt.Errorf("%w: %s: the transaction ended before its fencing token was taken, and another holder has the key: %w", ErrLockLost, k, perr)
 			}
+			held = append(held, k)
+			continue
 		}
 		if err != nil {
 			return nil, err
 		}
 		tokens[i] = t
 	}
+	seen, err := l.readTokens(ctx, tx, keys, tokens, held, holdsOthers, check)
+	if err != nil {
+		return nil, err
+	}
+	if seen != len(keys) {
+		return nil, fmt.Errorf("dblock: fencing tokens of %s: the transaction sees %d of %d counters", keys[0], seen, len(keys))
+	}
+	return tokens, nil
+}
+
+// readTokens reads the counters of keys back in the transaction into
+// tokens: the keys it bumped with the stale-snapshot check when check is
+// set, the keys of held without (the transaction held them before), and
+// returns how many counters it saw.
+func (l *Locker) readTokens(ctx context.Context, tx stmtRunner, keys []Key, tokens []int64, held []Key, holdsOthers, check bool) (int, error) {
+	var bumped []Key
+	var bumpedTokens []int64
+	for i, k := range keys {
+		if !slices.Contains(held, k) {
+			bumped, bumpedTokens = append(bumped, k), append(bumpedTokens, tokens[i])
+		}
+	}
+	seen := 0
+	for _, part := range [...]struct {
+		keys   []Key
+		tokens []int64
+		check  bool
+	}{{bumped, bumpedTokens, check}, {held, make([]int64, len(held)), false}} {
+		if len(part.keys) == 0 {
+			continue
+		}
+		n, err := l.readCounters(ctx, tx, part.keys, part.tokens, part.check, holdsOthers)
+		if err != nil {
+			return 0, err
+		}
+		seen += n
+		for j, k := range part.keys {
+			tokens[slices.Index(keys, k)] = part.tokens[j]
+		}
+	}
+	return seen, nil
+}
+
+// readCounters reads keys' counters in the transaction with one locking
+// read (see takeTokens). A bumped value (tokens[i] > 0) is a floor the
+// counter must not be below; a zero takes the value read: the
+// transaction's own token, from when it took the key.
+func (l *Locker) readCounters(ctx context.Context, tx stmtRunner, keys []Key, tokens []int64, check, holdsOthers bool) (int, error) {
+	prefix := l.q.readFence
+	if check {
+		prefix = l.q.checkFence
+	}
 	var buf [512]byte
-	q := string(appendFenceRead(buf[:0], l.q.readFence, keys))
+	q := string(appendFenceRead(buf[:0], prefix, keys))
 	rows, err := tx.QueryContext(ctx, q)
 	if err != nil {
-		return nil, l.tokenReadError(keys[0], err, holdsOthers)
+		return 0, l.tokenReadError(keys[0], err, holdsOthers)
 	}
 	defer rows.Close()
 	seen := 0
@@ -50,24 +108,28 @@ func (l *Locker) takeTokens(ctx context.Context, tx stmtRunner, keys []Key, hold
 		var hash []byte
 		var token int64
 		if err := rows.Scan(&hash, &token); err != nil {
-			return nil, l.tokenReadError(keys[0], err, holdsOthers)
+			noteErr(tx, err)
+			return 0, l.tokenReadError(keys[0], err, holdsOthers)
 		}
 		for i, k := range keys {
 			if h := k.hash(); bytes.Equal(hash, h[:]) {
-				if token < tokens[i] {
-					return nil, fmt.Errorf("dblock: fencing token of %s: the transaction reads %d after the bump to %d", k, token, tokens[i])
+				switch {
+				case tokens[i] == 0:
+					tokens[i] = token
+				case token < tokens[i]:
+					return 0, fmt.Errorf("dblock: fencing token of %s: the transaction reads %d after the bump to %d", k, token, tokens[i])
 				}
 				seen++
 			}
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, l.tokenReadError(keys[0], err, holdsOthers)
+		// The server sends the columns before it reads the rows: a 1020
+		// (or a deadlock) arrives here, after the call returned.
+		noteErr(tx, err)
+		return 0, l.tokenReadError(keys[0], err, holdsOthers)
 	}
-	if seen != len(keys) {
-		return nil, fmt.Errorf("dblock: fencing tokens of %s: the transaction sees %d of %d counters", keys[0], seen, len(keys))
-	}
-	return tokens, nil
+	return seen, nil
 }
 
 // tokenReadError maps an error of the read that confirms tokens.
@@ -119,8 +181,10 @@ func (l *Locker) bumpToken(ctx context.Context, key Key) (int64, error) {
 		case erNoSuchTable:
 			return 0, fmt.Errorf("%w: %w", ErrTableMissing, err)
 		case erLockWaitTimeout:
-			return 0, fmt.Errorf("dblock: %s %s: its counter is locked by another transaction while this one holds the key "+
-				"(a transaction of this process that holds the key through another Locker or handle?): %w", step, key, err)
+			return 0, err // takeTokens tells whose lock it is
+		}
+		if isBrokenConn(err) && n == 1 {
+			continue // a side connection that died while idle: once more on another
 		}
 		if mysqlErrorNumber(err) != erLockDeadlock {
 			return 0, fmt.Errorf("dblock: %s %s: %w", step, key, withCause(ctx, err))

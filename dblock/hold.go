@@ -23,15 +23,12 @@ type hold struct {
 	cancel  context.CancelCauseFunc
 	granted time.Time
 
-	mu    sync.Mutex
-	state lockState
-	// autocommitOff: the connection's session was set to autocommit off
-	// (Galera multi-writer) and must be set back before the pool has it.
-	autocommitOff bool
-	lostErr       error         // why, in state lost
-	lost          chan struct{} // made by the first Lost call; closed when the lock ends
-	stopWatch     func() bool
-	closing       sync.Once
+	mu        sync.Mutex
+	state     lockState
+	lostErr   error         // why, in state lost
+	lost      chan struct{} // made by the first Lost call; closed when the lock ends
+	stopWatch func() bool
+	closing   sync.Once
 }
 
 type lockState uint8
@@ -122,41 +119,32 @@ func (h *hold) abort() {
 func (h *hold) finish() {
 	h.closing.Do(func() {
 		h.mu.Lock()
-		stop, restore := h.stopWatch, h.autocommitOff
+		stop := h.stopWatch
 		h.mu.Unlock()
 		if stop != nil {
 			stop()
 		}
 		if h.conn != nil {
-			if restore {
-				h.restoreAutocommit()
+			switch {
+			case h.keeper != nil && h.keeper.wasStalled():
+				// The connection waits for an answer that may never come:
+				// it goes back to the pool (which discards it) when the
+				// network gives up, not now.
+				go h.conn.Close()
+			default:
+				if h.keeper != nil && h.keeper.autocommitWasOff() {
+					h.restoreAutocommit()
+				}
+				_ = h.conn.Close() // waits for the transaction to end
 			}
-			_ = h.conn.Close() // waits for the transaction to end
 		}
 		h.cancel(nil)
 	})
 }
 
-// abortSavepoint marks a Galera multi-writer transaction: it exists only
-// while the transaction the Locker began is alive.
-const abortSavepoint = "txlock_held"
-
-// guardAborts sets the savepoint by which the commit of a Galera
-// multi-writer transaction tells whether the cluster aborted it in the
-// meantime. A brute-force abort (another node's holder committed first) is
-// not always reported to the statement that meets it (measured with the
-// binary protocol: the statement answers OK); the session then leaves the
-// transaction, and the savepoint with it.
-func (h *hold) guardAborts() error {
-	if _, err := h.keeper.ExecContext(h.ctx, "SAVEPOINT "+abortSavepoint); err != nil {
-		return fmt.Errorf("%w: %s: marking the lock's transaction: %w", ErrLockLost, h.key, err)
-	}
-	return nil
-}
-
 // restoreAutocommit turns autocommit back on for the connection of a
-// Galera multi-writer transaction once it has ended, before the connection
-// goes back to the pool; a connection where that fails is closed instead.
+// guarded transaction once it has ended, before the connection goes back
+// to the pool; a connection where that fails is closed instead.
 func (h *hold) restoreAutocommit() {
 	// The transaction must be over first: turning autocommit on commits
 	// an open one. A no-op when it has ended (ErrTxDone).

@@ -6,7 +6,8 @@ import (
 )
 
 // lru is a map bounded by a least-recently-used policy. It is safe for
-// concurrent use. The Locker keeps one: key to row id.
+// concurrent use. The Locker keeps two: key to row id, and connection to
+// the lease it set on its session.
 type lru[K comparable, V comparable] struct {
 	mu    sync.Mutex
 	max   int

@@ -154,12 +154,14 @@ func (lk *Lock) Commit() error {
 		}
 		return err
 	}
-	err = h.keeper.commit()
+	// The outcome is judged from the error itself: the context ending
+	// while COMMIT was on its way says nothing about whether it committed.
+	err = commitError(h.key, h.keeper.commit())
 	if err != nil {
 		err = withCause(h.ctx, err) // before finish, which ends h.ctx itself
 	}
 	h.finish()
-	return commitError(h.key, err)
+	return err
 }
 
 // Rollback rolls the transaction back, dropping its writes, and so releases
@@ -177,7 +179,10 @@ func (lk *Lock) Rollback() error {
 	}
 	err := h.keeper.rollback()
 	h.finish()
-	if err != nil && !errors.Is(err, sql.ErrTxDone) && !isConnectionLoss(err) {
+	switch {
+	case errors.Is(err, errStalled):
+		return fmt.Errorf("%w: rollback of %s: %w; the server ends the transaction when the lease runs out", ErrLockLost, h.key, err)
+	case err != nil && !errors.Is(err, sql.ErrTxDone) && !isConnectionLoss(err):
 		// The server ends the transaction with the connection anyway.
 		return fmt.Errorf("dblock: rollback of %s: %w", h.key, err)
 	}

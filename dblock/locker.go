@@ -31,7 +31,10 @@ type Locker struct {
 	cfg     config
 	srv     server
 	cache   *lru[Key, int64]
+	leased  *lru[any, int] // driver connection -> lease seconds this Locker set on it
 	q       queries
+	// dsnIdent names the server and schema of db's DSN ("" without one).
+	dsnIdent string
 	// readTimeout is the DSN's readTimeout (0 when none or unknown): a
 	// wait longer than it would make the driver close the connection.
 	readTimeout time.Duration
@@ -45,6 +48,11 @@ type Locker struct {
 	// through this Locker, whatever context or handle reaches it.
 	callerTxs sync.Map
 }
+
+// leasedConnsTracked bounds how many pool connections a Locker remembers
+// having set its lease on; one it forgot gets it set again (one round
+// trip).
+const leasedConnsTracked = 1024
 
 // sidePoolSize bounds the Locker's own pool, used beside lock transactions
 // for row creation, fencing tokens and withdrawing abandoned waits.
@@ -102,6 +110,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		cfg:    cfg,
 		srv:    srv,
 		cache:  newLRU[Key, int64](cfg.cacheSize),
+		leased: newLRU[any, int](leasedConnsTracked),
 		q:      buildQueries(cfg.table, srv),
 		touch:  srv.galera && cfg.galera == serverinfo.GaleraMultiWriter,
 		log:    cfg.logger,
@@ -116,8 +125,11 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	dsn := dsnConfig(db)
 	if dsn != nil {
 		l.readTimeout = dsn.ReadTimeout
+		l.dsnIdent = dsnIdent(db)
 	}
 	switch {
+	case cfg.sideDB == sqlDB:
+		return nil, errors.New("dblock: New: SideDB is the pool the *gorm.DB uses: the side pool must be another one (its work runs beside lock transactions, and must never wait for a connection they hold)")
 	case cfg.sideDB != nil:
 		if err := checkAutocommit(ctx, cfg.sideDB); err != nil {
 			return nil, err

@@ -240,3 +240,22 @@ func cancelOnly(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// waitLockWait waits until a transaction of the server waits for a lock
+// with a statement that names table, polling INNODB_TRX every 150 ms: the
+// server refreshes that view only when nobody read it for 100 ms, so a
+// faster poll would freeze it. It returns an error after opTimeout.
+func waitLockWait(db *gorm.DB, table string) error {
+	deadline := time.Now().Add(opTimeout)
+	for {
+		var n int
+		err := db.Raw("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE ?", "%"+table+"%").Row().Scan(&n)
+		if err == nil && n == 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no transaction waited for a lock on %s within %v (last error %v)", table, opTimeout, err)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+}

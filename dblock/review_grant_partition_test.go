@@ -10,9 +10,9 @@ import (
 )
 
 // A waiter whose grant is answered into a silent partition (a frozen VM,
-// a SIGSTOPped process, a network that drops the answer), on a connection
-// whose session idle bound is not the lease yet (a fresh pool connection:
-// the Locker sets the bound only after the grant, in setLease):
+// a SIGSTOPped process, a network that drops the answer), on a fresh pool
+// connection. Before the fix (the Locker set the bound only after the
+// grant):
 //
 //   - the server keeps the row until the session's idle bound, wait_timeout
 //     (8 h by default), not the lease: the lease was to bound how long a
@@ -66,13 +66,19 @@ func TestReviewGrantIntoPartition(t *testing.T) {
 		_ = third.Rollback()
 	}
 
+	// The waiter's call is bounded too: WaitTimeout, then the library's
+	// interruption and, without an answer, the connection closed; within
+	// the generous ceiling of opTimeout.
 	select {
 	case r := <-waited:
 		t.Logf("the waiter's Lock returned after %v: %v", r.at.Sub(start).Round(time.Millisecond), r.err)
 		if r.lk != nil {
 			_ = r.lk.Rollback()
 		}
-	default:
+		if r.err == nil {
+			t.Errorf("the waiter's Lock succeeded although its connection was cut off")
+		}
+	case <-time.After(opTimeout):
 		t.Errorf("the waiter's Lock(WaitTimeout(5s)) is still blocked %v after it began: WaitTimeout does not bound a call whose answer is lost",
 			time.Since(start).Round(time.Millisecond))
 		relay.Reset()

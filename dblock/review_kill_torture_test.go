@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -126,10 +127,29 @@ func reviewTortureOn(t *testing.T, e env, udb *gorm.DB, runFor time.Duration, ki
 	reviewTortureSized(t, e, udb, runFor, kill, disturb, 6, 4)
 }
 
+// reviewRunFor is how long a review torture of nominal length d runs: an
+// eighth of it (at least 1 s) in `make test`, d with TXLOCK_TORTURE=1
+// (`make torture`), or $TXLOCK_TORTURE_DURATION.
+func reviewRunFor(t *testing.T, d time.Duration) time.Duration {
+	if s := os.Getenv(envTortureDuration); s != "" {
+		if v, err := time.ParseDuration(s); err == nil && v > 0 {
+			return v
+		}
+	}
+	if os.Getenv(envTorture) == "1" {
+		return d
+	}
+	return max(d/8, time.Second)
+}
+
 // reviewTortureSized is reviewTortureOn with goroutines on a pool of
 // poolSize connections.
 func reviewTortureSized(t *testing.T, e env, udb *gorm.DB, runFor time.Duration, kill bool, disturb func(l *dblock.Locker, stop <-chan struct{}), goroutines, poolSize int) {
 	t.Helper()
+	if disturb == nil || runFor > 6*time.Second {
+		// Not the Close torture, whose disturbance is timed within it.
+		runFor = reviewRunFor(t, runFor)
+	}
 	testdb.NoLeaks(t, udb)
 	usql, err := udb.DB()
 	if err != nil {

@@ -3,6 +3,7 @@ package dblock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"gorm.io/gorm"
@@ -101,11 +102,10 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 		// Lock r1, then wait for r2 inside one scan; the other
 		// transaction then asks for r1: a deadlock, whose victim is fn's.
 		go func() {
-			waitFor(t, "fn's scan to wait for r2", func() bool {
-				var n int
-				_ = odb.Raw("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE ?", "%"+kv+"%").Row().Scan(&n)
-				return n == 1
-			})
+			if err := waitLockWait(odb, kv); err != nil {
+				otherDone <- fmt.Errorf("waiting for %s: %w", "fn's scan to wait for r2", err)
+				return
+			}
 			otherDone <- other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
 		}()
 		rows, err := tx.Raw("SELECT k FROM `" + kv + "` WHERE k IN ('r1', 'r2') ORDER BY k FOR UPDATE").Rows()
@@ -144,9 +144,11 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 
 // TestReviewDeadlockInPreparedStmtNotRefused: statements of a gorm
 // PrepareStmt session on fn's tx run through StmtContext, outside the
-// keeper, so their errors are never seen either: a prepared UPDATE chosen
-// as a deadlock victim ends the transaction, and fn's next (plain) write
-// through tx is autocommitted, Do returning nil.
+// keeper, so it cannot see their errors: a prepared UPDATE chosen as a
+// deadlock victim ends the transaction. Before the fix, fn's next (plain)
+// write through tx was autocommitted and Do returned nil; now the
+// transaction is guarded from its first prepared statement, so that write
+// is rolled back and Do reports the loss.
 func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 	e, l := setupLocker(t)
 	kv := e.kvTable(t)
@@ -182,11 +184,10 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 		}
 		started = true
 		go func() {
-			waitFor(t, "fn's UPDATE to wait for r2", func() bool {
-				var n int
-				_ = odb.Raw("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE ?", "%"+kv+"%").Row().Scan(&n)
-				return n == 1
-			})
+			if err := waitLockWait(odb, kv); err != nil {
+				otherDone <- fmt.Errorf("waiting for %s: %w", "fn's UPDATE to wait for r2", err)
+				return
+			}
 			otherDone <- other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
 		}()
 		updErr = ptx.Exec("UPDATE `"+kv+"` SET v = v + 1 WHERE k = ?", "r2").Error
@@ -204,9 +205,11 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 	if mysqlNumber(t, updErr) != 1213 {
 		t.Fatalf("fn's UPDATE = %v, want 1213 (the setting of the test)", updErr)
 	}
-	if !errors.Is(after, dblock.ErrLockLost) {
-		t.Errorf("a write through tx after the deadlock rolled the transaction back = %v, want it refused with ErrLockLost", after)
-	}
+	// The prepared statement ran outside the keeper's sight, so the write
+	// after it may be sent; but the transaction is guarded (autocommit off,
+	// a savepoint), so it lands in a new transaction that is rolled back:
+	// checked with the rows below.
+	t.Logf("the write after the deadlock: %v", after)
 	if err == nil {
 		t.Errorf("Do returned nil although its transaction was rolled back by a deadlock halfway through fn")
 	}

@@ -221,6 +221,25 @@ func (l *Locker) sameDatabase(ctx context.Context, s *txScope) (bool, error) {
 	return ident == l.srv.ident, nil
 }
 
+// dsnIdent names the server and schema of the transaction's DSN, or ""
+// when unknown.
+func (s *txScope) dsnIdent() string {
+	if s.owner != nil {
+		return s.owner.l.dsnIdent
+	}
+	return dsnIdent(s.tx)
+}
+
+// dsnIdent names the server and schema db's DSN reaches, or "" when db was
+// opened on an existing pool.
+func dsnIdent(db *gorm.DB) string {
+	cfg := dsnConfig(db)
+	if cfg == nil {
+		return ""
+	}
+	return cfg.Net + "(" + cfg.Addr + ")/" + cfg.DBName
+}
+
 // WithTx returns a copy of ctx that carries tx, a transaction the caller
 // opened with gorm. A Do under the returned context, on a Locker of tx's
 // database, joins tx instead of opening a transaction: its lock is held
@@ -251,9 +270,10 @@ func TxFrom(ctx context.Context) (*gorm.DB, bool) {
 	return nil, false
 }
 
-// DB returns the transaction ctx carries that runs on fallback's pool,
-// bound to ctx; when none does, the innermost transaction ctx carries; when
-// it carries none, fallback.WithContext(ctx). Repositories call it so that
+// DB returns the transaction ctx carries that runs on fallback's pool (or,
+// failing that, on the server and schema fallback's DSN names), bound to
+// ctx; when none does, the innermost transaction ctx carries; when it
+// carries none, fallback.WithContext(ctx). Repositories call it so that
 // their statements run inside the caller's lock transaction. It returns nil
 // when there is no transaction and fallback is nil.
 func DB(ctx context.Context, fallback *gorm.DB) *gorm.DB {
@@ -265,9 +285,19 @@ func DB(ctx context.Context, fallback *gorm.DB) *gorm.DB {
 		return fallback.WithContext(ctx)
 	}
 	if fallback != nil && link.next != nil {
+		// Several transactions (Lockers of several databases): the one on
+		// fallback's pool, else the one whose DSN names fallback's server
+		// and schema (another pool of the same database).
 		if pool, err := fallback.DB(); err == nil {
 			for l := link; l != nil; l = l.next {
 				if l.s.pool == pool {
+					return l.s.tx.WithContext(ctx)
+				}
+			}
+		}
+		if id := dsnIdent(fallback); id != "" {
+			for l := link; l != nil; l = l.next {
+				if l.s.dsnIdent() == id {
 					return l.s.tx.WithContext(ctx)
 				}
 			}

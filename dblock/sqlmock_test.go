@@ -185,19 +185,19 @@ func (m mocked) expectLookup(key dblock.Key, id int64) {
 // transaction.
 type mockServer struct {
 	version, comment string
-	snapshotVar      bool // MariaDB's innodb_snapshot_isolation exists
-	leaseVar         string
+	snapshotVar      bool   // MariaDB's innodb_snapshot_isolation exists
+	lease60          string // the statement that sets the default lease on a session
 }
 
 var (
-	mockMariaDB = mockServer{mariaVersion, mariaComment, true, "idle_transaction_timeout"}
-	mockMySQL   = mockServer{mysqlVersion, mysqlComment, false, "wait_timeout"}
+	mockMariaDB = mockServer{mariaVersion, mariaComment, true, qLease60}
+	mockMySQL   = mockServer{mysqlVersion, mysqlComment, false, "SET SESSION wait_timeout = 60"}
 )
 
 // firstAcquire returns a mock of srv with a Locker on it, closed when the
 // test ends, and expects the first acquisition of the key it returns
 // (order:42, row 7) up to BEGIN: the lookup of its row on the side pool,
-// then BEGIN.
+// the lease on the connection the Locker has not used yet, then BEGIN.
 func firstAcquire(t *testing.T, srv mockServer) (mocked, *dblock.Locker, dblock.Key) {
 	t.Helper()
 	m := newMocked(t)
@@ -205,8 +205,16 @@ func firstAcquire(t *testing.T, srv mockServer) (mocked, *dblock.Locker, dblock.
 	t.Cleanup(func() { _ = l.Close() })
 	key := dblock.Resource("order:42")
 	m.expectLookup(key, 7)
-	m.mock.ExpectBegin()
+	m.expectFirstBegin(srv)
 	return m, l, key
+}
+
+// expectFirstBegin expects the lease set on a connection the Locker has
+// not used yet, before BEGIN, so that a grant whose answer is lost does
+// not leave the key held for the session's old bound; then BEGIN.
+func (m mocked) expectFirstBegin(srv mockServer) {
+	m.mock.ExpectExec(srv.lease60).WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectBegin()
 }
 
 // done checks that every expectation of both pools was met.
@@ -221,13 +229,24 @@ func (m mocked) done(t *testing.T) {
 }
 
 // ownRow answers the first locking read of a transaction the Locker
-// opened: the row id and the session's idle bound (60 s: the default
-// lease, already set).
+// opened on MariaDB: the row id and the session's three idle bounds (60 s:
+// the default lease, already set).
 func ownRow(id int64) *sqlmock.Rows { return ownRowSession(id, 60) }
 
-// ownRowSession is ownRow with the session's idle bound secs.
+// ownRowSession is ownRow with the session's idle bounds secs.
 func ownRowSession(id, secs int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"id", "@@session"}).AddRow(id, secs)
+	return sqlmock.NewRows([]string{"id", "itt", "irtt", "iwtt"}).AddRow(id, secs, secs, secs)
+}
+
+// ownRowMySQL is ownRow on MySQL: the row id and wait_timeout.
+func ownRowMySQL(id, secs int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"id", "wait_timeout"}).AddRow(id, secs)
+}
+
+// callerRow answers a locking read in a caller's transaction on MariaDB:
+// the row id and @@in_transaction (1: the transaction is still open).
+func callerRow(id int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"id", "@@in_transaction"}).AddRow(id, 1)
 }
 
 // lockRow answers a locking read in a transaction already holding locks,
@@ -241,7 +260,7 @@ func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).Ad
 // that is given up is found in the process list and interrupted; the
 // pattern allows it.
 func lockStmt(prefix string, id int64, suffix string) string {
-	return fmt.Sprintf("%s^%sSELECT (?:%s)?id(?:, @@session\\.\\w+)? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
+	return fmt.Sprintf("%s^%sSELECT (?:%s)?id(?:, @@session\\.\\w+)*(?:, @@in_transaction)? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
 		regexPrefix, regexp.QuoteMeta(prefix), reTag, id, reHash, regexp.QuoteMeta(suffix))
 }
 
@@ -252,6 +271,13 @@ func nestedStmt(id int64) string {
 	return fmt.Sprintf("%s^SET STATEMENT max_statement_time=[0-9.]+, innodb_lock_wait_timeout=[0-9]+ FOR SELECT %sid FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE$",
 		regexPrefix, reTag, id, reHash)
 }
+
+// qLease60 and qLease5 set a lease on a MariaDB session: all three idle
+// bounds.
+const (
+	qLease60 = "SET SESSION idle_transaction_timeout = 60, idle_readonly_transaction_timeout = 60, idle_write_transaction_timeout = 60"
+	qLease5  = "SET SESSION idle_transaction_timeout = 5, idle_readonly_transaction_timeout = 5, idle_write_transaction_timeout = 5"
+)
 
 // nop is a fn that does nothing.
 func nop(context.Context, *gorm.DB) error { return nil }
@@ -305,9 +331,9 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 		key := dblock.Resource("order:42")
 		m.mock.ExpectBegin()
 		m.expectLookup(key, 7)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(lockRow(7))
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(callerRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
 		m.mock.ExpectCommit()
 
 		tx := m.db.Begin()
@@ -333,17 +359,16 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 }
 
 // TestSQLUncontendedPath pins the statements of an uncontended acquisition:
-// the first one looks the row up (autocommit, on the side pool, before
-// BEGIN); the locking read also reads the session's idle bound, which is
-// set to the lease when it differs (a connection another Locker or the
-// caller configured otherwise); later ones use the cached id: BEGIN, the
-// locking read, COMMIT, 3 round trips.
+// the first one looks the row up (autocommit, on the side pool) and sets
+// the lease on the connection, before BEGIN; the locking read also reads
+// the session's idle bounds, set again when they differ (a connection
+// another Locker or the caller configured otherwise); later ones use the
+// cached id: BEGIN, the locking read, COMMIT, 3 round trips.
 func TestSQLUncontendedPath(t *testing.T) {
 	m, l, key := firstAcquire(t, mockMariaDB)
 	ctx := context.Background()
 
-	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowSession(7, 0))
-	m.mock.ExpectExec("SET SESSION idle_transaction_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 	m.mock.ExpectCommit()
 	if err := l.Do(ctx, key, nop); err != nil {
 		t.Fatalf("first Do: %v", err)
@@ -381,11 +406,10 @@ func TestSQLUncontendedPath(t *testing.T) {
 	}
 	m.done(t)
 
-	// Another lease: the session is set when the locking read shows it
-	// differs, and only then.
+	// Another lease: set before BEGIN, once.
+	m.mock.ExpectExec(qLease5).WillReturnResult(sqlmock.NewResult(0, 0))
 	m.mock.ExpectBegin()
-	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
-	m.mock.ExpectExec("SET SESSION idle_transaction_timeout = 5").WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowSession(7, 5))
 	m.mock.ExpectCommit()
 	m.mock.ExpectBegin()
 	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowSession(7, 5))
@@ -394,6 +418,18 @@ func TestSQLUncontendedPath(t *testing.T) {
 		if err := l.Do(ctx, key, nop, dblock.Lease(5*time.Second)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	m.done(t)
+
+	// Someone else set the session's bound behind the Locker's back
+	// (another Locker on the pool, the caller): the locking read shows it,
+	// and it is set again right after the grant.
+	m.mock.ExpectBegin()
+	m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowSession(7, 2))
+	m.mock.ExpectExec(qLease5).WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectCommit()
+	if err := l.Do(ctx, key, nop, dblock.Lease(5*time.Second)); err != nil {
+		t.Fatal(err)
 	}
 	m.done(t)
 }
@@ -433,8 +469,12 @@ func TestSQLRowCreation(t *testing.T) {
 			if c.relook {
 				m.expectLookup(c.key, 7)
 			}
-			m.mock.ExpectBegin()
-			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+			m.expectFirstBegin(srv)
+			if c.mysql {
+				m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRowMySQL(7, 60))
+			} else {
+				m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
+			}
 			m.mock.ExpectCommit()
 			if err := l.Do(context.Background(), c.key, nop); err != nil {
 				t.Fatalf("Do: %v", err)
@@ -457,14 +497,14 @@ func TestSQLWaitStatements(t *testing.T) {
 		{"default", false, nil, lockStmt("", 7, "")},
 		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
 		{"WaitTimeout(300ms)", false, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"WaitTimeout(1.5s)", false, []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
 		{"context deadline", true, nil,
-			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"context deadline under WaitTimeout(300ms)", true, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -489,7 +529,7 @@ func TestSQLWaitStatements(t *testing.T) {
 		// SKIP LOCKED finds nothing; a look outside the transaction tells
 		// a held row from a missing one.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "@@session"}))
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "itt", "irtt", "iwtt"}))
 		h := lockkey.Fields(key).Hash()
 		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
 		m.mock.ExpectRollback()
@@ -664,7 +704,7 @@ func (patternArg) Match(v driver.Value) bool {
 func TestSQLMySQLDialect(t *testing.T) {
 	t.Run("NoWait", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "@@session"}))
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "itt", "irtt", "iwtt"}))
 		h := lockkey.Fields(key).Hash()
 		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
 		m.mock.ExpectRollback()
@@ -677,7 +717,7 @@ func TestSQLMySQLDialect(t *testing.T) {
 	t.Run("WaitTimeout granted, lease set", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
 		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
-			WillReturnRows(ownRowSession(7, 28800))
+			WillReturnRows(ownRowMySQL(7, 28800))
 		m.mock.ExpectExec("SET SESSION wait_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
 		m.mock.ExpectCommit()
 		if err := l.Do(context.Background(), key, nop, dblock.WaitTimeout(300*time.Millisecond)); err != nil {
@@ -727,14 +767,14 @@ func TestSQLStaleSnapshotCheck(t *testing.T) {
 			l := m.locker(t, mariaVersion, mariaComment, c.snapshotVar)
 			defer l.Close()
 			m.expectLookup(a, 7)
-			m.mock.ExpectBegin()
+			m.expectFirstBegin(mockMariaDB)
 			m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 			m.expectLookup(b, 8)
 			m.mock.ExpectQuery(nestedStmt(8)).WillReturnRows(lockRow(8))
 			if c.check {
 				hb := lockkey.Fields(b).Hash()
 				m.side.mock.ExpectExec(qBump).WithArgs(hb[:]).WillReturnResult(sqlmock.NewResult(5, 1))
-				m.mock.ExpectQuery(qFenceRead).WillReturnRows(sqlmock.NewRows([]string{"key_hash", "token"}).AddRow(hb[:], 5))
+				m.mock.ExpectQuery(qFenceCheck).WillReturnRows(sqlmock.NewRows([]string{"key_hash", "token"}).AddRow(hb[:], 5))
 			}
 			m.mock.ExpectCommit()
 			var token int64
@@ -758,12 +798,12 @@ func TestSQLStaleSnapshotCheck(t *testing.T) {
 		l := m.locker(t, mariaVersion, mariaComment, true)
 		defer l.Close()
 		m.expectLookup(a, 7)
-		m.mock.ExpectBegin()
+		m.expectFirstBegin(mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.expectLookup(b, 8)
 		m.mock.ExpectQuery(nestedStmt(8)).WillReturnRows(lockRow(8))
 		m.side.mock.ExpectExec(qBump).WillReturnResult(sqlmock.NewResult(5, 1))
-		m.mock.ExpectQuery(qFenceRead).WillReturnError(&gomysql.MySQLError{Number: 1020, Message: "Record has changed since last read"})
+		m.mock.ExpectQuery(qFenceCheck).WillReturnError(&gomysql.MySQLError{Number: 1020, Message: "Record has changed since last read"})
 		m.mock.ExpectRollback()
 		err := l.Do(context.Background(), a, func(ctx context.Context, tx *gorm.DB) error {
 			return l.Do(ctx, b, fnMustNotRun(t))
@@ -779,8 +819,9 @@ func TestSQLStaleSnapshotCheck(t *testing.T) {
 // The fencing statements: the bump, on the side pool, and the read back in
 // the transaction.
 const (
-	qBump      = regexPrefix + "^SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT INTO `tb_lock_fence` \\(key_hash, token\\) VALUES \\(\\?, LAST_INSERT_ID\\(1\\)\\) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID\\(token \\+ 1\\)$"
-	qFenceRead = regexPrefix + "^SET STATEMENT innodb_snapshot_isolation = ON FOR SELECT key_hash, token FROM `tb_lock_fence` WHERE key_hash IN \\(" + reHash + "\\) LOCK IN SHARE MODE$"
+	qBump       = regexPrefix + "^SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT INTO `tb_lock_fence` \\(key_hash, token\\) VALUES \\(\\?, LAST_INSERT_ID\\(1\\)\\) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID\\(token \\+ 1\\)$"
+	qFenceRead  = regexPrefix + "^SELECT key_hash, token FROM `tb_lock_fence` WHERE key_hash IN \\(" + reHash + "\\) LOCK IN SHARE MODE$"
+	qFenceCheck = regexPrefix + "^SET STATEMENT innodb_snapshot_isolation = ON FOR SELECT key_hash, token FROM `tb_lock_fence` WHERE key_hash IN \\(" + reHash + "\\) LOCK IN SHARE MODE$"
 )
 
 // TestSQLCancelledContextSendsNothing: an acquisition with a cancelled
@@ -885,7 +926,7 @@ func TestSQLFencingBumpRetried(t *testing.T) {
 		l := m.locker(t, mariaVersion, mariaComment, true, dblock.Logger(slog.New(cancelOnLog{cancel})))
 		defer l.Close()
 		m.expectLookup(key, 7)
-		m.mock.ExpectBegin()
+		m.expectFirstBegin(mockMariaDB)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(ownRow(7))
 		m.side.mock.ExpectExec(qBump).WillReturnError(refused)
 		m.mock.ExpectRollback()

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/txlock/txlock/schema"
@@ -12,15 +13,21 @@ import (
 // queries holds the statements of one Locker, built once from its table
 // name (validated by Table, so it cannot inject SQL).
 type queries struct {
-	selectRow  string // a key's row id by hash, autocommit
-	insertRow  string // create a key's row, autocommit
-	rowExists  string // whether row id of a hash exists, autocommit
-	table      string // "`t`", for the locking read
-	processes  string // find a tagged waiting statement
-	bumpFence  string // take the next fencing token, autocommit
-	readFence  string // confirm tokens in the transaction: "... WHERE key_hash IN ("
+	selectRow string // a key's row id by hash, autocommit
+	insertRow string // create a key's row, autocommit
+	rowExists string // whether row id of a hash exists, autocommit
+	table     string // "`t`", for the locking read
+	processes string // find a tagged waiting statement
+	bumpFence string // take the next fencing token, autocommit
+	readFence string // confirm tokens in the transaction: "... WHERE key_hash IN ("
+	// checkFence is readFence that also fails if the transaction's
+	// snapshot predates the bumps.
+	checkFence string
 	touchFrom  string // Galera multi-writer: write the locked row, before its id
-	sessionVar string // the session variable that bounds an idle transaction
+	// sessionVars are the session variables that bound an idle
+	// transaction; all are set to the lease (MariaDB uses the read-only
+	// or write one, when set, ahead of idle_transaction_timeout).
+	sessionVars []string
 }
 
 func buildQueries(table string, srv server) queries {
@@ -31,32 +38,54 @@ func buildQueries(table string, srv server) queries {
 	// counter's row (a second read of it), which would never let go.
 	bumpInsert := "INSERT /*+ SET_VAR(innodb_lock_wait_timeout=1) */ INTO "
 	processes := "SELECT ID, 0 FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
-	sessionVar := "wait_timeout"
+	sessionVars := []string{"wait_timeout"}
 	readFence := "SELECT key_hash, token FROM `" + schema.FenceTable(table) + "` WHERE key_hash IN ("
 	if srv.mariaDB {
 		insertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR "
 		bumpInsert = insertWait + "INSERT INTO "
 		processes = "SELECT ID, QUERY_ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
-		sessionVar = "idle_transaction_timeout"
+		sessionVars = []string{"idle_transaction_timeout", "idle_readonly_transaction_timeout", "idle_write_transaction_timeout"}
 	}
+	checkFence := readFence
 	if srv.snapshotIsolation {
 		// A locking read of a row changed after the transaction's snapshot
 		// fails with 1020: a transaction that read before its lock is
 		// caught here, and no snapshot is created when it has none.
-		readFence = "SET STATEMENT innodb_snapshot_isolation = ON FOR " + readFence
+		checkFence = "SET STATEMENT innodb_snapshot_isolation = ON FOR " + readFence
 	}
 	return queries{
-		selectRow:  "SELECT id FROM " + t + " WHERE key_hash = ?",
-		insertRow:  insertWait + "INSERT IGNORE INTO " + t + " (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)",
-		rowExists:  "SELECT 1 FROM " + t + " WHERE id = ? AND key_hash = ?",
-		table:      t,
-		processes:  processes,
-		touchFrom:  "UPDATE " + t + " SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = ",
-		sessionVar: sessionVar,
-		readFence:  readFence,
+		selectRow:   "SELECT id FROM " + t + " WHERE key_hash = ?",
+		insertRow:   insertWait + "INSERT IGNORE INTO " + t + " (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)",
+		rowExists:   "SELECT 1 FROM " + t + " WHERE id = ? AND key_hash = ?",
+		table:       t,
+		processes:   processes,
+		touchFrom:   "UPDATE " + t + " SET updated_at = GREATEST(NOW(6), updated_at + INTERVAL 1 MICROSECOND) WHERE id = ",
+		sessionVars: sessionVars,
+		readFence:   readFence,
+		checkFence:  checkFence,
 		bumpFence: bumpInsert + "`" + schema.FenceTable(table) + "` (key_hash, token) VALUES (?, LAST_INSERT_ID(1))" +
 			" ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
 	}
+}
+
+// leaseAssignments returns the assignments that set every idle bound of
+// a session to secs: "v1 = secs, v2 = secs".
+func (q queries) leaseAssignments(secs int) string {
+	var b strings.Builder
+	for i, v := range q.sessionVars {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(v)
+		b.WriteString(" = ")
+		b.WriteString(strconv.Itoa(secs))
+	}
+	return b.String()
+}
+
+// leaseStatement sets every idle bound of a session to secs.
+func (q queries) leaseStatement(secs int) string {
+	return "SET SESSION " + q.leaseAssignments(secs)
 }
 
 // lockRead describes one locking read of a key's row.
@@ -66,7 +95,8 @@ type lockRead struct {
 	tag     uint64        // marks the statement so that it can be found in the process list; 0: none
 	wait    time.Duration // > 0: the server bounds the wait (MariaDB)
 	skip    bool          // do not wait: SKIP LOCKED
-	session bool          // also read the session's idle bound
+	session bool          // also read the session's idle bounds
+	inTx    bool          // also read whether the session is in a transaction (MariaDB)
 }
 
 // appendLockRead appends the locking read r to buf: the row by id and key
@@ -93,8 +123,13 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	}
 	buf = append(buf, "id"...)
 	if r.session {
-		buf = append(buf, ", @@session."...)
-		buf = append(buf, l.q.sessionVar...)
+		for _, v := range l.q.sessionVars {
+			buf = append(buf, ", @@session."...)
+			buf = append(buf, v...)
+		}
+	}
+	if r.inTx {
+		buf = append(buf, ", @@in_transaction"...)
 	}
 	buf = append(buf, " FROM "...)
 	buf = append(buf, l.q.table...)

@@ -212,13 +212,13 @@ func galeraLocker(t *testing.T, mode dblock.Option, vars [][2]string) (mocked, *
 	m, l := galeraNode(t, mode, vars)
 	key := dblock.Resource("order:42")
 	m.expectLookup(key, 7)
-	m.mock.ExpectBegin()
+	m.expectFirstBegin(mockMariaDB)
 	return m, l, key
 }
 
 // TestSQLGaleraNotPrimary: a Galera node outside the primary component
 // answers 1047 to whatever an acquisition sends first (the row lookup,
-// BEGIN, the locking read, the token bump): ErrNotPrimary, without a
+// the lease before BEGIN, the locking read, the token bump): ErrNotPrimary, without a
 // retry; and in a transaction that already holds a lock, ErrLockLost too.
 func TestSQLGaleraNotPrimary(t *testing.T) {
 	notPrimary := &gomysql.MySQLError{Number: 1047, Message: "WSREP has not yet prepared node for application use"}
@@ -232,11 +232,11 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
 		m.done(t)
 	})
-	t.Run("BEGIN", func(t *testing.T) {
+	t.Run("first statement of the transaction", func(t *testing.T) {
 		m, l := galeraNode(t, dblock.GaleraSingleWriter(), galeraVars)
 		key := dblock.Resource("order:42")
 		m.expectLookup(key, 7)
-		m.mock.ExpectBegin().WillReturnError(notPrimary)
+		m.mock.ExpectExec(qLease60).WillReturnError(notPrimary)
 		_, err := l.Lock(context.Background(), key)
 		checkMapped(t, err, dblock.ErrNotPrimary, 1047, others)
 		m.done(t)
@@ -280,7 +280,7 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 		first, second := dblock.Resource("order:42"), dblock.Resource("order:43")
 		m.mock.ExpectBegin()
 		m.expectLookup(first, 7)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(lockRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
 		m.expectLookup(second, 8)
 		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnError(notPrimary)
 		m.mock.ExpectRollback()
