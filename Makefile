@@ -32,16 +32,32 @@ endef
 
 .PHONY: test demo bench db db-stop migrate generate torture fmt fmt-check vet tidy test-ha
 
-## test: go vet, gofmt check, then all tests with the race detector
+## test: go vet, gofmt check, then all tests with the race detector. With
+## the default PKGS, dblock's fault and review tests run in a second go test
+## process beside the rest: they spend their time waiting out leases and
+## partitions, not on the CPU, and dblock is the longest package.
+DBLOCK_SHARD := ^(TestReview|TestFault)
 test:
 	@$(WITH_DSN) \
 	$(GO) vet $(PKGS); \
 	$(GO) -C bench vet -mod=mod .; \
 	$(FMT_CHECK); \
-	$(GO) test -race -count=1 -timeout 9m $(PKGS); \
+	rc=0; \
+	if [[ "$(PKGS)" == "./..." ]]; then \
+		$(GO) test -race -count=1 -run '^$$' ./dblock/ >/dev/null; \
+		shard="$$(mktemp)"; \
+		$(GO) test -race -count=1 -timeout 9m -run '$(DBLOCK_SHARD)' ./dblock/ >"$$shard" 2>&1 & pid=$$!; \
+		$(GO) test -race -count=1 -timeout 9m -skip '$(DBLOCK_SHARD)' $(PKGS) || rc=$$?; \
+		wait $$pid || rc=$$?; \
+		echo "dblock, tests matching $(DBLOCK_SHARD) (a second process):"; \
+		cat "$$shard"; rm -f "$$shard"; \
+	else \
+		$(GO) test -race -count=1 -timeout 9m $(PKGS) || rc=$$?; \
+	fi; \
 	if [[ -z "$${TXLOCK_HA:-}" ]]; then \
 		echo "internal/hatest: the HA tests were skipped (replication and Galera topologies, a few minutes): run them with 'make test-ha'"; \
-	fi
+	fi; \
+	exit $$rc
 
 ## demo: run the orders example against the test server
 demo:
