@@ -1,0 +1,93 @@
+package fxapp_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+	"gorm.io/gorm"
+
+	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/examples/orders"
+	"github.com/txlock/txlock/examples/orders/fxapp"
+	"github.com/txlock/txlock/integrations/fxlock"
+	"github.com/txlock/txlock/internal/testdb"
+)
+
+func TestMain(m *testing.M) { testdb.Main(m) }
+
+// The fx application starts against the real server, serves concurrent
+// refunds of one order through the locking proxy (exactly one applies),
+// and closes its Locker when it stops.
+func TestAppRefundsOnceAndClosesLocker(t *testing.T) {
+	t.Parallel()
+	db := testdb.Open(t)
+	lockTable := testdb.Table(t, db)
+	testdb.NoLeaks(t, db)
+	tables := orders.TablesWithPrefix(lockTable + "_")
+	ctx := context.Background()
+	if err := orders.CreateTables(ctx, db, tables); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = orders.DropTables(ctx, db, tables) })
+
+	var (
+		h      *orders.Handler
+		locker *dblock.Locker
+	)
+	app := fxtest.New(t,
+		fx.NopLogger,
+		fxapp.Options(db, fxlock.Options{dblock.Table(lockTable)}, tables, orders.FakeGateway{Delay: 20 * time.Millisecond}),
+		fx.Populate(&h, &locker),
+	)
+	app.RequireStart()
+
+	_, r := call(t, h, "POST", "/orders", `{"user_id":"u-fx","amount":100}`)
+	if r.Order == nil {
+		t.Fatalf("create: %+v", r)
+	}
+	path := "/orders/" + strconv.FormatInt(r.Order.ID, 10)
+	if code, r := call(t, h, "POST", path+"/pay", ""); code != http.StatusOK {
+		t.Fatalf("pay: %d %+v", code, r)
+	}
+	var wg sync.WaitGroup
+	codes := make([]string, 6)
+	for i := range codes {
+		wg.Go(func() { _, r := call(t, h, "POST", path+"/refund", ""); codes[i] = r.Code })
+	}
+	wg.Wait()
+	applied := 0
+	for _, c := range codes {
+		if c == "ok" {
+			applied++
+		}
+	}
+	if applied != 1 {
+		t.Errorf("refunds applied: %d of %v, want exactly 1", applied, codes)
+	}
+
+	app.RequireStop()
+	err := locker.Do(ctx, dblock.Resource("after-stop"), func(context.Context, *gorm.DB) error { return nil })
+	if err == nil {
+		t.Error("Do after the application stopped succeeded: the Locker was not closed")
+	}
+}
+
+func call(t *testing.T, h http.Handler, method, path, body string) (int, orders.Response) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+	var resp orders.Response
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Errorf("%s %s: %v: %q", method, path, err, rec.Body.String())
+	}
+	return rec.Code, resp
+}
