@@ -102,13 +102,8 @@ func TestSecondLockerBlocks(t *testing.T) {
 	if err := a.Unlock(ctx, dbA); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatalf("the second Lock after the first Unlock: %v", err)
-		}
-	case <-time.After(opTimeout):
-		t.Fatal("the second Lock still waits after the first Unlock")
+	if err := await(t, got, "the second Lock after the first Unlock"); err != nil {
+		t.Fatalf("the second Lock after the first Unlock: %v", err)
 	}
 	if err := b.Unlock(ctx, dbB); err != nil {
 		t.Fatal(err)
@@ -280,13 +275,8 @@ func TestLockContext(t *testing.T) {
 	go func() { got <- l.Lock(ctx, other) }()
 	e.waitForWaiter(t)
 	cancel()
-	select {
-	case err := <-got:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Lock with its context cancelled: %v, want context.Canceled", err)
-		}
-	case <-time.After(opTimeout):
-		t.Fatal("Lock still waits after its context was cancelled")
+	if err := await(t, got, "Lock with its context cancelled"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Lock with its context cancelled: %v, want context.Canceled", err)
 	}
 
 	if err := l.Lock(ctx, other); !errors.Is(err, context.Canceled) {
@@ -336,13 +326,8 @@ func TestLockTwice(t *testing.T) {
 	if err := l.Unlock(ctx, e.db); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatalf("second Lock after Unlock: %v", err)
-		}
-	case <-time.After(opTimeout):
-		t.Fatal("the second Lock still waits after Unlock")
+	if err := await(t, got, "the second Lock after Unlock"); err != nil {
+		t.Fatalf("the second Lock after Unlock: %v", err)
 	}
 	if err := l.Unlock(ctx, e.db); err != nil {
 		t.Fatal(err)

@@ -132,6 +132,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// await returns what a Lock running in the background returned on got,
+// failing t if it has not returned within opTimeout.
+func await(t *testing.T, got <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-got:
+		return err
+	case <-time.After(opTimeout):
+		t.Fatalf("%s: still waiting after %v", what, opTimeout)
+		return nil
+	}
+}
+
 // waitForWaiter waits until the server shows a locking read of table
 // waiting: a Lock queued behind the holder.
 func (e *env) waitForWaiter(t *testing.T) {
