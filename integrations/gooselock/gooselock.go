@@ -81,8 +81,8 @@ func (l *Locker) Lock(ctx context.Context, db *sql.DB) error {
 	if db == nil {
 		return errors.New("gooselock: Lock: nil *sql.DB")
 	}
-	if err := ctx.Err(); err != nil {
-		return l.lockError(ctx, err, false)
+	if ctx.Err() != nil {
+		return fmt.Errorf("gooselock: Lock of %s: the context has ended: %w", l.cfg.key, context.Cause(ctx))
 	}
 	start := time.Now()
 	wait := l.cfg.wait
