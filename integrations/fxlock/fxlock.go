@@ -37,8 +37,11 @@ type Options []dblock.Option
 type Params struct {
 	fx.In
 
-	DB        *gorm.DB
-	Options   Options `optional:"true"`
+	// DB is the database the Locker takes its locks on.
+	DB *gorm.DB
+	// Options are passed to dblock.New; none gives dblock's defaults.
+	Options Options `optional:"true"`
+	// Lifecycle gets the hook that closes the Locker on stop.
 	Lifecycle fx.Lifecycle
 }
 
