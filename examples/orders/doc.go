@@ -12,6 +12,8 @@
 //   - [InitializeHandler] is the wire injector (wire.go, generated into
 //     wire_gen.go): it builds the Locker, the service, its proxy, and the
 //     [Handler] that serves the service over HTTP.
+//   - Package fxapp builds the same graph with uber-go/fx, the Locker from
+//     integrations/fxlock; ./cmd/fxdemo serves it.
 //
 // `make demo` runs ./cmd/demo: two instances of the HTTP service, as
 // separate processes, receive concurrent refunds of one order; exactly one
