@@ -96,7 +96,9 @@ func (l *Locker) Tx(tx *sql.Tx) *gorm.DB {
 	if tx == nil {
 		pool = failedPool{fmt.Errorf("%w: Locker.Tx: nil *sql.Tx", ErrNoTransaction)}
 	}
-	db := l.db.Session(&gorm.Session{NewDB: true})
+	// A Context makes Session clone the Statement: without one, the new
+	// handle would share (and the assignment change) the Locker's.
+	db := l.db.Session(&gorm.Session{NewDB: true, Context: context.Background()})
 	db.Statement.ConnPool = pool
 	return db
 }

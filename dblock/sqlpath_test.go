@@ -162,6 +162,25 @@ func TestSQLCallerTx(t *testing.T) {
 	ctx := ctxT(t)
 	key := dblock.Resource("k")
 
+	t.Run("handles of two transactions", func(t *testing.T) {
+		// Each handle has a Statement of its own: Locker.Tx once changed
+		// the one all handles of the Locker share.
+		tx1, err := e.sqlDB.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx1.Rollback()
+		tx2, err := e.sqlDB.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx2.Rollback()
+		h1 := l.Tx(tx1)
+		if h2 := l.Tx(tx2); dblock.SQL(h1) != tx1 || dblock.SQL(h2) != tx2 {
+			t.Error("Locker.Tx(tx2) changed the transaction of Locker.Tx(tx1)")
+		}
+	})
+
 	for _, commit := range []bool{false, true} {
 		tx, err := e.sqlDB.BeginTx(ctx, nil)
 		if err != nil {
