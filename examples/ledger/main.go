@@ -8,11 +8,13 @@
 //
 //   - Transfer: Locker.DoMulti, its queries run on dblock.SQL(tx), the
 //     lock's transaction (sqlc's DBTX shape);
+//
 //   - Withdraw: a Lock handle, queries on dblock.SQL(lk.Tx());
+//
 //   - Deposit: the service's own *sqlx.Tx, locked with
 //     LockTx(ctx, locker.Tx(tx.Tx), key), queries with sqlx as usual.
 //
-//	go run ./examples/ledger
+//     go run ./examples/ledger
 //
 // The server is named by $DBLOCK_DSN (default root@tcp(127.0.0.1:3306)/test).
 package main
