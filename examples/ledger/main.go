@@ -6,15 +6,13 @@
 // The Locker is made from the service's own pool with dblock.NewSQL. The
 // three ways to hold an account's lock are all here:
 //
-//   - Transfer: Locker.DoMulti, its queries run on dblock.SQL(tx), the
-//     lock's transaction (sqlc's DBTX shape);
+//   - Transfer: Locker.DoMulti, queries on dblock.SQL(tx) (sqlc's DBTX).
+//   - Withdraw: a Lock handle, queries on dblock.SQL(lk.Tx()).
+//   - Deposit: the service's own *sqlx.Tx, locked with LockTx and Locker.Tx.
 //
-//   - Withdraw: a Lock handle, queries on dblock.SQL(lk.Tx());
+// Run it with:
 //
-//   - Deposit: the service's own *sqlx.Tx, locked with
-//     LockTx(ctx, locker.Tx(tx.Tx), key), queries with sqlx as usual.
-//
-//     go run ./examples/ledger
+//	go run ./examples/ledger
 //
 // The server is named by $DBLOCK_DSN (default root@tcp(127.0.0.1:3306)/test).
 package main
