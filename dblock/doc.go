@@ -25,10 +25,26 @@
 //     held until that transaction ends. A transaction of another database
 //     does not count: Do then opens its own.
 //   - [Locker.LockTx] takes the lock inside a transaction the caller opened
-//     with gorm; the caller's Commit or Rollback releases it.
+//     with gorm (or with database/sql: [Locker.Tx]); the caller's Commit or
+//     Rollback releases it.
 //
 // [Locker.Lock] and [Locker.TryLock] return a [Lock] handle owning its own
 // transaction, for code that cannot be written as a callback.
+//
+// # Without gorm: database/sql
+//
+// A service written with database/sql (sqlx, sqlc, bun) makes its Locker
+// with [NewSQL] on its *sql.DB, and runs its queries in a lock's
+// transaction through [SQL]: SQL(tx) of Do's fn tx or of [Lock.Tx] is the
+// connection gorm itself uses for them, ExecContext, QueryContext,
+// QueryRowContext and PrepareContext (sqlc's DBTX), with the same guards
+// (statements refused with [ErrLockLost] after a loss, the lease kept).
+// A *sql.Tx the service began itself becomes a handle of the Locker with
+// [Locker.Tx], for LockTx(ctx, l.Tx(tx), key) and WithTx(ctx, l.Tx(tx)):
+// the lock is released by the service's Commit or Rollback, and
+// reentrancy, the keys remembered per *sql.Tx and the stale-snapshot check
+// are those of a gorm transaction. A repository reaches the transaction in
+// scope with [TxFrom] and SQL.
 //
 // # Release
 //

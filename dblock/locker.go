@@ -213,7 +213,7 @@ func checkAutocommit(ctx context.Context, name string, side *sql.DB) error {
 }
 
 // Close releases the Locker's side pool. It does not close the caller's
-// *gorm.DB, and it does not release locks held through the Locker: those
+// *gorm.DB or *sql.DB, and it does not release locks held through the Locker: those
 // end with their transactions. Acquisitions after Close fail.
 func (l *Locker) Close() error {
 	if l == nil || !l.closed.CompareAndSwap(false, true) {

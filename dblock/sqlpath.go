@@ -44,18 +44,14 @@ func NewSQL(db *sql.DB, opts ...Option) (*Locker, error) {
 
 // SQL returns what tx runs its statements on, for code written with
 // database/sql: ExecContext, QueryContext, QueryRowContext and
-// PrepareContext, which is sqlc's DBTX (queries.New(dblock.SQL(tx))) and
-// what sqlx and bun wrap. On a lock's transaction (Do's fn tx, Lock.Tx)
-// it is the connection gorm itself uses, with every guard: statements are
-// refused, failing with ErrLockLost, once the lock is lost; a ping keeps
-// the lease before a statement when needed. On a joined transaction of
-// yours it is that transaction; on a handle outside any transaction (DB
-// without one in scope), its pool. A nil tx gives statements that fail
-// with ErrNoTransaction.
-//
-// Statements of a statement prepared through it run outside the guard's
-// sight, as gorm's PrepareStmt ones do (see "The lease" in the package
-// documentation).
+// PrepareContext, sqlc's DBTX (queries.New(dblock.SQL(tx))). Of a lock's
+// transaction (Do's fn tx, Lock.Tx) it is the connection gorm itself
+// uses, with the same guards: statements are refused with ErrLockLost
+// after a loss, and the lease is kept. Of a joined transaction of yours
+// it is that transaction; of a handle outside any, its pool. A nil tx
+// gives statements that fail with ErrNoTransaction. Statements prepared
+// through it run outside the keepalive's sight, as gorm's PrepareStmt
+// ones do (see "The lease" in the package documentation).
 func SQL(tx *gorm.DB) gorm.ConnPool {
 	if tx == nil {
 		return failedPool{fmt.Errorf("%w: SQL: nil *gorm.DB", ErrNoTransaction)}
