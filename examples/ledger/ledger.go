@@ -112,24 +112,10 @@ func (l *Ledger) Transfer(ctx context.Context, from, to, amount int64) error {
 	}
 	return l.locker.DoMulti(ctx, []dblock.Key{accountKey(from), accountKey(to)}, func(ctx context.Context, tx *gorm.DB) error {
 		q := dblock.SQL(tx)
-		src, err := l.account(ctx, q, from)
-		if err != nil {
+		if err := l.debit(ctx, q, from, amount); err != nil {
 			return err
 		}
-		dst, err := l.account(ctx, q, to)
-		if err != nil {
-			return err
-		}
-		if src.Balance < amount {
-			return fmt.Errorf("account %d has %d, asked %d: %w", from, src.Balance, amount, ErrInsufficientFunds)
-		}
-		if err := l.pause(ctx); err != nil {
-			return err
-		}
-		if err := l.setBalance(ctx, q, from, src.Balance-amount); err != nil {
-			return err
-		}
-		if err := l.setBalance(ctx, q, to, dst.Balance+amount); err != nil {
+		if err := l.credit(ctx, q, to, amount); err != nil {
 			return err
 		}
 		return l.record(ctx, q, Entry{From: valid(from), To: valid(to), Amount: amount})
@@ -185,17 +171,7 @@ func (l *Ledger) Withdraw(ctx context.Context, id, amount int64) error {
 	}
 	defer lk.Rollback()
 	q := dblock.SQL(lk.Tx())
-	a, err := l.account(ctx, q, id)
-	if err != nil {
-		return err
-	}
-	if a.Balance < amount {
-		return fmt.Errorf("account %d has %d, asked %d: %w", id, a.Balance, amount, ErrInsufficientFunds)
-	}
-	if err := l.pause(ctx); err != nil {
-		return err
-	}
-	if err := l.setBalance(ctx, q, id, a.Balance-amount); err != nil {
+	if err := l.debit(ctx, q, id, amount); err != nil {
 		return err
 	}
 	if err := l.record(ctx, q, Entry{From: valid(id), Amount: amount}); err != nil {
@@ -224,6 +200,32 @@ func (l *Ledger) account(ctx context.Context, q DBTX, id int64) (Account, error)
 		return a, fmt.Errorf("account %d: %w", id, err)
 	}
 	return a, nil
+}
+
+// debit takes amount from account id through q, or fails with
+// ErrInsufficientFunds: a read, a check and a write of the balance
+// computed in Go, which only the account's lock keeps exact.
+func (l *Ledger) debit(ctx context.Context, q DBTX, id, amount int64) error {
+	a, err := l.account(ctx, q, id)
+	if err != nil {
+		return err
+	}
+	if a.Balance < amount {
+		return fmt.Errorf("account %d has %d, asked %d: %w", id, a.Balance, amount, ErrInsufficientFunds)
+	}
+	if err := l.pause(ctx); err != nil {
+		return err
+	}
+	return l.setBalance(ctx, q, id, a.Balance-amount)
+}
+
+// credit adds amount to account id through q.
+func (l *Ledger) credit(ctx context.Context, q DBTX, id, amount int64) error {
+	a, err := l.account(ctx, q, id)
+	if err != nil {
+		return err
+	}
+	return l.setBalance(ctx, q, id, a.Balance+amount)
 }
 
 // setBalance writes the balance of account id through q.

@@ -7,17 +7,18 @@ import (
 	"testing"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/testdb"
 )
 
 func TestMain(m *testing.M) { testdb.Main(m) }
 
-// TestRun runs the example: 16 goroutines of transfers, deposits and
-// withdrawals on 4 accounts, through the three ways of holding a lock;
-// every balance must be exact.
-func TestRun(t *testing.T) {
-	t.Parallel()
+// testServer gives the test a gorm pool on the test server (for the
+// test's own checks), a lock table of its own, and the server's DSN.
+func testServer(t *testing.T) (*gorm.DB, string, string) {
+	t.Helper()
 	db := testdb.Open(t)
 	lock := testdb.Table(t, db)
 	testdb.NoLeaks(t, db)
@@ -25,6 +26,15 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return db, lock, dsn
+}
+
+// TestRun runs the example: 16 goroutines of transfers, deposits and
+// withdrawals on 4 accounts, through the three ways of holding a lock;
+// every balance must be exact.
+func TestRun(t *testing.T) {
+	t.Parallel()
+	db, lock, dsn := testServer(t)
 	cfg := config{DSN: dsn, LockTable: lock, Prefix: lock + "_l", Accounts: 4, Workers: 16, Ops: 15, Check: time.Millisecond, Seed: 1}
 	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS `" + cfg.Prefix + "_accounts`, `" + cfg.Prefix + "_entries`") })
 	var out bytes.Buffer
@@ -41,13 +51,7 @@ func TestRun(t *testing.T) {
 // through.
 func TestOperationsWaitForTheAccount(t *testing.T) {
 	t.Parallel()
-	gdb := testdb.Open(t)
-	lock := testdb.Table(t, gdb)
-	testdb.NoLeaks(t, gdb)
-	dsn, err := testdb.DSN()
-	if err != nil {
-		t.Fatal(err)
-	}
+	gdb, lock, dsn := testServer(t)
 	ctx := context.Background()
 	db, side, err := openDB(ctx, dsn, lock)
 	if err != nil {
