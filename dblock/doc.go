@@ -99,8 +99,10 @@
 // [ErrLockLost], Do's fn context is cancelled with cause ErrLockLost, and
 // Commit refuses. So every statement may run for the lease minus twice the
 // margin (36 s by default); choose a lease above your longest statement.
-// Statements of a gorm PrepareStmt session run outside the keepalive's
-// sight: it does not ping within a third of the lease after one. The
+// Prepared statements (a gorm PrepareStmt session, PrepareContext through
+// SQL) run outside the keepalive's sight: it does not ping within a third
+// of the lease after one is bound or prepared, and the transaction is
+// checked before COMMIT to be the one the Locker began. The
 // session setting stays on the pooled connection after the lock.
 //
 // # Transactions that read before they lock

@@ -104,6 +104,9 @@ func TestSQLDoAndLock(t *testing.T) {
 		if err := heldByOther(l, key); err != nil {
 			t.Error(err)
 		}
+		if inScope, ok := dblock.TxFrom(ctx); !ok || dblock.SQL(inScope) != q {
+			t.Error("SQL of TxFrom(fn's ctx) is not SQL of fn's tx")
+		}
 		if err := sqlPut(ctx, q, kv, "do", 1); err != nil {
 			return err
 		}
