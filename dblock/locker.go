@@ -137,7 +137,7 @@ func newLocker(name string, db *gorm.DB, opts []Option) (*Locker, error) {
 	case cfg.sideDB == sqlDB:
 		return nil, fmt.Errorf("dblock: %s: SideDB is the pool the Locker locks on: the side pool must be another one (its work runs beside lock transactions, and must never wait for a connection they hold)", name)
 	case cfg.sideDB != nil:
-		if err := checkAutocommit(ctx, name, cfg.sideDB); err != nil {
+		if err := checkSideDB(ctx, name, cfg.sideDB, srv.schema); err != nil {
 			return nil, err
 		}
 		l.side = cfg.sideDB
@@ -199,15 +199,20 @@ func openSidePool(dsn *gomysql.Config) (*sql.DB, error) {
 	return side, nil
 }
 
-// checkAutocommit refuses a side pool whose statements would not commit
-// on their own.
-func checkAutocommit(ctx context.Context, name string, side *sql.DB) error {
+// checkSideDB refuses a side pool whose statements would not commit on
+// their own, or that reaches another schema than the Locker's pool (its
+// rows would be created in another lock table than the one locked).
+func checkSideDB(ctx context.Context, name string, side *sql.DB, schemaName string) error {
 	var on int
-	if err := side.QueryRowContext(ctx, "SELECT @@autocommit").Scan(&on); err != nil {
+	var sideSchema sql.NullString
+	if err := side.QueryRowContext(ctx, "SELECT @@autocommit, DATABASE()").Scan(&on, &sideSchema); err != nil {
 		return fmt.Errorf("dblock: %s: checking the SideDB pool: %w", name, err)
 	}
 	if on != 1 {
 		return fmt.Errorf("dblock: %s: the SideDB pool runs with autocommit off: its row creations and fencing tokens would never commit; open it with autocommit on", name)
+	}
+	if sideSchema.String != schemaName {
+		return fmt.Errorf("dblock: %s: the SideDB pool uses database %q, the Locker's pool %q: key rows would be created in another lock table than the one locked; open it on the same database", name, sideSchema.String, schemaName)
 	}
 	return nil
 }

@@ -17,6 +17,13 @@ import (
 // side pool of its own, closed when the test ends.
 func sqlLocker(t *testing.T, e env) *dblock.Locker {
 	t.Helper()
+	elsewhere, err := secondDatabase(t).DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dblock.NewSQL(e.sqlDB, dblock.Table(e.table), dblock.SideDB(elsewhere))
+	mustContain(t, err, "dblock: NewSQL: the SideDB pool uses database", "open it on the same database")
+
 	side, err := otherPool(t).DB()
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +53,10 @@ func connID(t *testing.T, ctx context.Context, q gorm.ConnPool) int64 {
 }
 
 // NewSQL: bad input fails with the library's words, not a panic; a pool
-// without SideDB is refused naming SideDB; Close leaves both pools open.
+// without SideDB is refused naming SideDB, and so is a SideDB on another
+// database (which used to be taken: key rows were then created in the
+// other database's table, and acquisitions failed with ErrTableMissing or
+// "disappeared 3 times"); Close leaves both pools open.
 func TestNewSQL(t *testing.T) {
 	e := setup(t)
 	if _, err := dblock.NewSQL(nil); err == nil {
@@ -68,6 +78,13 @@ func TestNewSQL(t *testing.T) {
 	mustContain(t, err, "dblock: NewSQL: a *sql.DB does not tell its DSN", "SideDB")
 	_, err = dblock.NewSQL(e.sqlDB, dblock.Table(e.table), dblock.SideDB(e.sqlDB))
 	mustContain(t, err, "dblock: NewSQL: SideDB is the pool the Locker locks on")
+
+	elsewhere, err := secondDatabase(t).DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dblock.NewSQL(e.sqlDB, dblock.Table(e.table), dblock.SideDB(elsewhere))
+	mustContain(t, err, "dblock: NewSQL: the SideDB pool uses database", "open it on the same database")
 
 	side, err := otherPool(t).DB()
 	if err != nil {
