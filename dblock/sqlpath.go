@@ -74,16 +74,16 @@ func SQL(tx *gorm.DB) gorm.ConnPool {
 	return pool
 }
 
-// Tx returns a handle of the Locker's on tx, a transaction the caller
-// began with database/sql on the Locker's database, for the calls that
-// take a caller's transaction: LockTx(ctx, l.Tx(tx), key), WithTx(ctx,
-// l.Tx(tx)). It is the gorm path's own transaction in every respect: the
-// lock is released when tx commits or rolls back, keys held are
-// remembered per *sql.Tx whatever handle or context reaches it, and a
-// transaction that read before its lock is checked (ErrStaleSnapshot).
-// Statements through the handle (or SQL of it) run in tx. A nil tx gives
-// a handle whose acquisitions and statements fail with ErrNoTransaction;
-// a nil Locker gives nil.
+// Tx returns a gorm handle on tx, a transaction the caller began with
+// database/sql on the Locker's database, for the calls that take a
+// caller's transaction: LockTx(ctx, l.Tx(tx), key), WithTx(ctx, l.Tx(tx)).
+// It behaves as a gorm transaction of the caller's does: the lock is
+// released when tx commits or rolls back, keys held are remembered per
+// *sql.Tx whatever handle or context reaches it, and a transaction that
+// read before its lock is refused (ErrStaleSnapshot). Statements through
+// the handle (or SQL of it) run in tx. A nil tx gives a handle whose
+// acquisitions and statements fail with ErrNoTransaction; a nil Locker
+// gives nil.
 func (l *Locker) Tx(tx *sql.Tx) *gorm.DB {
 	if l == nil {
 		return nil
