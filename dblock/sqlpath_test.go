@@ -17,13 +17,6 @@ import (
 // side pool of its own, closed when the test ends.
 func sqlLocker(t *testing.T, e env) *dblock.Locker {
 	t.Helper()
-	elsewhere, err := secondDatabase(t).DB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = dblock.NewSQL(e.sqlDB, dblock.Table(e.table), dblock.SideDB(elsewhere))
-	mustContain(t, err, "dblock: NewSQL: the SideDB pool uses database", "open it on the same database")
-
 	side, err := otherPool(t).DB()
 	if err != nil {
 		t.Fatal(err)
