@@ -829,6 +829,9 @@ func txPool(tx *gorm.DB) (gorm.ConnPool, error) {
 	if p, ok := pool.(*gorm.PreparedStmtTX); ok {
 		pool = p.Tx
 	}
+	if f, ok := pool.(failedPool); ok {
+		return nil, f.err
+	}
 	if _, ok := pool.(gorm.TxCommitter); !ok {
 		return nil, fmt.Errorf("%w: the *gorm.DB is not inside a transaction (start one with db.Begin or db.Transaction)", ErrNoTransaction)
 	}

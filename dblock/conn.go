@@ -341,13 +341,12 @@ func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*
 }
 
 // QueryRowContext runs a query of one row in the transaction. A refused
-// statement returns a Row whose Scan fails with the loss (a context that
-// ended carries it).
+// statement returns a Row whose Scan fails with the loss.
 func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
-		return refusedRow(c.tx, err)
+		return errorRow(err)
 	}
 	sent := time.Now()
 	row := c.tx.QueryRowContext(ctx, query, args...)
@@ -358,25 +357,27 @@ func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any)
 	return row
 }
 
-// refusedRow returns a *sql.Row that fails with err: database/sql builds
-// one from a context that has ended, and Row.Err reports its cause.
-func refusedRow(tx *sql.Tx, err error) *sql.Row {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	cancel(err)
-	return tx.QueryRowContext(ctx, pingStmt)
-}
-
 // PrepareContext prepares a statement on the transaction (gorm's
-// PrepareStmt sessions).
+// PrepareStmt sessions, which bind it with StmtContext; a database/sql
+// caller through SQL, which runs it directly). The statement then runs
+// outside the keeper: the transaction is guarded, as in StmtContext.
 func (c *keeper) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.guardLocked(ctx, false); err != nil {
+		return nil, err
+	}
 	sent := time.Now()
 	st, err := c.tx.PrepareContext(ctx, query)
 	c.answered(sent, err)
+	if err == nil {
+		c.mu.Lock()
+		c.untracked = time.Now()
+		c.mu.Unlock()
+	}
 	return st, err
 }
 

@@ -30,6 +30,8 @@ type server struct {
 	// ("host:port/schema"): two pools with the same ident lock the same
 	// rows.
 	ident string
+	// schema is the default schema of the Locker's pool (DATABASE()).
+	schema string
 	// lockWait is innodb_lock_wait_timeout as a session of the pool has it
 	// (the DSN may set it): the server's own bound on a wait.
 	lockWait time.Duration
@@ -68,7 +70,8 @@ func detectServer(ctx context.Context, db *sql.DB) (server, error) {
 		return s, fmt.Errorf("dblock: detecting the server's schema: %w", err)
 	}
 	s.lockWait = time.Duration(lockWait) * time.Second
-	s.ident = vars["hostname"] + ":" + vars["port"] + "/" + schemaName.String
+	s.schema = schemaName.String
+	s.ident = vars["hostname"] + ":" + vars["port"] + "/" + s.schema
 	s.readOnly = serverinfo.IsOn(vars["read_only"]) || serverinfo.IsOn(vars["super_read_only"])
 	s.galera = serverinfo.IsOn(vars["wsrep_on"])
 	s.rollbackOnTimeout = serverinfo.IsOn(vars["innodb_rollback_on_timeout"])

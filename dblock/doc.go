@@ -25,10 +25,26 @@
 //     held until that transaction ends. A transaction of another database
 //     does not count: Do then opens its own.
 //   - [Locker.LockTx] takes the lock inside a transaction the caller opened
-//     with gorm; the caller's Commit or Rollback releases it.
+//     with gorm (or with database/sql: [Locker.Tx]); the caller's Commit or
+//     Rollback releases it.
 //
 // [Locker.Lock] and [Locker.TryLock] return a [Lock] handle owning its own
 // transaction, for code that cannot be written as a callback.
+//
+// # Without gorm: database/sql
+//
+// A service written with database/sql (sqlx, sqlc, bun) makes its Locker
+// with [NewSQL] on its *sql.DB, and runs its queries in a lock's
+// transaction through [SQL]: SQL(tx) of Do's fn tx or of [Lock.Tx] is the
+// connection gorm itself uses for them, ExecContext, QueryContext,
+// QueryRowContext and PrepareContext (sqlc's DBTX), with the same guards
+// (statements refused with [ErrLockLost] after a loss, the lease kept).
+// A *sql.Tx the service began itself becomes a handle of the Locker with
+// [Locker.Tx], for LockTx(ctx, l.Tx(tx), key) and WithTx(ctx, l.Tx(tx)):
+// the lock is released by the service's Commit or Rollback, and
+// reentrancy, the keys remembered per *sql.Tx and the stale-snapshot check
+// are those of a gorm transaction. A repository reaches the transaction in
+// scope with [TxFrom] and SQL.
 //
 // # Release
 //
@@ -83,8 +99,10 @@
 // [ErrLockLost], Do's fn context is cancelled with cause ErrLockLost, and
 // Commit refuses. So every statement may run for the lease minus twice the
 // margin (36 s by default); choose a lease above your longest statement.
-// Statements of a gorm PrepareStmt session run outside the keepalive's
-// sight: it does not ping within a third of the lease after one. The
+// Prepared statements (a gorm PrepareStmt session, PrepareContext through
+// SQL) run outside the keepalive's sight: it does not ping within a third
+// of the lease after one is bound or prepared, and the transaction is
+// checked before COMMIT to be the one the Locker began. The
 // session setting stays on the pooled connection after the lock.
 //
 // # Transactions that read before they lock

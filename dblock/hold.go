@@ -67,9 +67,12 @@ func (h *hold) lose(err error) {
 		return
 	}
 	h.state, h.lostErr = lost, err
+	// Statements are refused before Lost is closed: a holder that sees it
+	// closed gets the loss from its next statement, not whatever the
+	// transaction, rolled back meanwhile by database/sql, answers.
+	h.keeper.refuse(err)
 	h.closeLostLocked()
 	h.mu.Unlock()
-	h.keeper.refuse(err)
 	h.l.log.Warn("dblock: lock lost", "granularity", h.key.granularity(), "error", err)
 	h.l.tel.lost(h.ctx, h.key, err)
 	h.l.tel.held(h.ctx, h.key, time.Since(h.granted))

@@ -78,6 +78,12 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	if db == nil {
 		return nil, errors.New("dblock: New: nil *gorm.DB")
 	}
+	return newLocker("New", db, opts)
+}
+
+// newLocker is New and NewSQL (name is the caller's, for messages) on db,
+// a gorm handle.
+func newLocker(name string, db *gorm.DB, opts []Option) (*Locker, error) {
 	cfg := config{table: schema.DefaultTable, cacheSize: keyCacheSize}
 	for _, o := range opts {
 		if o == nil {
@@ -89,7 +95,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	}
 	sqlDB, err := db.DB()
 	if err != nil {
-		return nil, fmt.Errorf("dblock: New: the *gorm.DB has no *sql.DB underneath: %w", err)
+		return nil, fmt.Errorf("dblock: %s: the *gorm.DB has no *sql.DB underneath: %w", name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), detectTimeout)
 	defer cancel()
@@ -102,7 +108,7 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	}
 	var nonce [6]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
-		return nil, fmt.Errorf("dblock: New: %w", err)
+		return nil, fmt.Errorf("dblock: %s: %w", name, err)
 	}
 	l := &Locker{
 		db:     db,
@@ -129,9 +135,9 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 	}
 	switch {
 	case cfg.sideDB == sqlDB:
-		return nil, errors.New("dblock: New: SideDB is the pool the *gorm.DB uses: the side pool must be another one (its work runs beside lock transactions, and must never wait for a connection they hold)")
+		return nil, fmt.Errorf("dblock: %s: SideDB is the pool the Locker locks on: the side pool must be another one (its work runs beside lock transactions, and must never wait for a connection they hold)", name)
 	case cfg.sideDB != nil:
-		if err := checkAutocommit(ctx, cfg.sideDB); err != nil {
+		if err := checkSideDB(ctx, name, cfg.sideDB, srv.schema); err != nil {
 			return nil, err
 		}
 		l.side = cfg.sideDB
@@ -141,10 +147,14 @@ func New(db *gorm.DB, opts ...Option) (*Locker, error) {
 		}
 		l.ownSide = true
 	default:
-		return nil, errors.New("dblock: New: the *gorm.DB was opened on an existing connection pool (mysql.Config{Conn: ...}), " +
-			"so the Locker cannot open the small side pool it needs beside lock transactions (row creation, fencing tokens, " +
-			"interrupting abandoned waits) without waiting on the connections your goroutines hold: " +
-			"pass SideDB(db2), a second *sql.DB on the same database (e.g. sql.OpenDB of the same connector, 4 connections are enough)")
+		what := "the *gorm.DB was opened on an existing connection pool (mysql.Config{Conn: ...})"
+		if name == "NewSQL" {
+			what = "a *sql.DB does not tell its DSN"
+		}
+		return nil, fmt.Errorf("dblock: %s: %s, "+
+			"so the Locker cannot open the small side pool it needs beside lock transactions (row creation, fencing tokens, "+
+			"interrupting abandoned waits) without waiting on the connections your goroutines hold: "+
+			"pass SideDB(db2), a second *sql.DB on the same database (e.g. sql.OpenDB of the same connector, 4 connections are enough)", name, what)
 	}
 	return l, nil
 }
@@ -189,21 +199,26 @@ func openSidePool(dsn *gomysql.Config) (*sql.DB, error) {
 	return side, nil
 }
 
-// checkAutocommit refuses a side pool whose statements would not commit
-// on their own.
-func checkAutocommit(ctx context.Context, side *sql.DB) error {
+// checkSideDB refuses a side pool whose statements would not commit on
+// their own, or that reaches another schema than the Locker's pool (its
+// rows would be created in another lock table than the one locked).
+func checkSideDB(ctx context.Context, name string, side *sql.DB, schemaName string) error {
 	var on int
-	if err := side.QueryRowContext(ctx, "SELECT @@autocommit").Scan(&on); err != nil {
-		return fmt.Errorf("dblock: New: checking the SideDB pool: %w", err)
+	var sideSchema sql.NullString
+	if err := side.QueryRowContext(ctx, "SELECT @@autocommit, DATABASE()").Scan(&on, &sideSchema); err != nil {
+		return fmt.Errorf("dblock: %s: checking the SideDB pool: %w", name, err)
 	}
 	if on != 1 {
-		return errors.New("dblock: New: the SideDB pool runs with autocommit off: its row creations and fencing tokens would never commit; open it with autocommit on")
+		return fmt.Errorf("dblock: %s: the SideDB pool runs with autocommit off: its row creations and fencing tokens would never commit; open it with autocommit on", name)
+	}
+	if sideSchema.String != schemaName {
+		return fmt.Errorf("dblock: %s: the SideDB pool uses database %q, the Locker's pool %q: key rows would be created in another lock table than the one locked; open it on the same database", name, sideSchema.String, schemaName)
 	}
 	return nil
 }
 
 // Close releases the Locker's side pool. It does not close the caller's
-// *gorm.DB, and it does not release locks held through the Locker: those
+// *gorm.DB or *sql.DB, and it does not release locks held through the Locker: those
 // end with their transactions. Acquisitions after Close fail.
 func (l *Locker) Close() error {
 	if l == nil || !l.closed.CompareAndSwap(false, true) {

@@ -105,9 +105,9 @@ func Logger(l *slog.Logger) Option {
 
 // SideDB sets the pool the Locker uses beside lock transactions (row
 // creation, fencing tokens, interrupting abandoned waits): another pool
-// than db's, on the same database, in autocommit. Needed when db was
-// opened on an existing pool (no DSN); otherwise the Locker opens one from
-// db's DSN. Not closed by Close.
+// than db's, on the same database, in autocommit. Needed by NewSQL, and
+// when db was opened on an existing pool (no DSN); otherwise the Locker
+// opens one from db's DSN. Not closed by Close.
 func SideDB(db *sql.DB) Option {
 	return func(c *config) error {
 		if db == nil {

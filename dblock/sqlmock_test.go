@@ -40,7 +40,7 @@ const (
 	qDetect = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'read_only', 'super_read_only', 'wsrep_on', 'innodb_snapshot_isolation', " +
 		"'innodb_rollback_on_timeout', 'hostname', 'port')"
 	qSchema     = "SELECT DATABASE(), @@SESSION.innodb_lock_wait_timeout"
-	qAutocommit = "SELECT @@autocommit"
+	qAutocommit = "SELECT @@autocommit, DATABASE()"
 	qLookup     = "SELECT id FROM `tb_lock` WHERE key_hash = ?"
 	qExists     = "SELECT 1 FROM `tb_lock` WHERE id = ? AND key_hash = ?"
 	qInsert     = "INSERT IGNORE INTO `tb_lock` (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)"
@@ -153,7 +153,7 @@ func (m mocked) expectDetectWith(version, comment string, snapshotVar bool, vars
 // expectSideCheck expects New's check that the side pool runs in
 // autocommit, after the detection, when New gets that far.
 func (m mocked) expectSideCheck() {
-	m.side.mock.ExpectQuery(qAutocommit).WillReturnRows(sqlmock.NewRows([]string{"@@autocommit"}).AddRow(1))
+	m.side.mock.ExpectQuery(qAutocommit).WillReturnRows(sqlmock.NewRows([]string{"@@autocommit", "DATABASE()"}).AddRow(1, "test"))
 }
 
 // newLocker returns a Locker on the mock, with its side pool.
