@@ -5,32 +5,22 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"fmt"
 	"io"
-
-	"gorm.io/driver/mysql"
-	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/txlock/txlock/dblock"
 )
 
 // openSQLLocker returns a dblock.Locker on db, a pool goose opened, and the
-// side pool it uses, which the caller closes after the Locker. gorm is
-// opened on db itself (a gorm handle on an existing pool has no DSN), so
-// the Locker's side pool borrows its connections from db: see
-// borrowConnector.
+// side pool it uses, which the caller closes after the Locker. A *sql.DB
+// does not give its DSN back, so dblock.NewSQL needs a side pool: this one
+// borrows its connections from db (see borrowConnector).
 func openSQLLocker(db *sql.DB, opts ...dblock.Option) (*dblock.Locker, *sql.DB, error) {
-	gdb, err := gorm.Open(mysql.New(mysql.Config{Conn: db}), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening gorm on goose's *sql.DB: %w", err)
-	}
 	side := sql.OpenDB(borrowConnector{db: db})
 	// No idle connections: each statement of the side pool borrows one of
 	// db's connections and gives it back at once, so that the side pool
 	// keeps nothing of db's when the Locker is not using it.
 	side.SetMaxIdleConns(0)
-	l, err := dblock.New(gdb, append([]dblock.Option{dblock.SideDB(side)}, opts...)...)
+	l, err := dblock.NewSQL(db, append([]dblock.Option{dblock.SideDB(side)}, opts...)...)
 	if err != nil {
 		_ = side.Close()
 		return nil, nil, err
