@@ -625,7 +625,7 @@ func (a *acquisition) setLease(lk *Lock, session [3]sql.NullInt64) error {
 			c.autocommitOff = true
 			c.mu.Unlock()
 		}
-		if _, err := c.ExecContext(lk.h.ctx, stmt); err != nil {
+		if _, err := c.exec(lk.h.ctx, stmt); err != nil {
 			return fmt.Errorf("%w: %s: setting the session of the lock's connection: %w", ErrLockLost, lk.h.key, err)
 		}
 		if a.l.touch {

@@ -306,8 +306,18 @@ func (c *keeper) ping(ctx context.Context) error {
 	return c.pingLocked(ctx)
 }
 
-// ExecContext runs a statement in the transaction.
+// ExecContext runs a statement of the holder in the transaction; one that
+// would end the transaction on the server is refused (implicitCommitErr).
 func (c *keeper) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := implicitCommitErr(query); err != nil {
+		return nil, err
+	}
+	return c.exec(ctx, query, args...)
+}
+
+// exec runs a statement in the transaction: the holder's, or the Locker's
+// own (which may set autocommit).
+func (c *keeper) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
@@ -321,6 +331,9 @@ func (c *keeper) ExecContext(ctx context.Context, query string, args ...any) (sq
 
 // QueryContext runs a query in the transaction.
 func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if err := implicitCommitErr(query); err != nil {
+		return nil, err
+	}
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
@@ -343,6 +356,9 @@ func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*
 // QueryRowContext runs a query of one row in the transaction. A refused
 // statement returns a Row whose Scan fails with the loss.
 func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if err := implicitCommitErr(query); err != nil {
+		return errorRow(err)
+	}
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
@@ -362,6 +378,9 @@ func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any)
 // caller through SQL, which runs it directly). The statement then runs
 // outside the keeper: the transaction is guarded, as in StmtContext.
 func (c *keeper) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	if err := implicitCommitErr(query); err != nil {
+		return nil, err
+	}
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
@@ -419,6 +438,11 @@ const abortSavepoint = "txlock_held"
 // errSilentAbort says a transaction was aborted without the abort being
 // reported to its statements.
 var errSilentAbort = errors.New("the server aborted the transaction (on Galera: another node's holder committed first) without telling its statements; what they did after the abort was rolled back")
+
+// errEndedUnseen says a guarded transaction ended on the server through a
+// statement the keeper did not see end it (a prepared statement or a
+// procedure that commits).
+var errEndedUnseen = errors.New("the transaction ended on the server behind the holder's back (a prepared statement or a procedure that commits?); what was sent after that was rolled back")
 
 // errStalled says the server did not answer a COMMIT or ROLLBACK within
 // the lease.
@@ -489,7 +513,10 @@ func (c *keeper) commit() error {
 			_ = c.bounded(c.tx.Rollback)
 			switch mysqlErrorNumber(err) {
 			case erSavepointMissing:
-				return fmt.Errorf("%w: %w: %w (%w)", ErrDeadlock, errSilentAbort, err, errNotSent)
+				if c.l.touch {
+					return fmt.Errorf("%w: %w: %w (%w)", ErrDeadlock, errSilentAbort, err, errNotSent)
+				}
+				return fmt.Errorf("%w: %w: %w (%w)", ErrLockLost, errEndedUnseen, err, errNotSent)
 			case erLockDeadlock:
 				return fmt.Errorf("%w: %w (%w)", ErrDeadlock, err, errNotSent)
 			}

@@ -53,6 +53,15 @@
 // no unlock statement that could be lost or replayed. A [Lock] dropped
 // without Commit or Rollback is rolled back once it is unreachable.
 //
+// A statement of the holder that would end the transaction on the server
+// (DDL and the other statements that commit implicitly, BEGIN, COMMIT,
+// ROLLBACK, SET autocommit) is refused before it is sent: the server would
+// release the lock and run what follows in autocommit. Only its first
+// words are read; a statement that ends the transaction unseen (a
+// procedure that commits, the second statement of a multi-statement
+// query) is caught before COMMIT when the transaction is guarded (prepared
+// statements, Galera multi-writer), and the outcome is [ErrCommitUnknown].
+//
 // # Reentrancy
 //
 // The context remembers which keys its transaction holds. A nested Do of a

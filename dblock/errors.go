@@ -177,6 +177,12 @@ func commitError(key Key, err error) error {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, errEndedUnseen) {
+		// Whatever ended the transaction may have committed the writes
+		// sent before it.
+		return fmt.Errorf("%w: %w; commit of %s not sent: writes sent before the transaction ended may have been committed by what ended it, later ones were not",
+			ErrCommitUnknown, err, key)
+	}
 	if errors.Is(err, errNotSent) {
 		if !errors.Is(err, ErrLockLost) {
 			err = fmt.Errorf("%w: %w", ErrLockLost, err)

@@ -305,16 +305,22 @@ func TestSQLAfterLossRefused(t *testing.T) {
 
 // A statement prepared through SQL runs outside the keeper: the
 // transaction must be guarded as for gorm's prepared statements, or a
-// prepared statement that ends the transaction (here COMMIT, which
-// releases the lock) leaves the next statements in autocommit, committed
-// without the lock, and Do reports success.
+// prepared statement that ends the transaction (here a procedure that
+// commits, which releases the lock, and which the check of a statement's
+// first words cannot see) leaves the next statements in autocommit,
+// committed without the lock, and Do reports success.
 func TestSQLPreparedStatementGuarded(t *testing.T) {
 	e := setup(t)
 	l := sqlLocker(t, e)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
+	proc := e.table + "_commit"
+	if err := e.db.Exec("CREATE PROCEDURE `" + proc + "`() COMMIT").Error; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.db.Exec("DROP PROCEDURE IF EXISTS `" + proc + "`").Error })
 	err := l.Do(ctx, dblock.Resource("k"), func(ctx context.Context, tx *gorm.DB) error {
-		st, err := dblock.SQL(tx).PrepareContext(ctx, "COMMIT")
+		st, err := dblock.SQL(tx).PrepareContext(ctx, "CALL `"+proc+"`()")
 		if err != nil {
 			return err
 		}
@@ -327,6 +333,9 @@ func TestSQLPreparedStatementGuarded(t *testing.T) {
 	t.Logf("Do: %v", err)
 	if err == nil {
 		t.Error("Do after its transaction was committed by a prepared statement succeeded")
+	}
+	if !errors.Is(err, dblock.ErrCommitUnknown) || !errors.Is(err, dblock.ErrLockLost) {
+		t.Errorf("Do = %v, want ErrCommitUnknown and ErrLockLost: the procedure committed what fn wrote before it", err)
 	}
 	if got := get(t, e.db, kv, "after-commit"); got != -1 {
 		t.Error("a write after the transaction ended was committed outside the lock")
