@@ -1,0 +1,150 @@
+package dblock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"gorm.io/gorm"
+)
+
+// join takes keys in the transaction of s (a caller's, or one the Locker
+// opened for an outer call), unless it holds them already (reentrancy).
+func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig) error {
+	if err := s.endedErr(); err != nil {
+		// A context kept past its lock (Lock.Context after Commit, or
+		// context.WithoutCancel of fn's context): joining would run fn
+		// without the lock.
+		return fmt.Errorf("%w: %s: the transaction this context carries has ended: %w", ErrNoTransaction, keys[0], err)
+	}
+	if l.touch && s.owner == nil {
+		return errMultiWriterJoin
+	}
+	tx, err := s.runner()
+	if err != nil {
+		return err
+	}
+	l.adopt(s)
+	a := l.newAcquisition(ctx, lc)
+	var newKeys, heldKeys []Key // locked now; held before and without a token yet
+	for _, key := range keys {
+		if s.holds(l, key) {
+			if s.owner == nil {
+				// A caller's transaction may have ended behind the
+				// context's back: one locking read (granted at once) tells.
+				if err := l.joinKey(a, s, tx, key); err != nil {
+					return err
+				}
+			}
+			if _, ok := s.token(l.cfg.table, key); lc.fencing && !ok {
+				heldKeys = append(heldKeys, key)
+			}
+			continue
+		}
+		done := l.tel.startAcquire(ctx, key, lc.noWait)
+		err := l.joinKey(a, s, tx, key)
+		done(err)
+		if err != nil {
+			return err
+		}
+		newKeys = append(newKeys, key)
+	}
+	// A transaction that may have read before these locks is checked
+	// (the token read fails if its snapshot predates them), unless the
+	// caller promised it has not; fencing takes the tokens either way.
+	check := len(newKeys) > 0 && !lc.fresh && l.srv.snapshotIsolation
+	for _, t := range [...]struct {
+		keys  []Key
+		check bool
+	}{{heldKeys, false}, {newKeys, check}} {
+		if len(t.keys) == 0 || !(lc.fencing || t.check) {
+			continue
+		}
+		tokens, err := l.takeTokens(ctx, tx, t.keys, s.owner != nil || s.holdsAny(), t.check)
+		if err != nil {
+			return err
+		}
+		for i, k := range t.keys {
+			s.setToken(l, k, tokens[i])
+		}
+	}
+	for _, k := range newKeys {
+		s.add(l, k)
+	}
+	return nil
+}
+
+// errMultiWriterJoin refuses a lock in a caller's transaction on Galera in
+// multi-writer mode.
+var errMultiWriterJoin = errors.New("dblock: GaleraMultiWriter: a lock in a transaction of yours (LockTx, Do under WithTx) cannot be made safe across Galera nodes: " +
+	"when another node's holder commits first, the cluster aborts your transaction, and the abort is not always reported to your statements, " +
+	"which then run in autocommit outside any lock; take the lock with Do or Lock, whose transaction the Locker checks before COMMIT")
+
+// joinKey takes key in the transaction of s, recreating a row that was
+// collected since its id was cached.
+func (l *Locker) joinKey(a *acquisition, s *txScope, tx stmtRunner, key Key) error {
+	pctx, cancel := a.prepCtx()
+	defer cancel()
+	holdsOthers := s.owner != nil || s.holdsAny()
+	for attempt := 1; ; attempt++ {
+		id, err := l.findRow(pctx, key, attempt > 1)
+		if err != nil {
+			return a.prepError("finding the key's row", key, err)
+		}
+		var leaseEnd time.Time
+		if s.owner != nil {
+			if leaseEnd, err = s.owner.keeper.fresh(a.ctx); err != nil {
+				return err
+			}
+		}
+		_, err = a.lockKey(tx, key, id, false, leaseEnd, holdsOthers)
+		if !errors.Is(err, errRowGone) {
+			return err
+		}
+		// The locking read of the missing row took a gap lock; `txlock gc`
+		// never deletes the newest row, so that gap lies below the highest
+		// id and the new row, with an id above it, does not wait for this
+		// transaction. A row deleted otherwise fails fast (see findRow).
+		l.cache.forget(key, id)
+		if attempt == 3 {
+			return fmt.Errorf("dblock: the row of %s in %s disappeared %d times while locking it: is a gc deleting live rows?", key, l.cfg.table, attempt)
+		}
+	}
+}
+
+// runner returns where the library's statements run in s's transaction:
+// the keeper of a transaction the Locker opened, or the caller's own
+// transaction, unwrapped from gorm's prepared-statement layer (the
+// library's statements are never prepared).
+func (s *txScope) runner() (stmtRunner, error) {
+	if s.owner != nil {
+		return s.owner.keeper, nil
+	}
+	return txPool(s.tx)
+}
+
+// txPool returns the connection of the transaction tx, below gorm's
+// prepared-statement layer.
+func txPool(tx *gorm.DB) (gorm.ConnPool, error) {
+	if tx == nil {
+		return nil, fmt.Errorf("%w: nil *gorm.DB", ErrNoTransaction)
+	}
+	if tx.Statement == nil || tx.Statement.ConnPool == nil {
+		return nil, fmt.Errorf("%w: the *gorm.DB has no connection", ErrNoTransaction)
+	}
+	pool := tx.Statement.ConnPool
+	if p, ok := pool.(*gorm.PreparedStmtTX); ok {
+		pool = p.Tx
+	}
+	if f, ok := pool.(failedPool); ok {
+		return nil, f.err
+	}
+	if _, ok := pool.(gorm.TxCommitter); !ok {
+		return nil, fmt.Errorf("%w: the *gorm.DB is not inside a transaction (start one with db.Begin or db.Transaction)", ErrNoTransaction)
+	}
+	if c, ok := pool.(*lockConn); ok {
+		return c.keeper, nil
+	}
+	return pool, nil
+}

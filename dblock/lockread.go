@@ -1,0 +1,379 @@
+package dblock
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+)
+
+// The locking read of one key: its wait bound, its interruption when the
+// caller gives up, and the mapping of its outcome (docs/PROTOCOL.md, "Waits").
+
+// waitBound is the bound on one locking read's wait, and what set it.
+type waitBound struct {
+	d      time.Duration
+	why    string
+	ctx    bool // the context's deadline: the failure also matches DeadlineExceeded
+	server bool // the server's innodb_lock_wait_timeout: the server ends the wait itself
+}
+
+// bound returns the wait bound of a locking read sent now: the least of
+// WaitTimeout's remainder, the context's deadline, the lease of the
+// transaction's other locks (leaseEnd, when not zero), the DSN's
+// readTimeout and, unless WaitTimeout asks for longer, the server's
+// innodb_lock_wait_timeout.
+func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
+	var b waitBound
+	consider := func(c waitBound) {
+		if b.why == "" || c.d < b.d {
+			b = c
+		}
+	}
+	now := time.Now()
+	if !a.waitUntil.IsZero() {
+		consider(waitBound{d: a.waitUntil.Sub(now), why: "WaitTimeout(" + a.lc.wait.String() + ")"})
+	} else if lw := a.l.srv.lockWait; lw > 0 {
+		consider(waitBound{d: lw, why: "the server's innodb_lock_wait_timeout", server: true})
+	}
+	if dl, ok := a.ctx.Deadline(); ok {
+		consider(waitBound{d: dl.Sub(now) - deadlineMargin, why: "the context's deadline", ctx: true})
+	}
+	if !leaseEnd.IsZero() {
+		consider(waitBound{d: leaseEnd.Sub(now) - deadlineMargin, why: "the lease of the locks the transaction holds"})
+	}
+	if rt := a.l.readTimeout; rt > 0 {
+		consider(waitBound{d: rt - readTimeoutMargin, why: "the DSN's readTimeout (" + rt.String() + ")"})
+	}
+	if b.why == "" {
+		return nil
+	}
+	return &b
+}
+
+// lockOutcome is what a locking read found.
+type lockOutcome struct {
+	session [3]sql.NullInt64 // the session's idle bounds, when asked for (sessionVars)
+}
+
+// lockKey runs the locking read of key (row id) in the transaction on tx:
+// granted (nil), errRowGone when the row is not there, or the failure
+// mapped to the library's errors. holdsOthers says the transaction holds
+// locks already (or is a caller's), which a failure that ends the
+// transaction loses.
+func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
+	l := a.l
+	// In a caller's transaction, the server may have rolled it back
+	// behind the context's back (a deadlock fn did not report): the
+	// locking read would then run in autocommit and hold nothing. MariaDB
+	// says whether the session is still in a transaction.
+	_, caller := tx.(*keeper)
+	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !caller && l.srv.mariaDB}
+	var b *waitBound
+	if !r.skip {
+		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {
+			r.skip = true // no time left to wait: only a free row is granted
+		}
+	}
+	if err := a.ctx.Err(); err != nil {
+		return lockOutcome{}, a.ended(key, b, nil, holdsOthers)
+	}
+	var timer time.Duration
+	if !r.skip {
+		r.tag = l.seq.Add(1)
+		switch {
+		case b == nil:
+		case b.server:
+			timer = b.d + killGrace // a backstop: the server ends the wait itself
+		case l.srv.mariaDB:
+			// The server bounds the statement; the timer is a backstop
+			// for an answer that does not come (a partition after the
+			// grant).
+			r.wait, timer = b.d, b.d+killGrace
+		default:
+			timer = b.d // MySQL has no per-statement sub-second bound: interrupt it
+		}
+	}
+	var buf [320]byte
+	q := string(l.appendLockRead(buf[:0], r))
+
+	var out lockOutcome
+	var got, inTx int64
+	var err error
+	dest := make([]any, 1, 5)
+	dest[0] = &got
+	if session {
+		for i := range l.q.sessionVars {
+			dest = append(dest, &out.session[i])
+		}
+	}
+	if r.inTx {
+		dest = append(dest, &inTx)
+	}
+	l.tel.waiting(a.ctx, key, 1)
+	interrupted := l.runInterruptible(a.ctx, r.tag, timer, func(sctx context.Context) {
+		err = tx.QueryRowContext(sctx, q).Scan(dest...)
+	})
+	l.tel.waiting(a.ctx, key, -1)
+	noteErr(tx, err)
+	if mysqlErrorNumber(err) == erTableDefChanged {
+		// The table was recreated (TRUNCATE, a migration) after the
+		// transaction's snapshot.
+		if holdsOthers {
+			return out, fmt.Errorf("%w: acquiring %s: the lock table was recreated after this transaction began: %w", ErrStaleSnapshot, key, err)
+		}
+		return out, errRowGone
+	}
+	if err == nil && r.inTx && inTx == 0 {
+		return out, fmt.Errorf("%w: acquiring %s: the transaction had already ended on the server (rolled back: a deadlock or a timeout its statement reported?), so statements now run in autocommit and the lock would be released at once: roll it back and start again",
+			ErrNoTransaction, key)
+	}
+	switch {
+	case err == nil:
+		if l.touch {
+			return out, l.touchRow(a.ctx, tx, key, id, holdsOthers)
+		}
+		return out, nil
+	case errors.Is(err, sql.ErrNoRows):
+		if !r.skip {
+			return out, errRowGone
+		}
+		exists, xerr := l.rowExists(a.ctx, id, r.hash[:])
+		switch {
+		case xerr != nil:
+			return out, fmt.Errorf("dblock: acquiring %s: telling a held row from a missing one: %w", key, withCause(a.ctx, xerr))
+		case !exists:
+			return out, errRowGone
+		case b != nil && !a.lc.noWait:
+			return out, a.notAcquired(key, b, nil)
+		}
+		return out, fmt.Errorf("%w: %s is held (NoWait)", ErrNotAcquired, key)
+	}
+	switch {
+	case interrupted == cutOff:
+		// The server did not answer the interruption: the driver closed
+		// the connection, and the transaction is gone with it.
+		err = fmt.Errorf("%w (%w)", err, gomysql.ErrInvalidConn)
+	case interrupted == notInterrupted && r.tag != 0 && isBrokenConn(err):
+		// The driver gave up on the connection (a DSN readTimeout, a
+		// network fault): the server may still keep the statement queued
+		// for the lock, and a grant to it would delay live waiters.
+		l.killWaiting(a.ctx, r.tag)
+	}
+	if n := mysqlErrorNumber(err); interrupted != notInterrupted && a.ctx.Err() != nil && (n == 0 || n == erQueryInterrupted) {
+		// The statement ended because the context did (not, say, a
+		// server error that ended the transaction and with it the
+		// context).
+		return out, a.ended(key, b, err, holdsOthers)
+	}
+	return out, a.lockError(key, b, err, holdsOthers)
+}
+
+// notAcquired is the error of a wait that ran out its bound b.
+func (a *acquisition) notAcquired(key Key, b *waitBound, err error) error {
+	msg := fmt.Sprintf("%s was not granted before the wait ran out (bounded by %s)", key, b.why)
+	switch {
+	case b.ctx && err != nil:
+		return fmt.Errorf("%w: %s: %w (%w)", ErrNotAcquired, msg, context.DeadlineExceeded, err)
+	case b.ctx:
+		return fmt.Errorf("%w: %s: %w", ErrNotAcquired, msg, context.DeadlineExceeded)
+	case err != nil:
+		return fmt.Errorf("%w: %s (%w)", ErrNotAcquired, msg, err)
+	}
+	return fmt.Errorf("%w: %s", ErrNotAcquired, msg)
+}
+
+// ended is the error of an acquisition whose context ended while it
+// waited: its deadline bounded the wait (not acquired), or it was
+// cancelled.
+func (a *acquisition) ended(key Key, b *waitBound, err error, holdsOthers bool) error {
+	lost := holdsOthers && err != nil && a.l.endsTransaction(err)
+	if errors.Is(a.ctx.Err(), context.DeadlineExceeded) {
+		if b == nil || !b.ctx {
+			b = &waitBound{why: "the context's deadline", ctx: true}
+		}
+		e := a.notAcquired(key, b, err)
+		if lost {
+			return fmt.Errorf("%w; the transaction's connection was closed, its other locks are gone (%w)", e, ErrLockLost)
+		}
+		return e
+	}
+	e := fmt.Errorf("dblock: acquiring %s: %w", key, context.Cause(a.ctx))
+	if lost {
+		return fmt.Errorf("%w; the transaction's connection was closed, its other locks are gone (%w)", e, ErrLockLost)
+	}
+	return e
+}
+
+// lockError maps an error of a locking read to the library's sentinels,
+// keeping the original in the chain.
+func (a *acquisition) lockError(key Key, b *waitBound, err error, holdsOthers bool) error {
+	l := a.l
+	if e := l.notPrimary("acquiring", key, err); e != nil {
+		return l.lostIf(holdsOthers, e)
+	}
+	switch mysqlErrorNumber(err) {
+	case erStatementTimeout, erQueryTimeout, erQueryInterrupted, erLockNowait:
+		if b == nil {
+			b = &waitBound{why: "the server"}
+		}
+		return a.notAcquired(key, b, err)
+	case erLockWaitTimeout:
+		e := a.notAcquired(key, &waitBound{why: "the server's innodb_lock_wait_timeout"}, err)
+		if l.srv.rollbackOnTimeout {
+			e = fmt.Errorf("%w; the whole transaction was rolled back by the server (innodb_rollback_on_timeout is ON)", e)
+			return l.lostIf(holdsOthers, e)
+		}
+		return e
+	case erLockDeadlock:
+		return l.lostIf(holdsOthers, fmt.Errorf("%w: acquiring %s: %w", ErrDeadlock, key, err))
+	case erNoSuchTable:
+		l.cache.clear()
+		return fmt.Errorf("%w: %w", ErrTableMissing, err)
+	case erOptionPreventsStmt:
+		return l.lostIf(holdsOthers, fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err))
+	}
+	if errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("%w: acquiring %s: %w", ErrNoTransaction, key, err)
+	}
+	if isConnectionLoss(err) {
+		return l.lostIf(holdsOthers, fmt.Errorf("dblock: acquiring %s: the connection failed: %w", key, err))
+	}
+	return fmt.Errorf("dblock: acquiring %s: %w", key, err)
+}
+
+// interruption says whether and how a waiting statement was interrupted.
+type interruption uint8
+
+const (
+	notInterrupted interruption = iota
+	killed                      // interrupted on the server: the connection is intact
+	cutOff                      // the server did not answer in time: the connection was closed
+)
+
+// noteErr tells the keeper of a transaction the Locker opened about an
+// error that reached the library after the statement's call returned (at
+// Scan or Next: the server sends a result's columns before it runs into a
+// deadlock), so that a transaction the error ended is known lost.
+func noteErr(tx stmtRunner, err error) {
+	if c, ok := tx.(*keeper); ok && err != nil {
+		c.answered(time.Time{}, err)
+	}
+}
+
+// runInterruptible runs a tagged statement (run) so that its end is the
+// server's: run gets a context that the caller's ctx does not end. When
+// ctx ends (or, with timer > 0, when the timer fires) the statement is
+// interrupted on the server (KILL QUERY from the side pool), which leaves
+// the connection and the transaction usable; only when the statement has
+// not returned killGrace after that is the connection closed.
+func (l *Locker) runInterruptible(ctx context.Context, tag uint64, timer time.Duration, run func(sctx context.Context)) interruption {
+	if tag == 0 || (ctx.Done() == nil && timer == 0) {
+		run(ctx) // nothing can end it but the server
+		return notInterrupted
+	}
+	sctx, cutoff := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutoff()
+	returned := make(chan struct{})
+	done := make(chan struct{})
+	var once sync.Once
+	var cut atomic.Bool
+	interrupt := func() {
+		once.Do(func() {
+			defer close(done)
+			l.killWaiting(ctx, tag)
+			t := time.NewTimer(killGrace)
+			defer t.Stop()
+			select {
+			case <-returned:
+			case <-t.C:
+				cut.Store(true)
+				cutoff() // the driver closes the connection
+			}
+		})
+	}
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, interrupt)
+	}
+	var t *time.Timer
+	if timer > 0 {
+		t = time.AfterFunc(timer, interrupt)
+	}
+	run(sctx)
+	close(returned)
+	fired := !stop()
+	if t != nil && !t.Stop() {
+		fired = true
+	}
+	if !fired {
+		return notInterrupted
+	}
+	// On MySQL KILL QUERY names the connection, not the statement: it must
+	// not reach the next one.
+	<-done
+	if cut.Load() {
+		return cutOff
+	}
+	return killed
+}
+
+// killWaiting interrupts this Locker's statement tagged tag, if the server
+// still runs it, from the side pool (never the caller's pool). MariaDB
+// interrupts it by query id, so a statement that has just ended is never
+// mistaken for the next one on its connection.
+func (l *Locker) killWaiting(ctx context.Context, tag uint64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killTimeout)
+	defer cancel()
+	pattern := "%/*" + l.marker + strconv.FormatUint(tag, 10) + "*/%"
+	// The statement may still be on its way to the server: look again a
+	// few times before concluding that it is gone.
+	for i, pause := range [...]time.Duration{0, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond} {
+		time.Sleep(pause)
+		var conn, query int64
+		err := l.side.QueryRowContext(ctx, l.q.processes, pattern).Scan(&conn, &query)
+		if errors.Is(err, sql.ErrNoRows) {
+			if i == 0 {
+				continue
+			}
+			return
+		}
+		if err != nil {
+			l.log.WarnContext(ctx, "dblock: cannot look for an abandoned lock wait", "error", err)
+			return
+		}
+		kill := "KILL QUERY " + strconv.FormatInt(conn, 10)
+		if l.srv.mariaDB {
+			kill = "KILL QUERY ID " + strconv.FormatInt(query, 10)
+		}
+		if _, err := l.side.ExecContext(ctx, kill); err != nil {
+			if n := mysqlErrorNumber(err); n != erUnknownThread && n != erNoSuchQuery {
+				l.log.WarnContext(ctx, "dblock: cannot interrupt an abandoned lock wait", "connection", conn, "error", err)
+			}
+			return
+		}
+		l.log.DebugContext(ctx, "dblock: interrupted an abandoned lock wait", "connection", conn)
+		return
+	}
+}
+
+// touchRow writes the locked row id in the holding transaction (Galera
+// multi-writer): the row is then in the transaction's write set, so that
+// certification lets at most one of two overlapping holders on different
+// nodes commit. The value always changes (an update that changes nothing
+// writes nothing), and it does not wait: the transaction holds the row.
+func (l *Locker) touchRow(ctx context.Context, tx stmtRunner, key Key, id int64, holdsOthers bool) error {
+	var buf [160]byte
+	q := strconv.AppendInt(append(buf[:0], l.q.touchFrom...), id, 10)
+	if _, err := tx.ExecContext(ctx, string(q)); err != nil {
+		a := acquisition{l: l, ctx: ctx}
+		return a.lockError(key, nil, withCause(ctx, err), holdsOthers)
+	}
+	return nil
+}
