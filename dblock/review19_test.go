@@ -1,0 +1,78 @@
+package dblock_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"gorm.io/gorm"
+
+	"github.com/txlock/txlock/dblock"
+)
+
+// review19: adversarial review of the database/sql path and of the
+// implicit-commit guard (implicit.go).
+
+// TestReview19ImplicitCommitBypass: the keeper reads the first words of a
+// holder's statement to refuse those that end the lock's transaction on
+// the server. Statements that commit implicitly but start with another
+// word go through the plain Exec path (which is not guarded by the
+// savepoint): the server commits, the lock row is released while fn
+// still runs (another Locker takes the key), and fn's writes before the
+// statement are committed although fn fails and Do reports the failure
+// (nothing committed).
+func TestReview19ImplicitCommitBypass(t *testing.T) {
+	e, l := setupLocker(t)
+	other := e.locker(t)
+	t.Cleanup(func() { _ = other.Close() })
+	kv := e.kvTable(t)
+	ctx := ctxT(t)
+	ddl := e.table + "_r19ddl"
+	proc := e.table + "_r19commit"
+	if err := e.db.Exec("CREATE PROCEDURE `" + proc + "`() BEGIN COMMIT; END").Error; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = e.db.Exec("DROP PROCEDURE IF EXISTS `" + proc + "`").Error
+		_ = e.db.Exec("DROP TABLE IF EXISTS `" + ddl + "`").Error
+	})
+	bypasses := map[string]string{
+		"SET STATEMENT FOR CREATE TABLE": "SET STATEMENT max_statement_time=0 FOR CREATE TABLE IF NOT EXISTS `" + ddl + "` (id INT)",
+		"SET STATEMENT FOR COMMIT":       "SET STATEMENT max_statement_time=0 FOR COMMIT",
+		"EXECUTE IMMEDIATE COMMIT":       "EXECUTE IMMEDIATE 'COMMIT'",
+		"EXECUTE IMMEDIATE DDL":          "EXECUTE IMMEDIATE 'CREATE TABLE IF NOT EXISTS `" + ddl + "` (id INT)'",
+		"CALL proc that commits":         "CALL `" + proc + "`()",
+		"-- newline comment then DDL":    "--\nCREATE TABLE IF NOT EXISTS `" + ddl + "` (id INT)",
+		"--<tab> comment then DDL":       "--\tx\nCREATE TABLE IF NOT EXISTS `" + ddl + "` (id INT)",
+	}
+	for name, q := range bypasses {
+		t.Run(name, func(t *testing.T) {
+			key := dblock.Resource("r19-bypass-" + name)
+			k := "w-" + name
+			errFn := errors.New("fn fails after its statement")
+			var execErr error
+			stolen := false
+			err := l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
+				if err := put(tx, kv, k, 1); err != nil {
+					return err
+				}
+				_, execErr = dblock.SQL(tx).ExecContext(ctx, q)
+				if lk, err := other.TryLock(ctx, key); err == nil {
+					stolen = true
+					_ = lk.Rollback()
+				}
+				return errFn
+			})
+			t.Logf("%q: exec err %v; Do: %v", q, execErr, err)
+			if execErr == nil {
+				t.Errorf("%q ran in fn; want it refused (it ends the lock's transaction on the server)", q)
+			}
+			if stolen {
+				t.Errorf("after %q in fn, another Locker took the key while fn still ran (mutual exclusion broken)", q)
+			}
+			if v := get(t, e.db, kv, k); v != -1 {
+				t.Errorf("fn failed and Do returned %v, but fn's write before %q is committed (v=%d)", err, q, v)
+			}
+		})
+	}
+}
