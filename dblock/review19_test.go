@@ -76,3 +76,53 @@ func TestReview19ImplicitCommitBypass(t *testing.T) {
 		})
 	}
 }
+
+// TestReview19GuardedUnseenCommitThenFnError: the doc says a statement
+// that ends a guarded transaction unseen (a procedure that commits) is
+// caught before COMMIT and reported as ErrCommitUnknown. The check runs
+// only on the COMMIT path: when fn then fails, Do rolls back without
+// looking, returns fn's error alone (the writes were not committed, as
+// for any failing fn), yet fn's write before the procedure is committed.
+func TestReview19GuardedUnseenCommitThenFnError(t *testing.T) {
+	e, l := setupLocker(t)
+	kv := e.kvTable(t)
+	ctx := ctxT(t)
+	proc := e.table + "_r19commit2"
+	if err := e.db.Exec("CREATE PROCEDURE `" + proc + "`() BEGIN COMMIT; END").Error; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.db.Exec("DROP PROCEDURE IF EXISTS `" + proc + "`").Error })
+	for _, fnFails := range []bool{false, true} {
+		key := dblock.Resource("r19-guarded")
+		k := "guarded-ok"
+		if fnFails {
+			k = "guarded-fail"
+		}
+		errFn := errors.New("fn fails")
+		err := l.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
+			if err := put(tx, kv, k, 1); err != nil {
+				return err
+			}
+			st, err := dblock.SQL(tx).PrepareContext(ctx, "SELECT 1") // guards the transaction
+			if err != nil {
+				return err
+			}
+			_ = st.Close()
+			if _, err := dblock.SQL(tx).ExecContext(ctx, "CALL `"+proc+"`()"); err != nil {
+				return err
+			}
+			if err := put(tx, kv, k+"-after", 2); err != nil {
+				return err
+			}
+			if fnFails {
+				return errFn
+			}
+			return nil
+		})
+		committed := get(t, e.db, kv, k) != -1
+		t.Logf("fn fails=%v: Do = %v; write before CALL committed: %v; after: %v", fnFails, err, committed, get(t, e.db, kv, k+"-after") != -1)
+		if committed && !errors.Is(err, dblock.ErrCommitUnknown) {
+			t.Errorf("fn fails=%v: fn's write is committed but Do = %v, not ErrCommitUnknown: the reported outcome says nothing was committed", fnFails, err)
+		}
+	}
+}
