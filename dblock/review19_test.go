@@ -3,6 +3,7 @@ package dblock_test
 import (
 	"context"
 	"errors"
+	gomysql "github.com/go-sql-driver/mysql"
 	"testing"
 
 	"gorm.io/gorm"
@@ -124,5 +125,72 @@ func TestReview19GuardedUnseenCommitThenFnError(t *testing.T) {
 		if committed && !errors.Is(err, dblock.ErrCommitUnknown) {
 			t.Errorf("fn fails=%v: fn's write is committed but Do = %v, not ErrCommitUnknown: the reported outcome says nothing was committed", fnFails, err)
 		}
+	}
+}
+
+// TestReview19AutocommitOffPoolRestoredToOn: a pool whose sessions run
+// with autocommit off (DSN autocommit=0, the Params of go-sql-driver) is
+// accepted by NewSQL. Once a lock transaction was guarded (a prepared
+// statement through SQL), the Locker "restores" autocommit = 1 on the
+// connection before it goes back to the caller's pool: the application's
+// next statements on that connection commit one by one, and its
+// ROLLBACK undoes nothing.
+func TestReview19AutocommitOffPoolRestoredToOn(t *testing.T) {
+	e := setup(t)
+	kv := e.kvTable(t)
+	ctx := ctxT(t)
+	app := faultOpen(t, dsnWith(t, func(c *gomysql.Config) {
+		if c.Params == nil {
+			c.Params = map[string]string{}
+		}
+		c.Params["autocommit"] = "0"
+	}))
+	appDB, err := app.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	appDB.SetMaxOpenConns(1) // the lock's connection is the application's next one
+	side, err := otherPool(t).DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := dblock.NewSQL(appDB, dblock.Table(e.table), dblock.SideDB(side))
+	if err != nil {
+		t.Fatalf("NewSQL on an autocommit=0 pool: %v", err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	var before int
+	if err := appDB.QueryRowContext(ctx, "SELECT @@autocommit").Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = appDB.ExecContext(ctx, "ROLLBACK")
+	err = l.Do(ctx, dblock.Resource("r19-autocommit"), func(ctx context.Context, tx *gorm.DB) error {
+		st, err := dblock.SQL(tx).PrepareContext(ctx, "SELECT 1")
+		if err != nil {
+			return err
+		}
+		return st.Close()
+	})
+	if err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+	var after int
+	if err := appDB.QueryRowContext(ctx, "SELECT @@autocommit").Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	// The application's "transaction" on its autocommit=0 pool.
+	conn, err := appDB.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = conn.ExecContext(ctx, "INSERT INTO `"+kv+"` (k, v) VALUES ('app', 1)")
+	_, _ = conn.ExecContext(ctx, "ROLLBACK")
+	_ = conn.Close()
+	t.Logf("@@autocommit of the pool's connection: before the lock %d, after %d", before, after)
+	if after != before {
+		t.Errorf("the lock's connection went back to the pool with autocommit = %d, the pool's sessions had %d", after, before)
+	}
+	if v := get(t, e.db, kv, "app"); v != -1 {
+		t.Errorf("the application's INSERT followed by ROLLBACK on its autocommit=0 pool is committed (v=%d)", v)
 	}
 }
