@@ -9,6 +9,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/testdb"
 )
 
 // review19: adversarial review of the database/sql path and of the
@@ -192,5 +193,61 @@ func TestReview19AutocommitOffPoolRestoredToOn(t *testing.T) {
 	}
 	if v := get(t, e.db, kv, "app"); v != -1 {
 		t.Errorf("the application's INSERT followed by ROLLBACK on its autocommit=0 pool is committed (v=%d)", v)
+	}
+}
+
+// TestReview19ImplicitCommitFalsePositives: statements that keep the
+// transaction are refused because a word appears anywhere after SET
+// ("password", "autocommit" in a user variable's name or a string) or
+// because ANALYZE is taken for ANALYZE TABLE (MariaDB's ANALYZE of a
+// statement runs it like EXPLAIN does). The error claims they would end
+// the lock's transaction.
+func TestReview19ImplicitCommitFalsePositives(t *testing.T) {
+	e, l := setupLocker(t)
+	kv := e.kvTable(t)
+	ctx := ctxT(t)
+	legit := []string{
+		"SET @password_hash = SHA2('x', 256)",
+		"SET @note = 'autocommit is on'",
+		"SET STATEMENT max_statement_time = 5 FOR UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'password'",
+		"ANALYZE SELECT * FROM `" + kv + "`",
+	}
+	for _, q := range legit {
+		err := l.Do(ctx, dblock.Resource("r19-fp"), func(ctx context.Context, tx *gorm.DB) error {
+			_, err := dblock.SQL(tx).ExecContext(ctx, q)
+			return err
+		})
+		if err != nil {
+			t.Errorf("%q in fn: %v; want it run (it does not end the transaction)", q, err)
+		}
+	}
+}
+
+// TestReview19TableNameTripsImplicitCommitGuard: the guard refuses any SET
+// statement containing "autocommit" or "password" anywhere, including the
+// Locker's own stale-snapshot check ("SET STATEMENT
+// innodb_snapshot_isolation = ON FOR SELECT ... FROM `<table>_fence`"),
+// which runs through the keeper for a nested Do of a new key and for
+// Fencing. A valid lock table name containing "password" makes those
+// acquisitions fail with "would end the lock's transaction".
+func TestReview19TableNameTripsImplicitCommitGuard(t *testing.T) {
+	e := setup(t)
+	table := "tb_lock_password_r19"
+	testdb.TableNamed(t, e.db, table)
+	l, err := dblock.New(e.db, dblock.Table(table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ctx := ctxT(t)
+	err = l.Do(ctx, dblock.Resource("outer"), func(ctx context.Context, tx *gorm.DB) error {
+		return l.Do(ctx, dblock.Resource("inner"), func(context.Context, *gorm.DB) error { return nil })
+	})
+	if err != nil {
+		t.Errorf("nested Do of a new key on table %s: %v", table, err)
+	}
+	err = l.Do(ctx, dblock.Resource("fenced"), func(context.Context, *gorm.DB) error { return nil }, dblock.Fencing())
+	if err != nil {
+		t.Errorf("Do with Fencing on table %s: %v", table, err)
 	}
 }
