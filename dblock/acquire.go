@@ -180,7 +180,7 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	sent := time.Now()
 	var session [3]sql.NullInt64
 	for i, key := range keys {
-		out, err := a.lockKey(h.keeper, key, ids[i], i == 0, time.Time{}, false)
+		out, err := a.lockKey(ownStmts{h.keeper}, key, ids[i], i == 0, time.Time{}, false)
 		if err != nil {
 			h.abort()
 			if errors.Is(err, errRowGone) {
@@ -212,7 +212,7 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 	h, l := lk.h, a.l
 	if a.lc.fencing {
-		tokens, err := l.takeTokens(h.ctx, h.keeper, keys, false, false)
+		tokens, err := l.takeTokens(h.ctx, ownStmts{h.keeper}, keys, false, false)
 		if err != nil {
 			h.abort()
 			return err

@@ -65,6 +65,22 @@ type keeper struct {
 
 const pingStmt = "DO 1"
 
+// ownStmts runs the Locker's own statements in a transaction it opened:
+// the keeper's guards, without the holder's statement check.
+type ownStmts struct{ c *keeper }
+
+func (o ownStmts) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return o.c.exec(ctx, query, args...)
+}
+
+func (o ownStmts) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return o.c.query(ctx, query, false, args...)
+}
+
+func (o ownStmts) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	return o.c.queryRow(ctx, query, false, args...)
+}
+
 func newKeeper(l *Locker, tx *sql.Tx, lease time.Duration) *keeper {
 	return &keeper{l: l, tx: tx, lease: lease, margin: leaseMargin(lease)}
 }
@@ -306,13 +322,57 @@ func (c *keeper) ping(ctx context.Context) error {
 	return c.pingLocked(ctx)
 }
 
-// ExecContext runs a statement of the holder in the transaction; one that
-// would end the transaction on the server is refused (implicitCommitErr).
+// ExecContext runs a statement of the holder in the transaction. One that
+// would end the transaction on the server is refused (statementEffect);
+// one that may, unseen (CALL, EXECUTE), runs in a guarded transaction and
+// is followed by a check that the transaction is still there.
 func (c *keeper) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if err := implicitCommitErr(query); err != nil {
-		return nil, err
+	switch statementEffect(query) {
+	case ends:
+		return nil, implicitCommitErr(query)
+	case unseen:
+		c.op.Lock()
+		defer c.op.Unlock()
+		if err := c.beforeLocked(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.guardLocked(ctx, false); err != nil {
+			return nil, err
+		}
+		sent := time.Now()
+		res, err := c.tx.ExecContext(ctx, query, args...)
+		c.answered(sent, err)
+		if err != nil {
+			return res, err
+		}
+		return res, c.stillOpenLocked(ctx)
 	}
 	return c.exec(ctx, query, args...)
+}
+
+// stillOpenLocked checks, after a statement that may have ended a guarded
+// transaction unseen, that the transaction is the one the Locker began
+// (its savepoint is there). If not, the lock is lost: what the holder sent
+// before may have been committed by that statement. The caller holds op.
+func (c *keeper) stillOpenLocked(ctx context.Context) error {
+	sent := time.Now()
+	_, err := c.tx.ExecContext(ctx, "RELEASE SAVEPOINT "+abortSavepoint)
+	if err == nil {
+		_, err = c.tx.ExecContext(ctx, "SAVEPOINT "+abortSavepoint)
+	}
+	if mysqlErrorNumber(err) == erSavepointMissing {
+		err = fmt.Errorf("%w: %w: %w", ErrCommitUnknown, ErrLockLost, errEndedUnseen)
+		c.mu.Lock()
+		lose := c.lose
+		c.mu.Unlock()
+		c.refuse(err)
+		if lose != nil {
+			lose(err)
+		}
+		return err
+	}
+	c.answered(sent, err)
+	return err
 }
 
 // exec runs a statement in the transaction: the holder's, or the Locker's
@@ -331,13 +391,26 @@ func (c *keeper) exec(ctx context.Context, query string, args ...any) (sql.Resul
 
 // QueryContext runs a query in the transaction.
 func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if err := implicitCommitErr(query); err != nil {
-		return nil, err
+	e := statementEffect(query)
+	if e == ends {
+		return nil, implicitCommitErr(query)
 	}
+	return c.query(ctx, query, e == unseen, args...)
+}
+
+// query runs a query in the transaction, guarded first when guard is set
+// (a statement that may end the transaction unseen: the check before
+// COMMIT catches it, as its result set rules out a check right after).
+func (c *keeper) query(ctx context.Context, query string, guard bool, args ...any) (*sql.Rows, error) {
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
 		return nil, err
+	}
+	if guard {
+		if err := c.guardLocked(ctx, false); err != nil {
+			return nil, err
+		}
 	}
 	sent := time.Now()
 	rows, err := c.tx.QueryContext(ctx, query, args...)
@@ -356,13 +429,24 @@ func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*
 // QueryRowContext runs a query of one row in the transaction. A refused
 // statement returns a Row whose Scan fails with the loss.
 func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	if err := implicitCommitErr(query); err != nil {
-		return errorRow(err)
+	e := statementEffect(query)
+	if e == ends {
+		return errorRow(implicitCommitErr(query))
 	}
+	return c.queryRow(ctx, query, e == unseen, args...)
+}
+
+// queryRow is query for one row.
+func (c *keeper) queryRow(ctx context.Context, query string, guard bool, args ...any) *sql.Row {
 	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.beforeLocked(ctx); err != nil {
 		return errorRow(err)
+	}
+	if guard {
+		if err := c.guardLocked(ctx, false); err != nil {
+			return errorRow(err)
+		}
 	}
 	sent := time.Now()
 	row := c.tx.QueryRowContext(ctx, query, args...)
@@ -378,8 +462,8 @@ func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any)
 // caller through SQL, which runs it directly). The statement then runs
 // outside the keeper: the transaction is guarded, as in StmtContext.
 func (c *keeper) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
-	if err := implicitCommitErr(query); err != nil {
-		return nil, err
+	if statementEffect(query) == ends {
+		return nil, implicitCommitErr(query)
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
@@ -448,6 +532,10 @@ var errEndedUnseen = errors.New("the transaction ended on the server behind the 
 // the lease.
 var errStalled = errors.New("no answer from the server within the lease")
 
+// saveAutocommit keeps the session's autocommit in a user variable of the
+// session before the guard turns it off, for restoreAutocommit.
+const saveAutocommit = "@txlock_autocommit = @@session.autocommit"
+
 // guardLocked turns autocommit off (unless it is already) and sets the
 // savepoint by which the commit tells whether the server ended the
 // transaction behind the holder's back: statements sent after such an
@@ -462,7 +550,7 @@ func (c *keeper) guardLocked(ctx context.Context, autocommitOff bool) error {
 		c.autocommitOff = true // restored even if the answer is lost: it may have run
 		c.mu.Unlock()
 		sent := time.Now()
-		_, err := c.tx.ExecContext(ctx, "SET SESSION autocommit = 0")
+		_, err := c.tx.ExecContext(ctx, "SET "+saveAutocommit+", SESSION autocommit = 0")
 		c.answered(sent, err)
 		if err != nil {
 			return err
@@ -531,6 +619,17 @@ func (c *keeper) rollback() error {
 	c.stop()
 	c.op.Lock()
 	defer c.op.Unlock()
+	if c.guarded && !c.l.touch && c.refusedErr() == nil {
+		// A statement may have ended the transaction unseen, committing
+		// what came before it: the rollback would not undo that. (On
+		// Galera multi-writer a missing savepoint is the cluster's abort,
+		// which committed nothing.)
+		_, err := c.tx.ExecContext(context.Background(), "RELEASE SAVEPOINT "+abortSavepoint)
+		if mysqlErrorNumber(err) == erSavepointMissing {
+			_ = c.bounded(c.tx.Rollback)
+			return fmt.Errorf("%w: %w", errEndedUnseen, err)
+		}
+	}
 	return c.bounded(c.tx.Rollback)
 }
 

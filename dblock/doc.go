@@ -55,12 +55,16 @@
 //
 // A statement of the holder that would end the transaction on the server
 // (DDL and the other statements that commit implicitly, BEGIN, COMMIT,
-// ROLLBACK, SET autocommit) is refused before it is sent: the server would
-// release the lock and run what follows in autocommit. Only its first
-// words are read; a statement that ends the transaction unseen (a
-// procedure that commits, the second statement of a multi-statement
-// query) is caught before COMMIT when the transaction is guarded (prepared
-// statements, Galera multi-writer), and the outcome is [ErrCommitUnknown].
+// ROLLBACK, SET autocommit, also inside SET STATEMENT ... FOR, EXECUTE
+// IMMEDIATE '...' or PREPARE ... FROM '...') is refused before it is sent:
+// the server would release the lock and run what follows in autocommit.
+// What a statement does cannot always be read from its text (CALL of a
+// procedure, EXECUTE of a prepared statement, a second statement with
+// multiStatements): such a statement runs in a guarded transaction, and
+// if it ended the transaction the lock is lost with [ErrCommitUnknown]
+// (what the holder wrote before it was committed by it) and nothing after
+// it runs. A statement through Exec is checked right after it; one that
+// returns rows, before COMMIT.
 //
 // # Reentrancy
 //

@@ -147,14 +147,16 @@ func (h *hold) finish() {
 
 // restoreAutocommit turns autocommit back on for the connection of a
 // guarded transaction once it has ended, before the connection goes back
-// to the pool; a connection where that fails is closed instead.
+// to the pool; a connection where that fails is closed instead. The value
+// is the session's own from before (saveAutocommit): a DSN may have
+// autocommit=0.
 func (h *hold) restoreAutocommit() {
 	// The transaction must be over first: turning autocommit on commits
 	// an open one. A no-op when it has ended (ErrTxDone).
 	_ = h.keeper.tx.Rollback()
 	ctx, cancel := context.WithTimeout(context.Background(), killTimeout)
 	defer cancel()
-	if _, err := h.conn.ExecContext(ctx, "SET SESSION autocommit = 1"); err != nil {
+	if _, err := h.conn.ExecContext(ctx, restoreAutocommitStmt); err != nil {
 		h.l.log.Warn("dblock: closing a lock connection whose autocommit could not be restored", "error", err)
 		_ = h.conn.Raw(func(any) error { return driver.ErrBadConn })
 	}
@@ -175,3 +177,7 @@ func (h *hold) abandon() {
 	}
 	h.finish()
 }
+
+// restoreAutocommitStmt gives the session its autocommit from before the
+// Locker turned it off.
+const restoreAutocommitStmt = "SET SESSION autocommit = COALESCE(@txlock_autocommit, 1)"

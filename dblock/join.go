@@ -119,9 +119,13 @@ func (l *Locker) joinKey(a *acquisition, s *txScope, tx stmtRunner, key Key) err
 // library's statements are never prepared).
 func (s *txScope) runner() (stmtRunner, error) {
 	if s.owner != nil {
-		return s.owner.keeper, nil
+		return ownStmts{s.owner.keeper}, nil
 	}
-	return txPool(s.tx)
+	pool, err := txPool(s.tx)
+	if c, ok := pool.(*keeper); ok {
+		return ownStmts{c}, nil
+	}
+	return pool, err
 }
 
 // txPool returns the connection of the transaction tx, below gorm's

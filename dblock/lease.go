@@ -66,6 +66,7 @@ func (a *acquisition) setLease(lk *Lock, session [3]sql.NullInt64) error {
 	if len(set) > 0 {
 		stmt := "SET SESSION " + strings.Join(set, ", ")
 		if a.l.touch {
+			stmt = "SET " + saveAutocommit + ", SESSION " + strings.Join(set, ", ")
 			// Restored even if the answer is lost: the statement may have run.
 			c.mu.Lock()
 			c.autocommitOff = true

@@ -180,6 +180,9 @@ func (lk *Lock) Rollback() error {
 	err := h.keeper.rollback()
 	h.finish()
 	switch {
+	case errors.Is(err, errEndedUnseen):
+		return fmt.Errorf("%w: %w: rollback of %s: %w; writes sent before the transaction ended may have been committed by what ended it",
+			ErrCommitUnknown, ErrLockLost, h.key, err)
 	case errors.Is(err, errStalled):
 		return fmt.Errorf("%w: rollback of %s: %w; the server ends the transaction when the lease runs out", ErrLockLost, h.key, err)
 	case err != nil && !errors.Is(err, sql.ErrTxDone) && !isConnectionLoss(err):
@@ -204,7 +207,9 @@ func (lk *Lock) run(fn func(ctx context.Context, tx *gorm.DB) error) error {
 	err := fn(&lk.fnCtx, lk.tx)
 	finished = true
 	if err != nil {
-		_ = lk.Rollback()
+		if rerr := lk.Rollback(); errors.Is(rerr, ErrCommitUnknown) {
+			return fmt.Errorf("%w (fn returned: %w)", rerr, err)
+		}
 		if lostErr := lk.Err(); lostErr != nil && !errors.Is(err, lostErr) {
 			return fmt.Errorf("%w (fn returned: %w)", lostErr, err)
 		}

@@ -73,8 +73,8 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	// behind the context's back (a deadlock fn did not report): the
 	// locking read would then run in autocommit and hold nothing. MariaDB
 	// says whether the session is still in a transaction.
-	_, caller := tx.(*keeper)
-	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !caller && l.srv.mariaDB}
+	_, own := tx.(ownStmts)
+	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !own && l.srv.mariaDB}
 	var b *waitBound
 	if !r.skip {
 		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {
@@ -262,8 +262,8 @@ const (
 // Scan or Next: the server sends a result's columns before it runs into a
 // deadlock), so that a transaction the error ended is known lost.
 func noteErr(tx stmtRunner, err error) {
-	if c, ok := tx.(*keeper); ok && err != nil {
-		c.answered(time.Time{}, err)
+	if o, ok := tx.(ownStmts); ok && err != nil {
+		o.c.answered(time.Time{}, err)
 	}
 }
 

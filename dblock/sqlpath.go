@@ -27,7 +27,9 @@ import (
 // A *sql.DB does not tell its DSN, so the Locker cannot open its side
 // pool itself: pass SideDB, a second small pool on the same database (see
 // SideDB). Nor does it know the DSN's readTimeout: bound waits with
-// WaitTimeout or a context deadline below it.
+// WaitTimeout or a context deadline below it. Like New, NewSQL reads the
+// server's version and settings through db: it waits for a free
+// connection of db.
 func NewSQL(db *sql.DB, opts ...Option) (*Locker, error) {
 	if db == nil {
 		return nil, errors.New("dblock: NewSQL: nil *sql.DB")

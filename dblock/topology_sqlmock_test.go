@@ -25,12 +25,12 @@ const qTouch7 = "UPDATE `tb_lock` SET updated_at = GREATEST(NOW(6), updated_at +
 
 // The statements of a Galera multi-writer hold besides the row's write:
 // autocommit off and a savepoint after the grant; the savepoint released
-// before COMMIT; autocommit on again after the transaction.
+// before COMMIT; autocommit as it was again after the transaction.
 const (
-	qAutocommitOff = "SET SESSION autocommit = 0"
+	qAutocommitOff = "SET @txlock_autocommit = @@session.autocommit, SESSION autocommit = 0"
 	qSavepointHeld = "SAVEPOINT txlock_held"
 	qReleaseHeld   = "RELEASE SAVEPOINT txlock_held"
-	qAutocommitOn  = "SET SESSION autocommit = 1"
+	qAutocommitOn  = "SET SESSION autocommit = COALESCE(@txlock_autocommit, 1)"
 )
 
 // expectMultiWriterHold expects the statements that start a multi-writer

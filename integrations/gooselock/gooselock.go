@@ -36,6 +36,9 @@ type Locker struct {
 
 var _ lock.Locker = (*Locker)(nil)
 
+// minPoolSize is the least MaxOpenConns of goose's pool that Lock accepts.
+const minPoolSize = 3
+
 // New returns a Locker configured by opts; with none, it holds
 // dblock.Operation(DefaultOperation) in the table tb_lock, waits up to
 // DefaultWaitTimeout, and has dblock's default lease. Invalid options fail
@@ -80,6 +83,11 @@ type hold struct {
 func (l *Locker) Lock(ctx context.Context, db *sql.DB) error {
 	if db == nil {
 		return errors.New("gooselock: Lock: nil *sql.DB")
+	}
+	if n := db.Stats().MaxOpenConnections; n > 0 && n < minPoolSize {
+		// goose holds one connection while it calls Lock: a smaller pool
+		// would leave Lock waiting for a connection with no bound.
+		return fmt.Errorf("gooselock: Lock: goose's *sql.DB allows %d open connections (SetMaxOpenConns); the lock needs %d: goose's own, the lock's and one for short statements beside it", n, minPoolSize)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("gooselock: Lock of %s: the context has ended: %w", l.cfg.key, context.Cause(ctx))

@@ -2,6 +2,7 @@ package gooselock
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +40,9 @@ func TestReview19OnePoolConnHangsPastDeadline(t *testing.T) {
 	select {
 	case err := <-done:
 		t.Logf("Up on a pool of one connection = %v after %v", err, time.Since(start).Round(time.Millisecond))
+		if err == nil || !strings.Contains(err.Error(), "SetMaxOpenConns") {
+			t.Errorf("Up on a pool of one connection = %v; want an error naming the pool size", err)
+		}
 	case <-time.After(15 * time.Second):
 		// Closing the pool makes the waiting statement fail, so that the
 		// goroutine ends.
