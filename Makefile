@@ -33,10 +33,13 @@ endef
 .PHONY: test demo bench db db-stop migrate generate torture fmt fmt-check vet tidy test-ha
 
 ## test: go vet, gofmt check, then all tests with the race detector. With
-## the default PKGS, dblock's fault and review tests run in a second go test
-## process beside the rest: they spend their time waiting out leases and
-## partitions, not on the CPU, and dblock is the longest package.
-DBLOCK_SHARD := ^(TestReview|TestFault)
+## the default PKGS, dblock's review tests and its fault and torture tests
+## run in two more go test processes beside the rest: they spend their time
+## waiting out leases and partitions, not on the CPU, and dblock is the
+## longest package.
+DBLOCK_SHARD1 := ^TestReview
+DBLOCK_SHARD2 := ^(TestFault|TestTorture)
+DBLOCK_SKIP := ^(TestReview|TestFault|TestTorture)
 test:
 	@$(WITH_DSN) \
 	$(GO) vet $(PKGS); \
@@ -45,12 +48,15 @@ test:
 	rc=0; \
 	if [[ "$(PKGS)" == "./..." ]]; then \
 		$(GO) test -race -count=1 -run '^$$' ./dblock/ >/dev/null; \
-		shard="$$(mktemp)"; \
-		$(GO) test -race -count=1 -timeout 9m -run '$(DBLOCK_SHARD)' ./dblock/ >"$$shard" 2>&1 & pid=$$!; \
-		$(GO) test -race -count=1 -timeout 9m -skip '$(DBLOCK_SHARD)' $(PKGS) || rc=$$?; \
-		wait $$pid || rc=$$?; \
-		echo "dblock, tests matching $(DBLOCK_SHARD) (a second process):"; \
-		cat "$$shard"; rm -f "$$shard"; \
+		out1="$$(mktemp)"; out2="$$(mktemp)"; \
+		$(GO) test -race -count=1 -timeout 9m -run '$(DBLOCK_SHARD1)' ./dblock/ >"$$out1" 2>&1 & pid1=$$!; \
+		$(GO) test -race -count=1 -timeout 9m -run '$(DBLOCK_SHARD2)' ./dblock/ >"$$out2" 2>&1 & pid2=$$!; \
+		$(GO) test -race -count=1 -timeout 9m -skip '$(DBLOCK_SKIP)' $(PKGS) || rc=$$?; \
+		wait $$pid1 || rc=$$?; \
+		echo "dblock, tests matching $(DBLOCK_SHARD1) (a second process):"; cat "$$out1"; \
+		wait $$pid2 || rc=$$?; \
+		echo "dblock, tests matching $(DBLOCK_SHARD2) (a third process):"; cat "$$out2"; \
+		rm -f "$$out1" "$$out2"; \
 	else \
 		$(GO) test -race -count=1 -timeout 9m $(PKGS) || rc=$$?; \
 	fi; \
