@@ -287,11 +287,18 @@ func (c *keeper) answered(sent time.Time, err error) {
 	default:
 		lost = fmt.Errorf("%w: a statement on the lock's connection failed: %w", ErrLockLost, err)
 	}
+	c.loseWith(lost)
+}
+
+// loseWith refuses every later statement with lost and, once the lock is
+// held (armed), declares it lost; before, the acquisition reports the
+// error itself.
+func (c *keeper) loseWith(lost error) {
 	c.refuse(lost)
 	c.mu.Lock()
 	lose := c.lose
 	c.mu.Unlock()
-	if lose != nil { // not armed yet: the acquisition reports the error itself
+	if lose != nil {
 		lose(lost)
 	}
 }
@@ -362,13 +369,7 @@ func (c *keeper) stillOpenLocked(ctx context.Context) error {
 	}
 	if mysqlErrorNumber(err) == erSavepointMissing {
 		err = fmt.Errorf("%w: %w: %w", ErrCommitUnknown, ErrLockLost, errEndedUnseen)
-		c.mu.Lock()
-		lose := c.lose
-		c.mu.Unlock()
-		c.refuse(err)
-		if lose != nil {
-			lose(err)
-		}
+		c.loseWith(err)
 		return err
 	}
 	c.answered(sent, err)

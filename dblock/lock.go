@@ -149,7 +149,11 @@ func (lk *Lock) Commit() error {
 	ok, err := h.end()
 	if !ok {
 		h.finish()
-		if errors.Is(err, ErrLockLost) {
+		switch {
+		case errors.Is(err, ErrCommitUnknown):
+			// What ended the transaction may have committed writes.
+			return fmt.Errorf("%w; commit of %s not sent", err, h.key)
+		case errors.Is(err, ErrLockLost):
 			return fmt.Errorf("%w; commit of %s not sent, writes not committed", err, h.key)
 		}
 		return err

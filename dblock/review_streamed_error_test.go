@@ -19,10 +19,11 @@ import (
 // scan (a deadlock, a stale snapshot 1020, with innodb_rollback_on_timeout
 // a lock-wait timeout) reaches the client at rows.Next or Row.Scan, after
 // the keeper has recorded a success. The server has rolled the whole
-// transaction back; the keeper does not know, so later statements of the
-// holder run in autocommit, and the final COMMIT succeeds (there is nothing
-// to commit): Do returns nil although fn's earlier writes are gone and its
-// later ones were committed without the lock (which was released halfway).
+// transaction back; before the fix the keeper did not know, so later
+// statements of the holder ran in autocommit, and the final COMMIT
+// succeeded (there was nothing to commit): Do returned nil although fn's
+// earlier writes were gone and its later ones were committed without the
+// lock (which was released halfway).
 //
 // The library's own statement that does this is the fence read of several
 // keys (`key_hash IN (x, y) LOCK IN SHARE MODE`, a range scan): a nested
@@ -72,26 +73,7 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
-	for _, k := range []string{"r1", "r2"} {
-		if err := put(e.db, kv, k, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	heavy := e.businessTable(t, "heavy", "id INT PRIMARY KEY, v INT")
-	if err := e.db.Exec("INSERT INTO `" + heavy + "` SELECT seq, 0 FROM seq_1_to_200").Error; err != nil {
-		t.Fatal(err)
-	}
-	odb := otherPool(t)
-	other := odb.WithContext(ctx).Begin()
-	defer other.Rollback()
-	// The other transaction: heavy (200 rows written), and holds r2.
-	if err := other.Exec("UPDATE `" + heavy + "` SET v = v + 1").Error; err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r2'").Error; err != nil {
-		t.Fatal(err)
-	}
-	otherDone := make(chan error, 1)
+	other, provoke, otherDone := deadlockPartner(t, e, ctx, kv)
 	started := false
 	var scanErr, after error
 	err := l.Do(ctx, dblock.Resource("scan"), func(ctx context.Context, tx *gorm.DB) error {
@@ -101,13 +83,7 @@ func TestReviewDeadlockInFnScanNotRefused(t *testing.T) {
 		started = true
 		// Lock r1, then wait for r2 inside one scan; the other
 		// transaction then asks for r1: a deadlock, whose victim is fn's.
-		go func() {
-			if err := waitLockWait(odb, kv); err != nil {
-				otherDone <- fmt.Errorf("waiting for %s: %w", "fn's scan to wait for r2", err)
-				return
-			}
-			otherDone <- other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
-		}()
+		go provoke("fn's scan to wait for r2")
 		rows, err := tx.Raw("SELECT k FROM `" + kv + "` WHERE k IN ('r1', 'r2') ORDER BY k FOR UPDATE").Rows()
 		if err != nil {
 			scanErr = err
@@ -153,25 +129,7 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 	e, l := setupLocker(t)
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
-	for _, k := range []string{"r1", "r2"} {
-		if err := put(e.db, kv, k, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	heavy := e.businessTable(t, "heavy", "id INT PRIMARY KEY, v INT")
-	if err := e.db.Exec("INSERT INTO `" + heavy + "` SELECT seq, 0 FROM seq_1_to_200").Error; err != nil {
-		t.Fatal(err)
-	}
-	odb := otherPool(t)
-	other := odb.WithContext(ctx).Begin()
-	defer other.Rollback()
-	if err := other.Exec("UPDATE `" + heavy + "` SET v = v + 1").Error; err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r2'").Error; err != nil {
-		t.Fatal(err)
-	}
-	otherDone := make(chan error, 1)
+	other, provoke, otherDone := deadlockPartner(t, e, ctx, kv)
 	started := false
 	var updErr, after error
 	err := l.Do(ctx, dblock.Resource("prepared"), func(ctx context.Context, tx *gorm.DB) error {
@@ -183,13 +141,7 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 			return err
 		}
 		started = true
-		go func() {
-			if err := waitLockWait(odb, kv); err != nil {
-				otherDone <- fmt.Errorf("waiting for %s: %w", "fn's UPDATE to wait for r2", err)
-				return
-			}
-			otherDone <- other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
-		}()
+		go provoke("fn's UPDATE to wait for r2")
 		updErr = ptx.Exec("UPDATE `"+kv+"` SET v = v + 1 WHERE k = ?", "r2").Error
 		after = put(tx, kv, "after", 1) // carries on after the failed statement
 		return nil
@@ -216,4 +168,41 @@ func TestReviewDeadlockInPreparedStmtNotRefused(t *testing.T) {
 	if bv, av := get(t, e.db, kv, "before"), get(t, e.db, kv, "after"); bv != -1 || av != -1 {
 		t.Errorf("rows before=%d after=%d, want neither (after=1: autocommitted without a lock)", bv, av)
 	}
+}
+
+// deadlockPartner seeds kv with r1 and r2 and opens, on another pool, a
+// transaction that holds r2 and has written 200 rows (so that InnoDB
+// picks the other side of a deadlock as its victim). provoke, run in a
+// goroutine before fn's statement that waits for r2, waits until that
+// statement waits (what names it) and then asks for r1: a deadlock. Its
+// UPDATE's outcome arrives on done.
+func deadlockPartner(t *testing.T, e env, ctx context.Context, kv string) (other *gorm.DB, provoke func(what string), done <-chan error) {
+	t.Helper()
+	for _, k := range []string{"r1", "r2"} {
+		if err := put(e.db, kv, k, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heavy := e.businessTable(t, "heavy", "id INT PRIMARY KEY, v INT")
+	if err := e.db.Exec("INSERT INTO `" + heavy + "` SELECT seq, 0 FROM seq_1_to_200").Error; err != nil {
+		t.Fatal(err)
+	}
+	odb := otherPool(t)
+	other = odb.WithContext(ctx).Begin()
+	t.Cleanup(func() { other.Rollback() })
+	if err := other.Exec("UPDATE `" + heavy + "` SET v = v + 1").Error; err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r2'").Error; err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 1)
+	provoke = func(what string) {
+		if err := waitLockWait(odb, kv); err != nil {
+			ch <- fmt.Errorf("waiting for %s: %w", what, err)
+			return
+		}
+		ch <- other.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
+	}
+	return other, provoke, ch
 }
