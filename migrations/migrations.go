@@ -184,8 +184,9 @@ func Up(ctx context.Context, db *sql.DB, opts ...Option) (Report, error) {
 }
 
 // Down rolls back every applied migration, newest first, and reports what
-// it rolled back: it drops the lock and fence tables, with all locks and
-// fencing counters in them, in one statement. The version table stays,
+// it rolled back: it drops the run, leader and session tables, then the
+// lock and fence tables, with all locks and fencing counters in them, in
+// one statement. The version table stays,
 // recording that nothing is applied. Down on a database that was never
 // migrated does nothing.
 //
@@ -212,9 +213,13 @@ func Down(ctx context.Context, db *sql.DB, opts ...Option) (Report, error) {
 	var me *gomysql.MySQLError
 	switch {
 	case errors.As(err, &me) && me.Number == erLockWaitTimeout:
+		dropped := "nothing was dropped"
+		if len(rep.RolledBack) > 0 {
+			dropped = fmt.Sprintf("versions %v were rolled back before it (their tables are dropped; Up creates them again), the lock and fence tables were not dropped", rep.RolledBack)
+		}
 		return rep, fmt.Errorf("migrations: down %s: a transaction still uses %s or %s (one that holds a key keeps them in use until it ends); "+
-			"nothing was dropped: the DROP gave up after %v rather than stall every locker queued behind it; stop the services that use them and try again: %w",
-			cfg.table, cfg.table, schema.FenceTable(cfg.table), downLockWait, err)
+			"%s: the DDL gave up after %v rather than stall every locker queued behind it; stop the services that use them and try again: %w",
+			cfg.table, cfg.table, schema.FenceTable(cfg.table), dropped, downLockWait, err)
 	case err != nil:
 		return rep, fmt.Errorf("migrations: down %s: %w", cfg.table, err)
 	}
@@ -326,7 +331,7 @@ func newMigrator(db *sql.DB, cfg *config) (*migrator, error) {
 // schemaTables returns the tables that the migrations create for the lock
 // table named table.
 func schemaTables(table string) []string {
-	return []string{table, schema.FenceTable(table)}
+	return []string{table, schema.FenceTable(table), schema.RunTable(table), schema.LeaderTable(table), schema.SessionTable(table)}
 }
 
 // withLock runs fn on a connection of db that holds the table's migration

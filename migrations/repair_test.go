@@ -58,6 +58,15 @@ func migrated(t *testing.T) (*sql.DB, string) {
 	return db, name
 }
 
+// allVersions lists the versions of the embedded migrations, 1 to Latest.
+func allVersions() []int64 {
+	var v []int64
+	for i := int64(1); i <= migrations.Latest(); i++ {
+		v = append(v, i)
+	}
+	return v
+}
+
 // insertKey adds a key row for resource to table name.
 func insertKey(t *testing.T, db *sql.DB, name, resource string) {
 	t.Helper()
@@ -88,8 +97,8 @@ func TestUpRepairsTablesMissingDespiteTheRecord(t *testing.T) {
 	t.Logf("report: %+v", rep)
 	wantTables(t, db, name, true, true)
 	wantStatus(t, db, name, true)
-	if !slices.Equal(rep.Missing, []string{schema.FenceTable(name)}) || !slices.Equal(rep.Applied, []int64{1}) {
-		t.Errorf("report = %+v, want version 1 applied again for the missing %s", rep, schema.FenceTable(name))
+	if !slices.Equal(rep.Missing, []string{schema.FenceTable(name)}) || !slices.Equal(rep.Applied, allVersions()) {
+		t.Errorf("report = %+v, want every version applied again for the missing %s", rep, schema.FenceTable(name))
 	}
 	var kept int
 	if err := db.QueryRow("SELECT COUNT(*) FROM `" + name + "` WHERE resource = 'kept'").Scan(&kept); err != nil || kept != 1 {
@@ -146,8 +155,8 @@ func TestUpCompletesAHalfDoneUp(t *testing.T) {
 			}
 			wantTables(t, db, name, true, true)
 			wantStatus(t, db, name, true)
-			if !slices.Equal(rep.Applied, []int64{1}) {
-				t.Errorf("report = %+v, want version 1 applied", rep)
+			if !slices.Equal(rep.Applied, allVersions()) {
+				t.Errorf("report = %+v, want every version applied", rep)
 			}
 		})
 	}
@@ -227,8 +236,14 @@ func TestDownGivesUpFastWhileAKeyIsHeld(t *testing.T) {
 	if rep, err = migrations.Down(ctx, one, migrations.Table(name)); err != nil {
 		t.Fatalf("Down after the holder ended: %v", err)
 	}
-	if !slices.Equal(rep.RolledBack, []int64{1}) {
-		t.Errorf("report = %+v, want version 1 rolled back", rep)
+	if want := slices.Backward(allVersions()); !slices.Equal(rep.RolledBack, slices.Collect(func(yield func(int64) bool) {
+		for _, v := range want {
+			if !yield(v) {
+				return
+			}
+		}
+	})) {
+		t.Errorf("report = %+v, want every version rolled back, newest first", rep)
 	}
 	wantTables(t, db, name, false, true)
 }

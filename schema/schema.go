@@ -12,6 +12,16 @@ const DefaultTable = "tb_lock"
 // FenceSuffix is appended to the lock table's name to name its fence table.
 const FenceSuffix = "_fence"
 
+// RunSuffix, LeaderSuffix and SessionSuffix are appended to the lock
+// table's name to name the tables of scheduled runs (dblock.MinInterval),
+// of election leaders (dblock.Election) and of connection labels
+// (dblock.Label).
+const (
+	RunSuffix     = "_run"
+	LeaderSuffix  = "_leader"
+	SessionSuffix = "_session"
+)
+
 // VersionTableSuffix is appended to the lock table's name to name the table
 // in which package migrations records the applied schema versions.
 const VersionTableSuffix = "_schema_version"
@@ -59,6 +69,17 @@ func ValidTableName(name string) error {
 func FenceTable(table string) string {
 	return table + FenceSuffix
 }
+
+// RunTable returns the name of the run table of the lock table named table.
+func RunTable(table string) string { return table + RunSuffix }
+
+// LeaderTable returns the name of the leader table of the lock table named
+// table.
+func LeaderTable(table string) string { return table + LeaderSuffix }
+
+// SessionTable returns the name of the session table of the lock table
+// named table.
+func SessionTable(table string) string { return table + SessionSuffix }
 
 // Lock is one row of the lock table: one lock key. Locks are held by
 // locking this row (SELECT ... FOR UPDATE) in a transaction; the row itself

@@ -40,6 +40,9 @@ func TestValidTableName(t *testing.T) {
 	for _, derived := range []string{
 		longest,
 		schema.FenceTable(longest),
+		schema.RunTable(longest),
+		schema.LeaderTable(longest),
+		schema.SessionTable(longest),
 		"uk_" + longest + "_key_hash",
 		longest + schema.VersionTableSuffix,
 	} {
