@@ -328,9 +328,10 @@ func newMigrator(db *sql.DB, cfg *config) (*migrator, error) {
 	return &migrator{table: cfg.table, provider: p, store: store, locker: locker}, nil
 }
 
-// schemaTables returns the tables that the migrations create for the lock
-// table named table.
-func schemaTables(table string) []string {
+// Tables returns the tables that Up creates for the lock table named table,
+// in the order the migrations create them: the lock table, its fence
+// table, and the run, leader and session tables.
+func Tables(table string) []string {
 	return []string{table, schema.FenceTable(table), schema.RunTable(table), schema.LeaderTable(table), schema.SessionTable(table)}
 }
 
@@ -398,7 +399,7 @@ func (m *migrator) prepareUp(ctx context.Context, db *sql.DB) (missing []string,
 		if len(applied) == 0 {
 			return nil
 		}
-		for _, t := range schemaTables(m.table) {
+		for _, t := range Tables(m.table) {
 			ok, err := tableExists(ctx, conn, t)
 			if err != nil {
 				return err

@@ -15,7 +15,6 @@ import (
 
 	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/migrations"
-	"github.com/txlock/txlock/schema"
 )
 
 // Check outcomes.
@@ -233,8 +232,9 @@ func (rep *doctorReport) count() *doctorReport {
 
 // table checks the lock table: present, InnoDB, migrated.
 func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
+	names := migrations.Tables(table)
 	rows, err := db.QueryContext(ctx, `SELECT table_name, COALESCE(engine, '') FROM information_schema.tables
-		WHERE table_schema = DATABASE() AND table_name IN (?, ?)`, table, schema.FenceTable(table))
+		WHERE table_schema = DATABASE() AND table_name IN (`+placeholders(len(names))+`)`, args(names)...)
 	if err != nil {
 		cs.add("table", statusFail, "cannot look up "+table+": "+err.Error(), "check the DSN's database")
 		return
@@ -254,17 +254,17 @@ func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
 		return
 	}
 	var missing []string
-	for _, name := range []string{table, schema.FenceTable(table)} {
+	for _, name := range names {
 		if _, ok := engines[name]; !ok {
 			missing = append(missing, name)
 		}
 	}
 	if len(missing) > 0 {
-		cs.add("table", statusFail, strings.Join(missing, " and ")+" missing in this database",
+		cs.add("table", statusFail, listed(missing)+" missing in this database",
 			"run txlock migrate up --table "+table+": it creates what is missing, whatever the version table records")
 		return
 	}
-	for _, name := range []string{table, schema.FenceTable(table)} {
+	for _, name := range names {
 		if !strings.EqualFold(engines[name], "InnoDB") {
 			cs.add("table", statusFail, name+" uses engine "+engines[name]+": row locks need InnoDB", "ALTER TABLE `"+name+"` ENGINE=InnoDB")
 			return
@@ -279,7 +279,7 @@ func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
 	_, version := appliedCount(st)
 	switch {
 	case version >= latest:
-		cs.add("table", statusOK, fmt.Sprintf("%s and %s present (InnoDB), at migration %d (latest)", table, schema.FenceTable(table), version), "")
+		cs.add("table", statusOK, fmt.Sprintf("%s present (InnoDB), at migration %d (latest)", listed(names), version), "")
 	case version == 0:
 		cs.add("table", statusWarn, fmt.Sprintf("%s exists but %s records no migration: created by another tool?", table, migrations.VersionTable(table)),
 			fmt.Sprintf("if it matches migration %d of this txlock (migrations/sql), record it with txlock migrate up --table %s (it keeps existing tables)", latest, table))

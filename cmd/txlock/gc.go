@@ -191,7 +191,7 @@ func gcBatch(ctx context.Context, db *sql.DB, t, selectQ string, after, maxID in
 		}
 		return ids, 0, err
 	}
-	r, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE id IN ("+placeholders(len(ids))+")", int64Args(ids)...)
+	r, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE id IN ("+placeholders(len(ids))+")", args(ids)...)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -188,7 +188,7 @@ func (in *inspector) keyRows(ctx context.Context, ids []int64) (map[int64]dblock
 	out := map[int64]dblock.Key{}
 	for chunk := range slices.Chunk(ids, 500) {
 		q := "SELECT id, resource, operation, method, user_id, is_global FROM `" + in.table + "` WHERE id IN (" + placeholders(len(chunk)) + ")"
-		rows, err := in.db.QueryContext(ctx, q, int64Args(chunk)...)
+		rows, err := in.db.QueryContext(ctx, q, args(chunk)...)
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", in.table, err)
 		}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/migrations"
-	"github.com/txlock/txlock/schema"
 )
 
 // newMigrateDownCmd returns "txlock migrate down".
@@ -19,9 +18,10 @@ func newMigrateDownCmd(opts *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "Roll back every migration (drop the tables and all locks in them)",
-		Long: `down rolls back every applied migration: it drops the lock table and its
-fence table, in one statement, with every key row and fencing counter in
-them.
+		Long: `down rolls back every applied migration: it drops the run, leader and
+session tables (MinInterval's last runs, election leaders, connection
+labels), then the lock table and its fence table, in one statement, with
+every key row and fencing counter in them.
 
 Stop every service that uses the tables first. While they are missing, the
 services' lock calls fail; recreated (migrate up), the lock table numbers
@@ -34,7 +34,8 @@ DROP waiting for it makes every other locker, of any key, queue behind the
 DROP. So down first looks for held keys with the SKIP LOCKED probe of
 "txlock locks" and refuses if it finds any, unless --force; and its DROP
 waits only briefly for the tables (a short lock_wait_timeout), then fails
-with nothing dropped.
+with nothing dropped (the newest migration's Down takes the lock table's
+metadata lock before it drops anything).
 
 It names the server and database it acts on, acts only on the one named by
 --dsn or $` + envDSN + ` (never on the default), and asks for confirmation
@@ -58,12 +59,16 @@ on stdin (y/N) unless --yes is given.`,
 // warning and the question on log.
 type downer struct{ *console }
 
+// droppedTables names the tables that down drops, for its messages.
+func droppedTables(table string) string { return listed(migrations.Tables(table)) }
+
 // heldShown bounds how many held keys a refusal names.
 const heldShown = 3
 
 func (d *downer) down(ctx context.Context, yes, force bool) error {
 	in := d.in
-	table, fence := in.table, schema.FenceTable(in.table)
+	table := in.table
+	all := droppedTables(table)
 	opt := migrations.Table(table)
 	st, err := migrations.Status(ctx, in.db, opt)
 	if err != nil {
@@ -73,10 +78,10 @@ func (d *downer) down(ctx context.Context, yes, force bool) error {
 		_, err = fmt.Fprintf(d.out, "%s on %s: nothing to roll back\n", table, in.where)
 		return err
 	}
-	fmt.Fprintf(d.log, "txlock: migrate down drops %s and %s on %s (%s), with every key row and fencing counter in them.\n"+
+	fmt.Fprintf(d.log, "txlock: migrate down drops %s on %s (%s), with every key row and fencing counter in them.\n"+
 		"Stop every service that uses them first: while they are missing the services' lock calls fail, and once recreated the "+
 		"row ids start again at 1 (ids a running process cached then name other keys' rows) and so do fencing tokens.\n",
-		table, fence, in.where, in.srv)
+		all, in.where, in.srv)
 
 	held, which, err := d.heldKeys(ctx)
 	if err != nil {
@@ -91,7 +96,7 @@ func (d *downer) down(ctx context.Context, yes, force bool) error {
 		fmt.Fprintf(d.log, "txlock: --force: %d key(s) held right now (%s); the DROP gives up, dropping nothing, if a holder remains past its short lock wait\n",
 			held, which)
 	}
-	if !yes && !d.confirm(fmt.Sprintf("Drop %s and %s on %s?", table, fence, in.where)) {
+	if !yes && !d.confirm(fmt.Sprintf("Drop %s on %s?", all, in.where)) {
 		return errors.New("not confirmed: nothing dropped")
 	}
 	rep, err := migrations.Down(ctx, in.db, opt)
@@ -101,7 +106,7 @@ func (d *downer) down(ctx context.Context, yes, force bool) error {
 	if len(rep.RolledBack) == 0 {
 		_, err = fmt.Fprintf(d.out, "%s on %s: nothing to roll back (another process rolled it back meanwhile)\n", table, in.where)
 	} else {
-		_, err = fmt.Fprintf(d.out, "%s on %s: rolled back %d migration(s), %s and %s dropped\n", table, in.where, len(rep.RolledBack), table, fence)
+		_, err = fmt.Fprintf(d.out, "%s on %s: rolled back %d migration(s), %s dropped\n", table, in.where, len(rep.RolledBack), all)
 	}
 	return err
 }

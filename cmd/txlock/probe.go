@@ -50,7 +50,7 @@ func (in *inspector) lockFree(ctx context.Context, ids []int64) (map[int64]bool,
 		return nil, fmt.Errorf("probing %s: %w", in.table, err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, "SELECT id FROM `"+in.table+"` WHERE id IN ("+placeholders(len(ids))+") FOR UPDATE SKIP LOCKED", int64Args(ids)...)
+	rows, err := tx.QueryContext(ctx, "SELECT id FROM `"+in.table+"` WHERE id IN ("+placeholders(len(ids))+") FOR UPDATE SKIP LOCKED", args(ids)...)
 	if err != nil {
 		return nil, fmt.Errorf("probing %s: %w", in.table, err)
 	}
