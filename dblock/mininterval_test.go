@@ -224,6 +224,37 @@ func TestMinIntervalRunTableMissing(t *testing.T) {
 	}
 }
 
+// TestMinIntervalNoGapLocks: the run's upsert takes only record locks, so
+// a transaction recording one key's run (a first run, a run, a turn too
+// soon), kept open, does not hold up the first runs of other keys, whose
+// rows land anywhere in the run table's index (keys hash at random). A
+// gap lock would make some of them wait for the server's lock-wait
+// timeout, beyond opTimeout.
+func TestMinIntervalNoGapLocks(t *testing.T) {
+	e, l := setupLocker(t)
+	key := dblock.Resource("mi-gap")
+	n := 0
+	for i, opt := range []dblock.LockOption{dblock.MinInterval(time.Hour), dblock.MinInterval(time.Microsecond), dblock.MinInterval(time.Hour)} {
+		tx := e.db.Begin()
+		err := l.LockTx(ctxT(t), tx, key, opt)
+		if (i < 2) != (err == nil) {
+			tx.Rollback()
+			t.Fatalf("LockTx %d: %v", i, err)
+		}
+		for range 8 {
+			n++
+			other := dblock.Resource(fmt.Sprintf("mi-gap-%d", n))
+			if err := l.Do(ctxWithin(t, opTimeout), other, func(context.Context, *gorm.DB) error { return nil }, dblock.MinInterval(time.Hour)); err != nil {
+				tx.Rollback()
+				t.Fatalf("first run of %s beside an open transaction that recorded %s (%d): %v", other, key, i, err)
+			}
+		}
+		if err := tx.Commit().Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // scheduleRun is one run of the racing schedule, as its job recorded it
 // in its transaction: the grant's server time, read back from the run
 // table, which the transaction wrote at the grant.
