@@ -222,10 +222,22 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 			lk.scope.setToken(l, k, tokens[i])
 		}
 	}
+	if a.lc.minInterval > 0 {
+		if err := l.recordRun(h.ctx, ownStmts{h.keeper}, keys[0], a.lc.minInterval); err != nil {
+			h.abort()
+			return err
+		}
+	}
 	for _, k := range keys {
 		lk.scope.add(l, k)
 	}
 	h.granted = time.Now()
+	if a.lc.maxHold > 0 {
+		if err := h.boundHold(h.ctx, a.lc.maxHold); err != nil {
+			h.abort()
+			return err
+		}
+	}
 	lk.fnCtx = scopedCtx{Context: h.ctx, link: scopeLink{s: lk.scope, next: linkFrom(a.ctx)}}
 	if handle {
 		// database/sql rolls the transaction back when its context ends:
@@ -268,6 +280,7 @@ func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
 		if err := lc.apply(l.cfg.defaults); err != nil {
 			return lc, err
 		}
+		lc.maxHoldCall = false
 	}
 	return lc, lc.apply(opts)
 }

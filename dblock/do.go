@@ -44,6 +44,9 @@ func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context
 	if err != nil {
 		return err
 	}
+	if lc.minInterval > 0 && len(keys) > 1 {
+		return errMinIntervalMulti
+	}
 	ctx, end := l.tel.startDo(ctx, keys[0], len(keys), lc.noWait)
 	defer func() { end(err) }()
 	s, err := l.scopeFor(ctx)

@@ -167,11 +167,72 @@
 // cannot be checked that way, so LockTx and a Do under WithTx are refused
 // in this mode. It costs four statements per transaction.
 //
+// # Scheduled jobs: MinInterval
+//
+// [MinInterval](d) makes a key's runs at least d apart, start to start,
+// across every process, judged by the server's clock alone: a job that
+// several replicas run on a ticker (or a cron library) runs once per
+// interval, whichever replica's tick comes first. The acquisition, once
+// granted, records the run in the key's row of the run table
+// (<table>_run, migration 2) in the lock's own transaction, with one
+// upsert that compares the last committed run with UTC_TIMESTAMP(6) (UTC,
+// whatever the session's time zone). The record commits or rolls back with
+// the job's writes, however the transaction ends (Do's commit,
+// [Lock.Commit], the caller's Commit after [Locker.LockTx]): a run that
+// rolled back does not count, and the next call may run at once. A call
+// granted less than d after the last committed run fails with
+// [ErrTooSoon], naming the key, the last run's server time and when the
+// next is allowed, without running fn; test it with errors.Is to skip the
+// turn. A transaction the Locker opened is then rolled back; a caller's
+// transaction keeps the key, as after any LockTx, until it ends (and a
+// Do joining it returns ErrTooSoon without rolling it back).
+//
+// MinInterval is judged by the acquisition that takes the key: a nested
+// Do (or LockTx) of a key its transaction already holds is part of the
+// same run and is not judged again, so put MinInterval on the outermost
+// call. It applies to one key: DoMulti with several keys refuses it. Add
+// [NoWait] to skip a turn while another replica is running the job
+// rather than wait for it to finish (and then get ErrTooSoon). The
+// interval counts whole microseconds; a server clock stepped back delays
+// the next run by the step. It costs one statement per run, two when too
+// soon; a lock table without the run table (migrated to version 1 only)
+// gives [ErrTableMissing]. The upsert reports its outcome through
+// LAST_INSERT_ID(expr), so the session's LAST_INSERT_ID() is changed until
+// the job's first insert. See docs/SCHEDULED_AND_MAXHOLD.md.
+//
+// # A bound on holding: MaxHold
+//
+// [MaxHold](d) takes the lock away from a holder still holding it d after
+// its grant, alive or not, so that a stuck holder (a hung call, a
+// deadlocked goroutine, a write through the pool instead of tx on a small
+// pool, waiting for the connection the lock holds) cannot pin a key
+// forever. The holder learns first: [Lock.Lost] is closed, [Lock.Err] and
+// the cause of fn's context wrap [ErrLockLost] and name MaxHold(d), and
+// statements on the lock's transaction are refused. Then the transaction
+// is ended on the server: its connection is killed (KILL CONNECTION from
+// the side pool, which interrupts a statement the holder is stuck in) and
+// discarded, and its writes roll back; only then can another holder be
+// granted the key. Commit after that refuses with ErrLockLost ("not
+// committed"); a Commit already on its way when the bound runs out
+// completes. The bound costs one statement at the grant (the connection's
+// id). The side pool's user must be allowed to kill the lock's
+// connection (the same user, or CONNECTION_ADMIN / SUPER).
+//
+// MaxHold bounds a transaction the Locker opened (Do, DoMulti, Lock,
+// TryLock), and a Do that joins one: the whole transaction is bounded,
+// and the bound that runs out first wins, whichever call set it. Passed
+// to a call in a caller's transaction (LockTx, Do under WithTx) it is
+// refused before anything is locked: the Locker does not end a
+// transaction it does not own (bound it with the transaction's context);
+// a Locker-wide MaxHold given through [Defaults] leaves such
+// transactions unbounded instead. Off by default.
+//
 // # Errors
 //
 // Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired],
 // [ErrDeadlock], [ErrLockLost], [ErrCommitUnknown], [ErrNotHeld],
 // [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot], [ErrReadOnly],
-// [ErrNotPrimary], [ErrNoTransaction]. Errors coming from the server also
-// wrap the driver's *mysql.MySQLError, reachable with [errors.As].
+// [ErrNotPrimary], [ErrNoTransaction], [ErrTooSoon]. Errors coming from the
+// server also wrap the driver's *mysql.MySQLError, reachable with
+// [errors.As].
 package dblock

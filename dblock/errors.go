@@ -82,6 +82,13 @@ var (
 	// inside a transaction, or a transaction that has already ended (also
 	// through a context that still carries it).
 	ErrNoTransaction = errors.New("dblock: not an open transaction")
+
+	// ErrTooSoon means an acquisition with MinInterval was granted less
+	// than the interval after the key's last committed run (by the
+	// server's clock): fn did not run. A transaction the Locker opened was
+	// rolled back; a caller's keeps the key until it ends. Match it to
+	// skip the turn.
+	ErrTooSoon = errors.New("dblock: too soon after the key's last run (MinInterval)")
 )
 
 // MySQL and MariaDB error numbers the library maps.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"time"
 
 	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
@@ -199,4 +200,43 @@ func ExampleKey() {
 	// user="u-7" resource="order:4711"
 	// Global with a field: true
 	// order alone while the user's key is held: <nil>
+}
+
+// A scheduled job that several replicas run on a ticker, once per hour
+// across all of them: each replica calls Do on every tick, and a turn
+// within the hour of the last committed run (by the server's clock) is
+// skipped with ErrTooSoon; a run whose fn fails rolls back and does not
+// count. NoWait skips a turn while another replica is running the job.
+func ExampleMinInterval() {
+	_, locker, done := exampleSetup()
+	defer done()
+	ctx := context.Background()
+	job := dblock.Resource("example:hourly-report")
+	for tick := range 2 {
+		err := locker.Do(ctx, job, func(ctx context.Context, tx *gorm.DB) error {
+			return nil // the report, written through tx
+		}, dblock.MinInterval(time.Hour), dblock.NoWait())
+		switch {
+		case errors.Is(err, dblock.ErrTooSoon), errors.Is(err, dblock.ErrNotAcquired):
+			fmt.Println("tick", tick, "skipped") // the first tick too, if the example ran within the hour
+		case err != nil:
+			log.Fatal(err)
+		default:
+			fmt.Println("tick", tick, "ran the report")
+		}
+	}
+}
+
+// A bound on holding: a holder stuck past MaxHold loses the lock, its
+// transaction is rolled back on the server, and fn's context is cancelled
+// with the cause.
+func ExampleMaxHold() {
+	_, locker, done := exampleSetup()
+	defer done()
+	err := locker.Do(context.Background(), dblock.Resource("example:stuck"), func(ctx context.Context, tx *gorm.DB) error {
+		<-ctx.Done() // a call that hangs until the lock is taken away
+		return context.Cause(ctx)
+	}, dblock.MaxHold(100*time.Millisecond))
+	fmt.Println(errors.Is(err, dblock.ErrLockLost))
+	// Output: true
 }

@@ -29,6 +29,8 @@ type hold struct {
 	lost      chan struct{} // made by the first Lost call; closed when the lock ends
 	stopWatch func() bool
 	closing   sync.Once
+
+	maxHold *maxHold // MaxHold's bound, nil without (maxhold.go)
 }
 
 type lockState uint8
@@ -60,13 +62,20 @@ func (h *hold) endedErr() error {
 // lock's context (Do's fn context) is cancelled with cause err, which makes
 // database/sql roll the transaction back, and the connection goes back to
 // the pool.
-func (h *hold) lose(err error) {
+func (h *hold) lose(err error) { h.loseBy(err, nil) }
+
+// loseBy is lose; mark, when not nil, runs under mu if this call is the
+// one that loses the lock.
+func (h *hold) loseBy(err error, mark func()) {
 	h.mu.Lock()
 	if h.state != held {
 		h.mu.Unlock()
 		return
 	}
 	h.state, h.lostErr = lost, err
+	if mark != nil {
+		mark()
+	}
 	// Statements are refused before Lost is closed: a holder that sees it
 	// closed gets the loss from its next statement, not whatever the
 	// transaction, rolled back meanwhile by database/sql, answers.
@@ -129,6 +138,8 @@ func (h *hold) finish() {
 		}
 		if h.conn != nil {
 			switch {
+			case h.endMaxHold():
+				// MaxHold ran out: the connection was killed and discarded.
 			case h.keeper != nil && h.keeper.wasStalled():
 				// The connection waits for an answer that may never come:
 				// it goes back to the pool (which discards it) when the

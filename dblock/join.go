@@ -21,6 +21,12 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	if l.touch && s.owner == nil {
 		return errMultiWriterJoin
 	}
+	if lc.maxHold > 0 && s.owner == nil {
+		if lc.maxHoldCall {
+			return errMaxHoldCallerTx
+		}
+		lc.maxHold = 0 // a Locker's default does not reach a caller's transaction
+	}
 	tx, err := s.runner()
 	if err != nil {
 		return err
@@ -71,6 +77,16 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	}
 	for _, k := range newKeys {
 		s.add(l, k)
+	}
+	// A key the transaction held already is part of the run it is in:
+	// MinInterval judges the acquisition that takes the key.
+	if lc.minInterval > 0 && len(newKeys) > 0 {
+		if err := l.recordRun(ctx, tx, newKeys[0], lc.minInterval); err != nil {
+			return err
+		}
+	}
+	if lc.maxHold > 0 {
+		return s.owner.boundHold(ctx, lc.maxHold)
 	}
 	return nil
 }

@@ -162,6 +162,10 @@ type lockConfig struct {
 	fencing  bool
 	lease    time.Duration // server and client bound on a silent holder
 	fresh    bool          // the caller's transaction has not read before this lock
+
+	minInterval time.Duration // > 0: the key's runs are at least this far apart (mininterval.go)
+	maxHold     time.Duration // > 0: the lock is taken away this long after its grant (maxhold.go)
+	maxHoldCall bool          // MaxHold was passed to the call itself, not only through Defaults
 }
 
 func (lc *lockConfig) apply(opts []LockOption) error {

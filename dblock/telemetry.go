@@ -54,6 +54,7 @@ const scopeName = "github.com/txlock/txlock/dblock"
 //	canceled      the context was cancelled (context.Canceled in the chain,
 //	              or ctx.Err() once the call failed)
 //	timeout       also: another failure once the context's deadline passed
+//	too_soon      ErrTooSoon: granted, but within MinInterval of the last run
 //	error         anything else (missing table, connection failure, ...)
 const (
 	metricAcquireDuration = "txlock.acquire.duration"
@@ -92,10 +93,11 @@ const (
 	outDeadlock
 	outCanceled
 	outError
+	outTooSoon
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"acquired", "not_acquired", "timeout", "deadlock", "canceled", "error"}
+var outcomeNames = [numOutcomes]string{"acquired", "not_acquired", "timeout", "deadlock", "canceled", "error", "too_soon"}
 
 func (o outcome) String() string { return outcomeNames[o] }
 
@@ -107,6 +109,8 @@ func acquireOutcome(ctx context.Context, err error, noWait bool) outcome {
 		return outAcquired
 	case errors.Is(err, ErrDeadlock):
 		return outDeadlock
+	case errors.Is(err, ErrTooSoon):
+		return outTooSoon
 	case errors.Is(err, ErrNotAcquired):
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			// The context's deadline bounded the wait (its cause, which

@@ -20,7 +20,10 @@ func TestMain(m *testing.M) {
 }
 
 // TestRun runs three worker processes (this test binary) against the test
-// server: the job never overlaps, and busy turns are skipped.
+// server, ticking much faster than MinInterval: the job never overlaps,
+// its committed runs start at least the interval apart in server time
+// (run checks both and the counts), turns are skipped as too soon, and
+// failed runs, rolled back, do not count.
 func TestRun(t *testing.T) {
 	t.Parallel()
 	db := testdb.Open(t)
@@ -34,8 +37,9 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := config{DSN: dsn, LockTable: lock, Prefix: lock + "_", Workers: 3,
-		For: 2 * time.Second, Every: 40 * time.Millisecond, Job: 120 * time.Millisecond, Self: self}
-	job, err := NewJob(db, cfg.Prefix, "test", cfg.Job)
+		For: 2 * time.Second, Every: 20 * time.Millisecond, Interval: 200 * time.Millisecond, Job: 60 * time.Millisecond,
+		FailEvery: 5, Self: self}
+	job, err := NewJob(db, lock, cfg.Prefix, "test", cfg.Job)
 	if err != nil {
 		t.Fatal(err)
 	}
