@@ -17,7 +17,7 @@ const (
 
 // keyTerms and optionTerms are the terms a //txlock:lock directive knows,
 // for messages.
-const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), wait, nowait (options)"
+const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), wait, nowait, maxhold, mininterval (options)"
 
 // A lockSpec is one parsed //txlock:lock directive.
 type lockSpec struct {
@@ -35,6 +35,14 @@ type lockSpec struct {
 	keyFunc   string
 	wait      time.Duration
 	noWait    bool
+	maxHold   time.Duration
+	minIntvl  time.Duration
+}
+
+// hasOptions reports whether the directive sets options of the
+// acquisition.
+func (s *lockSpec) hasOptions() bool {
+	return s.noWait || s.wait > 0 || s.maxHold > 0 || s.minIntvl > 0
 }
 
 // A template computes a string from the request: literal text and PATH
@@ -115,12 +123,11 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 			}
 			s.keyFunc = value
 		case "wait":
-			if err = needValue("DURATION, e.g. wait=2s"); err == nil {
-				s.wait, err = time.ParseDuration(value)
-				if err != nil || s.wait <= 0 {
-					err = &posError{pos: pos, msg: fmt.Sprintf("wait=%s: want a positive duration such as 2s or 250ms", value)}
-				}
-			}
+			s.wait, err = durationTerm(name, value, "2s", needValue, pos)
+		case "maxhold":
+			s.maxHold, err = durationTerm(name, value, "30s", needValue, pos)
+		case "mininterval":
+			s.minIntvl, err = durationTerm(name, value, "1h", needValue, pos)
 		case "nowait":
 			err = noValue()
 			s.noWait = true
@@ -130,7 +137,7 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 		if err != nil {
 			return nil, err
 		}
-		if name != "wait" && name != "nowait" {
+		if !optionTerms[name] {
 			s.keyText = strings.TrimPrefix(s.keyText+" "+term, " ")
 		}
 	}
@@ -155,7 +162,24 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 
 // termNames are the terms of a lock directive, longest first (nowait
 // before wait).
-var termNames = [...]string{"operation", "resource", "global", "method", "nowait", "user", "wait", "key"}
+var termNames = [...]string{"mininterval", "operation", "resource", "maxhold", "global", "method", "nowait", "user", "wait", "key"}
+
+// optionTerms are the terms that set an option of the acquisition, not
+// part of its key.
+var optionTerms = map[string]bool{"wait": true, "nowait": true, "maxhold": true, "mininterval": true}
+
+// durationTerm parses the positive DURATION of term=value (example: a
+// typical value, for the message).
+func durationTerm(term, value, example string, needValue func(string) error, pos token.Position) (time.Duration, error) {
+	if err := needValue("DURATION, e.g. " + term + "=" + example); err != nil {
+		return 0, err
+	}
+	d, err := time.ParseDuration(value)
+	if err != nil || d <= 0 {
+		return 0, &posError{pos: pos, msg: fmt.Sprintf("%s=%s: want a positive duration such as %s or 250ms", term, value, example)}
+	}
+	return d, nil
+}
 
 // noEquals rejects an '=' in the value of a key term: it is the mark of a
 // missing space ("resource=order:{ID}wait=2s"), which would lock

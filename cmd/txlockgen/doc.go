@@ -93,6 +93,12 @@
 //
 //	wait=DURATION      dblock.WaitTimeout, e.g. wait=2s or wait=250ms
 //	nowait             dblock.NoWait: fail at once when the key is held
+//	maxhold=DURATION   dblock.MaxHold: the lock is taken away from a call
+//	                   still holding it after DURATION, e.g. maxhold=30s
+//	mininterval=DURATION
+//	                   dblock.MinInterval: the method runs at most once per
+//	                   DURATION across all processes (others get
+//	                   dblock.ErrTooSoon), e.g. mininterval=1h
 //
 // A locked method must take a context.Context first and return an error
 // last. A key that cannot be computed at call time, from an empty string,

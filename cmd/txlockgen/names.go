@@ -34,7 +34,7 @@ func (g *generator) checkNames() {
 	g.declared = map[string]bool{}
 	names := []string{g.proxy, g.proxy + "Inner", "New" + g.proxy}
 	for _, m := range g.methods {
-		if m.lock != nil && (m.lock.wait > 0 || m.lock.noWait) {
+		if m.lock != nil && m.lock.hasOptions() {
 			names = append(names, g.optsVar(m))
 		}
 	}

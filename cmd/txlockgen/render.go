@@ -50,7 +50,8 @@ func (g *generator) render() ([]byte, error) {
 	w("return &%s{inner: inner, locker: locker}\n}\n", g.proxy)
 
 	for _, m := range locked {
-		if opts := g.lockOptions(m.lock); opts != "" {
+		if m.lock.hasOptions() {
+			opts := g.lockOptions(m.lock)
 			w("\nvar %s = []%s.LockOption{%s}\n", g.optsVar(m), dblock, opts)
 		}
 	}
@@ -76,14 +77,24 @@ func (g *generator) render() ([]byte, error) {
 	return src, nil
 }
 
+// lockOptions renders the directive's options as a list of
+// dblock.LockOption expressions, "" when it has none.
 func (g *generator) lockOptions(s *lockSpec) string {
+	dblock := g.ref(dblockPath)
+	var opts []string
 	switch {
 	case s.noWait:
-		return g.ref(dblockPath) + ".NoWait()"
+		opts = append(opts, dblock+".NoWait()")
 	case s.wait > 0:
-		return g.ref(dblockPath) + ".WaitTimeout(" + g.durationExpr(s.wait) + ")"
+		opts = append(opts, dblock+".WaitTimeout("+g.durationExpr(s.wait)+")")
 	}
-	return ""
+	if s.maxHold > 0 {
+		opts = append(opts, dblock+".MaxHold("+g.durationExpr(s.maxHold)+")")
+	}
+	if s.minIntvl > 0 {
+		opts = append(opts, dblock+".MinInterval("+g.durationExpr(s.minIntvl)+")")
+	}
+	return strings.Join(opts, ", ")
 }
 
 // durationExpr renders d as Go source, in the largest exact unit.
@@ -150,7 +161,7 @@ func (g *generator) renderLocked(w func(string, ...any), m *method) {
 	l := g.locals
 	dec, ctxPkg := g.ref(decoratorPath), g.ref("context")
 	opts := ""
-	if g.lockOptions(m.lock) != "" {
+	if m.lock.hasOptions() {
 		opts = ", " + g.optsVar(m) + "..."
 	}
 	call := fmt.Sprintf("%s.locker, %q, %s", l.recv, g.iface+"."+m.name, l.key)

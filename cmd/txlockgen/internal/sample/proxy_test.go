@@ -72,6 +72,7 @@ func (s *impl) Report(ctx context.Context, _ Day, _ string) ([]byte, error) {
 	return []byte("r"), s.err
 }
 func (s *impl) Renamed(ctx context.Context, _ string) error { s.check(ctx); return s.err }
+func (s *impl) Nightly(ctx context.Context) error           { s.check(ctx); return s.err }
 func (s *impl) Get(ctx context.Context, id string) (Receipt, error) {
 	s.check(ctx)
 	return Receipt{OrderID: id}, s.err
@@ -362,5 +363,28 @@ func TestProxyWithoutImplementationOrLocker(t *testing.T) {
 	s.want = dblock.Key{} // a pass-through needs no locker
 	if r, err := noLocker.Get(ctx, "7"); err != nil || r.OrderID != "7" {
 		t.Errorf("pass-through method, nil locker: %+v, %v", r, err)
+	}
+}
+
+// TestProxyScheduledJob: a method directed with mininterval runs once per
+// interval across callers (the second call is dblock.ErrTooSoon and does
+// not reach the implementation), and its maxhold bound is in force.
+func TestProxyScheduledJob(t *testing.T) {
+	s, p := setup(t)
+	ctx := context.Background()
+	s.want = dblock.Operation("nightly")
+	if err := p.Nightly(ctx); err != nil {
+		t.Fatalf("first Nightly: %v", err)
+	}
+	if s.calls != 1 {
+		t.Fatalf("first Nightly made %d calls, want 1", s.calls)
+	}
+	err := p.Nightly(ctx)
+	t.Logf("second Nightly within the hour: %v", err)
+	if !errors.Is(err, dblock.ErrTooSoon) {
+		t.Fatalf("second Nightly = %v, want ErrTooSoon", err)
+	}
+	if s.calls != 1 {
+		t.Errorf("the second Nightly reached the implementation (%d calls)", s.calls)
 	}
 }

@@ -52,6 +52,11 @@ type Service interface {
 	//txlock:lock method=sample.Renamed resource=tenant:{strconv}
 	Renamed(ctx context.Context, strconv string) error
 
+	// Nightly is a scheduled job: it runs at most once an hour across
+	// all processes, and a call still running after 30 s loses its lock.
+	//txlock:lock operation=nightly mininterval=1h maxhold=30s
+	Nightly(ctx context.Context) error
+
 	// Get is not locked: the proxy passes it through.
 	Get(ctx context.Context, id string) (Receipt, error)
 

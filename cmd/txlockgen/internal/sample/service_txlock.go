@@ -27,6 +27,7 @@ type LockedServiceInner interface {
 //   - Audit: method wait=1500ms
 //   - Book: resource=slot:{At}
 //   - Cancel: user=ctx resource=order:{req.OrderID} nowait
+//   - Nightly: operation=nightly mininterval=1h maxhold=30s
 //   - Put: resource=receipt:{OrderID}
 //   - Rebuild: global nowait
 //   - Refund: resource=order:{OrderID} wait=2s
@@ -57,6 +58,8 @@ func NewLockedService(inner LockedServiceInner, locker *dblock.Locker) *LockedSe
 var lockedServiceOptsAudit = []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)}
 
 var lockedServiceOptsCancel = []dblock.LockOption{dblock.NoWait()}
+
+var lockedServiceOptsNightly = []dblock.LockOption{dblock.MaxHold(30 * time.Second), dblock.MinInterval(1 * time.Hour)}
 
 var lockedServiceOptsRebuild = []dblock.LockOption{dblock.NoWait()}
 
@@ -156,6 +159,26 @@ func (p *LockedService) Get(ctx context.Context, id string) (Receipt, error) {
 		return Receipt{}, errors.New("Service.Get: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
 	}
 	return p.inner.Get(ctx, id)
+}
+
+// Nightly holds the lock operation=nightly mininterval=1h maxhold=30s for
+// the call, and calls the implementation inside the lock's transaction.
+func (p *LockedService) Nightly(ctx context.Context) error {
+	if p.inner == nil {
+		return errors.New("Service.Nightly: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyNightly(ctx)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Nightly", key, func(ctx context.Context) error {
+		return p.inner.Nightly(ctx)
+	}, lockedServiceOptsNightly...)
+}
+
+// lockKeyNightly returns the lock key of Nightly: operation=nightly.
+func (*LockedService) lockKeyNightly(ctx context.Context) (dblock.Key, error) {
+	return dblock.Key{Operation: "nightly"}, nil
 }
 
 // Ping calls the implementation: it is not locked.

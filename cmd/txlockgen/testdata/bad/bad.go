@@ -142,6 +142,21 @@ type lookBase interface {
 }
 
 // LookAlikeEmbedded embeds an interface with a look-alike.
+type BadMaxHold interface {
+	//txlock:lock method maxhold=-1s
+	M(ctx context.Context, r Req) error
+}
+
+type BadMinInterval interface {
+	//txlock:lock method mininterval
+	M(ctx context.Context, r Req) error
+}
+
+type MissingSpaceMaxHold interface {
+	//txlock:lock resource=job:{ID}maxhold=1s
+	M(ctx context.Context, r Req) error
+}
+
 type LookAlikeEmbedded interface{ lookBase }
 
 type MissingSpace interface {
