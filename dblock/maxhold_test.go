@@ -124,6 +124,60 @@ func TestFaultMaxHoldStuckInStatement(t *testing.T) {
 	wantMaxHoldLoss(t, e, kv, err)
 }
 
+// TestFaultMaxHoldHandleStuckInStatement: the holder of a Lock handle is
+// stuck in a statement waiting for a row lock that a third transaction
+// holds (a lock wait of 100 s, under a context without cancellation),
+// and never calls Commit or Rollback. Nothing of the handle's own ends
+// the lock then: MaxHold's KILL must be sent when the bound runs out, not
+// when the handle is released.
+func TestFaultMaxHoldHandleStuckInStatement(t *testing.T) {
+	e, l := setupLocker(t)
+	other := faultLocker(t, otherPool(t), e.table)
+	kv := e.kvTable(t)
+	if err := put(e.db, kv, "blocker", 1); err != nil {
+		t.Fatal(err)
+	}
+	third := e.db.Begin()
+	if err := third.Exec("SELECT v FROM `" + kv + "` WHERE k = 'blocker' FOR UPDATE").Error; err != nil {
+		t.Fatal(err)
+	}
+	defer third.Rollback()
+	ctx := ctxT(t)
+	key := dblock.Resource("stuck-handle")
+	lk, err := l.Lock(ctx, key, dblock.MaxHold(maxHoldBound))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	stmtDone := make(chan error, 1)
+	go func() {
+		_, err := dblock.SQL(lk.Tx()).ExecContext(context.WithoutCancel(ctx),
+			"SET STATEMENT innodb_lock_wait_timeout = 100 FOR SELECT v FROM `"+kv+"` WHERE k = 'blocker' FOR UPDATE")
+		stmtDone <- err
+	}()
+	lk2, err := other.Lock(ctx, key, dblock.WaitTimeout(opTimeout))
+	if err != nil {
+		t.Fatalf("the other holder waited %v and was not granted the key: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	granted := time.Since(start)
+	select {
+	case <-lk.Lost():
+	default:
+		t.Error("the other holder was granted the key before the stuck handle's Lost was closed")
+	}
+	if !errors.Is(lk.Err(), dblock.ErrLockLost) {
+		t.Errorf("the stuck handle's Err = %v, want ErrLockLost", lk.Err())
+	}
+	t.Logf("MaxHold(%v) of a handle stuck in a lock wait: the other holder was granted the key %v after the statement started; the statement returned %v",
+		maxHoldBound, granted.Round(time.Millisecond), <-stmtDone)
+	if err := lk2.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Rollback(); err != nil {
+		t.Errorf("Rollback of the handle after MaxHold: %v", err)
+	}
+}
+
 // TestFaultMaxHoldDBInsteadOfTx: fn writes through the pool instead of its
 // transaction, on a pool of one connection, which the lock's transaction
 // holds: without a bound it waits forever. MaxHold takes the lock away,
