@@ -27,6 +27,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	}
 	l.adopt(s)
 	a := l.newAcquisition(ctx, lc)
+	a.readConn = s.owner == nil && !s.holdsAny() && !l.sessions.off.Load()
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	for _, key := range keys {
 		if s.holds(l, key) {
@@ -72,6 +73,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	for _, k := range newKeys {
 		s.add(l, k)
 	}
+	l.labelConnID(ctx, a.conn)
 	return nil
 }
 
@@ -98,7 +100,10 @@ func (l *Locker) joinKey(a *acquisition, s *txScope, tx stmtRunner, key Key) err
 				return err
 			}
 		}
-		_, err = a.lockKey(tx, key, id, false, leaseEnd, holdsOthers)
+		out, err := a.lockKey(tx, key, id, false, leaseEnd, holdsOthers)
+		if err == nil && a.readConn {
+			a.readConn, a.conn = false, out.conn
+		}
 		if !errors.Is(err, errRowGone) {
 			return err
 		}
