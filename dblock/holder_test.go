@@ -514,3 +514,34 @@ func TestHoldersListing(t *testing.T) {
 		}
 	}
 }
+
+// TestHolderConcurrentCalls: Holder calls at the same time through one
+// Locker all name the holder (their reads of MariaDB's lock views, which
+// the server refreshes only after 100 ms without reads, must not keep
+// each other from seeing their probes).
+func TestHolderConcurrentCalls(t *testing.T) {
+	_, ctx, _, holder, l := twoLockers(t, "holder", "inspector")
+	key := dblock.Resource("busy")
+	lk := holdKey(t, ctx, holder, key)
+	conn := connectionID(t, lk.Tx())
+	const calls = 8
+	errs := make(chan error, calls)
+	start := time.Now()
+	for i := range calls {
+		go func() {
+			// Staggered: their reads of the views interleave.
+			time.Sleep(time.Duration(i) * 35 * time.Millisecond)
+			h, err := l.Holder(ctx, key)
+			if err == nil && h.ConnID != conn {
+				err = fmt.Errorf("named %d, want %d", h.ConnID, conn)
+			}
+			errs <- err
+		}()
+	}
+	for range calls {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent Holder: %v", err)
+		}
+	}
+	t.Logf("%d concurrent Holder calls in %v", calls, time.Since(start).Round(time.Millisecond))
+}
