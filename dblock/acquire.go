@@ -57,6 +57,11 @@ type acquisition struct {
 	ctx       context.Context
 	lc        lockConfig
 	waitUntil time.Time // WaitTimeout's end; zero: none
+	// readConn: the next locking read also reads CONNECTION_ID(), the
+	// first in a caller's transaction, whose connection may be new to the
+	// Locker (its label is then written: label.go); conn is what it read.
+	readConn bool
+	conn     int64
 }
 
 func (l *Locker) newAcquisition(ctx context.Context, lc lockConfig) *acquisition {

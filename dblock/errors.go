@@ -39,8 +39,15 @@ var (
 	ErrCommitUnknown = errors.New("dblock: commit outcome unknown")
 
 	// ErrNotHeld means a lock was released or committed already: Commit
-	// or Rollback cannot act on it again.
+	// or Rollback cannot act on it again. Holder returns it for a key that
+	// nobody holds.
 	ErrNotHeld = errors.New("dblock: lock not held")
+
+	// ErrHolderUnknown means Holder found the key held but the server's
+	// lock views did not name the holder in time (MariaDB shows a holder
+	// only to a waiter, through a cache that other clients' frequent reads
+	// keep from being refreshed). Asking again may succeed.
+	ErrHolderUnknown = errors.New("dblock: lock holder unknown")
 
 	// ErrDeadlock means the server chose this transaction as the victim of a
 	// deadlock (error 1213) and rolled the whole transaction back, including

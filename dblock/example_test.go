@@ -240,3 +240,35 @@ func ExampleMaxHold() {
 	fmt.Println(errors.Is(err, dblock.ErrLockLost))
 	// Output: true
 }
+
+// Holder says which instance holds a key: each Locker writes its Label
+// (by default "<hostname>:<pid>") for the connections it locks on.
+func ExampleLocker_Holder() {
+	db, _, done := exampleSetup()
+	defer done()
+	ctx := context.Background()
+	worker, err := dblock.New(db, dblock.Label("worker-7"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer worker.Close()
+	key := dblock.Resource("report:monthly")
+	lk, err := worker.Lock(ctx, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	h, err := worker.Holder(ctx, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("held by", h.Label)
+	if err := lk.Rollback(); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := worker.Holder(ctx, key); errors.Is(err, dblock.ErrNotHeld) {
+		fmt.Println("free")
+	}
+	// Output:
+	// held by worker-7
+	// free
+}

@@ -33,6 +33,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	}
 	l.adopt(s)
 	a := l.newAcquisition(ctx, lc)
+	a.readConn = s.owner == nil && !s.holdsAny() && !l.sessions.off.Load()
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	for _, key := range keys {
 		if s.holds(l, key) {
@@ -78,6 +79,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	for _, k := range newKeys {
 		s.add(l, k)
 	}
+	l.labelConnID(ctx, a.conn)
 	// A key the transaction held already is part of the run it is in:
 	// MinInterval judges the acquisition that takes the key.
 	if lc.minInterval > 0 && len(newKeys) > 0 {
@@ -114,7 +116,10 @@ func (l *Locker) joinKey(a *acquisition, s *txScope, tx stmtRunner, key Key) err
 				return err
 			}
 		}
-		_, err = a.lockKey(tx, key, id, false, leaseEnd, holdsOthers)
+		out, err := a.lockKey(tx, key, id, false, leaseEnd, holdsOthers)
+		if err == nil && a.readConn {
+			a.readConn, a.conn = false, out.conn
+		}
 		if !errors.Is(err, errRowGone) {
 			return err
 		}

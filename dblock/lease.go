@@ -20,7 +20,8 @@ func leaseMargin(d time.Duration) time.Duration {
 }
 
 // presetLease sets the lease on a connection this Locker has not used
-// with it yet, before BEGIN: a grant whose answer is lost (a partition)
+// with it yet (and, on a connection new to the Locker, writes its label:
+// labelConn), before BEGIN: a grant whose answer is lost (a partition)
 // must not leave the key held for the session's old bound (wait_timeout
 // is 8 h by default). Connections it has seen are checked by their first
 // locking read instead (setLease), at no cost.
@@ -30,7 +31,11 @@ func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Dur
 		return err
 	}
 	secs := leaseSeconds(lease)
-	if got, ok := l.leased.get(dc); ok && got == secs {
+	got, ok := l.leased.get(dc)
+	if !ok {
+		l.labelConn(ctx, conn) // a connection this Locker has not used yet
+	}
+	if ok && got == secs {
 		return nil
 	}
 	if _, err := conn.ExecContext(ctx, l.q.leaseStatement(secs)); err != nil {

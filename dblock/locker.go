@@ -47,6 +47,8 @@ type Locker struct {
 	// callerTxs maps a caller's transaction (weakly) to what it holds
 	// through this Locker, whatever context or handle reaches it.
 	callerTxs sync.Map
+	// sessions writes the Label of the connections the Locker locks on.
+	sessions *sessionBook
 }
 
 // leasedConnsTracked bounds how many pool connections a Locker remembers
@@ -125,6 +127,12 @@ func newLocker(name string, db *gorm.DB, opts []Option) (*Locker, error) {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.label == "" {
+		cfg.label = defaultLabel()
+		l.cfg.label = cfg.label
+	}
+	l.log = l.log.With("label", cfg.label)
+	l.sessions = newSessionBook(cfg.table, cfg.label, srv)
 	if l.tel, err = newTelemetry(&cfg); err != nil {
 		return nil, err
 	}

@@ -60,6 +60,7 @@ func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
 // lockOutcome is what a locking read found.
 type lockOutcome struct {
 	session [3]sql.NullInt64 // the session's idle bounds, when asked for (sessionVars)
+	conn    int64            // CONNECTION_ID(), when asked for (acquisition.readConn)
 }
 
 // lockKey runs the locking read of key (row id) in the transaction on tx:
@@ -74,7 +75,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	// locking read would then run in autocommit and hold nothing. MariaDB
 	// says whether the session is still in a transaction.
 	_, own := tx.(ownStmts)
-	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !own && l.srv.mariaDB}
+	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
 	var b *waitBound
 	if !r.skip {
 		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {
@@ -106,7 +107,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	var out lockOutcome
 	var got, inTx int64
 	var err error
-	dest := make([]any, 1, 5)
+	dest := make([]any, 1, 6)
 	dest[0] = &got
 	if session {
 		for i := range l.q.sessionVars {
@@ -115,6 +116,9 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	}
 	if r.inTx {
 		dest = append(dest, &inTx)
+	}
+	if r.connID {
+		dest = append(dest, &out.conn)
 	}
 	l.tel.waiting(a.ctx, key, 1)
 	interrupted := l.runInterruptible(a.ctx, r.tag, timer, func(sctx context.Context) {

@@ -37,6 +37,8 @@ type config struct {
 
 	allowReadOnly bool
 	galera        serverinfo.GaleraMode
+
+	label string // Label; "": defaultLabel()
 }
 
 // AllowReadOnly lets New accept a read-only server (read_only ON, most

@@ -213,6 +213,7 @@ func firstAcquire(t *testing.T, srv mockServer) (mocked, *dblock.Locker, dblock.
 // not used yet, before BEGIN, so that a grant whose answer is lost does
 // not leave the key held for the session's old bound; then BEGIN.
 func (m mocked) expectFirstBegin(srv mockServer) {
+	m.mock.ExpectExec(qLabelOwn).WillReturnResult(sqlmock.NewResult(0, 1))
 	m.mock.ExpectExec(srv.lease60).WillReturnResult(sqlmock.NewResult(0, 0))
 	m.mock.ExpectBegin()
 }
@@ -249,6 +250,25 @@ func callerRow(id int64) *sqlmock.Rows {
 	return sqlmock.NewRows([]string{"id", "@@in_transaction"}).AddRow(id, 1)
 }
 
+// firstCallerRow answers the first locking read in a caller's transaction
+// on MariaDB: callerRow and CONNECTION_ID(), whose label the Locker then
+// writes from the side pool if the connection is new to it.
+func firstCallerRow(id, conn int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"id", "@@in_transaction", "CONNECTION_ID()"}).AddRow(id, 1, conn)
+}
+
+// qLabelOwn is the write of the label of a connection the Locker has not
+// used yet, on that connection, before its lease and BEGIN.
+const qLabelOwn = regexPrefix + "^(?:SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT|INSERT /\\*\\+ SET_VAR\\(innodb_lock_wait_timeout=1\\) \\*/) INTO `tb_lock_session` " +
+	"\\(conn_id, label, seen\\) VALUES \\(CONNECTION_ID\\(\\), CONVERT\\(X'[0-9a-f]+' USING utf8mb4\\), NOW\\(6\\)\\) ON DUPLICATE KEY UPDATE label = CONVERT\\(X'[0-9a-f]+' USING utf8mb4\\), seen = NOW\\(6\\)$"
+
+// expectLabel expects the write of the label of connection conn, met in a
+// caller's transaction, on the side pool.
+func (m mocked) expectLabel(conn int64) {
+	m.side.mock.ExpectExec(fmt.Sprintf("%s^SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT INTO `tb_lock_session` \\(conn_id, label, seen\\) VALUES \\(%d, CONVERT\\(X'[0-9a-f]+' USING utf8mb4\\), NOW\\(6\\)\\) ON DUPLICATE KEY UPDATE label = CONVERT\\(X'[0-9a-f]+' USING utf8mb4\\), seen = NOW\\(6\\)$", regexPrefix, conn)).
+		WillReturnResult(sqlmock.NewResult(0, 1))
+}
+
 // lockRow answers a locking read in a transaction already holding locks,
 // or a caller's: the row id.
 func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).AddRow(id) }
@@ -260,7 +280,7 @@ func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).Ad
 // that is given up is found in the process list and interrupted; the
 // pattern allows it.
 func lockStmt(prefix string, id int64, suffix string) string {
-	return fmt.Sprintf("%s^%sSELECT (?:%s)?id(?:, @@session\\.\\w+)*(?:, @@in_transaction)? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
+	return fmt.Sprintf("%s^%sSELECT (?:%s)?id(?:, @@session\\.\\w+)*(?:, @@in_transaction)?(?:, CONNECTION_ID\\(\\))? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
 		regexPrefix, regexp.QuoteMeta(prefix), reTag, id, reHash, regexp.QuoteMeta(suffix))
 }
 
@@ -331,7 +351,8 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 		key := dblock.Resource("order:42")
 		m.mock.ExpectBegin()
 		m.expectLookup(key, 7)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(firstCallerRow(7, 31))
+		m.expectLabel(31)
 		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(callerRow(7))
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
 		m.mock.ExpectCommit()

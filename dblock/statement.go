@@ -97,6 +97,7 @@ type lockRead struct {
 	skip    bool          // do not wait: SKIP LOCKED
 	session bool          // also read the session's idle bounds
 	inTx    bool          // also read whether the session is in a transaction (MariaDB)
+	connID  bool          // also read CONNECTION_ID() (a caller's transaction: label.go)
 }
 
 // appendLockRead appends the locking read r to buf: the row by id and key
@@ -130,6 +131,9 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	}
 	if r.inTx {
 		buf = append(buf, ", @@in_transaction"...)
+	}
+	if r.connID {
+		buf = append(buf, ", CONNECTION_ID()"...)
 	}
 	buf = append(buf, " FROM "...)
 	buf = append(buf, l.q.table...)

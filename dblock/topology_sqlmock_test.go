@@ -280,7 +280,7 @@ func TestSQLGaleraNotPrimary(t *testing.T) {
 		first, second := dblock.Resource("order:42"), dblock.Resource("order:43")
 		m.mock.ExpectBegin()
 		m.expectLookup(first, 7)
-		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
+		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(firstCallerRow(7, 31))
 		m.expectLookup(second, 8)
 		m.mock.ExpectQuery(lockStmt("", 8, "")).WillReturnError(notPrimary)
 		m.mock.ExpectRollback()

@@ -47,7 +47,7 @@ WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?
 	// server (no clock skew). Both flavours have INNODB_TRX.
 	trxSQL = `SELECT CAST(trx_id AS CHAR), trx_mysql_thread_id, trx_state,
   TIMESTAMPDIFF(SECOND, trx_started, NOW()), trx_rows_locked, trx_tables_locked,
-  COALESCE(trx_query, '') LIKE '%` + probeTag + `%'
+  COALESCE(trx_query, '') LIKE '%` + probeTag + `%' OR COALESCE(trx_query, '') LIKE '%txlock-holder%'
 FROM information_schema.INNODB_TRX`
 
 	// processSQL: the connections; MariaDB has milliseconds and QUERY_ID
@@ -81,7 +81,7 @@ type trxInfo struct {
 	age    int64
 	rows   int64
 	tables int64
-	probe  bool // a probe of txlock itself (its statement carries probeTag)
+	probe  bool // a probe of txlock itself (its statement carries probeTag, or Holder's "txlock-holder")
 }
 
 type procInfo struct {

@@ -103,6 +103,11 @@ connection's id, user and host, how long its transaction has been open and
 how long it has been idle, and each waiting connection with how long it has
 waited.
 
+LABEL is the Label of the txlock Locker that first locked on the connection
+(by default "<hostname>:<pid>"), from the <table>_session table; a row
+written before the server's last start is ignored (connection ids restart
+with the server), and a connection without a current row shows "-".
+
 What the server lets us see:
 
 MySQL 8: performance_schema.data_locks lists every row lock, granted or

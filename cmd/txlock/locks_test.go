@@ -21,6 +21,7 @@ import (
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/serverinfo"
 	"github.com/txlock/txlock/internal/testdb"
+	"github.com/txlock/txlock/schema"
 )
 
 // fixture is a fresh lock table with a Locker on it.
@@ -32,6 +33,9 @@ type fixture struct {
 	flags  []string // --dsn and --table for the binary
 }
 
+// fixtureLabel is the Label of the fixture's Locker.
+const fixtureLabel = "cli-fixture"
+
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	dsn, err := testdb.DSN()
@@ -41,7 +45,7 @@ func newFixture(t *testing.T) *fixture {
 	db := testdb.Open(t)
 	table := testdb.Table(t, db)
 	testdb.NoLeaks(t, db)
-	locker, err := dblock.New(db, dblock.Table(table))
+	locker, err := dblock.New(db, dblock.Table(table), dblock.Label(fixtureLabel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,12 +262,12 @@ func TestBinaryLocksShowsHoldersAndWaiters(t *testing.T) {
 	if k.Key != (keyJSON{Resource: "order:42", User: "u-7"}) || k.Source != "lock_waits" || k.RowID == 0 {
 		t.Errorf("contended key = %+v", k)
 	}
-	if k.Holder.User == "" || k.Holder.Host == "" || k.Holder.TrxAge == nil {
-		t.Errorf("holder lacks user, host or transaction age: %+v", *k.Holder)
+	if k.Holder.User == "" || k.Holder.Host == "" || k.Holder.TrxAge == nil || k.Holder.Label != fixtureLabel {
+		t.Errorf("holder lacks user, host, transaction age or label: %+v", *k.Holder)
 	}
 	waiters := waiterIDs(k)
 	for _, w := range k.Waiters {
-		if w.ID == holderConn || w.Waited == nil || *w.Waited <= 0 || w.User == "" {
+		if w.ID == holderConn || w.Waited == nil || *w.Waited <= 0 || w.User == "" || w.Label != fixtureLabel {
 			t.Errorf("waiter %+v", w)
 		}
 	}
@@ -283,7 +287,7 @@ func TestBinaryLocksShowsHoldersAndWaiters(t *testing.T) {
 	// The table for people, with the cache note; --key filters.
 	out := f.ok(t, "locks", "--key", "resource=order:42,user=u-7")
 	t.Logf("txlock locks --key resource=order:42,user=u-7:\n%s", out)
-	for _, want := range []string{"KEY", "WAITED", `user="u-7" resource="order:42"`, "holder", "waiter", "refreshed at most every 100 ms"} {
+	for _, want := range []string{"KEY", "LABEL", fixtureLabel, "WAITED", `user="u-7" resource="order:42"`, "holder", "waiter", "refreshed at most every 100 ms"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table output lacks %q", want)
 		}
@@ -455,6 +459,33 @@ func TestLocksDropsStaleCacheEntries(t *testing.T) {
 	}
 	if len(s.Keys) != 0 {
 		t.Errorf("released key shown from the stale cache: %+v", s.Keys)
+	}
+}
+
+// TestLocksLabelsIgnoreStaleRows: locks shows the label of a holder and
+// of a waiter from the session table, and none for a connection whose row
+// was written before the server's start (a past run's connection with the
+// same id).
+func TestLocksLabelsIgnoreStaleRows(t *testing.T) {
+	f := newFixture(t)
+	key := dblock.Resource("labelled")
+	_, holderConn := f.held(t, key)
+	f.wait(t, key)
+	if err := f.db.Exec("UPDATE `"+schema.SessionTable(f.table)+"` SET label = 'past-run', seen = NOW(6) - INTERVAL (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'Uptime') + 5 SECOND WHERE conn_id = ?", holderConn).Error; err != nil {
+		t.Fatal(err)
+	}
+	var k *HeldKey
+	poll(t, "the holder and its waiter", func() (bool, string) {
+		out := f.ok(t, "locks", "--json")
+		var s Snapshot
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("locks --json: %v\n%s", err, out)
+		}
+		k = findKey(&s, "labelled")
+		return k != nil && k.Holder != nil && k.Holder.ID == holderConn && len(k.Waiters) == 1, out
+	})
+	if k.Holder.Label != "" || k.Waiters[0].Label != fixtureLabel {
+		t.Errorf("holder label %q (its row is of a past run: want none), waiter label %q (want %q)", k.Holder.Label, k.Waiters[0].Label, fixtureLabel)
 	}
 }
 

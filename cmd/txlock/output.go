@@ -11,10 +11,14 @@ import (
 
 // A Conn is a connection that holds or waits for a key.
 type Conn struct {
-	ID    int64  `json:"connection_id"`
-	User  string `json:"user"`
-	Host  string `json:"host"`
-	DB    string `json:"db,omitempty"`
+	ID   int64  `json:"connection_id"`
+	User string `json:"user"`
+	Host string `json:"host"`
+	DB   string `json:"db,omitempty"`
+	// Label is the Label of the txlock Locker that first locked on the
+	// connection (the session table; rows of a past server run are
+	// ignored); "" when unknown.
+	Label string `json:"label,omitempty"`
 	TrxID string `json:"trx_id,omitempty"`
 	Cmd   string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
 	State string `json:"state,omitempty"`
@@ -76,18 +80,18 @@ func writeLocksTable(out io.Writer, s *Snapshot) error {
 		fmt.Fprintln(out, "no held key")
 	} else {
 		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "KEY\tROW\tROLE\tCONN\tUSER\tHOST\tTRX OPEN\tIDLE\tWAITED")
+		fmt.Fprintln(w, "KEY\tROW\tROLE\tCONN\tLABEL\tUSER\tHOST\tTRX OPEN\tIDLE\tWAITED")
 		for _, k := range s.Keys {
 			first := k.KeyStr
 			row := strconv.FormatInt(k.RowID, 10)
 			if k.Holder != nil {
 				h := k.Holder
-				fmt.Fprintf(w, "%s\t%s\tholder\t%d\t%s\t%s\t%s\t%s\t-\n", first, row, h.ID, dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
+				fmt.Fprintf(w, "%s\t%s\tholder\t%d\t%s\t%s\t%s\t%s\t%s\t-\n", first, row, h.ID, dash(h.Label), dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
 			} else {
-				fmt.Fprintf(w, "%s\t%s\tholder\t?\t-\t-\t-\t-\t-\n", first, row)
+				fmt.Fprintf(w, "%s\t%s\tholder\t?\t-\t-\t-\t-\t-\t-\n", first, row)
 			}
 			for _, c := range k.Waiters {
-				fmt.Fprintf(w, "\t\twaiter\t%d\t%s\t%s\t%s\t-\t%s\n", c.ID, dash(c.User), dash(c.Host), secs(c.TrxAge), fsecs(c.Waited))
+				fmt.Fprintf(w, "\t\twaiter\t%d\t%s\t%s\t%s\t%s\t-\t%s\n", c.ID, dash(c.Label), dash(c.User), dash(c.Host), secs(c.TrxAge), fsecs(c.Waited))
 			}
 		}
 		if err := w.Flush(); err != nil {
@@ -97,9 +101,9 @@ func writeLocksTable(out io.Writer, s *Snapshot) error {
 	if len(s.Candidates) > 0 {
 		fmt.Fprintln(out, "\nopen transactions holding row locks, not shown above (one of them may be a \"?\" holder):")
 		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "CONN\tUSER\tHOST\tDB\tTRX OPEN\tIDLE\tROWS LOCKED")
+		fmt.Fprintln(w, "CONN\tLABEL\tUSER\tHOST\tDB\tTRX OPEN\tIDLE\tROWS LOCKED")
 		for _, c := range s.Candidates {
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\n", c.ID, dash(c.User), dash(c.Host), dash(c.DB), secs(c.TrxAge), fsecs(c.Idle), c.Rows)
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.ID, dash(c.Label), dash(c.User), dash(c.Host), dash(c.DB), secs(c.TrxAge), fsecs(c.Idle), c.Rows)
 		}
 		if err := w.Flush(); err != nil {
 			return err

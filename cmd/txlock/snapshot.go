@@ -3,11 +3,14 @@ package main
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/internal/sessions"
+	"github.com/txlock/txlock/schema"
 )
 
 // rowState is what a snapshot knows of one key row.
@@ -137,7 +140,49 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		return nil, err
 	}
 	snap.Notes = append(snap.Notes, in.notes(cache.fresh, left, unknownHolder, named)...)
+	if err := in.addLabels(ctx, snap); err != nil {
+		return nil, err
+	}
 	return snap, nil
+}
+
+// addLabels sets the label of every connection snap shows, from the
+// session table (rows of a past server run are ignored); with the table
+// missing (schema at version 1) a note says so.
+func (in *inspector) addLabels(ctx context.Context, snap *Snapshot) error {
+	var conns []*Conn
+	for i := range snap.Keys {
+		k := &snap.Keys[i]
+		if k.Holder != nil {
+			conns = append(conns, k.Holder)
+		}
+		for j := range k.Waiters {
+			conns = append(conns, &k.Waiters[j])
+		}
+	}
+	for i := range snap.Candidates {
+		conns = append(conns, &snap.Candidates[i])
+	}
+	if len(conns) == 0 {
+		return nil
+	}
+	ids := make([]int64, 0, len(conns))
+	for _, c := range conns {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	labels, err := sessions.Labels(ctx, in.db, schema.SessionTable(in.table), in.srv.MariaDB, slices.Compact(ids))
+	if sessions.Missing(err) {
+		snap.Notes = append(snap.Notes, "no labels: the session table "+schema.SessionTable(in.table)+" is missing; run `txlock migrate up`")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the labels of %s: %w", schema.SessionTable(in.table), err)
+	}
+	for _, c := range conns {
+		c.Label = labels[c.ID]
+	}
+	return nil
 }
 
 // applyProbe marks the rows that the probe found held (held) as live, and
