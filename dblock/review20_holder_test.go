@@ -114,3 +114,48 @@ func TestReview20HoldersTakeFreeKeys(t *testing.T) {
 		t.Errorf("%d of %d TryLock of a free key failed because an observer (Holders) had locked it", failed, tries)
 	}
 }
+
+// TestReview20HolderCancelledProbeWithdrawn: Holder's context is cancelled
+// while its probe is queued behind the holder; Holder must return (with
+// the cause) and withdraw the probe, so that when the holder releases a
+// real waiter queued behind the probe gets the key and the probe never
+// does. HELD (see report): kept as a regression test.
+func TestReview20HolderCancelledProbeWithdrawn(t *testing.T) {
+	e, l := setupLocker(t)
+	other := faultLocker(t, otherPool(t), e.table)
+	ctx := ctxT(t)
+	key := dblock.Resource("review20-probe-cancel")
+	holder := holdKey(t, ctx, other, key)
+
+	hctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Holder(hctx, key)
+		done <- err
+	}()
+	waitForLockWaits(t, e.sqlDB, e.table, 1) // the probe is queued
+	waiter := lockLater(t, ctx, other, key)
+	waitForLockWaits(t, e.sqlDB, e.table, 2) // and the waiter behind it
+	why := errors.New("review20: caller gave up")
+	start := time.Now()
+	cancel(why)
+	err := <-done
+	took := time.Since(start)
+	t.Logf("Holder after its context was cancelled: %v, returned %v later", err, took.Round(time.Millisecond))
+	if !errors.Is(err, why) {
+		t.Errorf("Holder = %v, want the context's cause", err)
+	}
+	ps := waitForLockWaits(t, e.sqlDB, e.table, 1) // only the waiter is left
+	t.Logf("left queued: %v", ps)
+	if err := holder.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case lk := <-waiter:
+		if lk != nil {
+			_ = lk.Rollback()
+		}
+	case <-time.After(opTimeout):
+		t.Fatal("the waiter was not granted the key after the holder released it")
+	}
+}

@@ -198,3 +198,52 @@ func TestReview20LabelTimeZones(t *testing.T) {
 		t.Errorf("Holder through a Locker in another session time zone: label %q, want pod-west (the row's seen, in the writer's zone, reads as before the server's start)", he.Label)
 	}
 }
+
+// TestReview20LabelAutocommitOff: on a pool whose DSN turns autocommit
+// off, the label row written before BEGIN must be committed (visible to
+// another session) and the session's autocommit must be as the DSN left
+// it. HELD (see report): the BEGIN that follows commits it implicitly.
+func TestReview20LabelAutocommitOff(t *testing.T) {
+	e := setup(t)
+	cfg := serverConfig(t)
+	if cfg.Params == nil {
+		cfg.Params = map[string]string{}
+	}
+	cfg.Params["autocommit"] = "0"
+	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlDB.SetMaxOpenConns(1)
+	t.Cleanup(func() { _ = sqlDB.Close() })
+	testdb.NoLeaks(t, db)
+	l := labelled(t, e, db, "pod-ac0")
+	ctx := ctxT(t)
+	lk, err := l.TryLock(ctx, dblock.Resource("review20-ac0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conn int64
+	if err := dblock.SQL(lk.Tx()).QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	var label string
+	if err := otherPool(t).Raw("SELECT label FROM `"+schema.SessionTable(e.table)+"` WHERE conn_id = ?", conn).Row().Scan(&label); err != nil {
+		t.Fatalf("the label of connection %d, read from another session: %v", conn, err)
+	}
+	var ac int
+	if err := db.Raw("SELECT @@session.autocommit").Row().Scan(&ac); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("label of %d seen by another session: %q; the pool's autocommit after the lock: %d", conn, label, ac)
+	if label != "pod-ac0" || ac != 0 {
+		t.Errorf("label %q, autocommit %d; want pod-ac0 and 0", label, ac)
+	}
+}
