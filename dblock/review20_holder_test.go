@@ -3,7 +3,6 @@ package dblock_test
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,25 +73,15 @@ func TestReview20HoldersTakeFreeKeys(t *testing.T) {
 	if err := user.Do(ctx, key, func(context.Context, *gorm.DB) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
 	var probes atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if _, err := l.Holders(ctx, dblock.Key{}); err != nil {
-				t.Errorf("Holders: %v", err)
-				return
-			}
-			probes.Add(1)
+	stop := review20Loop(func() bool {
+		if _, err := l.Holders(ctx, dblock.Key{}); err != nil {
+			t.Errorf("Holders: %v", err)
+			return false
 		}
-	}()
+		probes.Add(1)
+		return true
+	})
 	tries, failed := 0, 0
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
@@ -107,8 +96,7 @@ func TestReview20HoldersTakeFreeKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	t.Logf("TryLock of a key nobody holds, beside a Holders loop (%d calls): %d of %d failed with ErrNotAcquired", probes.Load(), failed, tries)
 	if failed > 0 {
 		t.Errorf("%d of %d TryLock of a free key failed because an observer (Holders) had locked it", failed, tries)

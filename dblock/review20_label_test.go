@@ -2,6 +2,7 @@ package dblock_test
 
 import (
 	"context"
+	"database/sql"
 	"testing"
 	"time"
 
@@ -128,16 +129,16 @@ func TestReview20LabelLockTxStalls(t *testing.T) {
 	}
 }
 
-// review20ZonedGorm opens gorm on the test server with the session time
-// zone tz (the DSN's time_zone parameter, as an application pinning its
-// zone would), closed when the test ends.
-func review20ZonedGorm(t *testing.T, tz string) *gorm.DB {
+// review20GormParam opens gorm on the test server with the session
+// variable name set to value through the DSN (as an application pinning
+// its zone or autocommit would), closed when the test ends.
+func review20GormParam(t *testing.T, name, value string) (*gorm.DB, *sql.DB) {
 	t.Helper()
 	cfg := serverConfig(t)
 	if cfg.Params == nil {
 		cfg.Params = map[string]string{}
 	}
-	cfg.Params["time_zone"] = "'" + tz + "'"
+	cfg.Params[name] = value
 	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +149,13 @@ func review20ZonedGorm(t *testing.T, tz string) *gorm.DB {
 	}
 	t.Cleanup(func() { _ = sqlDB.Close() })
 	testdb.NoLeaks(t, db)
+	return db, sqlDB
+}
+
+// review20ZonedGorm opens gorm with the session time zone tz.
+func review20ZonedGorm(t *testing.T, tz string) *gorm.DB {
+	t.Helper()
+	db, _ := review20GormParam(t, "time_zone", "'"+tz+"'")
 	return db
 }
 
@@ -205,19 +213,7 @@ func TestReview20LabelTimeZones(t *testing.T) {
 // it. HELD (see report): the BEGIN that follows commits it implicitly.
 func TestReview20LabelAutocommitOff(t *testing.T) {
 	e := setup(t)
-	cfg := serverConfig(t)
-	if cfg.Params == nil {
-		cfg.Params = map[string]string{}
-	}
-	cfg.Params["autocommit"] = "0"
-	db, err := gorm.Open(mysql.New(mysql.Config{DSNConfig: cfg}), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sqlDB, err := db.DB()
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, sqlDB := review20GormParam(t, "autocommit", "0")
 	sqlDB.SetMaxOpenConns(1)
 	t.Cleanup(func() { _ = sqlDB.Close() })
 	testdb.NoLeaks(t, db)

@@ -17,6 +17,28 @@ import (
 	"github.com/txlock/txlock/schema"
 )
 
+// review20Loop runs step in a goroutine until step returns false or the
+// returned func is called (which waits for the goroutine to end).
+func review20Loop(step func() bool) (stop func()) {
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			if !step() {
+				return
+			}
+		}
+	}()
+	return func() { close(quit); wg.Wait() }
+}
+
 // review20WaitHeld polls until key is held by someone else than l's
 // caller (a TryLock of l fails with ErrNotAcquired).
 func review20WaitHeld(t *testing.T, l *dblock.Locker, key dblock.Key) {
@@ -93,25 +115,15 @@ func TestReview20MaxHoldCommitRace(t *testing.T) {
 	}
 	const d = 15 * time.Millisecond
 
-	stop := make(chan struct{})
 	var bystanderErrs atomic.Int64
 	var bystanderFirst atomic.Value
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if err := e.db.WithContext(ctx).Exec("DO 1").Error; err != nil && ctx.Err() == nil {
-				bystanderErrs.Add(1)
-				bystanderFirst.CompareAndSwap(nil, err.Error())
-			}
+	stopBystander := review20Loop(func() bool {
+		if err := e.db.WithContext(ctx).Exec("DO 1").Error; err != nil && ctx.Err() == nil {
+			bystanderErrs.Add(1)
+			bystanderFirst.CompareAndSwap(nil, err.Error())
 		}
-	}()
+		return true
+	})
 
 	type tally struct{ ok, lost, unknown int }
 	var lockT, doT tally
@@ -160,8 +172,7 @@ func TestReview20MaxHoldCommitRace(t *testing.T) {
 		}, dblock.MaxHold(d))
 		judge(&doT, "Do", k, err)
 	}
-	close(stop)
-	wg.Wait()
+	stopBystander()
 	t.Logf("Lock.Commit: %+v; Do: %+v; bystander errors %d (first %v)", lockT, doT, bystanderErrs.Load(), bystanderFirst.Load())
 	if n := bystanderErrs.Load(); n > 0 {
 		t.Errorf("a bystander on the pool failed %d times (MaxHold's KILL reached another session?): %v", n, bystanderFirst.Load())
