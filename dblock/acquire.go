@@ -232,6 +232,7 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 			h.abort()
 			return err
 		}
+		lk.scope.setRun(l, keys[0])
 	}
 	for _, k := range keys {
 		lk.scope.add(l, k)

@@ -187,10 +187,13 @@
 // transaction keeps the key, as after any LockTx, until it ends (and a
 // Do joining it returns ErrTooSoon without rolling it back).
 //
-// MinInterval is judged by the acquisition that takes the key: a nested
-// Do (or LockTx) of a key its transaction already holds is part of the
-// same run and is not judged again, so put MinInterval on the outermost
-// call. It applies to one key: DoMulti with several keys refuses it. Add
+// A run is judged once per transaction: once a call with MinInterval has
+// recorded the key's run, later calls with the key in the same
+// transaction (nested, reentrant) are part of that run. A call with
+// MinInterval on a key the transaction holds without a recorded run
+// (taken without MinInterval, or refused with ErrTooSoon) is judged then,
+// so that a refusal is never followed by a run in the same transaction.
+// It applies to one key: DoMulti with several keys refuses it. Add
 // [NoWait] to skip a turn while another replica is running the job
 // rather than wait for it to finish (and then get ErrTooSoon). The
 // interval counts whole microseconds; a server clock stepped back delays

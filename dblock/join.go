@@ -80,12 +80,15 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		s.add(l, k)
 	}
 	l.labelConnID(ctx, a.conn)
-	// A key the transaction held already is part of the run it is in:
-	// MinInterval judges the acquisition that takes the key.
-	if lc.minInterval > 0 && len(newKeys) > 0 {
-		if err := l.recordRun(ctx, tx, newKeys[0], lc.minInterval); err != nil {
+	// A run is judged once per transaction: a key whose run this
+	// transaction recorded is part of it; one held without a recorded run
+	// (taken without MinInterval, or refused with ErrTooSoon) is judged
+	// now.
+	if lc.minInterval > 0 && !s.ran(l, keys[0]) {
+		if err := l.recordRun(ctx, tx, keys[0], lc.minInterval); err != nil {
 			return err
 		}
+		s.setRun(l, keys[0])
 	}
 	if lc.maxHold > 0 {
 		return s.owner.boundHold(ctx, lc.maxHold)

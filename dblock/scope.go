@@ -33,6 +33,7 @@ type txState struct {
 	nheld  int                  // how many keys are held
 	more   map[heldKey]struct{} // the keys after the first
 	tokens map[heldKey]int64    // fencing tokens taken in this transaction
+	runs   map[heldKey]struct{} // keys whose MinInterval run this transaction recorded
 	ident  string               // server and schema of a caller's transaction, once asked
 }
 
@@ -129,6 +130,26 @@ func (s *txScope) setToken(l *Locker, k Key, token int64) {
 		st.tokens = make(map[heldKey]int64, 1)
 	}
 	st.tokens[heldKey{l.cfg.table, k}] = token
+}
+
+// setRun records that the transaction recorded a MinInterval run of k.
+func (s *txScope) setRun(l *Locker, k Key) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.runs == nil {
+		st.runs = make(map[heldKey]struct{}, 1)
+	}
+	st.runs[heldKey{l.cfg.table, k}] = struct{}{}
+}
+
+// ran reports whether the transaction recorded a MinInterval run of k.
+func (s *txScope) ran(l *Locker, k Key) bool {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	_, ok := st.runs[heldKey{l.cfg.table, k}]
+	return ok
 }
 
 // token returns the fencing token the transaction took for k in table.
