@@ -211,16 +211,24 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	return lk, -1, nil
 }
 
-// granted finishes a transaction whose keys are granted: fencing tokens,
-// the lease's keepalive, and for a handle the watch of its context and its
-// cleanup.
+// granted finishes a transaction whose keys are granted: MaxHold's bound
+// first, so that it also bounds the grant's own statements (a fencing
+// token or a MinInterval run stuck behind a metadata lock), then those
+// statements, the lease's keepalive, and for a handle the watch of its
+// context and its cleanup.
 func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 	h, l := lk.h, a.l
+	h.granted = time.Now()
+	if a.lc.maxHold > 0 {
+		if err := h.boundHold(h.ctx, a.lc.maxHold); err != nil {
+			h.abort()
+			return err
+		}
+	}
 	if a.lc.fencing {
 		tokens, err := l.takeTokens(h.ctx, ownStmts{h.keeper}, keys, false, false)
 		if err != nil {
-			h.abort()
-			return err
+			return h.abortWith(err)
 		}
 		lk.token = tokens[0]
 		for i, k := range keys {
@@ -229,20 +237,12 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 	}
 	if a.lc.minInterval > 0 {
 		if err := l.recordRun(h.ctx, ownStmts{h.keeper}, keys[0], a.lc.minInterval); err != nil {
-			h.abort()
-			return err
+			return h.abortWith(err)
 		}
 		lk.scope.setRun(l, keys[0])
 	}
 	for _, k := range keys {
 		lk.scope.add(l, k)
-	}
-	h.granted = time.Now()
-	if a.lc.maxHold > 0 {
-		if err := h.boundHold(h.ctx, a.lc.maxHold); err != nil {
-			h.abort()
-			return err
-		}
 	}
 	lk.fnCtx = scopedCtx{Context: h.ctx, link: scopeLink{s: lk.scope, next: linkFrom(a.ctx)}}
 	if handle {
@@ -259,6 +259,18 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 	}
 	h.keeper.arm(h.lose)
 	return nil
+}
+
+// abortWith rolls back a transaction whose grant failed with err, and
+// returns err, or the loss that made it fail (the lease or MaxHold ran
+// out during the grant's statements).
+func (h *hold) abortWith(err error) error {
+	lerr := h.endedErr()
+	h.abort()
+	if lerr != nil {
+		return fmt.Errorf("%w (the grant's statement then failed: %v)", lerr, err)
+	}
+	return err
 }
 
 // lockContext returns the context of a lock transaction: ctx, cancelled

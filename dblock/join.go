@@ -57,6 +57,12 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		}
 		newKeys = append(newKeys, key)
 	}
+	// MaxHold bounds the statements below too.
+	if lc.maxHold > 0 {
+		if err := s.owner.boundHold(ctx, lc.maxHold); err != nil {
+			return err
+		}
+	}
 	// A transaction that may have read before these locks is checked
 	// (the token read fails if its snapshot predates them), unless the
 	// caller promised it has not; fencing takes the tokens either way.
@@ -89,9 +95,6 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			return err
 		}
 		s.setRun(l, keys[0])
-	}
-	if lc.maxHold > 0 {
-		return s.owner.boundHold(ctx, lc.maxHold)
 	}
 	return nil
 }
