@@ -85,7 +85,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	for _, k := range newKeys {
 		s.add(l, k)
 	}
-	l.labelConnID(ctx, a.conn)
+	l.labelConn(a.conn)
 	// A run is judged once per transaction: a key whose run this
 	// transaction recorded is part of it; one held without a recorded run
 	// (taken without MinInterval, or refused with ErrTooSoon) is judged

@@ -2,13 +2,14 @@ package dblock
 
 import (
 	"context"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -65,7 +66,9 @@ func defaultLabel() string {
 }
 
 // Session rows: each connection the Locker locks on is written once to
-// the session table with the Locker's label (see docs/HOLDERS.md).
+// the session table with the Locker's label (see docs/HOLDERS.md), from
+// the side pool and off the acquisition's path: a label is best effort,
+// and its write must never hold up a lock.
 const (
 	// sessionRefresh is how long a connection of a caller's transaction,
 	// known only by its id, counts as written: ids are reused after a
@@ -77,87 +80,120 @@ const (
 	pruneEvery = 10 * time.Minute
 	pruneGrace = time.Minute
 	pruneBatch = 1000
-	// sessionTimeout bounds the side pool's session work.
+	// sessionTimeout bounds each statement of the side pool's session
+	// work; the server is also told to wait at most a second for a lock
+	// (row or metadata) of the session table.
 	sessionTimeout = 2 * time.Second
+	// sessionBackoff is how long label writes pause after one failed.
+	sessionBackoff = time.Minute
+	// sessionQueue bounds the label writes waiting for the writer; more
+	// are dropped (and written when the connection is next met).
+	sessionQueue = 256
 )
 
-// sessionBook writes the label of the Locker's connections.
+// sessionBook writes the label of the Locker's connections: acquisitions
+// queue the ids of connections met for the first time, and one writer
+// goroutine, started when there is work and gone when there is none,
+// writes them from the side pool.
 type sessionBook struct {
 	table   string // the session table
 	mariaDB bool
 	upsert  string // "INSERT ... VALUES (" before the connection id
-	update  string // ", label, NOW(6)) ON DUPLICATE KEY UPDATE ..."
+	update  string // ", label, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE ..."
 	off     atomic.Bool
-	ids     *lru[int64, int64] // connection id -> when written (Unix ns), for connections of caller's transactions
+	ids     *lru[int64, int64] // connection id -> when written (Unix ns)
 	pruned  atomic.Int64       // when the last prune began (Unix ns), or New
+	pauseTo atomic.Int64       // writes pause until then (Unix ns) after a failure
+
+	mu      sync.Mutex
+	queue   []int64
+	writing bool          // the writer goroutine runs
+	idle    chan struct{} // closed when the queue is empty and the writer gone
 }
 
 func newSessionBook(table, label string, srv server) *sessionBook {
 	lit := "CONVERT(X'" + hex.EncodeToString([]byte(label)) + "' USING utf8mb4)"
-	insert := "INSERT /*+ SET_VAR(innodb_lock_wait_timeout=1) */ INTO "
+	insert := "INSERT /*+ SET_VAR(lock_wait_timeout=1) SET_VAR(innodb_lock_wait_timeout=1) */ INTO "
 	if srv.mariaDB {
-		insert = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR INSERT INTO "
+		insert = "SET STATEMENT lock_wait_timeout = 1, innodb_lock_wait_timeout = 1 FOR INSERT INTO "
 	}
 	st := schema.SessionTable(table)
 	b := &sessionBook{
 		table:   st,
 		mariaDB: srv.mariaDB,
 		upsert:  insert + "`" + st + "` (conn_id, label, seen) VALUES (",
-		update:  ", " + lit + ", NOW(6)) ON DUPLICATE KEY UPDATE label = " + lit + ", seen = NOW(6)",
+		update:  ", " + lit + ", UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE label = " + lit + ", seen = UTC_TIMESTAMP(6)",
 		ids:     newLRU[int64, int64](leasedConnsTracked),
+		idle:    make(chan struct{}),
 	}
+	close(b.idle)
 	b.pruned.Store(time.Now().UnixNano()) // the first prune is pruneEvery after New
 	return b
 }
 
-// labelConn writes the label of conn, a connection the Locker has not
-// used yet, on conn itself in autocommit, before its transaction begins.
-// Labels are best effort: a failure is logged, never returned.
-func (l *Locker) labelConn(ctx context.Context, conn *sql.Conn) {
+// labelConn queues the label write of connection id, which an
+// acquisition met: unless written within sessionRefresh (ids are reused
+// after a server restart), or labels are off or paused.
+func (l *Locker) labelConn(id int64) {
 	b := l.sessions
-	if b.off.Load() {
-		return
-	}
-	_, err := conn.ExecContext(ctx, b.upsert+"CONNECTION_ID()"+b.update)
-	l.labelWritten(ctx, err)
-}
-
-// labelConnID writes the label of connection id, met in a caller's
-// transaction, from the side pool: a write in the caller's transaction
-// would stay invisible until it commits, and roll back with it.
-func (l *Locker) labelConnID(ctx context.Context, id int64) {
-	b := l.sessions
-	if b.off.Load() || id == 0 {
-		return
-	}
 	now := time.Now().UnixNano()
+	if id == 0 || b.off.Load() || now < b.pauseTo.Load() {
+		return
+	}
 	if at, ok := b.ids.get(id); ok && now-at < int64(sessionRefresh) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionTimeout)
-	defer cancel()
-	_, err := l.side.ExecContext(ctx, b.upsert+strconv.FormatInt(id, 10)+b.update)
-	if err == nil {
-		b.ids.put(id, now)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) >= sessionQueue || slices.Contains(b.queue, id) {
+		return
 	}
-	l.labelWritten(ctx, err)
+	b.queue = append(b.queue, id)
+	if !b.writing {
+		b.writing = true
+		b.idle = make(chan struct{})
+		go l.writeLabels()
+	}
 }
 
-// labelWritten handles the outcome of a label write: a missing or
-// unwritable session table turns labels off (warned once); then, at most
-// every pruneEvery (the first pruneEvery after New), the rows of
-// connections long gone are deleted.
-func (l *Locker) labelWritten(ctx context.Context, err error) {
+// writeLabels is the writer: it writes the queued labels, then prunes
+// when a prune is due, and ends when the queue is empty.
+func (l *Locker) writeLabels() {
 	b := l.sessions
+	for {
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.writing = false
+			close(b.idle)
+			b.mu.Unlock()
+			return
+		}
+		id := b.queue[0]
+		b.queue = b.queue[1:]
+		b.mu.Unlock()
+		l.writeLabel(id)
+	}
+}
+
+// writeLabel writes the label of connection id, then prunes if due.
+func (l *Locker) writeLabel(id int64) {
+	b := l.sessions
+	if b.off.Load() || time.Now().UnixNano() < b.pauseTo.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sessionTimeout)
+	defer cancel()
+	_, err := l.side.ExecContext(ctx, b.upsert+strconv.FormatInt(id, 10)+b.update)
 	switch {
 	case err == nil:
+		b.ids.put(id, time.Now().UnixNano())
 	case sessions.Missing(err) || mysqlErrorNumber(err) == erOptionPreventsStmt:
 		l.sessionsOff(ctx, err)
 		return
-	case ctx.Err() != nil:
-		return // the acquisition reports it
 	default:
-		l.log.WarnContext(ctx, "dblock: cannot write the label of a lock connection to the session table; Holder and `txlock locks` will not show it", "table", b.table, "error", err)
+		b.pauseTo.Store(time.Now().Add(sessionBackoff).UnixNano())
+		l.log.Warn("dblock: cannot write the label of a lock connection to the session table; Holder and `txlock locks` will not show it; label writes pause for a minute",
+			"table", b.table, "error", err)
 		return
 	}
 	now := time.Now().UnixNano()
@@ -165,10 +201,24 @@ func (l *Locker) labelWritten(ctx context.Context, err error) {
 	if now-last < int64(pruneEvery) || !b.pruned.CompareAndSwap(last, now) {
 		return
 	}
-	if n, err := l.pruneSessions(ctx); err != nil {
-		l.log.WarnContext(ctx, "dblock: cannot delete the rows of closed connections from the session table", "table", b.table, "error", err)
+	if n, err := l.pruneSessions(context.Background()); err != nil {
+		l.log.Warn("dblock: cannot delete the rows of closed connections from the session table", "table", b.table, "error", err)
 	} else if n > 0 {
-		l.log.DebugContext(ctx, "dblock: deleted the rows of closed connections from the session table", "table", b.table, "rows", n)
+		l.log.Debug("dblock: deleted the rows of closed connections from the session table", "table", b.table, "rows", n)
+	}
+}
+
+// flushLabels waits until the labels queued so far are written (or ctx
+// ends): Holder reads labels after it, so that a lock this Locker just
+// took shows its label.
+func (l *Locker) flushLabels(ctx context.Context) {
+	b := l.sessions
+	b.mu.Lock()
+	idle := b.idle
+	b.mu.Unlock()
+	select {
+	case <-idle:
+	case <-ctx.Done():
 	}
 }
 
@@ -192,7 +242,7 @@ func (l *Locker) pruneSessions(ctx context.Context) (int64, error) {
 	const seesAll = "EXISTS (SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS' AND GRANTEE = " +
 		"CONCAT('''', LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) - CHAR_LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), " +
 		"'''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), ''''))"
-	old := "seen < NOW(6) - INTERVAL " + strconv.Itoa(int(pruneGrace/time.Second)) + " SECOND"
+	old := "seen < UTC_TIMESTAMP(6) - INTERVAL " + strconv.Itoa(int(pruneGrace/time.Second)) + " SECOND"
 	ids, err := queryInt64s(ctx, l.side, "SELECT conn_id FROM `"+b.table+"` WHERE "+old+" AND (seen < "+sessions.ServerStart(b.mariaDB)+
 		" OR (conn_id NOT IN (SELECT ID FROM information_schema.PROCESSLIST) AND "+seesAll+")) LIMIT "+strconv.Itoa(pruneBatch))
 	if err != nil || len(ids) == 0 {

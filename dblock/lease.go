@@ -20,29 +20,27 @@ func leaseMargin(d time.Duration) time.Duration {
 }
 
 // presetLease sets the lease on a connection this Locker has not used
-// with it yet (and, on a connection new to the Locker, writes its label:
-// labelConn), before BEGIN: a grant whose answer is lost (a partition)
+// with it yet, before BEGIN: a grant whose answer is lost (a partition)
 // must not leave the key held for the session's old bound (wait_timeout
 // is 8 h by default). Connections it has seen are checked by their first
-// locking read instead (setLease), at no cost.
-func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Duration) error {
+// locking read instead (setLease), at no cost. It reports whether the
+// Locker meets the connection for the first time (the locking read then
+// also reads its id, for its label: labelConn).
+func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Duration) (first bool, err error) {
 	var dc any
 	if err := conn.Raw(func(driverConn any) error { dc = driverConn; return nil }); err != nil {
-		return err
+		return false, err
 	}
 	secs := leaseSeconds(lease)
 	got, ok := l.leased.get(dc)
-	if !ok {
-		l.labelConn(ctx, conn) // a connection this Locker has not used yet
-	}
 	if ok && got == secs {
-		return nil
+		return false, nil
 	}
 	if _, err := conn.ExecContext(ctx, l.q.leaseStatement(secs)); err != nil {
-		return fmt.Errorf("dblock: setting the lease on the lock's connection: %w", err)
+		return false, fmt.Errorf("dblock: setting the lease on the lock's connection: %w", err)
 	}
 	l.leased.put(dc, secs)
-	return nil
+	return !ok, nil
 }
 
 // setLease makes the session's idle bound the lease, unless the locking

@@ -13,8 +13,9 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
-// ServerStart is an expression for the server's start (NOW(6) minus the
-// Uptime status, whole seconds): at or after the real start, never before,
+// ServerStart is an expression for the server's start in UTC, the time
+// zone of the seen column (UTC_TIMESTAMP(6) minus the Uptime status, whole
+// seconds): at or after the real start, never before,
 // so that a row seen before the start is always left out (a row written in
 // the first second of the run may be left out too).
 func ServerStart(mariaDB bool) string {
@@ -22,7 +23,7 @@ func ServerStart(mariaDB bool) string {
 	if mariaDB {
 		status = "information_schema.GLOBAL_STATUS"
 	}
-	return "NOW(6) - INTERVAL (SELECT VARIABLE_VALUE FROM " + status + " WHERE VARIABLE_NAME = 'Uptime') SECOND"
+	return "UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM " + status + " WHERE VARIABLE_NAME = 'Uptime') SECOND"
 }
 
 // LabelsSQL selects conn_id and label of the n connections given as
