@@ -144,6 +144,33 @@
 // exceeded. Tokens are strictly increasing per key in grant order (on a
 // single server) and never reused, since a bump is never rolled back.
 //
+// # Elections
+//
+// [Locker.Election] returns the election of a key: [Election.Campaign]
+// waits until the caller leads and returns a [Leadership], whose Done is
+// closed when it ends and whose Token is its fencing token;
+// [Leadership.Resign] hands the election on. [Election.Leader] answers the
+// current leader's value ([ErrNoLeader] when nobody leads) and
+// [Election.Observe] delivers each new leader's value, in order.
+//
+// A leadership is a lock of the key (with [Fencing]), taken through the
+// same pipeline as [Locker.Lock], whose transaction also writes the
+// leader's value in <table>_leader and never commits: the row is read
+// uncommitted by Leader and Observe, and disappears with the transaction.
+// So a leader that crashes is replaced as fast as a lock is handed on
+// (milliseconds), and one cut off silently loses Done at its lease minus
+// the margin, before the server ends its transaction at the lease and a
+// follower can win. A leader whose session the server ends (KILL, a
+// restart) learns it at its next keepalive, within a third of the lease,
+// when a follower may lead already: its fencing token guards that. Campaign's context bounds the wait only; the
+// Locker's Defaults (the lease) apply to the leadership.
+//
+// The leader's transaction holds no read view, but it holds a row lock,
+// and on MariaDB 10.11 such a transaction keeps purge from removing the
+// undo of the transactions that commit after it began: the history list
+// grows with the writes made while one leader leads, and drains when it
+// ends. docs/ELECTION.md has the statements, the bounds and the figures.
+//
 // # Replicas and clusters
 //
 // A lock excludes only the holders that lock the same row on the same
@@ -267,5 +294,6 @@
 // server also wrap the driver's *mysql.MySQLError, reachable with
 // [errors.As].
 // [ErrNotPrimary], [ErrNoTransaction], [ErrHolderUnknown]. Errors coming from the server also
+// [ErrNotPrimary], [ErrNoTransaction], [ErrNoLeader]. Errors coming from the server also
 // wrap the driver's *mysql.MySQLError, reachable with [errors.As].
 package dblock

@@ -96,6 +96,10 @@ var (
 	// rolled back; a caller's keeps the key until it ends. Match it to
 	// skip the turn.
 	ErrTooSoon = errors.New("dblock: too soon after the key's last run (MinInterval)")
+	// ErrNoLeader means nobody leads the election (Election.Leader): no
+	// campaigner holds its key, or the one that just won has not written
+	// its value yet.
+	ErrNoLeader = errors.New("dblock: the election has no leader")
 )
 
 // MySQL and MariaDB error numbers the library maps.
@@ -114,6 +118,7 @@ const (
 	erUnknownThread       = 1094 // KILL of a connection that is gone
 	erNoSuchQuery         = 1957 // MariaDB KILL QUERY ID of a query that ended
 	erTableDefChanged     = 1412 // the table was recreated after the transaction's snapshot
+	erDupEntry            = 1062 // a duplicate key (a committed election row: see Campaign)
 )
 
 // mysqlErrorNumber returns the server error number err wraps, or 0.

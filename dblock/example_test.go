@@ -272,3 +272,43 @@ func ExampleLocker_Holder() {
 	// held by worker-7
 	// free
 }
+
+// A scheduler runs on one instance at a time: it campaigns, works while it
+// leads, and resigns when done. Observe follows who leads.
+func ExampleElection() {
+	_, locker, done := exampleSetup()
+	defer done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	election := locker.Election(dblock.Resource("scheduler"))
+	changes := election.Observe(ctx)
+
+	lead, err := election.Campaign(ctx, "host-a:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("observed:", <-changes)
+	leader, err := election.Leader(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("leader:", leader)
+	select {
+	case <-lead.Done():
+		// Lost (Err says why): stop acting as leader.
+	default:
+		// Lead, passing lead.Token() with side effects that must fence a
+		// deposed leader out.
+	}
+	if err := lead.Resign(ctx); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := election.Leader(ctx); errors.Is(err, dblock.ErrNoLeader) {
+		fmt.Println("no leader")
+	}
+	// Output:
+	// observed: host-a:8080
+	// leader: host-a:8080
+	// no leader
+}

@@ -254,24 +254,32 @@ func TestFaultChild(t *testing.T) {
 		faultChildHold(t)
 	case "torture":
 		tortureChild(t)
+	case "campaign":
+		electionChild(t)
 	default:
 		t.Fatalf("unknown child mode %q", mode)
 	}
+}
+
+// faultChildLocker returns a Locker of a child process on the table named
+// by the environment, and the key it names.
+func faultChildLocker(t *testing.T) (*dblock.Locker, string) {
+	table, key := os.Getenv(envFaultTable), os.Getenv(envFaultKey)
+	if table == "" || key == "" {
+		t.Fatalf("bad child environment: table %q key %q", table, key)
+	}
+	l, err := dblock.New(testdb.Open(t), dblock.Table(table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, key
 }
 
 // faultChildHold takes the key named by the environment (with Fencing
 // when $TXLOCK_FAULT_ARG is "fencing"), prints "HELD <token>" and sleeps
 // until it is killed (at most a minute).
 func faultChildHold(t *testing.T) {
-	table, key := os.Getenv(envFaultTable), os.Getenv(envFaultKey)
-	if table == "" || key == "" {
-		t.Fatalf("bad child environment: table %q key %q", table, key)
-	}
-	db := testdb.Open(t)
-	l, err := dblock.New(db, dblock.Table(table))
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, key := faultChildLocker(t)
 	defer l.Close()
 	var opts []dblock.LockOption
 	if os.Getenv(envFaultArg) == "fencing" {

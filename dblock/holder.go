@@ -184,6 +184,7 @@ func (l *Locker) describe(ctx context.Context, keys []Key, found []heldRow) ([]H
 		if err := rows.Err(); err != nil {
 			return nil, fmt.Errorf("dblock: reading PROCESSLIST: %w", err)
 		}
+		l.flushLabels(ctx) // a lock this Locker just took shows its label
 		labels, err := l.labels(ctx, ids)
 		if err != nil {
 			return nil, err
