@@ -57,10 +57,9 @@ type acquisition struct {
 	ctx       context.Context
 	lc        lockConfig
 	waitUntil time.Time // WaitTimeout's end; zero: none
-	// readConn: the next locking read also reads CONNECTION_ID(), for the
-	// label of a connection the Locker may not have met (label.go): the
-	// first in a caller's transaction, or on a pool connection new to the
-	// Locker; conn is what it read.
+	// readConn: the next locking read also reads CONNECTION_ID(), the
+	// first in a caller's transaction, whose connection may be new to the
+	// Locker (its label is then written: label.go); conn is what it read.
 	readConn bool
 	conn     int64
 }
@@ -158,8 +157,7 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 		cancel(nil)
 		return nil, -1, a.prepError("waiting for a pool connection", keys[0], fmt.Errorf("dblock: acquiring %s: a pool connection: %w", keys[0], withCause(pctx, err)))
 	}
-	first, err := l.presetLease(lctx, h.conn, a.lc.lease)
-	if err != nil {
+	if err := l.presetLease(lctx, h.conn, a.lc.lease); err != nil {
 		h.finish()
 		if e := l.notPrimary("setting the lease for", keys[0], err); e != nil {
 			return nil, -1, e
@@ -186,7 +184,6 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 
 	sent := time.Now()
 	var session [3]sql.NullInt64
-	a.readConn = first && !l.sessions.off.Load() // for its label
 	for i, key := range keys {
 		out, err := a.lockKey(ownStmts{h.keeper}, key, ids[i], i == 0, time.Time{}, false)
 		if err != nil {
@@ -198,10 +195,6 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 		}
 		if i == 0 {
 			session = out.session
-			if a.readConn {
-				a.readConn = false
-				l.labelConn(out.conn)
-			}
 		}
 	}
 	if err := lctx.Err(); err != nil {

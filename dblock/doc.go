@@ -264,19 +264,25 @@
 // holds it. [Locker.Holders] lists the held keys matching a filter. The
 // answer was true at a moment during the call. Each Locker writes its
 // label (by default "<hostname>:<pid>") to the session table,
-// <table>_session, once per connection: in autocommit before the first
-// transaction on a pool connection, and from the side pool for the
-// connection of a caller's transaction (never inside it). Rows from before
-// the server's last start are ignored (connection ids restart with the
-// server), and rows of connections gone are pruned at most every 10
-// minutes. Without the session table (schema at version 1) locks work and
+// <table>_session, once per connection, from the side pool and off the
+// acquisition's path (a goroutine of the Locker's writes what
+// acquisitions queue; the server waits at most a second for the table's
+// locks, and writes pause for a minute after a failure): a label never
+// holds up a lock, and is in the table a few milliseconds after the
+// connection's first use (Holder waits for this Locker's queued labels).
+// The connection of a pool is named by one SELECT CONNECTION_ID() when
+// the Locker first uses it; that of a caller's transaction by its first
+// locking read. Times are UTC. Rows from before the server's last start
+// are ignored (connection ids restart with the server), and rows of
+// connections gone are pruned at most every 10 minutes. Without the session table (schema at version 1) locks work and
 // one warning says to run `txlock migrate up`. The Locker's log lines
 // carry the label as "label".
 //
 // MySQL 8 shows every lock (performance_schema.data_locks): one statement.
 // MariaDB shows a lock only while someone waits for it, so Holder first
-// tries the key's row with SKIP LOCKED (a free row is then locked for a
-// moment, like any lock), and for a held row queues a locking read
+// tries the key's row with SKIP LOCKED in autocommit (a free row is then
+// locked for that one statement: a TryLock of the key at that instant
+// fails), and for a held row queues a locking read
 // behind the holder on a connection of the Locker's pool until the
 // server's views show who blocks it (measured: 30 ms, or about 190 ms
 // right after another read of those views), then withdraws it. The probe waits behind every earlier waiter and is rolled
@@ -290,10 +296,7 @@
 // Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired],
 // [ErrDeadlock], [ErrLockLost], [ErrCommitUnknown], [ErrNotHeld],
 // [ErrInvalidKey], [ErrTableMissing], [ErrStaleSnapshot], [ErrReadOnly],
-// [ErrNotPrimary], [ErrNoTransaction], [ErrTooSoon]. Errors coming from the
-// server also wrap the driver's *mysql.MySQLError, reachable with
-// [errors.As].
-// [ErrNotPrimary], [ErrNoTransaction], [ErrHolderUnknown]. Errors coming from the server also
-// [ErrNotPrimary], [ErrNoTransaction], [ErrNoLeader]. Errors coming from the server also
-// wrap the driver's *mysql.MySQLError, reachable with [errors.As].
+// [ErrNotPrimary], [ErrNoTransaction], [ErrTooSoon], [ErrHolderUnknown],
+// [ErrNoLeader]. Errors coming from the server also wrap the driver's
+// *mysql.MySQLError, reachable with [errors.As].
 package dblock

@@ -57,8 +57,11 @@ const holderTag = "txlock-holder"
 // free when looked at, or released during the call). On MariaDB the
 // server shows a holder only to a waiter, so Holder queues a probe behind
 // it for a moment (a locking read on a connection of the Locker's pool,
-// withdrawn at once); it may return ErrHolderUnknown. See "Who holds a
-// lock" in the package documentation for what it costs and guarantees.
+// withdrawn at once: called while the caller holds every connection of
+// the pool, it waits for one until ctx ends); it may return
+// ErrHolderUnknown. Its look at a free key locks the row for one
+// statement, which a TryLock at that instant sees as held. See "Who holds
+// a lock" in the package documentation for what it costs and guarantees.
 func (l *Locker) Holder(ctx context.Context, key Key) (Holder, error) {
 	if err := l.checkInspect(ctx, "Holder"); err != nil {
 		return Holder{}, err
@@ -297,19 +300,21 @@ ORDER BY rt.trx_wait_started`
 // during the call (errFree): the probe was behind every earlier waiter in
 // the queue, and it is rolled back at once.
 func (l *Locker) probeHolder(ctx context.Context, id int64) (f heldRow, err error) {
-	conn, end, err := l.probeTx(ctx)
-	if err != nil {
-		return f, err
-	}
-	defer end()
 	row := "FROM " + l.q.table + " WHERE id = " + strconv.FormatInt(id, 10) + " FOR UPDATE"
 	var got int64
-	switch err := conn.QueryRowContext(ctx, "SELECT id "+row+" SKIP LOCKED").Scan(&got); {
+	// In autocommit on the side pool: a free row is locked for this
+	// statement only.
+	switch err := l.side.QueryRowContext(ctx, "SELECT id "+row+" SKIP LOCKED").Scan(&got); {
 	case err == nil:
 		return f, errFree
 	case !errors.Is(err, sql.ErrNoRows):
 		return f, fmt.Errorf("probing the key's row: %w", err)
 	}
+	conn, end, err := l.probeTx(ctx)
+	if err != nil {
+		return f, err
+	}
+	defer end()
 	tag := l.seq.Add(1)
 	mark := l.marker + strconv.FormatUint(tag, 10)
 	limit := holderWait + killGrace

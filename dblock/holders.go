@@ -17,8 +17,10 @@ import (
 // precedes the "*" (Key{Resource: "order:*"}, Key{User: "u-7"}). A key
 // whose holder could not be named (see ErrHolderUnknown) has ConnID 0;
 // a key released during the call is left out. On MariaDB it probes the
-// matching rows with SKIP LOCKED, then each held key as Holder does: see
-// "Who holds a lock" in the package documentation for the costs.
+// matching rows with SKIP LOCKED (each free row is locked for that
+// statement: a TryLock of it at that instant fails), then each held key
+// as Holder does: see "Who holds a lock" in the package documentation for
+// the costs.
 func (l *Locker) Holders(ctx context.Context, filter Key) ([]Holder, error) {
 	if err := l.checkInspect(ctx, "Holders"); err != nil {
 		return nil, err
@@ -132,9 +134,9 @@ func filterSQL(filter Key) (string, []any) {
 const probeBatch = 500
 
 // probeHeld returns the ids of the rows matching filter that are held
-// (MariaDB): batch by batch, a transaction on a connection of the pool
-// locks the free ones with SKIP LOCKED and is rolled back at once; the
-// rows it skips are held.
+// (MariaDB): batch by batch, a statement in autocommit on the side pool
+// locks the free ones with SKIP LOCKED, for as long as it runs; the rows
+// it skips are held.
 func (l *Locker) probeHeld(ctx context.Context, filter Key) ([]int64, error) {
 	cond, args := filterSQL(filter)
 	var held []int64
@@ -144,12 +146,9 @@ func (l *Locker) probeHeld(ctx context.Context, filter Key) ([]int64, error) {
 		if err != nil || len(ids) == 0 {
 			return held, err
 		}
-		conn, end, err := l.probeTx(ctx)
-		if err != nil {
-			return nil, err
-		}
-		free, err := queryInt64s(ctx, conn, "SELECT id FROM "+l.q.table+" WHERE id IN ("+joinInts(ids)+") FOR UPDATE SKIP LOCKED")
-		end()
+		// In autocommit: the free rows are locked for the statement
+		// only, not until a ROLLBACK a round trip later.
+		free, err := queryInt64s(ctx, l.side, "SELECT id FROM "+l.q.table+" WHERE id IN ("+joinInts(ids)+") FOR UPDATE SKIP LOCKED")
 		if err != nil {
 			return nil, err
 		}

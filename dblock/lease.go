@@ -23,24 +23,32 @@ func leaseMargin(d time.Duration) time.Duration {
 // with it yet, before BEGIN: a grant whose answer is lost (a partition)
 // must not leave the key held for the session's old bound (wait_timeout
 // is 8 h by default). Connections it has seen are checked by their first
-// locking read instead (setLease), at no cost. It reports whether the
-// Locker meets the connection for the first time (the locking read then
-// also reads its id, for its label: labelConn).
-func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Duration) (first bool, err error) {
+// locking read instead (setLease), at no cost. A connection new to the
+// Locker also tells its id, for its label.
+func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Duration) error {
 	var dc any
 	if err := conn.Raw(func(driverConn any) error { dc = driverConn; return nil }); err != nil {
-		return false, err
+		return err
 	}
 	secs := leaseSeconds(lease)
 	got, ok := l.leased.get(dc)
 	if ok && got == secs {
-		return false, nil
+		return nil
 	}
 	if _, err := conn.ExecContext(ctx, l.q.leaseStatement(secs)); err != nil {
-		return false, fmt.Errorf("dblock: setting the lease on the lock's connection: %w", err)
+		return fmt.Errorf("dblock: setting the lease on the lock's connection: %w", err)
+	}
+	if !ok && !l.sessions.off.Load() {
+		// A connection the Locker has not used yet: its label is written
+		// from the side pool (labelConn), never on the way to the lock.
+		var id int64
+		if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+			return fmt.Errorf("dblock: reading the lock connection's id: %w", err)
+		}
+		l.labelConn(id)
 	}
 	l.leased.put(dc, secs)
-	return !ok, nil
+	return nil
 }
 
 // setLease makes the session's idle bound the lease, unless the locking

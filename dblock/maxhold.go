@@ -96,7 +96,7 @@ func (h *hold) expire(m *maxHold, until time.Time) {
 		return // replaced by a shorter bound
 	}
 	held := time.Since(until.Add(-d)).Round(time.Millisecond)
-	err := fmt.Errorf("%w: %s: MaxHold(%v) ran out (held %v): the lock was taken away and its transaction rolled back on the server", ErrLockLost, h.key, d, held)
+	err := fmt.Errorf("%w: %s: MaxHold(%v) ran out (held %v): the lock was taken away, and its connection is killed so that the server rolls its transaction back", ErrLockLost, h.key, d, held)
 	h.loseBy(err, func() { m.fired = true })
 }
 

@@ -128,6 +128,9 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 			s.maxHold, err = durationTerm(name, value, "30s", needValue, pos)
 		case "mininterval":
 			s.minIntvl, err = durationTerm(name, value, "1h", needValue, pos)
+			if err == nil && s.minIntvl%time.Microsecond != 0 {
+				err = &posError{pos: pos, msg: fmt.Sprintf("mininterval=%s: dblock.MinInterval counts whole microseconds: want a multiple of 1µs such as 1h or 250ms", value)}
+			}
 		case "nowait":
 			err = noValue()
 			s.noWait = true
