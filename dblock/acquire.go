@@ -236,10 +236,11 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 		}
 	}
 	if a.lc.minInterval > 0 {
-		if err := l.recordRun(h.ctx, ownStmts{h.keeper}, keys[0], a.lc.minInterval); err != nil {
+		n, err := l.recordRun(h.ctx, ownStmts{h.keeper}, keys[0], a.lc.minInterval)
+		if err != nil {
 			return h.abortWith(err)
 		}
-		lk.scope.setRun(l, keys[0])
+		lk.scope.setRun(l, keys[0], n)
 	}
 	for _, k := range keys {
 		lk.scope.add(l, k)

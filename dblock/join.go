@@ -33,7 +33,9 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	}
 	l.adopt(s)
 	a := l.newAcquisition(ctx, lc)
-	a.readConn = s.owner == nil && !s.holdsAny() && !l.sessions.off.Load()
+	// The connection's id, for its label: a caller's transaction's first
+	// lock, or any in a transaction another Locker (another table) opened.
+	a.readConn = !l.sessions.off.Load() && (s.owner == nil && !s.holdsAny() || s.owner != nil && s.owner.l != l)
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	for _, key := range keys {
 		if s.holds(l, key) {
@@ -76,7 +78,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		}
 		tokens, err := l.takeTokens(ctx, tx, t.keys, s.owner != nil || s.holdsAny(), t.check)
 		if err != nil {
-			return err
+			return s.lossOr(err)
 		}
 		for i, k := range t.keys {
 			s.setToken(l, k, tokens[i])
@@ -85,16 +87,24 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	for _, k := range newKeys {
 		s.add(l, k)
 	}
-	l.labelConn(a.conn)
+	l.labelConn(a.conn, nil)
 	// A run is judged once per transaction: a key whose run this
-	// transaction recorded is part of it; one held without a recorded run
-	// (taken without MinInterval, or refused with ErrTooSoon) is judged
-	// now.
-	if lc.minInterval > 0 && !s.ran(l, keys[0]) {
-		if err := l.recordRun(ctx, tx, keys[0], lc.minInterval); err != nil {
-			return err
+	// transaction recorded (and did not roll back to a savepoint before)
+	// is part of it; one held without a recorded run (taken without
+	// MinInterval, or refused with ErrTooSoon) is judged now.
+	if lc.minInterval > 0 {
+		n, ok := s.run(l, keys[0])
+		if ok {
+			if ok, err = l.sameRun(ctx, tx, keys[0], n); err != nil {
+				return s.lossOr(err)
+			}
 		}
-		s.setRun(l, keys[0])
+		if !ok {
+			if n, err = l.recordRun(ctx, tx, keys[0], lc.minInterval); err != nil {
+				return s.lossOr(err)
+			}
+			s.setRun(l, keys[0], n)
+		}
 	}
 	return nil
 }

@@ -84,17 +84,20 @@ const (
 	// work; the server is also told to wait at most a second for a lock
 	// (row or metadata) of the session table.
 	sessionTimeout = 2 * time.Second
-	// sessionBackoff is how long label writes pause after one failed.
+	// sessionBackoff is how long label writes pause after one waited out
+	// its lock wait (the session table is locked).
 	sessionBackoff = time.Minute
 	// sessionQueue bounds the label writes waiting for the writer; more
-	// are dropped (and written when the connection is next met).
+	// are dropped (and queued again when the connection is next used).
 	sessionQueue = 256
 )
 
 // sessionBook writes the label of the Locker's connections: acquisitions
 // queue the ids of connections met for the first time, and one writer
 // goroutine, started when there is work and gone when there is none,
-// writes them from the side pool.
+// writes them from the side pool. A pool connection whose label is not
+// written yet (its write failed, paused or dropped) is owed: the next
+// acquisition on it queues it again, at no cost to the server.
 type sessionBook struct {
 	table   string // the session table
 	mariaDB bool
@@ -102,11 +105,16 @@ type sessionBook struct {
 	update  string // ", label, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE ..."
 	off     atomic.Bool
 	ids     *lru[int64, int64] // connection id -> when written (Unix ns)
+	owed    *lru[any, int64]   // driver connection -> its id, label not written yet
+	owing   atomic.Bool        // owed may hold entries: the acquisitions' fast path skips it otherwise
 	pruned  atomic.Int64       // when the last prune began (Unix ns), or New
 	pauseTo atomic.Int64       // writes pause until then (Unix ns) after a failure
 
+	stop    context.Context // cancelled by Close: ends the writer's statement in flight
+	cancel  context.CancelFunc
+
 	mu      sync.Mutex
-	queue   []int64
+	queue   []labelWrite
 	writing bool          // the writer goroutine runs
 	idle    chan struct{} // closed when the queue is empty and the writer gone
 }
@@ -124,31 +132,50 @@ func newSessionBook(table, label string, srv server) *sessionBook {
 		upsert:  insert + "`" + st + "` (conn_id, label, seen) VALUES (",
 		update:  ", " + lit + ", UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE label = " + lit + ", seen = UTC_TIMESTAMP(6)",
 		ids:     newLRU[int64, int64](leasedConnsTracked),
+		owed:    newLRU[any, int64](leasedConnsTracked),
 		idle:    make(chan struct{}),
 	}
 	close(b.idle)
+	b.stop, b.cancel = context.WithCancel(context.Background())
 	b.pruned.Store(time.Now().UnixNano()) // the first prune is pruneEvery after New
 	return b
 }
 
+// A labelWrite is a queued label write: the connection's id, and for a
+// pool connection its driver connection (nil for a caller's).
+type labelWrite struct {
+	id int64
+	dc any
+}
+
 // labelConn queues the label write of connection id, which an
-// acquisition met: unless written within sessionRefresh (ids are reused
-// after a server restart), or labels are off or paused.
-func (l *Locker) labelConn(id int64) {
+// acquisition met, unless labels are off. A connection known only by its
+// id (a caller's, dc nil) is skipped when its id was written within
+// sessionRefresh (ids are reused after a server restart). A pool
+// connection the Locker has just met (dc, its driver connection) is
+// always written, since the id's row may be of a past server run, and is
+// owed until it is (labelOwed).
+func (l *Locker) labelConn(id int64, dc any) {
 	b := l.sessions
 	now := time.Now().UnixNano()
-	if id == 0 || b.off.Load() || now < b.pauseTo.Load() {
+	if id == 0 || b.off.Load() {
 		return
 	}
-	if at, ok := b.ids.get(id); ok && now-at < int64(sessionRefresh) {
+	if dc != nil {
+		b.owing.Store(true)
+		b.owed.put(dc, id)
+	} else if at, ok := b.ids.get(id); ok && now-at < int64(sessionRefresh) {
+		return
+	}
+	if now < b.pauseTo.Load() {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.queue) >= sessionQueue || slices.Contains(b.queue, id) {
+	if len(b.queue) >= sessionQueue || slices.ContainsFunc(b.queue, func(w labelWrite) bool { return w.id == id }) {
 		return
 	}
-	b.queue = append(b.queue, id)
+	b.queue = append(b.queue, labelWrite{id, dc})
 	if !b.writing {
 		b.writing = true
 		b.idle = make(chan struct{})
@@ -168,40 +195,69 @@ func (l *Locker) writeLabels() {
 			b.mu.Unlock()
 			return
 		}
-		id := b.queue[0]
+		w := b.queue[0]
 		b.queue = b.queue[1:]
 		b.mu.Unlock()
-		l.writeLabel(id)
+		l.writeLabel(w)
 	}
 }
 
-// writeLabel writes the label of connection id, then prunes if due.
-func (l *Locker) writeLabel(id int64) {
+// labelOwed queues again the label of dc, a pool connection the Locker
+// uses, if it is owed (labelConn).
+func (l *Locker) labelOwed(dc any) {
+	if !l.sessions.owing.Load() {
+		return
+	}
+	if id, ok := l.sessions.owed.get(dc); ok {
+		l.labelConn(id, dc)
+	}
+}
+
+// writeLabel writes the label of w's connection (a second time at once if
+// the first failed for another reason than a lock wait: a side connection
+// that died with a server restart), then prunes if due.
+func (l *Locker) writeLabel(w labelWrite) {
 	b := l.sessions
 	if b.off.Load() || time.Now().UnixNano() < b.pauseTo.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), sessionTimeout)
+	ctx, cancel := context.WithTimeout(b.stop, sessionTimeout)
 	defer cancel()
-	_, err := l.side.ExecContext(ctx, b.upsert+strconv.FormatInt(id, 10)+b.update)
+	stmt := b.upsert + strconv.FormatInt(w.id, 10) + b.update
+	_, err := l.side.ExecContext(ctx, stmt)
+	if err != nil && mysqlErrorNumber(err) != erLockWaitTimeout && !sessions.Missing(err) && ctx.Err() == nil {
+		_, err = l.side.ExecContext(ctx, stmt)
+	}
 	switch {
 	case err == nil:
-		b.ids.put(id, time.Now().UnixNano())
+		b.ids.put(w.id, time.Now().UnixNano())
+		if w.dc != nil {
+			b.owed.forget(w.dc, w.id)
+			if b.owed.len() == 0 {
+				b.owing.Store(false) // a put racing this sets it again after
+			}
+		}
 	case sessions.Missing(err) || mysqlErrorNumber(err) == erOptionPreventsStmt:
 		l.sessionsOff(ctx, err)
 		return
-	default:
+	case b.off.Load():
+		return // Close
+	case mysqlErrorNumber(err) == erLockWaitTimeout:
 		b.pauseTo.Store(time.Now().Add(sessionBackoff).UnixNano())
-		l.log.Warn("dblock: cannot write the label of a lock connection to the session table; Holder and `txlock locks` will not show it; label writes pause for a minute",
+		l.log.Warn("dblock: the session table is locked: label writes pause for a minute (Holder and `txlock locks` show no label for the connections met meanwhile until then)",
+			"table", b.table, "error", err)
+		return
+	default:
+		l.log.Warn("dblock: cannot write the label of a lock connection to the session table; it is tried again when the connection is next used",
 			"table", b.table, "error", err)
 		return
 	}
 	now := time.Now().UnixNano()
 	last := b.pruned.Load()
-	if now-last < int64(pruneEvery) || !b.pruned.CompareAndSwap(last, now) {
+	if b.off.Load() || now-last < int64(pruneEvery) || !b.pruned.CompareAndSwap(last, now) {
 		return
 	}
-	if n, err := l.pruneSessions(context.Background()); err != nil {
+	if n, err := l.pruneSessions(b.stop); err != nil {
 		l.log.Warn("dblock: cannot delete the rows of closed connections from the session table", "table", b.table, "error", err)
 	} else if n > 0 {
 		l.log.Debug("dblock: deleted the rows of closed connections from the session table", "table", b.table, "rows", n)
@@ -230,6 +286,14 @@ func (l *Locker) sessionsOff(ctx context.Context, err error) {
 	}
 }
 
+// stopLabels ends the label writes for Close: queued ones are dropped,
+// the one in flight is cancelled, and it returns once the writer is gone.
+func (l *Locker) stopLabels() {
+	l.sessions.off.Store(true)
+	l.sessions.cancel()
+	l.flushLabels(context.Background())
+}
+
 // pruneSessions deletes (at most pruneBatch) rows of connections long
 // gone: rows of a past server run, and, when the Locker's user may see
 // every connection (the PROCESS privilege), rows whose connection is not
@@ -237,7 +301,7 @@ func (l *Locker) sessionsOff(ctx context.Context, err error) {
 // first, then deletes by primary key, so that it locks only those rows.
 func (l *Locker) pruneSessions(ctx context.Context) (int64, error) {
 	b := l.sessions
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionTimeout)
+	ctx, cancel := context.WithTimeout(ctx, sessionTimeout)
 	defer cancel()
 	const seesAll = "EXISTS (SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS' AND GRANTEE = " +
 		"CONCAT('''', LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) - CHAR_LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), " +

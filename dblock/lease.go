@@ -33,6 +33,7 @@ func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Dur
 	secs := leaseSeconds(lease)
 	got, ok := l.leased.get(dc)
 	if ok && got == secs {
+		l.labelOwed(dc)
 		return nil
 	}
 	if _, err := conn.ExecContext(ctx, l.q.leaseStatement(secs)); err != nil {
@@ -45,7 +46,7 @@ func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Dur
 		if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
 			return fmt.Errorf("dblock: reading the lock connection's id: %w", err)
 		}
-		l.labelConn(id)
+		l.labelConn(id, dc)
 	}
 	l.leased.put(dc, secs)
 	return nil

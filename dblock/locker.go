@@ -232,11 +232,7 @@ func (l *Locker) Close() error {
 	if l == nil || !l.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	// Label writes still queued are dropped; one on its way ends first.
-	l.sessions.off.Store(true)
-	ctx, cancel := context.WithTimeout(context.Background(), sessionTimeout)
-	l.flushLabels(ctx)
-	cancel()
+	l.stopLabels()
 	if l.ownSide {
 		return l.side.Close()
 	}

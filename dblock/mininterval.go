@@ -2,6 +2,7 @@ package dblock
 
 import (
 	"context"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -42,8 +43,10 @@ const runTimeLayout = "2006-01-02 15:04:05.999999"
 // key's row that takes only its record lock: its outcome comes back in
 // the insert id (LAST_INSERT_ID(expr)), which clientFoundRows does not
 // change as it does the affected-row count; 0 means too soon. A second
-// statement, only then, reads the last run for the error.
-func (l *Locker) recordRun(ctx context.Context, tx stmtRunner, key Key, d time.Duration) error {
+// statement, only then, reads the last run for the error. It returns the
+// run's number (the key's count of runs, this one included), by which the
+// transaction knows its run later (sameRun).
+func (l *Locker) recordRun(ctx context.Context, tx stmtRunner, key Key, d time.Duration) (int64, error) {
 	run := "`" + schema.RunTable(l.cfg.table) + "`"
 	h := key.hash()
 	hash := "X'" + hex.EncodeToString(h[:]) + "'"
@@ -52,14 +55,14 @@ func (l *Locker) recordRun(ctx context.Context, tx stmtRunner, key Key, d time.D
 		" ON DUPLICATE KEY UPDATE runs = IF("+due+", LAST_INSERT_ID(runs + 1), runs + LAST_INSERT_ID(0)),"+
 		" last_run = IF("+due+", UTC_TIMESTAMP(6), last_run)")
 	if err != nil {
-		return l.runError(key, "recording the run of", err)
+		return 0, l.runError(key, "recording the run of", err)
 	}
 	n, err := res.LastInsertId()
 	if err != nil {
-		return fmt.Errorf("dblock: recording the run of %s: %w", key, err)
+		return 0, fmt.Errorf("dblock: recording the run of %s: %w", key, err)
 	}
 	if n > 0 {
-		return nil
+		return n, nil
 	}
 	var last string
 	var ago int64
@@ -67,15 +70,33 @@ func (l *Locker) recordRun(ctx context.Context, tx stmtRunner, key Key, d time.D
 		" WHERE key_hash = "+hash+" LOCK IN SHARE MODE").Scan(&last, &ago)
 	if err != nil {
 		noteErr(tx, err)
-		return fmt.Errorf("%w: %s (MinInterval(%v)): %w", ErrTooSoon, key, d, l.runError(key, "reading the last run of", err))
+		return 0, fmt.Errorf("%w: %s (MinInterval(%v)): %w", ErrTooSoon, key, d, l.runError(key, "reading the last run of", err))
 	}
 	at, perr := time.ParseInLocation(runTimeLayout, last, time.UTC)
 	if perr != nil {
-		return fmt.Errorf("%w: %s last ran at %q (server time, UTC), less than MinInterval(%v) ago", ErrTooSoon, key, last, d)
+		return 0, fmt.Errorf("%w: %s last ran at %q (server time, UTC), less than MinInterval(%v) ago", ErrTooSoon, key, last, d)
 	}
 	wait := d - time.Duration(ago)*time.Microsecond
-	return fmt.Errorf("%w: %s last ran at %s (server time, UTC), less than MinInterval(%v) ago; the next run is allowed from %s (in %v)",
+	return 0, fmt.Errorf("%w: %s last ran at %s (server time, UTC), less than MinInterval(%v) ago; the next run is allowed from %s (in %v)",
 		ErrTooSoon, key, at.Format(runTimeLayout), d, at.Add(d).Format(runTimeLayout), wait.Round(time.Millisecond))
+}
+
+// sameRun reports whether the key's run table row still shows run n, the
+// run this transaction recorded: a rollback to a savepoint taken before
+// the record undoes it (and keeps the lock), and the key must then be
+// judged again.
+func (l *Locker) sameRun(ctx context.Context, tx stmtRunner, key Key, n int64) (bool, error) {
+	h := key.hash()
+	var runs int64
+	err := tx.QueryRowContext(ctx, "SELECT runs FROM `"+schema.RunTable(l.cfg.table)+"` WHERE key_hash = X'"+hex.EncodeToString(h[:])+"' LOCK IN SHARE MODE").Scan(&runs)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
+		noteErr(tx, err)
+		return false, l.runError(key, "reading the run of", err)
+	}
+	return runs == n, nil
 }
 
 // runError maps an error of a statement on the run table.

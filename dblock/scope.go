@@ -3,6 +3,7 @@ package dblock
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -33,7 +34,7 @@ type txState struct {
 	nheld  int                  // how many keys are held
 	more   map[heldKey]struct{} // the keys after the first
 	tokens map[heldKey]int64    // fencing tokens taken in this transaction
-	runs   map[heldKey]struct{} // keys whose MinInterval run this transaction recorded
+	runs   map[heldKey]int64    // MinInterval runs this transaction recorded: their numbers
 	ident  string               // server and schema of a caller's transaction, once asked
 }
 
@@ -76,6 +77,18 @@ func (s *txScope) endedErr() error {
 		return nil
 	}
 	return s.owner.endedErr()
+}
+
+// lossOr returns err, or for a transaction the Locker opened that was
+// lost meanwhile (its lease or MaxHold ran out), the loss: what made err
+// happen.
+func (s *txScope) lossOr(err error) error {
+	if s.owner != nil {
+		if lerr := s.owner.endedErr(); lerr != nil && !errors.Is(err, ErrLockLost) {
+			return fmt.Errorf("%w (then: %v)", lerr, err)
+		}
+	}
+	return err
 }
 
 func (s *txScope) holds(l *Locker, k Key) bool {
@@ -132,24 +145,25 @@ func (s *txScope) setToken(l *Locker, k Key, token int64) {
 	st.tokens[heldKey{l.cfg.table, k}] = token
 }
 
-// setRun records that the transaction recorded a MinInterval run of k.
-func (s *txScope) setRun(l *Locker, k Key) {
+// setRun records that the transaction recorded run n of k (MinInterval).
+func (s *txScope) setRun(l *Locker, k Key, n int64) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.runs == nil {
-		st.runs = make(map[heldKey]struct{}, 1)
+		st.runs = make(map[heldKey]int64, 1)
 	}
-	st.runs[heldKey{l.cfg.table, k}] = struct{}{}
+	st.runs[heldKey{l.cfg.table, k}] = n
 }
 
-// ran reports whether the transaction recorded a MinInterval run of k.
-func (s *txScope) ran(l *Locker, k Key) bool {
+// run returns the number of the MinInterval run of k the transaction
+// recorded, if it did.
+func (s *txScope) run(l *Locker, k Key) (int64, bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	_, ok := st.runs[heldKey{l.cfg.table, k}]
-	return ok
+	n, ok := st.runs[heldKey{l.cfg.table, k}]
+	return n, ok
 }
 
 // token returns the fencing token the transaction took for k in table.

@@ -14,16 +14,18 @@ import (
 )
 
 // ServerStart is an expression for the server's start in UTC, the time
-// zone of the seen column (UTC_TIMESTAMP(6) minus the Uptime status, whole
-// seconds): at or after the real start, never before,
-// so that a row seen before the start is always left out (a row written in
-// the first second of the run may be left out too).
+// zone of the seen column: UTC_TIMESTAMP(6) minus the Uptime status (whole
+// seconds, so up to a second short) minus one more second. A row seen
+// after it was written during the server's current run, or in the last
+// second of the previous one if the server restarted within a second (a
+// restart takes longer); a row written in the run's first second is not
+// left out.
 func ServerStart(mariaDB bool) string {
 	status := "performance_schema.global_status" // MySQL 8 has no information_schema.GLOBAL_STATUS
 	if mariaDB {
 		status = "information_schema.GLOBAL_STATUS"
 	}
-	return "UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM " + status + " WHERE VARIABLE_NAME = 'Uptime') SECOND"
+	return "UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM " + status + " WHERE VARIABLE_NAME = 'Uptime') + 1 SECOND"
 }
 
 // LabelsSQL selects conn_id and label of the n connections given as
