@@ -86,8 +86,13 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 		return nil, fmt.Errorf("dblock: campaigning for %s: %w", e.key, err)
 	}
 	hash := e.key.hash()
-	if _, err := e.l.side.ExecContext(gctx, e.q.write, hash[:], value, token, connID); err != nil {
+	res, err := e.l.side.ExecContext(gctx, e.q.write, hash[:], value, token, connID, connID)
+	if err != nil {
 		return nil, e.tableError("campaigning for", fmt.Errorf("writing the leader row: %w", withCause(gctx, err)))
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		// Not written: the session no longer holds the named lock.
+		return nil, fmt.Errorf("%w: campaigning for %s: the connection lost the named lock before the leader row was written", ErrLockLost, e.key)
 	}
 	// The token is handed out only if the lock was still this session's
 	// after the bump, with lease left (fence.go does the same for locks).

@@ -44,16 +44,20 @@ type electionQueries struct {
 	read  string // the live leader's row: conn_id is the named lock's holder
 }
 
-func buildElectionQueries(table string) electionQueries {
+func buildElectionQueries(table, name string) electionQueries {
 	t := "`" + schema.LeaderTable(table) + "`"
-	// A row is replaced only by a greater token: a leader that wrote late
-	// (paused after its grant) never hides its successor's row. Token is
-	// assigned last: the assignments before it compare with the old one.
-	newer := "IF(VALUES(token) > token, "
+	// The row is written only while the writer's session holds the named
+	// lock (a leader paused past its lease writes nothing), and replaces a
+	// row only if that row's session no longer holds it (a leader's write
+	// that arrives late never hides its successor's row), or is the
+	// writer's (a connection id reused after a restart). The name is hex:
+	// nothing to quote. conn_id is assigned last: the assignments before it
+	// test the old one.
+	dead := "IF(conn_id = VALUES(conn_id) OR NOT (IS_USED_LOCK('" + name + "') <=> conn_id), "
 	return electionQueries{
-		write: "INSERT INTO " + t + " (key_hash, value, token, conn_id, since) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6))" +
-			" ON DUPLICATE KEY UPDATE value = " + newer + "VALUES(value), value), conn_id = " + newer + "VALUES(conn_id), conn_id)," +
-			" since = " + newer + "VALUES(since), since), token = GREATEST(token, VALUES(token))",
+		write: "INSERT INTO " + t + " (key_hash, value, token, conn_id, since) SELECT ?, ?, ?, ?, UTC_TIMESTAMP(6) FROM DUAL WHERE IS_USED_LOCK('" + name + "') = ?" +
+			" ON DUPLICATE KEY UPDATE value = " + dead + "VALUES(value), value), token = " + dead + "VALUES(token), token)," +
+			" since = " + dead + "VALUES(since), since), conn_id = " + dead + "VALUES(conn_id), conn_id)",
 		read: "SELECT value, token FROM " + t + " WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?)",
 	}
 }
@@ -90,7 +94,8 @@ func (l *Locker) Election(key Key) *Election {
 	if l.srv.galera {
 		return &Election{l: l, key: key, err: errGaleraElection}
 	}
-	return &Election{l: l, key: key, name: electionLockName(l.srv.schema, l.cfg.table, key), q: buildElectionQueries(l.cfg.table)}
+	name := electionLockName(l.srv.schema, l.cfg.table, key)
+	return &Election{l: l, key: key, name: name, q: buildElectionQueries(l.cfg.table, name)}
 }
 
 // check validates the receiver and ctx of an Election method.

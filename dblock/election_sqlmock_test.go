@@ -17,11 +17,15 @@ import (
 
 func TestSQLElectionStatements(t *testing.T) {
 	const (
-		qRead    = "SELECT value, token FROM `tb_lock_leader` WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?)"
-		qWrite   = "INSERT INTO `tb_lock_leader` (key_hash, value, token, conn_id, since) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE value = IF(VALUES(token) > token, VALUES(value), value), conn_id = IF(VALUES(token) > token, VALUES(conn_id), conn_id), since = IF(VALUES(token) > token, VALUES(since), since), token = GREATEST(token, VALUES(token))"
+		reName = `txlock:[0-9a-f]{57}`
+		qRead  = "SELECT value, token FROM `tb_lock_leader` WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?)"
+		// written only while the session holds the lock; replacing only a
+		// row whose session does not (or the writer's own)
+		dead   = `IF\(conn_id = VALUES\(conn_id\) OR NOT \(IS_USED_LOCK\('` + reName + `'\) <=> conn_id\), `
+		qWrite = regexPrefix + "^INSERT INTO `tb_lock_leader` \\(key_hash, value, token, conn_id, since\\) SELECT \\?, \\?, \\?, \\?, UTC_TIMESTAMP\\(6\\) FROM DUAL WHERE IS_USED_LOCK\\('" + reName + "'\\) = \\?" +
+			" ON DUPLICATE KEY UPDATE value = " + dead + `VALUES\(value\), value\), token = ` + dead + `VALUES\(token\), token\), since = ` + dead + `VALUES\(since\), since\), conn_id = ` + dead + `VALUES\(conn_id\), conn_id\)$`
 		qMine    = "SELECT IS_USED_LOCK(?) = CONNECTION_ID()"
 		qRelease = "DO RELEASE_LOCK(?)"
-		reName   = `txlock:[0-9a-f]{57}`
 	)
 	for _, srv := range []mockServer{mockMariaDB, mockMySQL} {
 		t.Run(srv.comment, func(t *testing.T) {
@@ -44,7 +48,7 @@ func TestSQLElectionStatements(t *testing.T) {
 				WillReturnRows(sqlmock.NewRows([]string{"g", "id"}).AddRow(1, 42))
 			m.mock.ExpectExec("DO 1").WillReturnResult(sqlmock.NewResult(0, 0))
 			m.side.mock.ExpectExec(regexPrefix + "INSERT .*INTO `tb_lock_fence` \\(key_hash, token\\) VALUES").WithArgs(h[:]).WillReturnResult(sqlmock.NewResult(7, 1))
-			m.side.mock.ExpectExec(qWrite).WithArgs(h[:], "v", int64(7), int64(42)).WillReturnResult(sqlmock.NewResult(0, 1))
+			m.side.mock.ExpectExec(qWrite).WithArgs(h[:], "v", int64(7), int64(42), int64(42)).WillReturnResult(sqlmock.NewResult(0, 1))
 			m.mock.ExpectQuery(qMine).WithArgs(sqlmock.AnyArg()).WillReturnRows(sqlmock.NewRows([]string{"mine"}).AddRow(1))
 			ld, err := el.Campaign(ctx, "v")
 			if err != nil {
@@ -73,6 +77,27 @@ func TestSQLElectionStatements(t *testing.T) {
 			m.done(t)
 		})
 	}
+}
+
+// TestSQLElectionLateWrite: a campaign whose leader row is not written
+// (the session no longer held the named lock when the write ran: it was
+// paused past its lease) fails with ErrLockLost and hands out no token.
+func TestSQLElectionLateWrite(t *testing.T) {
+	m := newMocked(t)
+	l := m.locker(t, mockMariaDB.version, mockMariaDB.comment, mockMariaDB.snapshotVar)
+	defer l.Close()
+	m.mock.ExpectExec("SET SESSION wait_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectQuery(regexPrefix + `GET_LOCK`).WillReturnRows(sqlmock.NewRows([]string{"g", "id"}).AddRow(1, 42))
+	m.mock.ExpectExec("DO 1").WillReturnResult(sqlmock.NewResult(0, 0))
+	m.side.mock.ExpectExec(regexPrefix + "INTO `tb_lock_fence`").WillReturnResult(sqlmock.NewResult(7, 1))
+	m.side.mock.ExpectExec(regexPrefix + "^INSERT INTO `tb_lock_leader`").WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectClose()
+	ld, err := l.Election(dblock.Resource("election:late")).Campaign(context.Background(), "v")
+	if !errors.Is(err, dblock.ErrLockLost) || ld != nil {
+		t.Fatalf("Campaign = %v, %v; want ErrLockLost and no leadership", ld, err)
+	}
+	mustContain(t, err, "lost the named lock")
+	m.done(t)
 }
 
 // TestSQLElectionGalera: a Galera node's named locks are its own, so an

@@ -291,18 +291,22 @@ func TestElectionDeadLeaderRow(t *testing.T) {
 	octx, stop := context.WithCancel(ctx)
 	obs := el.Observe(octx)
 
+	// The next leader replaces the row (its session does not hold the
+	// lock), whatever its token.
 	ld2 := mustCampaign(t, ctx, el, "new")
-	// The ghost's token is greater: the row is not replaced (a late
-	// writer never hides a newer leader's row), so nobody is seen to lead.
-	wantLeader(t, ctx, el, "")
-	_ = ld2.Resign(ctx)
-	if err := e.db.Exec("DELETE FROM `" + schema.LeaderTable(e.table) + "`").Error; err != nil {
-		t.Fatal(err)
+	wantLeader(t, ctx, el, "new")
+	if got := nextValue(t, obs); got != "new" {
+		t.Fatalf("observed %q, want new (never the ghost)", got)
 	}
+	if _, tok, err := leaderSince(ctx, e.sqlDB, e.table, key); err != nil || tok != ld2.Token() {
+		t.Fatalf("the row's token %d, %v; want the leader's %d", tok, err, ld2.Token())
+	}
+	wantLeader(t, ctx, el, "new")
+	_ = ld2.Resign(ctx)
 	ld3 := mustCampaign(t, ctx, el, "newer")
 	wantLeader(t, ctx, el, "newer")
 	if got := nextValue(t, obs); got != "newer" {
-		t.Fatalf("observed %q, want newer (never the ghost)", got)
+		t.Fatalf("observed %q, want newer", got)
 	}
 	_ = ld3.Resign(ctx)
 	wantLeader(t, ctx, el, "")

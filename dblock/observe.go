@@ -58,7 +58,9 @@ func (e *Election) observe(ctx context.Context, ch chan<- string) {
 		case err != nil:
 			e.l.log.Warn("dblock: observing an election failed, reading again", "granularity", e.key.granularity(), "error", err)
 			pause = observeErrorPause
-		case r.ok && r.token > last:
+		case r.ok && r.token != last:
+			// A live row is the current leader's (a dead one no longer
+			// matches): a token not delivered yet is a new leader.
 			select {
 			case ch <- r.value:
 				last = r.token
