@@ -40,6 +40,7 @@ const pruneRowsAt = 8
 type keeper struct {
 	l      *Locker
 	tx     *sql.Tx
+	on     execer // where keepalives go: tx, or a leadership's pinned connection
 	lease  time.Duration
 	margin time.Duration
 
@@ -81,8 +82,20 @@ func (o ownStmts) QueryRowContext(ctx context.Context, query string, args ...any
 	return o.c.queryRow(ctx, query, false, args...)
 }
 
+// execer runs a statement: a transaction, or a pinned connection.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
 func newKeeper(l *Locker, tx *sql.Tx, lease time.Duration) *keeper {
-	return &keeper{l: l, tx: tx, lease: lease, margin: leaseMargin(lease)}
+	return &keeper{l: l, tx: tx, on: tx, lease: lease, margin: leaseMargin(lease)}
+}
+
+// newConnKeeper keeps the lease of a connection that holds no transaction
+// (a leadership's): only the keepalive and the loss are used, with the
+// connection's statements sent under op and reported with answered.
+func newConnKeeper(l *Locker, conn *sql.Conn, lease time.Duration) *keeper {
+	return &keeper{l: l, on: conn, lease: lease, margin: leaseMargin(lease)}
 }
 
 // arm starts the keepalive once the lock is held; lose is called once if
@@ -221,7 +234,7 @@ func (c *keeper) checkRowsLocked() {
 // pingLocked sends a keepalive. The caller holds op.
 func (c *keeper) pingLocked(ctx context.Context) error {
 	sent := time.Now()
-	_, err := c.tx.ExecContext(ctx, pingStmt)
+	_, err := c.on.ExecContext(ctx, pingStmt)
 	if errors.Is(err, gomysql.ErrBusyBuffer) {
 		return nil // a result set was still being read: it shows the server is alive soon enough
 	}

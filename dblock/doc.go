@@ -153,23 +153,28 @@
 // current leader's value ([ErrNoLeader] when nobody leads) and
 // [Election.Observe] delivers each new leader's value, in order.
 //
-// A leadership is a lock of the key (with [Fencing]), taken through the
-// same pipeline as [Locker.Lock], whose transaction also writes the
-// leader's value in <table>_leader and never commits: the row is read
-// uncommitted by Leader and Observe, and disappears with the transaction.
-// So a leader that crashes is replaced as fast as a lock is handed on
-// (milliseconds), and one cut off silently loses Done at its lease minus
-// the margin, before the server ends its transaction at the lease and a
+// A leadership is a server named lock (GET_LOCK) held by a connection the
+// leadership pins, not a transaction: it holds no row lock, no read view
+// and no undo, so it holds back neither purge nor anything else, however
+// long it lasts (a Lock, a transaction holding a row lock, does hold purge
+// back on MariaDB). Followers wait in GET_LOCK on connections of their
+// own, in slices of 2 s; a cancelled campaign's wait is interrupted on the
+// server. The named lock is unique per server: "txlock:" and the hex of
+// SHA-256 of the schema, the lock table and the key. The pinned session's
+// wait_timeout is the lease and a keepalive pings it every third of the
+// lease: a leader that crashes is replaced within milliseconds (its
+// connection closes), one cut off silently loses Done at its lease minus
+// the margin, before the server ends its idle session at the lease and a
 // follower can win. A leader whose session the server ends (KILL, a
 // restart) learns it at its next keepalive, within a third of the lease,
-// when a follower may lead already: its fencing token guards that. Campaign's context bounds the wait only; the
-// Locker's Defaults (the lease) apply to the leadership.
-//
-// The leader's transaction holds no read view, but it holds a row lock,
-// and on MariaDB 10.11 such a transaction keeps purge from removing the
-// undo of the transactions that commit after it began: the history list
-// grows with the writes made while one leader leads, and drains when it
-// ends. docs/ELECTION.md has the statements, the bounds and the figures.
+// when a follower may lead already: its fencing token (the counter of
+// Fencing locks of the same key) guards that. The leader's value is a
+// committed row of <table>_leader naming its connection; Leader and
+// Observe read the row whose conn_id is IS_USED_LOCK of the name.
+// Campaign's context bounds the wait only; the Locker's Defaults (the
+// lease) apply to the leadership. Named locks are local to a server:
+// elections are refused on a Galera node. docs/ELECTION.md has the
+// statements, the bounds and the figures.
 //
 // # Replicas and clusters
 //

@@ -2,77 +2,88 @@ package dblock
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"unicode/utf8"
 
 	"github.com/txlock/txlock/schema"
 )
 
-// Elections (doc.go, "Elections"; docs/ELECTION.md). A leadership is a Lock
-// of the election's key, taken through the one acquisition pipeline with
-// Fencing, whose transaction also writes the leader's row (value, token,
-// since) in <table>_leader and never commits: the row exists for others,
-// read uncommitted, exactly as long as the transaction lives.
+// Elections (doc.go, "Elections"; docs/ELECTION.md). A leadership is a
+// server named lock (GET_LOCK) held by a connection the leadership pins:
+// a metadata lock, not an InnoDB transaction, so it holds back neither
+// purge nor anything else that grows. The leader's value is a committed
+// row of <table>_leader that names the connection (conn_id): it is the
+// leader's while IS_USED_LOCK names that connection.
 
 // maxValueChars is the longest value a campaigner may lead with: the
 // leader table's value column is VARCHAR(1024).
 const maxValueChars = 1024
+
+// maxLockName is the longest name GET_LOCK accepts (64 characters).
+const maxLockName = 64
 
 // An Election is the election of one key: processes Campaign for it, one
 // leads at a time, and anyone may ask who leads (Leader) or follow the
 // changes (Observe). It is a value of the Locker's, safe for concurrent
 // use; the Locker's Defaults (Lease) apply to its leaderships.
 type Election struct {
-	l   *Locker
-	key Key
-	q   electionQueries
-	err error // why the election cannot run (nil Locker, invalid key)
+	l    *Locker
+	key  Key
+	name string // the server named lock of the election
+	q    electionQueries
+	err  error // why the election cannot run (nil Locker, invalid key, Galera)
 }
 
 // electionQueries are the statements of one Locker's elections.
 type electionQueries struct {
-	write string // the leader's row, in the leadership's transaction
-	read  string // the leader's row, read uncommitted
-	probe string // whether the row is free (committed: a defect), SKIP LOCKED
-	// wait waits until the leader's transaction ends (after the tag).
-	// Exclusive: InnoDB turns a waiting shared lock into a gap lock when
-	// the leader's rollback removes the row, which would make the next
-	// leader's insert wait for the observer's transaction; under READ
-	// UNCOMMITTED an exclusive one is dropped instead.
-	wait     string
-	waitHead string // before the tag: the per-statement lock-wait bound
-	stale    string // a committed row (a defect), autocommit
-	repair   string // delete it, autocommit
+	write string // the leader's row, autocommit on the side pool
+	read  string // the live leader's row: conn_id is the named lock's holder
 }
 
-func buildElectionQueries(table string, mariaDB bool) electionQueries {
+func buildElectionQueries(table, name string) electionQueries {
 	t := "`" + schema.LeaderTable(table) + "`"
-	share := " FOR SHARE"
-	head := "SELECT /*+ SET_VAR(innodb_lock_wait_timeout=" + strconv.Itoa(observeWaitSecs) + ") */ "
-	if mariaDB {
-		// MariaDB 10.11 has no FOR SHARE; LOCK IN SHARE MODE takes SKIP
-		// LOCKED there (MySQL gives SKIP LOCKED to FOR SHARE only).
-		share = " LOCK IN SHARE MODE"
-		head = "SET STATEMENT innodb_lock_wait_timeout=" + strconv.Itoa(observeWaitSecs) + " FOR SELECT "
-	}
+	// The row is written only while the writer's session holds the named
+	// lock (a leader paused past its lease writes nothing), and replaces a
+	// row only if that row's session no longer holds it (a leader's write
+	// that arrives late never hides its successor's row), or is the
+	// writer's (a connection id reused after a restart). The name is hex:
+	// nothing to quote. conn_id is assigned last: the assignments before it
+	// test the old one.
+	dead := "IF(conn_id = VALUES(conn_id) OR NOT (IS_USED_LOCK('" + name + "') <=> conn_id), "
 	return electionQueries{
-		write:    "INSERT INTO " + t + " (key_hash, value, token, since) VALUES (?, ?, ?, NOW(6))",
-		read:     "SELECT value, token FROM " + t + " WHERE key_hash = ?",
-		probe:    "SELECT token FROM " + t + " WHERE key_hash = ?" + share + " SKIP LOCKED",
-		waitHead: head,
-		wait:     "token FROM " + t + " WHERE key_hash = ? FOR UPDATE",
-		stale:    "SELECT token FROM " + t + " WHERE key_hash = ?",
-		repair:   "DELETE FROM " + t + " WHERE key_hash = ? AND token = ?",
+		write: "INSERT INTO " + t + " (key_hash, value, token, conn_id, since) SELECT ?, ?, ?, ?, UTC_TIMESTAMP(6) FROM DUAL WHERE IS_USED_LOCK('" + name + "') = ?" +
+			" ON DUPLICATE KEY UPDATE value = " + dead + "VALUES(value), value), token = " + dead + "VALUES(token), token)," +
+			" since = " + dead + "VALUES(since), since), conn_id = " + dead + "VALUES(conn_id), conn_id)",
+		read: "SELECT value, token FROM " + t + " WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?)",
 	}
 }
 
-// Election returns the election of key on the Locker's database. Its
-// leaders hold key like any Lock of it: use a key of its own for an
-// election. An invalid key or a nil Locker is reported by the Election's
-// methods.
+// electionLockName is the named lock of key's election on table of
+// schemaName: unique per server across schemas and tables, at most 64
+// characters.
+func electionLockName(schemaName, table string, key Key) string {
+	hash := key.hash()
+	h := sha256.New()
+	h.Write([]byte(schemaName))
+	h.Write([]byte{0})
+	h.Write([]byte(table))
+	h.Write([]byte{0})
+	h.Write(hash[:])
+	name := "txlock:" + hex.EncodeToString(h.Sum(nil))
+	return name[:min(len(name), maxLockName)]
+}
+
+// errGaleraElection refuses elections on a Galera node.
+var errGaleraElection = errors.New("dblock: Election: the server is a Galera node, where GET_LOCK (the named lock a leadership holds) is local to the node and not supported by Galera: two nodes could each elect a leader; run elections on a server that is not a Galera node")
+
+// Election returns the election of key on the Locker's database. A
+// leadership holds a server named lock, not the key's row: the key is
+// free for Lock. An invalid key, a nil Locker or a Galera node is
+// reported by the Election's methods.
 func (l *Locker) Election(key Key) *Election {
 	if l == nil {
 		return &Election{key: key, err: errors.New("dblock: Election of a nil *Locker")}
@@ -80,7 +91,11 @@ func (l *Locker) Election(key Key) *Election {
 	if err := key.Validate(); err != nil {
 		return &Election{l: l, key: key, err: err}
 	}
-	return &Election{l: l, key: key, q: buildElectionQueries(l.cfg.table, l.srv.mariaDB)}
+	if l.srv.galera {
+		return &Election{l: l, key: key, err: errGaleraElection}
+	}
+	name := electionLockName(l.srv.schema, l.cfg.table, key)
+	return &Election{l: l, key: key, name: name, q: buildElectionQueries(l.cfg.table, name)}
 }
 
 // check validates the receiver and ctx of an Election method.
@@ -109,102 +124,6 @@ func checkValue(value string) error {
 	return nil
 }
 
-// Campaign waits until the caller leads the election, then returns its
-// Leadership, led with value (at most 1024 characters of UTF-8). ctx
-// bounds the wait only, as in etcd: the leadership lasts until Resign, a
-// loss (Done), or until the Leadership is dropped unreachable (then it is
-// resigned, with a warning logged).
-func (e *Election) Campaign(ctx context.Context, value string) (*Leadership, error) {
-	if err := e.check(ctx); err != nil {
-		return nil, err
-	}
-	if err := checkValue(value); err != nil {
-		return nil, err
-	}
-	lc, err := e.l.lockConfig(nil)
-	if err != nil {
-		return nil, err
-	}
-	// Whatever the Defaults say about waiting: a campaign waits as long as
-	// ctx allows, and the token is the leadership's.
-	lc.fencing, lc.noWait, lc.wait = true, false, 0
-	// The lock's transaction lives on a context that ctx ends only until
-	// the campaign returns.
-	wctx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
-	unhook := context.AfterFunc(ctx, func() { stop(context.Cause(ctx)) })
-	ld, err := e.campaign(wctx, lc, value)
-	if !unhook() && ld != nil {
-		// ctx ended as the campaign won: the caller has gone.
-		_ = ld.lk.Rollback()
-		stop(nil)
-		return nil, fmt.Errorf("dblock: campaigning for %s: %w", e.key, context.Cause(ctx))
-	}
-	if err != nil {
-		stop(nil)
-		return nil, err
-	}
-	ld.stop = stop
-	return ld, nil
-}
-
-// campaign is Campaign's loop on wctx.
-func (e *Election) campaign(wctx context.Context, lc lockConfig, value string) (*Leadership, error) {
-	keys := [1]Key{e.key}
-	for {
-		lk, err := e.l.begin(wctx, keys[:], lc, true)
-		if errors.Is(err, ErrNotAcquired) && wctx.Err() == nil {
-			continue // the server's innodb_lock_wait_timeout ended the wait: wait again
-		}
-		if err != nil {
-			return nil, fmt.Errorf("dblock: campaigning for %s: %w", e.key, err)
-		}
-		if err := e.lead(lk, value); err != nil {
-			_ = lk.Rollback()
-			return nil, err
-		}
-		return &Leadership{lk: lk, key: e.key}, nil
-	}
-}
-
-// lead writes the leader's row in the transaction of lk, which holds the
-// election's key, after removing a committed row (a defect: no leader
-// ever commits), which would otherwise be taken for a leader when the
-// transaction ends.
-func (e *Election) lead(lk *Lock, value string) error {
-	h := lk.h
-	hash := e.key.hash()
-	var stale int64
-	switch err := e.l.side.QueryRowContext(h.ctx, e.q.stale, hash[:]).Scan(&stale); {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return e.leadError("looking for a committed leader row", err)
-	default:
-		// Only the key's holder writes the row, and this transaction
-		// holds the key: the row a plain read sees was committed.
-		if _, err := e.l.side.ExecContext(h.ctx, e.q.repair, hash[:], stale); err != nil {
-			return e.leadError("deleting a committed leader row", err)
-		}
-		e.l.log.Warn("dblock: deleted a committed leader row (something committed a leader's transaction, or wrote the table)",
-			"granularity", e.key.granularity(), "token", stale)
-	}
-	if _, err := h.keeper.exec(h.ctx, e.q.write, hash[:], value, lk.token); err != nil {
-		return e.leadError("writing the leader row", err)
-	}
-	return nil
-}
-
-// leadError maps an error of writing the leader's row.
-func (e *Election) leadError(step string, err error) error {
-	table := schema.LeaderTable(e.l.cfg.table)
-	switch mysqlErrorNumber(err) {
-	case erNoSuchTable:
-		return fmt.Errorf("%w: campaigning for %s: %s is missing (migration 00002): %w", ErrTableMissing, e.key, table, err)
-	case erDupEntry:
-		return fmt.Errorf("dblock: campaigning for %s: %s: a leader row was committed meanwhile (does something else write %s?): %w", e.key, step, table, err)
-	}
-	return fmt.Errorf("dblock: campaigning for %s: %s in %s: %w", e.key, step, table, err)
-}
-
 // leaderRow is what a read of the leader table found.
 type leaderRow struct {
 	value string
@@ -212,60 +131,40 @@ type leaderRow struct {
 	ok    bool // a live leader's row
 }
 
-// readLeader reads the leader's row in tx (READ UNCOMMITTED: the row is
-// never committed). A row that a SKIP LOCKED read can take belongs to no
-// live transaction: it was committed (a defect Campaign repairs) and is
-// not a leader.
-func (e *Election) readLeader(ctx context.Context, tx *sql.Tx) (leaderRow, error) {
+// readLeader reads the live leader's row on the side pool: one statement,
+// autocommit, no locks.
+func (e *Election) readLeader(ctx context.Context) (leaderRow, error) {
 	hash := e.key.hash()
 	var r leaderRow
-	err := tx.QueryRowContext(ctx, e.q.read, hash[:]).Scan(&r.value, &r.token)
-	if errors.Is(err, sql.ErrNoRows) {
-		return r, nil
-	}
-	if err != nil {
-		return r, e.readError(err)
-	}
-	var free int64
-	switch err := tx.QueryRowContext(ctx, e.q.probe, hash[:]).Scan(&free); {
+	err := e.l.side.QueryRowContext(ctx, e.q.read, hash[:], e.name).Scan(&r.value, &r.token)
+	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		r.ok = true // held: the leader's transaction is alive
+		return r, nil
 	case err != nil:
-		return r, e.readError(err)
+		return r, e.tableError("reading the leader of", withCause(ctx, err))
 	}
+	r.ok = true
 	return r, nil
 }
 
-// readError maps an error of reading the leader table.
-func (e *Election) readError(err error) error {
+// tableError maps an error of a statement on the leader table.
+func (e *Election) tableError(step string, err error) error {
 	if mysqlErrorNumber(err) == erNoSuchTable {
-		return fmt.Errorf("%w: reading the leader of %s: %s is missing (migration 00002): %w", ErrTableMissing, e.key, schema.LeaderTable(e.l.cfg.table), err)
+		return fmt.Errorf("%w: %s %s: %s is missing (migration 00002): %w", ErrTableMissing, step, e.key, schema.LeaderTable(e.l.cfg.table), err)
 	}
-	return fmt.Errorf("dblock: reading the leader of %s: %w", e.key, err)
-}
-
-// uncommitted begins the READ UNCOMMITTED transaction the leader's row is
-// read in: read-only, unless it is to wait on the row (Observe). It takes
-// no snapshot.
-func uncommitted(ctx context.Context, db *sql.DB, readOnly bool) (*sql.Tx, error) {
-	return db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadUncommitted, ReadOnly: readOnly})
+	return fmt.Errorf("dblock: %s %s: %w", step, e.key, err)
 }
 
 // Leader returns the value of the election's current leader, or an error
-// matching ErrNoLeader when nobody leads. It reads the leader's row on
-// the Locker's side pool (four short statements) and waits for nothing.
+// matching ErrNoLeader when nobody leads. It runs one statement on the
+// Locker's side pool and waits for nothing.
 func (e *Election) Leader(ctx context.Context) (string, error) {
 	if err := e.check(ctx); err != nil {
 		return "", err
 	}
-	tx, err := uncommitted(ctx, e.l.side, true)
+	r, err := e.readLeader(ctx)
 	if err != nil {
-		return "", fmt.Errorf("dblock: reading the leader of %s: %w", e.key, withCause(ctx, err))
-	}
-	defer tx.Rollback()
-	r, err := e.readLeader(ctx, tx)
-	if err != nil {
-		return "", withCause(ctx, err)
+		return "", err
 	}
 	if !r.ok {
 		return "", fmt.Errorf("%w: %s", ErrNoLeader, e.key)

@@ -8,7 +8,6 @@ package dblock_test
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -26,22 +25,17 @@ import (
 type term struct {
 	value      string
 	token      int64
-	since, end time.Time // server time: the row's since, NOW(6) just before Resign
+	since, end time.Time // server time (UTC): the row's since, UTC_TIMESTAMP(6) just before Resign
 	won, quit  time.Time // client time: Campaign returned, Resign called
 }
 
-// leaderSince reads the since and token of the election's leader row,
-// uncommitted, on db.
+// leaderSince reads the since and token of the election's leader row on
+// db (committed, autocommit).
 func leaderSince(ctx context.Context, db *sql.DB, table string, key dblock.Key) (time.Time, int64, error) {
-	tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadUncommitted, ReadOnly: true})
-	if err != nil {
-		return time.Time{}, 0, err
-	}
-	defer tx.Rollback()
 	h := lockkey.Fields(key).Hash()
 	var since time.Time
 	var token int64
-	err = tx.QueryRowContext(ctx, "SELECT since, token FROM `"+schema.LeaderTable(table)+"` WHERE key_hash = ?", h[:]).Scan(&since, &token)
+	err := db.QueryRowContext(ctx, "SELECT since, token FROM `"+schema.LeaderTable(table)+"` WHERE key_hash = ?", h[:]).Scan(&since, &token)
 	return since, token, err
 }
 
@@ -139,7 +133,7 @@ func runElection(t *testing.T, e env, key dblock.Key, campaigners, observers, te
 						break
 					}
 				}
-				if err := e.sqlDB.QueryRowContext(ctx, "SELECT NOW(6)").Scan(&tm.end); err != nil {
+				if err := e.sqlDB.QueryRowContext(ctx, "SELECT UTC_TIMESTAMP(6)").Scan(&tm.end); err != nil {
 					t.Error(err)
 				}
 				last := won.Add(1) == int32(terms)
@@ -217,64 +211,4 @@ func TestElectionObserversSeeEveryChange(t *testing.T) {
 		terms, median(h0).Round(10*time.Microsecond), median(h3).Round(10*time.Microsecond))
 	t.Logf("without observers: %v", roundMs(h0))
 	t.Logf("with 3 observers:  %v", roundMs(h3))
-}
-
-// TestElectionObserverWaitLeavesNoGapLock: when a leader's rollback removes
-// its row, InnoDB turns a shared lock waiting on it into a gap lock, which
-// the next leader's insert must wait for until the waiter's transaction
-// ends; an exclusive wait under READ UNCOMMITTED (Observe's, see
-// election_sqlmock_test.go) is dropped instead. The observer's transaction
-// is kept open after its wait returns here, to see what it holds.
-func TestElectionObserverWaitLeavesNoGapLock(t *testing.T) {
-	e, l := setupLocker(t)
-	ctx := ctxT(t)
-	key := dblock.Resource("election:gap")
-	h := lockkey.Fields(key).Hash()
-	el := l.Election(key)
-	for _, c := range []struct {
-		mode        string
-		nextBlocked bool
-	}{{"LOCK IN SHARE MODE", true}, {"FOR UPDATE", false}} {
-		t.Run(c.mode, func(t *testing.T) {
-			a := mustCampaign(t, ctx, el, "a")
-			tx, err := e.sqlDB.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadUncommitted})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback()
-			waited := make(chan error, 1)
-			go func() {
-				var token int64
-				err := tx.QueryRowContext(ctx, "SELECT token FROM `"+schema.LeaderTable(e.table)+"` WHERE key_hash = ? "+c.mode, h[:]).Scan(&token)
-				waited <- err
-			}()
-			if err := waitLockWait(e.db, schema.LeaderTable(e.table)); err != nil {
-				t.Fatal(err)
-			}
-			if err := a.Resign(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-waited; !errors.Is(err, sql.ErrNoRows) {
-				t.Fatalf("the wait: %v, want no row", err)
-			}
-			// The observer's transaction is still open.
-			b := campaignAsync(ctx, el, "b")
-			if c.nextBlocked {
-				if err := waitLockWait(e.db, schema.LeaderTable(e.table)); err != nil {
-					t.Fatalf("the next leader's insert did not wait for the shared waiter: %v (this test cannot tell)", err)
-				}
-				_ = tx.Rollback()
-			}
-			var r campaignResult
-			select {
-			case r = <-b:
-			case <-time.After(opTimeout):
-				t.Fatalf("the next leader waited %v while the observer's transaction stayed open", opTimeout)
-			}
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			_ = r.ld.Resign(ctx)
-		})
-	}
 }

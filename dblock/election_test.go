@@ -1,9 +1,9 @@
 package dblock_test
 
 // Elections against the real server: campaign, resign, Leader, Observe,
-// bad input, a cancelled campaign, a campaign outlasting the server's lock
-// wait, a leader whose connection the server kills, and a committed leader
-// row (a defect).
+// bad input, a cancelled campaign, a campaign outlasting several slices of
+// its wait, a leader whose connection the server kills, and a dead
+// leader's row left in the table.
 
 import (
 	"context"
@@ -13,8 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	gomysql "github.com/go-sql-driver/mysql"
 
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/internal/lockkey"
@@ -94,8 +92,9 @@ func TestElectionCampaignResign(t *testing.T) {
 		t.Fatalf("observed %q, want a", got)
 	}
 
+	name := electionLock(t, e, dblock.Resource("election:basic"))
 	b := campaignAsync(ctx, el, "b")
-	waitForLockWaits(t, e.sqlDB, e.table, 1) // b waits for the key
+	waitForNamedLockWaits(t, e.sqlDB, name, 1) // b waits for the named lock
 	select {
 	case r := <-b:
 		t.Fatalf("b won while a leads: %v", r.err)
@@ -111,6 +110,9 @@ func TestElectionCampaignResign(t *testing.T) {
 		t.Fatalf("after Resign: Done closed %v, Err %v; want closed, nil", isClosed(a.Done()), a.Err())
 	}
 	rb := <-b
+	if rb.err == nil && namedLockHolder(t, e.sqlDB, name) == 0 {
+		t.Fatal("b leads but nobody holds the named lock")
+	}
 	if rb.err != nil {
 		t.Fatalf("b's Campaign: %v", rb.err)
 	}
@@ -133,11 +135,14 @@ func TestElectionCampaignResign(t *testing.T) {
 	for v := range obs {
 		t.Fatalf("observed %q after the last leader resigned", v)
 	}
-	assertFree(t, l, dblock.Resource("election:basic"))
+	if id := namedLockHolder(t, e.sqlDB, name); id != 0 {
+		t.Fatalf("connection %d holds the named lock after the last Resign returned", id)
+	}
+	assertFree(t, l, dblock.Resource("election:basic")) // a leadership never locks the key's row
 }
 
 func TestElectionBadInput(t *testing.T) {
-	_, l := setupLocker(t)
+	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	key := dblock.Resource("election:bad")
 	el := l.Election(key)
@@ -154,7 +159,7 @@ func TestElectionBadInput(t *testing.T) {
 				t.Fatal("Campaign succeeded")
 			}
 			mustContain(t, err, c.want)
-			assertFree(t, l, key)
+			assertElectionFree(t, e, key)
 		})
 	}
 	// 1024 characters of 4 bytes each fit the column.
@@ -189,40 +194,46 @@ func TestElectionBadInput(t *testing.T) {
 }
 
 func TestElectionCancelledCampaign(t *testing.T) {
-	e, l, ctx, el := setupElection(t, "election:cancel")
+	e, _, ctx, el := setupElection(t, "election:cancel")
 	key := dblock.Resource("election:cancel")
+	name := electionLock(t, e, key)
 	a := mustCampaign(t, ctx, el, "a")
+	holder := namedLockHolder(t, e.sqlDB, name)
 
 	cctx, cancel := context.WithCancel(ctx)
 	b := campaignAsync(cctx, el, "b")
-	waitForLockWaits(t, e.sqlDB, e.table, 1)
+	waitForNamedLockWaits(t, e.sqlDB, name, 1)
 	cancel()
 	r := <-b
 	if !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("cancelled Campaign: %v, want context.Canceled", r.err)
 	}
-	waitForLockWaits(t, e.sqlDB, e.table, 0) // the wait left the server's queue
+	waitForNamedLockWaits(t, e.sqlDB, name, 0) // the wait left the server
+	if id := namedLockHolder(t, e.sqlDB, name); id != holder {
+		t.Fatalf("the named lock is held by %d after the cancelled campaign, want the leader's %d", id, holder)
+	}
 	if err := a.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// Nothing is left held, and nobody leads.
-	assertFree(t, l, key)
+	assertElectionFree(t, e, key)
 	wantLeader(t, ctx, el, "")
 }
 
 // TestElectionLeaderConnectionKilled: the server ends the leader's
-// session (a crash as the server sees it): the row goes with the
-// transaction, Done is closed, a follower leads.
+// session (a crash as the server sees it): the named lock goes with it, a
+// follower leads, and Done is closed.
 //
 // The leader learns of it at its next keepalive (a third of the lease,
 // here 1 s): its fencing token guards what it does meanwhile.
 func TestElectionLeaderConnectionKilled(t *testing.T) {
 	e, _, ctx, el := setupElection(t, "election:killed", dblock.Defaults(dblock.Lease(3*time.Second)))
+	name := electionLock(t, e, dblock.Resource("election:killed"))
 	a := mustCampaign(t, ctx, el, "a")
 	b := campaignAsync(ctx, el, "b")
-	waitForLockWaits(t, e.sqlDB, e.table, 1)
+	waitForNamedLockWaits(t, e.sqlDB, name, 1)
 
-	id := blockerOf(t, e, e.table)
+	id := namedLockHolder(t, e.sqlDB, name)
 	killed := time.Now()
 	killConnection(t, e.db, id)
 	r := <-b
@@ -249,81 +260,78 @@ func setupElection(t *testing.T, name string, opts ...dblock.Option) (env, *dblo
 	return e, l, ctxT(t), l.Election(dblock.Resource(name))
 }
 
-// blockerOf returns the connection id of the transaction that blocks the
-// one waiting with a statement on table (the shared server runs other
-// tests' transactions: only this test's waiter names its table).
-func blockerOf(t *testing.T, e env, table string) int64 {
-	t.Helper()
-	var id int64
-	waitFor(t, "the waiter's blocker in INNODB_LOCK_WAITS", func() bool {
-		err := e.db.Raw(`SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WAITS w
-			JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id
-			JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id
-			WHERE r.trx_query LIKE ?`, "%"+table+"%").Row().Scan(&id)
-		return err == nil
-	})
-	return id
-}
-
 // rb resigns ld, for a defer.
 func rb(ld *dblock.Leadership) { _ = ld.Resign(context.Background()) }
 
-// TestElectionCommittedRow: a committed leader row (which txlock never
-// writes) is not taken for a leader, and the next campaign removes it.
-func TestElectionCommittedRow(t *testing.T) {
+// TestElectionDeadLeaderRow: the row a leader wrote stays after it ends,
+// and a row whose connection does not hold the named lock (a dead
+// leader's, or one written by hand) is not taken for a leader.
+func TestElectionDeadLeaderRow(t *testing.T) {
 	e, _, ctx, el := setupElection(t, "election:stale")
 	key := dblock.Resource("election:stale")
 	ld := mustCampaign(t, ctx, el, "real")
-	if n := rowsOf(t, e.db, schema.LeaderTable(e.table)); n != 0 {
-		t.Fatalf("a plain read sees %d leader rows: the leader's row must stay uncommitted", n)
+	if n := rowsOf(t, e.db, schema.LeaderTable(e.table)); n != 1 {
+		t.Fatalf("%d committed leader rows, want 1", n)
 	}
 	_ = ld.Resign(ctx)
+	wantLeader(t, ctx, el, "")
 	hash := lockkey.Fields(key).Hash()
-	if err := e.db.Exec("INSERT INTO `" + schema.LeaderTable(e.table) + "` (key_hash, value, token) VALUES (X'" + hex.EncodeToString(hash[:]) + "', 'ghost', 1)").Error; err != nil {
+	// A ghost naming a live connection that does not hold the lock (kept
+	// out of the pool, so that no campaign gets it), with a token far
+	// above the next leader's.
+	other, err := e.sqlDB.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.ExecContext(ctx, "UPDATE `"+schema.LeaderTable(e.table)+"` SET value = 'ghost', token = token + 1000000, conn_id = CONNECTION_ID() WHERE key_hash = X'"+hex.EncodeToString(hash[:])+"'"); err != nil {
 		t.Fatal(err)
 	}
 	wantLeader(t, ctx, el, "")
 	octx, stop := context.WithCancel(ctx)
 	obs := el.Observe(octx)
 
+	// The next leader replaces the row (its session does not hold the
+	// lock), whatever its token.
 	ld2 := mustCampaign(t, ctx, el, "new")
 	wantLeader(t, ctx, el, "new")
 	if got := nextValue(t, obs); got != "new" {
-		t.Fatalf("observed %q, want new (never the committed ghost)", got)
+		t.Fatalf("observed %q, want new (never the ghost)", got)
 	}
+	if _, tok, err := leaderSince(ctx, e.sqlDB, e.table, key); err != nil || tok != ld2.Token() {
+		t.Fatalf("the row's token %d, %v; want the leader's %d", tok, err, ld2.Token())
+	}
+	wantLeader(t, ctx, el, "new")
 	_ = ld2.Resign(ctx)
-	wantLeader(t, ctx, el, "")
-	if n := rowsOf(t, e.db, schema.LeaderTable(e.table)); n != 0 {
-		t.Fatalf("%d rows in the leader table after the last resign, want 0 (the ghost repaired)", n)
+	ld3 := mustCampaign(t, ctx, el, "newer")
+	wantLeader(t, ctx, el, "newer")
+	if got := nextValue(t, obs); got != "newer" {
+		t.Fatalf("observed %q, want newer", got)
 	}
+	_ = ld3.Resign(ctx)
+	wantLeader(t, ctx, el, "")
 	stop()
 	for range obs {
 	}
 }
 
-// TestElectionCampaignOutlastsLockWait: a campaign waits past the server's
-// innodb_lock_wait_timeout (1 s on this pool's sessions): it queues again
-// and leads once the leader resigns.
-func TestElectionCampaignOutlastsLockWait(t *testing.T) {
-	e, l := setupLocker(t)
-	ctx := ctxT(t)
-	short := faultOpen(t, dsnWith(t, func(c *gomysql.Config) {
-		if c.Params == nil {
-			c.Params = map[string]string{}
-		}
-		c.Params["innodb_lock_wait_timeout"] = "1"
-	}))
-	ls := faultLocker(t, short, e.table)
-	key := dblock.Resource("election:outlast")
-	a := mustCampaign(t, ctx, l.Election(key), "a")
-	b := campaignAsync(ctx, ls.Election(key), "b")
-	// Three server waits of 1 s run out while a leads.
-	const waited = 3 * time.Second
+// TestElectionCampaignOutlastsSlices: a campaign waits for the named lock
+// in slices of 2 s: it waits again after each and leads once the leader
+// resigns.
+func TestElectionCampaignOutlastsSlices(t *testing.T) {
+	e, _, ctx, el := setupElection(t, "election:outlast")
+	name := electionLock(t, e, dblock.Resource("election:outlast"))
+	a := mustCampaign(t, ctx, el, "a")
+	b := campaignAsync(ctx, el, "b")
+	waitForNamedLockWaits(t, e.sqlDB, name, 1)
+	// Two slices run out while a leads.
+	const waited = 4500 * time.Millisecond
 	select {
 	case r := <-b:
 		t.Fatalf("b's Campaign returned while a leads: %v", r.err)
 	case <-time.After(waited):
 	}
+	waitForNamedLockWaits(t, e.sqlDB, name, 1) // still waiting
 	if err := a.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -332,14 +340,14 @@ func TestElectionCampaignOutlastsLockWait(t *testing.T) {
 		t.Fatalf("b's Campaign: %v", r.err)
 	}
 	defer rb(r.ld)
-	wantLeader(t, ctx, l.Election(key), "b")
+	wantLeader(t, ctx, el, "b")
 }
 
 // TestElectionOutlivesCampaignContext: Campaign's context bounds the
 // campaign only (as in etcd): cancelling it after the win leaves the
 // leadership in place.
 func TestElectionOutlivesCampaignContext(t *testing.T) {
-	_, l, ctx, el := setupElection(t, "election:ctx")
+	e, _, ctx, el := setupElection(t, "election:ctx")
 	cctx, cancel := context.WithTimeout(ctx, opTimeout)
 	ld, err := el.Campaign(cctx, "a")
 	cancel()
@@ -347,8 +355,8 @@ func TestElectionOutlivesCampaignContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rb(ld)
-	if err := heldByOther(l, dblock.Resource("election:ctx")); err != nil {
-		t.Fatalf("after the campaign's context ended: %v", err)
+	if namedLockHolder(t, e.sqlDB, electionLock(t, e, dblock.Resource("election:ctx"))) == 0 {
+		t.Fatal("the named lock is free after the campaign's context ended")
 	}
 	if isClosed(ld.Done()) {
 		t.Fatalf("Done closed with the campaign's context: %v", ld.Err())
@@ -359,7 +367,7 @@ func TestElectionOutlivesCampaignContext(t *testing.T) {
 // TestElectionLeaderTableMissing: without migration 00002's leader table,
 // Campaign and Leader say so (ErrTableMissing), and nothing stays held.
 func TestElectionLeaderTableMissing(t *testing.T) {
-	e, l, ctx, el := setupElection(t, "election:notable")
+	e, _, ctx, el := setupElection(t, "election:notable")
 	if err := e.db.Exec("DROP TABLE `" + schema.LeaderTable(e.table) + "`").Error; err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +379,7 @@ func TestElectionLeaderTableMissing(t *testing.T) {
 		t.Fatalf("Campaign: %v, want ErrTableMissing", err)
 	}
 	mustContain(t, err, schema.LeaderTable(e.table), "00002")
-	assertFree(t, l, dblock.Resource("election:notable"))
+	assertElectionFree(t, e, dblock.Resource("election:notable"))
 	if _, err := el.Leader(ctx); !errors.Is(err, dblock.ErrTableMissing) {
 		t.Fatalf("Leader: %v, want ErrTableMissing", err)
 	}
@@ -380,7 +388,8 @@ func TestElectionLeaderTableMissing(t *testing.T) {
 // TestElectionDroppedLeadership: a Leadership dropped without Resign is
 // resigned once it is unreachable, as a dropped Lock is rolled back.
 func TestElectionDroppedLeadership(t *testing.T) {
-	_, l, ctx, el := setupElection(t, "election:dropped")
+	e, _, ctx, el := setupElection(t, "election:dropped")
+	name := electionLock(t, e, dblock.Resource("election:dropped"))
 	func() {
 		if _, err := el.Campaign(ctx, "a"); err != nil {
 			t.Fatal(err)
@@ -388,7 +397,7 @@ func TestElectionDroppedLeadership(t *testing.T) {
 	}()
 	waitFor(t, "the dropped leadership to be resigned", func() bool {
 		runtime.GC()
-		return freeForOther(l, dblock.Resource("election:dropped")) == nil
+		return namedLockHolder(t, e.sqlDB, name) == 0
 	})
 	wantLeader(t, ctx, el, "")
 }

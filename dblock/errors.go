@@ -97,8 +97,8 @@ var (
 	// skip the turn.
 	ErrTooSoon = errors.New("dblock: too soon after the key's last run (MinInterval)")
 	// ErrNoLeader means nobody leads the election (Election.Leader): no
-	// campaigner holds its key, or the one that just won has not written
-	// its value yet.
+	// campaigner holds its named lock, or the one that just won has not
+	// written its value yet.
 	ErrNoLeader = errors.New("dblock: the election has no leader")
 )
 

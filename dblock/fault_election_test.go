@@ -85,7 +85,7 @@ func nextLeader(t *testing.T, lines <-chan childLine, children []*child) (int, i
 
 // TestElectionKillLeaderProcess: three processes campaign; the leader is
 // killed with SIGKILL, twice: each time a follower leads within
-// milliseconds (the server rolls the dead leader's transaction back), and
+// milliseconds (the server frees the dead session's named lock), and
 // an observer sees each leader once, in order.
 func TestElectionKillLeaderProcess(t *testing.T) {
 	e, l := setupLocker(t)
@@ -124,7 +124,8 @@ func TestElectionKillLeaderProcess(t *testing.T) {
 
 // TestElectionPartitionedLeader: the leader's connection goes silent (the
 // relay drops everything). Its Done is closed at the lease minus the
-// margin, before the server ends its transaction at the lease: the
+// margin, before the server ends its idle session at the lease (which
+// frees the named lock): the
 // follower that then leads finds the old leader's Done already closed.
 func TestElectionPartitionedLeader(t *testing.T) {
 	e := setup(t)
@@ -146,7 +147,7 @@ func TestElectionPartitionedLeader(t *testing.T) {
 		ld, err := lb.Election(key).Campaign(ctx, "b")
 		bWon <- won{campaignResult{ld, err, time.Now()}, isClosed(a.Done())}
 	}()
-	waitForLockWaits(t, e.sqlDB, e.table, 1)
+	waitForNamedLockWaits(t, e.sqlDB, electionLock(t, e, key), 1)
 	cut := time.Now()
 	p.Blackhole()
 	doneAt, ok := closedWithin(a.Done(), opTimeout)
@@ -181,7 +182,8 @@ func TestElectionPartitionedLeader(t *testing.T) {
 // times its lease (the keepalive pings its connection), and others see
 // it lead all along.
 func TestElectionIdleLease(t *testing.T) {
-	_, l, ctx, el := setupElection(t, "election:idle", dblock.Defaults(dblock.Lease(time.Second)))
+	e, _, ctx, el := setupElection(t, "election:idle", dblock.Defaults(dblock.Lease(time.Second)))
+	name := electionLock(t, e, dblock.Resource("election:idle"))
 	ld := mustCampaign(t, ctx, el, "idle")
 	const idle = 5 * time.Second
 	start := time.Now()
@@ -193,8 +195,8 @@ func TestElectionIdleLease(t *testing.T) {
 	case <-timer.C:
 	}
 	wantLeader(t, ctx, el, "idle")
-	if err := heldByOther(l, dblock.Resource("election:idle")); err != nil {
-		t.Fatal(err)
+	if namedLockHolder(t, e.sqlDB, name) == 0 {
+		t.Fatal("nobody holds the named lock of the idle leadership")
 	}
 	t.Logf("idle for %v (%d leases of 1 s): still leading", idle, int(idle/time.Second))
 }

@@ -11,13 +11,15 @@
 --   runs       how many runs committed
 --
 -- tb_lock_leader: the value of the leader of an election, one row per key.
--- The leader writes it in the transaction that holds the election's key and
--- never commits it: it is read uncommitted by Leader and Observe, and it
--- disappears with the leader's transaction (resign, crash, lost lease).
--- A committed row here is a defect; none is ever written by txlock.
+-- A leadership is a server named lock (GET_LOCK) held by the leader's
+-- connection; once granted, the leader writes this row in autocommit. The
+-- row is the live leader's only while conn_id holds the named lock
+-- (conn_id = IS_USED_LOCK(name)): a resigned or dead leader's row stays
+-- and no longer matches. A row is replaced only by a greater token.
 --   value      what the leader campaigned with
 --   token      the leadership's fencing token (tb_lock_fence.token)
---   since      when the leadership began (server time)
+--   conn_id    CONNECTION_ID() of the session that holds the named lock
+--   since      when the leadership began (server time, UTC)
 --
 -- tb_lock_session: the label of each connection that txlock locks on, one
 -- row per server connection id, written in autocommit when a Locker first
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS `tb_lock_leader` (
   key_hash   BINARY(32)      NOT NULL COMMENT 'tb_lock.key_hash of the election key',
   value      VARCHAR(1024)   NOT NULL DEFAULT '',
   token      BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  since      DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  conn_id    BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'CONNECTION_ID() of the leader session (IS_USED_LOCK)',
+  since      DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6) COMMENT 'UTC',
   PRIMARY KEY (key_hash)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
