@@ -110,8 +110,8 @@ type sessionBook struct {
 	pruned  atomic.Int64       // when the last prune began (Unix ns), or New
 	pauseTo atomic.Int64       // writes pause until then (Unix ns) after a failure
 
-	stop    context.Context // cancelled by Close: ends the writer's statement in flight
-	cancel  context.CancelFunc
+	stop   context.Context // cancelled by Close: ends the writer's statement in flight
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	queue   []labelWrite
