@@ -74,21 +74,22 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 		return nil, fmt.Errorf("%w: campaigning for %s: the connection failed right after the grant: %w", ErrLockLost, e.key, withCause(ctx, err))
 	}
 	// The grant's own steps run until the lease (minus the margin) runs
-	// out, whatever ctx does: a leadership that ctx ended meanwhile is
-	// given up below.
+	// out, whatever ctx does: ctx bounds the wait only, and a campaign
+	// that won returns its leadership (the leader's row names it).
 	gctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), c.deadlineLocked())
 	defer cancel()
 	token, err := e.l.bumpToken(gctx, e.key)
-	if mysqlErrorNumber(err) == erLockWaitTimeout {
-		return nil, fmt.Errorf("dblock: campaigning for %s: the fencing counter is held by a transaction (a Lock of the election's key with Fencing?): use a key of its own for the election: %w", e.key, err)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("dblock: campaigning for %s: %w", e.key, err)
+		why := e.grantErr(gctx, err)
+		if mysqlErrorNumber(err) == erLockWaitTimeout || gctx.Err() != nil {
+			why = fmt.Errorf("%w (is the fencing counter held by a transaction, a Lock of the election's key with Fencing? use a key of its own for the election)", why)
+		}
+		return nil, why
 	}
 	hash := e.key.hash()
 	res, err := e.l.side.ExecContext(gctx, e.q.write, hash[:], value, token, connID, connID)
 	if err != nil {
-		return nil, e.tableError("campaigning for", fmt.Errorf("writing the leader row: %w", withCause(gctx, err)))
+		return nil, e.tableError("campaigning for", e.grantErr(gctx, fmt.Errorf("writing the leader row: %w", err)))
 	}
 	if n, err := res.RowsAffected(); err == nil && n == 0 {
 		// Not written: the session no longer holds the named lock.
@@ -99,13 +100,18 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 	if err := e.confirm(gctx, c); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		// ctx ended as the campaign won: the caller has gone.
-		return nil, fmt.Errorf("dblock: campaigning for %s: %w", e.key, context.Cause(ctx))
-	}
 	s := &leaderSession{conn: conn, keeper: c, name: e.name, token: token, done: make(chan struct{}), released: make(chan struct{}), l: e.l, key: e.key}
 	c.arm(s.lose)
 	return s, nil
+}
+
+// grantErr maps an error of the grant's steps: the lease running out
+// (gctx's deadline) before the leadership began is a loss.
+func (e *Election) grantErr(gctx context.Context, err error) error {
+	if gctx.Err() != nil {
+		return fmt.Errorf("%w: campaigning for %s: the lease ran out before the leadership began: %w", ErrLockLost, e.key, err)
+	}
+	return fmt.Errorf("dblock: campaigning for %s: %w", e.key, err)
 }
 
 // wait waits for the election's named lock on conn, in slices, until it is

@@ -400,7 +400,20 @@ func (c *keeper) exec(ctx context.Context, query string, args ...any) (sql.Resul
 	sent := time.Now()
 	res, err := c.tx.ExecContext(ctx, query, args...)
 	c.answered(sent, err)
-	return res, err
+	return res, c.lossOr(err)
+}
+
+// lossOr returns err, or when the lock was lost while the statement ran
+// (the lease or MaxHold ran out, and the statement was cut off: context
+// canceled), the loss, which is what made it fail.
+func (c *keeper) lossOr(err error) error {
+	if err == nil || errors.Is(err, ErrLockLost) {
+		return err
+	}
+	if r := c.refusedErr(); r != nil {
+		return fmt.Errorf("%w (the statement in flight: %v)", r, err)
+	}
+	return err
 }
 
 // QueryContext runs a query in the transaction.
@@ -437,7 +450,7 @@ func (c *keeper) query(ctx context.Context, query string, guard bool, args ...an
 		c.mu.Unlock()
 	}
 	c.answered(sent, err)
-	return rows, err
+	return rows, c.lossOr(err)
 }
 
 // QueryRowContext runs a query of one row in the transaction. A refused
@@ -468,6 +481,11 @@ func (c *keeper) queryRow(ctx context.Context, query string, guard bool, args ..
 	c.lastRow = time.Now()
 	c.mu.Unlock()
 	c.answered(sent, row.Err())
+	if err := row.Err(); err != nil {
+		if lerr := c.lossOr(err); lerr != err {
+			return errorRow(lerr)
+		}
+	}
 	return row
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"github.com/txlock/txlock/internal/sessions"
 	"github.com/txlock/txlock/schema"
 )
 
@@ -44,7 +45,7 @@ type electionQueries struct {
 	read  string // the live leader's row: conn_id is the named lock's holder
 }
 
-func buildElectionQueries(table, name string) electionQueries {
+func buildElectionQueries(table, name string, mariaDB bool) electionQueries {
 	t := "`" + schema.LeaderTable(table) + "`"
 	// The row is written only while the writer's session holds the named
 	// lock (a leader paused past its lease writes nothing), and replaces a
@@ -58,7 +59,9 @@ func buildElectionQueries(table, name string) electionQueries {
 		write: "INSERT INTO " + t + " (key_hash, value, token, conn_id, since) SELECT ?, ?, ?, ?, UTC_TIMESTAMP(6) FROM DUAL WHERE IS_USED_LOCK('" + name + "') = ?" +
 			" ON DUPLICATE KEY UPDATE value = " + dead + "VALUES(value), value), token = " + dead + "VALUES(token), token)," +
 			" since = " + dead + "VALUES(since), since), conn_id = " + dead + "VALUES(conn_id), conn_id)",
-		read: "SELECT value, token FROM " + t + " WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?)",
+		// A row of a past server run whose connection id the named lock's
+		// holder has now is not its row.
+		read: "SELECT value, token FROM " + t + " WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?) AND since >= " + sessions.ServerStart(mariaDB),
 	}
 }
 
@@ -95,7 +98,7 @@ func (l *Locker) Election(key Key) *Election {
 		return &Election{l: l, key: key, err: errGaleraElection}
 	}
 	name := electionLockName(l.srv.schema, l.cfg.table, key)
-	return &Election{l: l, key: key, name: name, q: buildElectionQueries(l.cfg.table, name)}
+	return &Election{l: l, key: key, name: name, q: buildElectionQueries(l.cfg.table, name, l.srv.mariaDB)}
 }
 
 // check validates the receiver and ctx of an Election method.

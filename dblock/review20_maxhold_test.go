@@ -18,7 +18,8 @@ import (
 )
 
 // review20Loop runs step in a goroutine until step returns false or the
-// returned func is called (which waits for the goroutine to end).
+// returned func is called (which waits for the goroutine to end; it may
+// be called more than once).
 func review20Loop(step func() bool) (stop func()) {
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
@@ -36,7 +37,8 @@ func review20Loop(step func() bool) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(quit); wg.Wait() }
+	var once sync.Once
+	return func() { once.Do(func() { close(quit) }); wg.Wait() }
 }
 
 // review20WaitHeld polls until key is held by someone else than l's
@@ -124,6 +126,7 @@ func TestReview20MaxHoldCommitRace(t *testing.T) {
 		}
 		return true
 	})
+	defer stopBystander() // also on a Fatal below: the goroutine must not outlive the test
 
 	type tally struct{ ok, lost, unknown int }
 	var lockT, doT tally
