@@ -68,9 +68,11 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 	c := newConnKeeper(e.l, conn, lease)
 	c.lastOK = sent
 	// The wait may have been granted late in its slice, and the server
-	// counts the idle lease from its answer: a ping starts the lease from
-	// a send time after the grant.
-	if err := c.ping(ctx); err != nil {
+	// counts the idle lease from its answer: a first statement starts the
+	// lease from a send time after the grant. It unnames a leader row of
+	// a past server run that has this connection's id (ids restart with
+	// the server), which IS_USED_LOCK would now match.
+	if err := e.unnamePast(ctx, c); err != nil {
 		return nil, fmt.Errorf("%w: campaigning for %s: the connection failed right after the grant: %w", ErrLockLost, e.key, withCause(ctx, err))
 	}
 	// The grant's own steps run until the lease (minus the margin) runs
@@ -103,6 +105,23 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 	s := &leaderSession{conn: conn, keeper: c, name: e.name, token: token, done: make(chan struct{}), released: make(chan struct{}), l: e.l, key: e.key}
 	c.arm(s.lose)
 	return s, nil
+}
+
+// unnamePast runs, on the leadership's connection right after the grant,
+// the autocommit update that unnames a leader row carrying the
+// connection's id, and counts its answer for the lease.
+func (e *Election) unnamePast(ctx context.Context, c *keeper) error {
+	conn := c.on.(*sql.Conn)
+	hash := e.key.hash()
+	c.op.Lock()
+	defer c.op.Unlock()
+	sent := time.Now()
+	_, err := conn.ExecContext(ctx, e.q.unname, hash[:])
+	c.answered(sent, err)
+	if err != nil {
+		return e.tableError("unnaming a past leader row of", err)
+	}
+	return nil
 }
 
 // grantErr maps an error of the grant's steps: the lease running out

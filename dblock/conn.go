@@ -407,7 +407,7 @@ func (c *keeper) exec(ctx context.Context, query string, args ...any) (sql.Resul
 // (the lease or MaxHold ran out, and the statement was cut off: context
 // canceled), the loss, which is what made it fail.
 func (c *keeper) lossOr(err error) error {
-	if err == nil || errors.Is(err, ErrLockLost) {
+	if err == nil || errors.Is(err, ErrLockLost) || !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	if r := c.refusedErr(); r != nil {

@@ -41,8 +41,9 @@ type Election struct {
 
 // electionQueries are the statements of one Locker's elections.
 type electionQueries struct {
-	write string // the leader's row, autocommit on the side pool
-	read  string // the live leader's row: conn_id is the named lock's holder
+	write  string // the leader's row, autocommit on the side pool
+	read   string // the live leader's row: conn_id is the named lock's holder
+	unname string // on a new leader's connection: a row of a past run with its id no longer names it
 }
 
 func buildElectionQueries(table, name string, mariaDB bool) electionQueries {
@@ -59,8 +60,10 @@ func buildElectionQueries(table, name string, mariaDB bool) electionQueries {
 		write: "INSERT INTO " + t + " (key_hash, value, token, conn_id, since) SELECT ?, ?, ?, ?, UTC_TIMESTAMP(6) FROM DUAL WHERE IS_USED_LOCK('" + name + "') = ?" +
 			" ON DUPLICATE KEY UPDATE value = " + dead + "VALUES(value), value), token = " + dead + "VALUES(token), token)," +
 			" since = " + dead + "VALUES(since), since), conn_id = " + dead + "VALUES(conn_id), conn_id)",
+		unname: "UPDATE " + t + " SET conn_id = 0 WHERE key_hash = ? AND conn_id = CONNECTION_ID()",
 		// A row of a past server run whose connection id the named lock's
-		// holder has now is not its row.
+		// holder has now is not its row (also unnamed by the new holder as
+		// its first statement).
 		read: "SELECT value, token FROM " + t + " WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?) AND since >= " + sessions.ServerStart(mariaDB),
 	}
 }

@@ -33,7 +33,7 @@ func TestSQLHolderMySQL(t *testing.T) {
 			AddRow("7", 32, false, 0, 1_700_000_005))
 	m.side.mock.ExpectQuery("SELECT ID, USER, COALESCE(HOST, '') FROM information_schema.PROCESSLIST WHERE ID IN (31, 32)").
 		WillReturnRows(sqlmock.NewRows([]string{"ID", "USER", "HOST"}).AddRow(31, "app", "10.0.0.1:5000").AddRow(32, "app", "10.0.0.2:5000"))
-	m.side.mock.ExpectQuery("SELECT conn_id, label FROM `tb_lock_session` WHERE conn_id IN (?, ?) AND seen >= UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime') + 1 SECOND").
+	m.side.mock.ExpectQuery("SELECT conn_id, label FROM `tb_lock_session` WHERE conn_id IN (?, ?) AND seen >= UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime') SECOND - INTERVAL 1 SECOND").
 		WithArgs(31, 32).
 		WillReturnRows(sqlmock.NewRows([]string{"conn_id", "label"}).AddRow(31, "pod-a"))
 	h, err := l.Holder(context.Background(), key)

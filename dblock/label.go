@@ -307,7 +307,7 @@ func (l *Locker) pruneSessions(ctx context.Context) (int64, error) {
 		"CONCAT('''', LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) - CHAR_LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), " +
 		"'''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), ''''))"
 	old := "seen < UTC_TIMESTAMP(6) - INTERVAL " + strconv.Itoa(int(pruneGrace/time.Second)) + " SECOND"
-	ids, err := queryInt64s(ctx, l.side, "SELECT conn_id FROM `"+b.table+"` WHERE "+old+" AND (seen < "+sessions.ServerStart(b.mariaDB)+
+	ids, err := queryInt64s(ctx, l.side, "SELECT conn_id FROM `"+b.table+"` WHERE "+old+" AND (seen < "+sessions.LabelsSince(b.mariaDB)+
 		" OR (conn_id NOT IN (SELECT ID FROM information_schema.PROCESSLIST) AND "+seesAll+")) LIMIT "+strconv.Itoa(pruneBatch))
 	if err != nil || len(ids) == 0 {
 		return 0, err

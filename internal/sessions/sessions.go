@@ -13,26 +13,34 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
-// ServerStart is an expression for the server's start in UTC, the time
-// zone of the seen column: UTC_TIMESTAMP(6) minus the Uptime status (whole
-// seconds, so up to a second short) minus one more second. A row seen
-// after it was written during the server's current run, or in the last
-// second of the previous one if the server restarted within a second (a
-// restart takes longer); a row written in the run's first second is not
-// left out.
+// ServerStart is an expression for the server's start in UTC:
+// UTC_TIMESTAMP(6) minus the Uptime status. Uptime counts whole seconds,
+// so it is up to a second after the real start: a row written before the
+// start is always before it (a row of a past run is never taken for one
+// of this run), and one written in the run's first second may be too.
+// Labels, for which showing one is worth that second of doubt, use
+// LabelsSince.
 func ServerStart(mariaDB bool) string {
 	status := "performance_schema.global_status" // MySQL 8 has no information_schema.GLOBAL_STATUS
 	if mariaDB {
 		status = "information_schema.GLOBAL_STATUS"
 	}
-	return "UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM " + status + " WHERE VARIABLE_NAME = 'Uptime') + 1 SECOND"
+	return "UTC_TIMESTAMP(6) - INTERVAL (SELECT VARIABLE_VALUE FROM " + status + " WHERE VARIABLE_NAME = 'Uptime') SECOND"
+}
+
+// LabelsSince is the bound on a label row's seen: ServerStart a second
+// earlier, so that the labels written in the run's first second count
+// (and a row written in the last second before a restart that took less
+// than a second, which restarts do not, would too).
+func LabelsSince(mariaDB bool) string {
+	return ServerStart(mariaDB) + " - INTERVAL 1 SECOND"
 }
 
 // LabelsSQL selects conn_id and label of the n connections given as
 // parameters, from the rows written during the server's current run.
 func LabelsSQL(sessionTable string, mariaDB bool, n int) string {
 	return "SELECT conn_id, label FROM `" + sessionTable + "` WHERE conn_id IN (" +
-		strings.TrimSuffix(strings.Repeat("?, ", n), ", ") + ") AND seen >= " + ServerStart(mariaDB)
+		strings.TrimSuffix(strings.Repeat("?, ", n), ", ") + ") AND seen >= " + LabelsSince(mariaDB)
 }
 
 // A Queryer runs a query: *sql.DB, *sql.Conn, *sql.Tx.
