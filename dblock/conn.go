@@ -405,12 +405,16 @@ func (c *keeper) exec(ctx context.Context, query string, args ...any) (sql.Resul
 
 // lossOr returns err, or when the lock was lost while the statement ran
 // (the lease or MaxHold ran out, and the statement was cut off: context
-// canceled), the loss, which is what made it fail.
+// canceled, or the connection closed under it), the loss, which is what
+// made it fail.
 func (c *keeper) lossOr(err error) error {
-	if err == nil || errors.Is(err, ErrLockLost) || !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, ErrLockLost) || !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !isConnectionLoss(err) {
 		return err
 	}
 	if r := c.refusedErr(); r != nil {
+		if errors.Is(r, err) {
+			return err // the loss this very statement caused: its own error says it
+		}
 		return fmt.Errorf("%w (the statement in flight: %v)", r, err)
 	}
 	return err

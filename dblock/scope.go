@@ -84,7 +84,7 @@ func (s *txScope) endedErr() error {
 // happen.
 func (s *txScope) lossOr(err error) error {
 	if s.owner != nil {
-		if lerr := s.owner.endedErr(); lerr != nil && !errors.Is(err, ErrLockLost) {
+		if lerr := s.owner.endedErr(); lerr != nil && !errors.Is(err, lerr) {
 			return fmt.Errorf("%w (then: %v)", lerr, err)
 		}
 	}
