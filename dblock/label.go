@@ -101,9 +101,10 @@ const (
 type sessionBook struct {
 	table   string // the session table
 	mariaDB bool
-	upsert  string // "INSERT ... VALUES (" before the connection id
-	update  string // ", label, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE ..."
-	off     atomic.Bool
+	upsert  string             // "INSERT ... VALUES (" before the connection id
+	update  string             // ", label, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE ..."
+	off     atomic.Bool        // no more writes: the table is missing (missing) or the Locker closed
+	missing atomic.Bool        // the session table is missing or read-only: no reads either
 	ids     *lru[int64, int64] // connection id -> when written (Unix ns)
 	owed    *lru[any, int64]   // driver connection -> its id, label not written yet
 	owing   atomic.Bool        // owed may hold entries: the acquisitions' fast path skips it otherwise
@@ -280,7 +281,8 @@ func (l *Locker) flushLabels(ctx context.Context) {
 
 // sessionsOff turns labels off for the Locker's life, with one warning.
 func (l *Locker) sessionsOff(ctx context.Context, err error) {
-	if l.sessions.off.CompareAndSwap(false, true) {
+	l.sessions.off.Store(true)
+	if l.sessions.missing.CompareAndSwap(false, true) {
 		l.log.WarnContext(ctx, "dblock: the session table is missing or read-only, so locks are taken without labels (Holder and `txlock locks` show none): "+
 			"run `txlock migrate up` (or migrations.Up) to create it, then restart", "table", l.sessions.table, "error", err)
 	}
@@ -331,7 +333,7 @@ func (l *Locker) pruneSessions(ctx context.Context) (int64, error) {
 // labels returns the labels of the connections ids (those without a row
 // of the server's current run have none), read from the side pool.
 func (l *Locker) labels(ctx context.Context, ids []int64) (map[int64]string, error) {
-	if l.sessions.off.Load() || len(ids) == 0 {
+	if l.sessions.missing.Load() || len(ids) == 0 {
 		return nil, nil
 	}
 	m, err := sessions.Labels(ctx, l.side, l.sessions.table, l.srv.mariaDB, ids)
