@@ -61,6 +61,15 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 	if _, err := conn.ExecContext(ctx, "SET SESSION wait_timeout = "+strconv.Itoa(leaseSeconds(lease))); err != nil {
 		return nil, fmt.Errorf("dblock: campaigning for %s: setting the lease on the connection: %w", e.key, withCause(ctx, err))
 	}
+	// A leader row of a past server run may carry this connection's id
+	// (ids restart with the server), which IS_USED_LOCK would match once
+	// the connection holds the named lock: unnamed before the wait, so
+	// that it never names this connection (no leader row of this run does:
+	// a connection leads once, then it is discarded).
+	hash := e.key.hash()
+	if _, err := conn.ExecContext(ctx, e.q.unname, hash[:]); err != nil {
+		return nil, e.tableError("campaigning for", fmt.Errorf("unnaming a past leader row of the connection: %w", withCause(ctx, err)))
+	}
 	connID, sent, err := e.wait(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -68,11 +77,9 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 	c := newConnKeeper(e.l, conn, lease)
 	c.lastOK = sent
 	// The wait may have been granted late in its slice, and the server
-	// counts the idle lease from its answer: a first statement starts the
-	// lease from a send time after the grant. It unnames a leader row of
-	// a past server run that has this connection's id (ids restart with
-	// the server), which IS_USED_LOCK would now match.
-	if err := e.unnamePast(ctx, c); err != nil {
+	// counts the idle lease from its answer: a ping starts the lease from
+	// a send time after the grant.
+	if err := c.ping(ctx); err != nil {
 		return nil, fmt.Errorf("%w: campaigning for %s: the connection failed right after the grant: %w", ErrLockLost, e.key, withCause(ctx, err))
 	}
 	// The grant's own steps run until the lease (minus the margin) runs
@@ -88,7 +95,6 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 		}
 		return nil, why
 	}
-	hash := e.key.hash()
 	res, err := e.l.side.ExecContext(gctx, e.q.write, hash[:], value, token, connID, connID)
 	if err != nil {
 		return nil, e.tableError("campaigning for", e.grantErr(gctx, fmt.Errorf("writing the leader row: %w", err)))
@@ -105,23 +111,6 @@ func (e *Election) campaign(ctx context.Context, conn *sql.Conn, lease time.Dura
 	s := &leaderSession{conn: conn, keeper: c, name: e.name, token: token, done: make(chan struct{}), released: make(chan struct{}), l: e.l, key: e.key}
 	c.arm(s.lose)
 	return s, nil
-}
-
-// unnamePast runs, on the leadership's connection right after the grant,
-// the autocommit update that unnames a leader row carrying the
-// connection's id, and counts its answer for the lease.
-func (e *Election) unnamePast(ctx context.Context, c *keeper) error {
-	conn := c.on.(*sql.Conn)
-	hash := e.key.hash()
-	c.op.Lock()
-	defer c.op.Unlock()
-	sent := time.Now()
-	_, err := conn.ExecContext(ctx, e.q.unname, hash[:])
-	c.answered(sent, err)
-	if err != nil {
-		return e.tableError("unnaming a past leader row of", err)
-	}
-	return nil
 }
 
 // grantErr maps an error of the grant's steps: the lease running out

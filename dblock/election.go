@@ -43,7 +43,7 @@ type Election struct {
 type electionQueries struct {
 	write  string // the leader's row, autocommit on the side pool
 	read   string // the live leader's row: conn_id is the named lock's holder
-	unname string // on a new leader's connection: a row of a past run with its id no longer names it
+	unname string // on a campaign's connection before its wait: a row of a past run with its id no longer names it
 }
 
 func buildElectionQueries(table, name string, mariaDB bool) electionQueries {
@@ -62,8 +62,8 @@ func buildElectionQueries(table, name string, mariaDB bool) electionQueries {
 			" since = " + dead + "VALUES(since), since), conn_id = " + dead + "VALUES(conn_id), conn_id)",
 		unname: "UPDATE " + t + " SET conn_id = 0 WHERE key_hash = ? AND conn_id = CONNECTION_ID()",
 		// A row of a past server run whose connection id the named lock's
-		// holder has now is not its row (also unnamed by the new holder as
-		// its first statement).
+		// holder has now is not its row (also unnamed by every campaign
+		// before its wait).
 		read: "SELECT value, token FROM " + t + " WHERE key_hash = ? AND conn_id = IS_USED_LOCK(?) AND since >= " + sessions.ServerStart(mariaDB),
 	}
 }

@@ -43,13 +43,14 @@ func TestSQLElectionStatements(t *testing.T) {
 			// the row from the side pool, the check that the lock is still
 			// the session's.
 			m.mock.ExpectExec("SET SESSION wait_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
+			// A leader row of a past server run with this connection's id
+			// is unnamed before the wait.
+			m.mock.ExpectExec("UPDATE `tb_lock_leader` SET conn_id = 0 WHERE key_hash = ? AND conn_id = CONNECTION_ID()").WithArgs(h[:]).WillReturnResult(sqlmock.NewResult(0, 0))
 			m.mock.ExpectQuery(regexPrefix + `^SELECT ` + reTag + `GET_LOCK\('` + reName + `', 2\), CONNECTION_ID\(\)$`).
 				WillReturnRows(sqlmock.NewRows([]string{"g", "id"}).AddRow(0, 42))
 			m.mock.ExpectQuery(regexPrefix + `^SELECT ` + reTag + `GET_LOCK\('` + reName + `', 2\), CONNECTION_ID\(\)$`).
 				WillReturnRows(sqlmock.NewRows([]string{"g", "id"}).AddRow(1, 42))
-			// The first statement after the grant unnames a leader row of a
-			// past server run with this connection's id.
-			m.mock.ExpectExec("UPDATE `tb_lock_leader` SET conn_id = 0 WHERE key_hash = ? AND conn_id = CONNECTION_ID()").WithArgs(h[:]).WillReturnResult(sqlmock.NewResult(0, 0))
+			m.mock.ExpectExec("DO 1").WillReturnResult(sqlmock.NewResult(0, 0))
 			m.side.mock.ExpectExec(regexPrefix + "INSERT .*INTO `tb_lock_fence` \\(key_hash, token\\) VALUES").WithArgs(h[:]).WillReturnResult(sqlmock.NewResult(7, 1))
 			m.side.mock.ExpectExec(qWrite).WithArgs(h[:], "v", int64(7), int64(42), int64(42)).WillReturnResult(sqlmock.NewResult(0, 1))
 			m.mock.ExpectQuery(qMine).WithArgs(sqlmock.AnyArg()).WillReturnRows(sqlmock.NewRows([]string{"mine"}).AddRow(1))
@@ -90,8 +91,9 @@ func TestSQLElectionLateWrite(t *testing.T) {
 	l := m.locker(t, mockMariaDB.version, mockMariaDB.comment, mockMariaDB.snapshotVar)
 	defer l.Close()
 	m.mock.ExpectExec("SET SESSION wait_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
-	m.mock.ExpectQuery(regexPrefix + `GET_LOCK`).WillReturnRows(sqlmock.NewRows([]string{"g", "id"}).AddRow(1, 42))
 	m.mock.ExpectExec(regexPrefix + "^UPDATE `tb_lock_leader` SET conn_id = 0").WillReturnResult(sqlmock.NewResult(0, 0))
+	m.mock.ExpectQuery(regexPrefix + `GET_LOCK`).WillReturnRows(sqlmock.NewRows([]string{"g", "id"}).AddRow(1, 42))
+	m.mock.ExpectExec("DO 1").WillReturnResult(sqlmock.NewResult(0, 0))
 	m.side.mock.ExpectExec(regexPrefix + "INTO `tb_lock_fence`").WillReturnResult(sqlmock.NewResult(7, 1))
 	m.side.mock.ExpectExec(regexPrefix + "^INSERT INTO `tb_lock_leader`").WillReturnResult(sqlmock.NewResult(0, 0))
 	m.mock.ExpectClose()
