@@ -516,9 +516,12 @@ func TestHoldersListing(t *testing.T) {
 }
 
 // TestHolderConcurrentCalls: Holder calls at the same time through one
-// Locker all name the holder (their reads of MariaDB's lock views, which
-// the server refreshes only after 100 ms without reads, must not keep
-// each other from seeing their probes).
+// Locker name the holder (their reads of MariaDB's lock views, which the
+// server refreshes only after 100 ms without reads, must not keep each
+// other from seeing their probes). Readers outside the test (other tests
+// in other processes) can keep the cache stale: a call may then return
+// ErrHolderUnknown, as documented, but never a wrong holder, and not
+// every call.
 func TestHolderConcurrentCalls(t *testing.T) {
 	_, ctx, _, holder, l := twoLockers(t, "holder", "inspector")
 	key := dblock.Resource("busy")
@@ -538,10 +541,22 @@ func TestHolderConcurrentCalls(t *testing.T) {
 			errs <- err
 		}()
 	}
+	named, unknown := 0, 0
 	for range calls {
-		if err := <-errs; err != nil {
+		switch err := <-errs; {
+		case err == nil:
+			named++
+		case errors.Is(err, dblock.ErrHolderUnknown):
+			// Documented: other clients (other tests, in other processes)
+			// reading the views more often than every 100 ms keep the
+			// server's cache from showing the probes.
+			unknown++
+		default:
 			t.Errorf("concurrent Holder: %v", err)
 		}
 	}
-	t.Logf("%d concurrent Holder calls in %v", calls, time.Since(start).Round(time.Millisecond))
+	t.Logf("%d concurrent Holder calls in %v: %d named the holder, %d ErrHolderUnknown", calls, time.Since(start).Round(time.Millisecond), named, unknown)
+	if named == 0 {
+		t.Errorf("none of %d concurrent Holder calls named the holder: they keep each other from seeing their probes", calls)
+	}
 }
