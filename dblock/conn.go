@@ -266,6 +266,19 @@ func (c *keeper) beforeLocked(ctx context.Context) error {
 	return nil
 }
 
+// readyLocked readies the connection for a statement of the holder
+// (beforeLocked), and guards the transaction first when guard is set (a
+// statement that may end it unseen). The caller holds op.
+func (c *keeper) readyLocked(ctx context.Context, guard bool) error {
+	if err := c.beforeLocked(ctx); err != nil {
+		return err
+	}
+	if guard {
+		return c.guardLocked(ctx, false)
+	}
+	return nil
+}
+
 func (c *keeper) refusedErr() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -353,17 +366,14 @@ func (c *keeper) ExecContext(ctx context.Context, query string, args ...any) (sq
 	case unseen:
 		c.op.Lock()
 		defer c.op.Unlock()
-		if err := c.beforeLocked(ctx); err != nil {
-			return nil, err
-		}
-		if err := c.guardLocked(ctx, false); err != nil {
+		if err := c.readyLocked(ctx, true); err != nil {
 			return nil, err
 		}
 		sent := time.Now()
 		res, err := c.tx.ExecContext(ctx, query, args...)
 		c.answered(sent, err)
 		if err != nil {
-			return res, err
+			return res, c.lossOr(err)
 		}
 		return res, c.stillOpenLocked(ctx)
 	}
@@ -435,13 +445,8 @@ func (c *keeper) QueryContext(ctx context.Context, query string, args ...any) (*
 func (c *keeper) query(ctx context.Context, query string, guard bool, args ...any) (*sql.Rows, error) {
 	c.op.Lock()
 	defer c.op.Unlock()
-	if err := c.beforeLocked(ctx); err != nil {
+	if err := c.readyLocked(ctx, guard); err != nil {
 		return nil, err
-	}
-	if guard {
-		if err := c.guardLocked(ctx, false); err != nil {
-			return nil, err
-		}
 	}
 	sent := time.Now()
 	rows, err := c.tx.QueryContext(ctx, query, args...)
@@ -471,13 +476,8 @@ func (c *keeper) QueryRowContext(ctx context.Context, query string, args ...any)
 func (c *keeper) queryRow(ctx context.Context, query string, guard bool, args ...any) *sql.Row {
 	c.op.Lock()
 	defer c.op.Unlock()
-	if err := c.beforeLocked(ctx); err != nil {
+	if err := c.readyLocked(ctx, guard); err != nil {
 		return errorRow(err)
-	}
-	if guard {
-		if err := c.guardLocked(ctx, false); err != nil {
-			return errorRow(err)
-		}
 	}
 	sent := time.Now()
 	row := c.tx.QueryRowContext(ctx, query, args...)
@@ -503,10 +503,7 @@ func (c *keeper) PrepareContext(ctx context.Context, query string) (*sql.Stmt, e
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
-	if err := c.beforeLocked(ctx); err != nil {
-		return nil, err
-	}
-	if err := c.guardLocked(ctx, false); err != nil {
+	if err := c.readyLocked(ctx, true); err != nil {
 		return nil, err
 	}
 	sent := time.Now()
@@ -526,18 +523,13 @@ func (c *keeper) PrepareContext(ctx context.Context, query string) (*sql.Stmt, e
 func (c *keeper) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
 	c.op.Lock()
 	defer c.op.Unlock()
-	if err := c.beforeLocked(ctx); err != nil {
-		ctx, cancel := context.WithCancelCause(ctx)
-		cancel(err)
-		return c.tx.StmtContext(ctx, stmt) // fails when used, with err as the cause
-	}
 	// The statement runs outside the keeper, which cannot see an error
 	// that ends the transaction: guard it, so that what follows such an
 	// error is rolled back instead of run in autocommit.
-	if err := c.guardLocked(ctx, false); err != nil {
+	if err := c.readyLocked(ctx, true); err != nil {
 		ctx, cancel := context.WithCancelCause(ctx)
 		cancel(err)
-		return c.tx.StmtContext(ctx, stmt)
+		return c.tx.StmtContext(ctx, stmt) // fails when used, with err as the cause
 	}
 	c.mu.Lock()
 	c.untracked = time.Now()
