@@ -66,7 +66,16 @@ func TestReview20HolderCancelledProbeWithdrawn(t *testing.T) {
 		_, err := l.Holder(hctx, key)
 		done <- err
 	}()
-	waitForLockWaits(t, e.sqlDB, e.table, 2) // and the probe behind it (the views read often: the probe is not answered)
+	// The probe is queued behind them: cancel as soon as its statement
+	// shows in PROCESSLIST (live), long before the server's lock views
+	// (a cache) can name the holder to it.
+	waitFor(t, "the Holder probe in PROCESSLIST", func() bool {
+		var n int
+		if err := e.sqlDB.QueryRow("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%txlock-holder%' AND ID <> CONNECTION_ID()").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	})
 	why := errors.New("review20: caller gave up")
 	start := time.Now()
 	cancel(why)
