@@ -299,8 +299,15 @@ func TestBinaryReleaseSparesAConnectionThatMovedOn(t *testing.T) {
 	}
 	out, errOut, code = finish()
 	t.Logf("release --force of a holder that ran a statement (exit %d)\nstdout:\n%sstderr:\n%s", code, out, errOut)
-	if code != 0 || strings.Count(out, "is held by connection "+id) != 2 || !strings.Contains(errOut, "killed connection "+id) {
-		t.Errorf("exit %d: want the holder named twice, then killed", code)
+	// Named twice at least: once before the statement, once after. A loaded
+	// machine can make it more, up to maxNamings (seen once in CI: named
+	// three times, killed at the third): the check right before the KILL
+	// refuses whenever PROCESSLIST shows the connection otherwise than the
+	// read before the naming did, which is the safe side.
+	namings := strings.Count(out, "is held by connection "+id)
+	t.Logf("named %d times", namings)
+	if code != 0 || namings < 2 || namings > maxNamings || !strings.Contains(errOut, "killed connection "+id) {
+		t.Errorf("exit %d, named %d times: want the holder named 2 to %d times, then killed", code, namings, maxNamings)
 	}
 	wantLost(t, again)
 }
