@@ -243,7 +243,7 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 		lk.scope.setRun(l, keys[0], n)
 	}
 	for _, k := range keys {
-		lk.scope.add(l, k)
+		lk.scope.add(l, k, a.lc.shared(k))
 	}
 	lk.fnCtx = scopedCtx{Context: h.ctx, link: scopeLink{s: lk.scope, next: linkFrom(a.ctx)}}
 	if handle {

@@ -40,12 +40,9 @@ func (l *Locker) Do(ctx context.Context, key Key, fn func(ctx context.Context, t
 // do is Do over one or more keys, already validated and in canonical
 // order.
 func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context, tx *gorm.DB) error, opts []LockOption) (err error) {
-	lc, err := l.lockConfig(opts)
+	lc, err := l.callConfig(opts, keys)
 	if err != nil {
 		return err
-	}
-	if lc.minInterval > 0 && len(keys) > 1 {
-		return errMinIntervalMulti
 	}
 	ctx, end := l.tel.startDo(ctx, keys[0], len(keys), lc.noWait)
 	defer func() { end(err) }()
@@ -95,7 +92,8 @@ func (l *Locker) LockTx(ctx context.Context, tx *gorm.DB, key Key, opts ...LockO
 	if _, err := txPool(tx); err != nil {
 		return err
 	}
-	lc, err := l.lockConfig(opts)
+	keys := [1]Key{key}
+	lc, err := l.callConfig(opts, keys[:])
 	if err != nil {
 		return err
 	}
@@ -109,7 +107,6 @@ func (l *Locker) LockTx(ctx context.Context, tx *gorm.DB, key Key, opts ...LockO
 			return fmt.Errorf("%w: LockTx: the transaction runs on another database than the Locker's lock table (%s)", ErrNoTransaction, l.cfg.table)
 		}
 	}
-	keys := [1]Key{key}
 	return l.join(ctx, s, keys[:], lc)
 }
 

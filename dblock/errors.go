@@ -96,6 +96,12 @@ var (
 	// rolled back; a caller's keeps the key until it ends. Match it to
 	// skip the turn.
 	ErrTooSoon = errors.New("dblock: too soon after the key's last run (MinInterval)")
+
+	// ErrUpgrade means an exclusive acquisition of a key that its
+	// transaction holds shared was refused: the transaction keeps the key
+	// shared and is still open. Take the key exclusively from the start.
+	ErrUpgrade = errors.New("dblock: shared lock cannot be upgraded to exclusive")
+
 	// ErrNoLeader means nobody leads the election (Election.Leader): no
 	// campaigner holds its named lock, or the one that just won has not
 	// written its value yet.

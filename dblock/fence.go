@@ -97,7 +97,7 @@ func (l *Locker) readCounters(ctx context.Context, tx stmtRunner, keys []Key, to
 		prefix = l.q.checkFence
 	}
 	var buf [512]byte
-	q := string(appendFenceRead(buf[:0], prefix, keys))
+	q := string(appendFenceRead(buf[:0], prefix, keys, true))
 	rows, err := tx.QueryContext(ctx, q)
 	if err != nil {
 		return 0, l.tokenReadError(keys[0], err, holdsOthers)

@@ -38,7 +38,10 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	a.readConn = !l.sessions.off.Load() && (s.owner == nil && !s.holdsAny() || s.owner != nil && s.owner.l != l)
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	for _, key := range keys {
-		if s.holds(l, key) {
+		if held, shared := s.holds(l, key); held {
+			if shared && !lc.shared(key) {
+				return upgradeError(key)
+			}
 			if s.owner == nil {
 				// A caller's transaction may have ended behind the
 				// context's back: one locking read (granted at once) tells.
@@ -69,6 +72,21 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// (the token read fails if its snapshot predates them), unless the
 	// caller promised it has not; fencing takes the tokens either way.
 	check := len(newKeys) > 0 && !lc.fresh && l.srv.snapshotIsolation
+	if check && lc.anyShared() {
+		// Shared keys are checked without holding their counters (fencing
+		// is refused with them).
+		var shared []Key
+		shared, newKeys = splitShared(lc, newKeys)
+		if len(shared) > 0 {
+			if err := l.checkSharedSnapshot(ctx, tx, shared, s.owner != nil || s.holdsAny()); err != nil {
+				return s.lossOr(err)
+			}
+			for _, k := range shared {
+				s.add(l, k, true)
+			}
+		}
+		check = len(newKeys) > 0
+	}
 	for _, t := range [...]struct {
 		keys  []Key
 		check bool
@@ -85,7 +103,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		}
 	}
 	for _, k := range newKeys {
-		s.add(l, k)
+		s.add(l, k, lc.shared(k))
 	}
 	l.labelConn(a.conn, nil)
 	// A run is judged once per transaction: a key whose run this

@@ -45,14 +45,14 @@ func (l *Locker) lockOne(ctx context.Context, key Key, opts []LockOption, noWait
 	if err := l.check(ctx, key); err != nil {
 		return nil, err
 	}
-	lc, err := l.lockConfig(opts)
+	keys := [1]Key{key}
+	lc, err := l.callConfig(opts, keys[:])
 	if err != nil {
 		return nil, err
 	}
 	if noWait {
 		lc.noWait, lc.wait = true, 0
 	}
-	keys := [1]Key{key}
 	lk, err := l.begin(ctx, keys[:], lc, true)
 	if err != nil {
 		return nil, err

@@ -75,7 +75,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	// locking read would then run in autocommit and hold nothing. MariaDB
 	// says whether the session is still in a transaction.
 	_, own := tx.(ownStmts)
-	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
+	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, shared: a.lc.shared(key), session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
 	var b *waitBound
 	if !r.skip {
 		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {

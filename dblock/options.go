@@ -128,6 +128,9 @@ func Defaults(opts ...LockOption) Option {
 		if err := lc.apply(opts); err != nil {
 			return err
 		}
+		if lc.anyShared() {
+			return errSharedDefaults
+		}
 		c.defaults = append(c.defaults, opts...)
 		return nil
 	}
@@ -162,6 +165,10 @@ type lockConfig struct {
 	noWait   bool
 	attempts int // > 1: Do runs fn again after the server rolled its transaction back
 	fencing  bool
+	// sharedAll: every key of the call is taken shared; sharedKeys: these
+	// keys are (Shared).
+	sharedAll  bool
+	sharedKeys []Key
 	lease    time.Duration // server and client bound on a silent holder
 	fresh    bool          // the caller's transaction has not read before this lock
 

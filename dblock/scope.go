@@ -30,9 +30,10 @@ type txScope struct {
 // caller's transaction, the database it runs on once asked.
 type txState struct {
 	mu     sync.Mutex
-	first  heldKey              // the first key held (most transactions hold one)
-	nheld  int                  // how many keys are held
-	more   map[heldKey]struct{} // the keys after the first
+	first  heldKey          // the first key held (most transactions hold one)
+	shared bool             // the first key is held shared
+	nheld  int              // how many keys are held
+	more   map[heldKey]bool // the keys after the first: true if held shared
 	tokens map[heldKey]int64    // fencing tokens taken in this transaction
 	runs   map[heldKey]int64    // MinInterval runs this transaction recorded: their numbers
 	ident  string               // server and schema of a caller's transaction, once asked
@@ -91,16 +92,17 @@ func (s *txScope) lossOr(err error) error {
 	return err
 }
 
-func (s *txScope) holds(l *Locker, k Key) bool {
+// holds reports whether the transaction holds k, and whether only shared.
+func (s *txScope) holds(l *Locker, k Key) (held, shared bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	hk := heldKey{l.cfg.table, k}
 	if st.nheld > 0 && st.first == hk {
-		return true
+		return true, st.shared
 	}
-	_, ok := st.more[hk]
-	return ok
+	shared, held = st.more[hk]
+	return held, shared
 }
 
 // holdsAny reports whether the transaction holds any key.
@@ -111,25 +113,26 @@ func (s *txScope) holdsAny() bool {
 	return st.nheld > 0
 }
 
-// add records that the transaction holds k.
-func (s *txScope) add(l *Locker, k Key) {
+// add records that the transaction holds k, shared or exclusively. A key
+// is never recorded twice: a held key is not taken again (join).
+func (s *txScope) add(l *Locker, k Key, shared bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	hk := heldKey{l.cfg.table, k}
 	switch {
 	case st.nheld == 0:
-		st.first = hk
+		st.first, st.shared = hk, shared
 	case st.first == hk:
 		return
 	default:
 		if st.more == nil {
-			st.more = make(map[heldKey]struct{}, 2)
+			st.more = make(map[heldKey]bool, 2)
 		}
 		if _, ok := st.more[hk]; ok {
 			return
 		}
-		st.more[hk] = struct{}{}
+		st.more[hk] = shared
 	}
 	st.nheld++
 }

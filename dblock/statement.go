@@ -95,6 +95,7 @@ type lockRead struct {
 	tag     uint64        // marks the statement so that it can be found in the process list; 0: none
 	wait    time.Duration // > 0: the server bounds the wait (MariaDB)
 	skip    bool          // do not wait: SKIP LOCKED
+	shared  bool          // a shared lock (LOCK IN SHARE MODE, FOR SHARE), not FOR UPDATE
 	session bool          // also read the session's idle bounds
 	inTx    bool          // also read whether the session is in a transaction (MariaDB)
 	connID  bool          // also read CONNECTION_ID() (a caller's transaction: label.go)
@@ -102,7 +103,8 @@ type lockRead struct {
 
 // appendLockRead appends the locking read r to buf: the row by id and key
 // hash (a primary-key lookup that cannot match another key's row after ids
-// were reused), FOR UPDATE.
+// were reused), FOR UPDATE or, shared, LOCK IN SHARE MODE (MariaDB) or
+// FOR SHARE (MySQL).
 func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	if l.srv.mariaDB && r.wait > 0 && !r.skip {
 		// max_statement_time takes fractions of a second (innodb_lock_wait_timeout
@@ -141,7 +143,14 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	buf = strconv.AppendInt(buf, r.id, 10)
 	buf = append(buf, " AND key_hash = X'"...)
 	buf = hex.AppendEncode(buf, r.hash[:])
-	buf = append(buf, "' FOR UPDATE"...)
+	switch {
+	case !r.shared:
+		buf = append(buf, "' FOR UPDATE"...)
+	case l.srv.mariaDB:
+		buf = append(buf, "' LOCK IN SHARE MODE"...)
+	default:
+		buf = append(buf, "' FOR SHARE"...)
+	}
 	if r.skip {
 		// Not NOWAIT: MariaDB answers NOWAIT with 1205, which
 		// innodb_rollback_on_timeout turns into a rollback of the whole
@@ -152,9 +161,9 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	return buf
 }
 
-// appendHashList appends the key hashes of keys as hex literals, comma
-// separated, then ")" and the locking clause of the fence read.
-func appendFenceRead(buf []byte, prefix string, keys []Key) []byte {
+// appendFenceRead appends the key hashes of keys as hex literals, comma
+// separated, then ")" and, with lock, the locking clause of the fence read.
+func appendFenceRead(buf []byte, prefix string, keys []Key, lock bool) []byte {
 	buf = append(buf, prefix...)
 	for i, k := range keys {
 		if i > 0 {
@@ -164,6 +173,9 @@ func appendFenceRead(buf []byte, prefix string, keys []Key) []byte {
 		buf = append(buf, "X'"...)
 		buf = hex.AppendEncode(buf, h[:])
 		buf = append(buf, '\'')
+	}
+	if !lock {
+		return append(buf, ')')
 	}
 	return append(buf, ") LOCK IN SHARE MODE"...)
 }

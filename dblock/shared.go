@@ -1,0 +1,153 @@
+package dblock
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// Shared locks: a key's row taken with a shared locking read (LOCK IN
+// SHARE MODE, FOR SHARE) instead of FOR UPDATE. See "Shared locks" in the
+// package documentation and docs/MODES.md.
+
+// Shared takes keys in shared mode: any number of shared holders of a key
+// at once, and none while an exclusive holder (the default mode) has it.
+// Without arguments it applies to every key of the call; with keys, to
+// those keys only (DoMulti), each of which the call must take.
+func Shared(keys ...Key) LockOption {
+	return func(lc *lockConfig) error {
+		if len(keys) == 0 {
+			lc.sharedAll = true
+			return nil
+		}
+		for _, k := range keys {
+			if err := k.Validate(); err != nil {
+				return fmt.Errorf("dblock: Shared: %w", err)
+			}
+		}
+		lc.sharedKeys = append(lc.sharedKeys, keys...)
+		return nil
+	}
+}
+
+// shared reports whether the acquisition takes key in shared mode.
+func (lc *lockConfig) shared(key Key) bool {
+	return lc.sharedAll || slices.Contains(lc.sharedKeys, key)
+}
+
+// anyShared reports whether the acquisition takes some key shared.
+func (lc *lockConfig) anyShared() bool {
+	return lc.sharedAll || len(lc.sharedKeys) > 0
+}
+
+// callConfig returns the configuration of a call that takes keys: the
+// Locker's defaults and opts, checked against each other and the keys.
+func (l *Locker) callConfig(opts []LockOption, keys []Key) (lockConfig, error) {
+	lc, err := l.lockConfig(opts)
+	if err != nil {
+		return lc, err
+	}
+	if lc.minInterval > 0 && len(keys) > 1 {
+		return lc, errMinIntervalMulti
+	}
+	if !lc.anyShared() {
+		return lc, nil
+	}
+	for _, k := range lc.sharedKeys {
+		if !slices.Contains(keys, k) {
+			return lc, fmt.Errorf("dblock: Shared names %s, which this call does not take", k)
+		}
+	}
+	switch {
+	case lc.fencing:
+		return lc, errSharedFencing
+	case lc.minInterval > 0:
+		return lc, errSharedMinInterval
+	case l.touch:
+		return lc, errSharedMultiWriter
+	}
+	return lc, nil
+}
+
+var (
+	errSharedFencing = errors.New("dblock: Shared and Fencing exclude each other: a fencing token orders the holders of a key one after another, " +
+		"and shared holders run side by side; take the key exclusively to fence its side effects")
+	errSharedMinInterval = errors.New("dblock: Shared and MinInterval exclude each other: MinInterval spaces the runs of one job, which runs alone; take the job's key exclusively")
+	errSharedMultiWriter = errors.New("dblock: GaleraMultiWriter: a shared lock cannot be made safe across Galera nodes " +
+		"(a reader's transaction writes nothing, so certification never sets it against a writer on another node); " +
+		"use GaleraSingleWriter, or take the key exclusively")
+	errSharedDefaults = errors.New("dblock: Defaults: Shared is chosen per call, not for every lock of a Locker")
+)
+
+// upgradeError refuses to take key exclusively in a transaction that holds
+// it shared.
+func upgradeError(key Key) error {
+	return fmt.Errorf("%w: %s is held shared by this transaction: taking it exclusively would wait for the other shared holders, "+
+		"and two holders doing so deadlock; take it exclusively from the start", ErrUpgrade, key)
+}
+
+// checkSharedSnapshot is the stale-snapshot check of keys a transaction
+// has just taken shared (see takeTokens for the exclusive one). Each key's
+// counter is bumped in autocommit, then read back in the transaction with
+// a plain, consistent read: a transaction whose snapshot predates the bump
+// (it read before its lock) sees an older value. The exclusive check's
+// locking read would hold the counter's row, which the next shared
+// holder's bump then waits for; a consistent read holds nothing. Unlike
+// the exclusive check, the server does not roll the transaction back.
+func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers bool) error {
+	bumped := make([]int64, len(keys))
+	for i, k := range keys {
+		t, err := l.bumpToken(ctx, k)
+		if err != nil {
+			return fmt.Errorf("dblock: %s: the stale-snapshot check of a shared lock: %w", k, err)
+		}
+		bumped[i] = t
+	}
+	var buf [512]byte
+	q := string(appendFenceRead(buf[:0], l.q.readFence, keys, false))
+	rows, err := tx.QueryContext(ctx, q)
+	if err != nil {
+		return l.tokenReadError(keys[0], err, holdsOthers)
+	}
+	defer rows.Close()
+	seen := 0
+	for rows.Next() {
+		var hash []byte
+		var token int64
+		if err := rows.Scan(&hash, &token); err != nil {
+			noteErr(tx, err)
+			return l.tokenReadError(keys[0], err, holdsOthers)
+		}
+		for i, k := range keys {
+			if h := k.hash(); bytes.Equal(hash, h[:]) {
+				if token < bumped[i] {
+					return fmt.Errorf("%w: %s: the transaction had read before this shared lock, so its reads may predate the last exclusive holder's commit; "+
+						"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, k)
+				}
+				seen++
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		noteErr(tx, err)
+		return l.tokenReadError(keys[0], err, holdsOthers)
+	}
+	if seen != len(keys) {
+		return fmt.Errorf("dblock: the stale-snapshot check of %s: the transaction sees %d of %d counters", keys[0], seen, len(keys))
+	}
+	return nil
+}
+
+// splitShared splits keys into those lc takes shared and the others.
+func splitShared(lc lockConfig, keys []Key) (shared, exclusive []Key) {
+	for _, k := range keys {
+		if lc.shared(k) {
+			shared = append(shared, k)
+		} else {
+			exclusive = append(exclusive, k)
+		}
+	}
+	return shared, exclusive
+}
