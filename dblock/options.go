@@ -169,8 +169,8 @@ type lockConfig struct {
 	// keys are (Shared).
 	sharedAll  bool
 	sharedKeys []Key
-	lease    time.Duration // server and client bound on a silent holder
-	fresh    bool          // the caller's transaction has not read before this lock
+	lease      time.Duration // server and client bound on a silent holder
+	fresh      bool          // the caller's transaction has not read before this lock
 
 	minInterval time.Duration // > 0: the key's runs are at least this far apart (mininterval.go)
 	maxHold     time.Duration // > 0: the lock is taken away this long after its grant (maxhold.go)

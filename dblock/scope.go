@@ -30,13 +30,13 @@ type txScope struct {
 // caller's transaction, the database it runs on once asked.
 type txState struct {
 	mu     sync.Mutex
-	first  heldKey          // the first key held (most transactions hold one)
-	shared bool             // the first key is held shared
-	nheld  int              // how many keys are held
-	more   map[heldKey]bool // the keys after the first: true if held shared
-	tokens map[heldKey]int64    // fencing tokens taken in this transaction
-	runs   map[heldKey]int64    // MinInterval runs this transaction recorded: their numbers
-	ident  string               // server and schema of a caller's transaction, once asked
+	first  heldKey           // the first key held (most transactions hold one)
+	shared bool              // the first key is held shared
+	nheld  int               // how many keys are held
+	more   map[heldKey]bool  // the keys after the first: true if held shared
+	tokens map[heldKey]int64 // fencing tokens taken in this transaction
+	runs   map[heldKey]int64 // MinInterval runs this transaction recorded: their numbers
+	ident  string            // server and schema of a caller's transaction, once asked
 }
 
 func newScope(tx *gorm.DB, owner *hold, pool *sql.DB) *txScope {
