@@ -62,6 +62,7 @@ type acquisition struct {
 	// Locker (its label is then written: label.go); conn is what it read.
 	readConn bool
 	conn     int64
+	slots    []int64 // Permits: the key's permit rows
 }
 
 func (l *Locker) newAcquisition(ctx context.Context, lc lockConfig) *acquisition {
@@ -114,6 +115,11 @@ func (l *Locker) beginAttempts(ctx context.Context, keys []Key, lc lockConfig, h
 	ids, err := l.rowIDs(pctx, keys, idBuf[:0])
 	if err != nil {
 		return nil, a.prepError("finding the key's row", keys[0], err)
+	}
+	if lc.permits > 0 {
+		if a.slots, err = l.permitSlots(pctx, keys[0], lc.permits); err != nil {
+			return nil, a.prepError("finding the key's permits", keys[0], err)
+		}
 	}
 	reconnected := false
 	for attempt := 1; ; attempt++ {
@@ -185,7 +191,12 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	sent := time.Now()
 	var session [3]sql.NullInt64
 	for i, key := range keys {
-		out, err := a.lockKey(ownStmts{h.keeper}, key, ids[i], i == 0, time.Time{}, false)
+		var out lockOutcome
+		if a.lc.permits > 0 {
+			out, err = a.lockPermit(ownStmts{h.keeper}, key, a.slots, i == 0, time.Time{}, false)
+		} else {
+			out, err = a.lockKey(ownStmts{h.keeper}, key, lockTarget{id: ids[i]}, i == 0, time.Time{}, false)
+		}
 		if err != nil {
 			h.abort()
 			if errors.Is(err, errRowGone) {
@@ -243,7 +254,7 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 		lk.scope.setRun(l, keys[0], n)
 	}
 	for _, k := range keys {
-		lk.scope.add(l, k, a.lc.shared(k))
+		lk.scope.add(l.heldKey(k, a.lc), a.lc.shared(k))
 	}
 	lk.fnCtx = scopedCtx{Context: h.ctx, link: scopeLink{s: lk.scope, next: linkFrom(a.ctx)}}
 	if handle {

@@ -102,6 +102,11 @@ var (
 	// shared and is still open. Take the key exclusively from the start.
 	ErrUpgrade = errors.New("dblock: shared lock cannot be upgraded to exclusive")
 
+	// ErrPermits means an acquisition with Permits(n) named a key whose
+	// semaphore has another number of permits: the first user's n is the
+	// key's, and every user must pass the same.
+	ErrPermits = errors.New("dblock: the key's semaphore has another number of permits")
+
 	// ErrNoLeader means nobody leads the election (Election.Leader): no
 	// campaigner holds its named lock, or the one that just won has not
 	// written its value yet.

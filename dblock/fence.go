@@ -163,10 +163,16 @@ func (l *Locker) lostIf(holdsOthers bool, err error) error {
 // nodes may (row locks are node-local): their bumps then conflict, the
 // loser gets 1213 and the bump is sent again, up to fenceAttempts times.
 func (l *Locker) bumpToken(ctx context.Context, key Key) (int64, error) {
-	const step = "taking the fencing token of"
 	h := key.hash()
+	return l.bumpCounter(ctx, "taking the fencing token of", key, h[:])
+}
+
+// bumpCounter bumps and returns the fence-table counter of hash, for key:
+// its fencing token (bumpToken) or the turn of its semaphore's waiters;
+// step names the purpose in errors.
+func (l *Locker) bumpCounter(ctx context.Context, step string, key Key, hash []byte) (int64, error) {
 	for n := 1; ; n++ {
-		res, err := l.side.ExecContext(ctx, l.q.bumpFence, h[:])
+		res, err := l.side.ExecContext(ctx, l.q.bumpFence, hash)
 		if err == nil {
 			token, err := res.LastInsertId()
 			if err != nil || token <= 0 {

@@ -38,8 +38,8 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	a.readConn = !l.sessions.off.Load() && (s.owner == nil && !s.holdsAny() || s.owner != nil && s.owner.l != l)
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	for _, key := range keys {
-		if held, shared := s.holds(l, key); held {
-			if shared && !lc.shared(key) {
+		if held, shared := s.holds(l.heldKey(key, lc)); held {
+			if shared && !lc.shared(key) && lc.permits == 0 {
 				return upgradeError(key)
 			}
 			if s.owner == nil {
@@ -72,7 +72,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// (the token read fails if its snapshot predates them), unless the
 	// caller promised it has not; fencing takes the tokens either way.
 	check := len(newKeys) > 0 && !lc.fresh && l.srv.snapshotIsolation
-	if check && lc.anyShared() {
+	if check && (lc.anyShared() || lc.permits > 0) {
 		// Shared keys are checked without holding their counters (fencing
 		// is refused with them).
 		var shared []Key
@@ -82,7 +82,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 				return s.lossOr(err)
 			}
 			for _, k := range shared {
-				s.add(l, k, true)
+				s.add(l.heldKey(k, lc), true)
 			}
 		}
 		check = len(newKeys) > 0
@@ -103,7 +103,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		}
 	}
 	for _, k := range newKeys {
-		s.add(l, k, lc.shared(k))
+		s.add(l.heldKey(k, lc), lc.shared(k))
 	}
 	l.labelConn(a.conn, nil)
 	// A run is judged once per transaction: a key whose run this
@@ -150,7 +150,16 @@ func (l *Locker) joinKey(a *acquisition, s *txScope, tx stmtRunner, key Key) err
 				return err
 			}
 		}
-		out, err := a.lockKey(tx, key, id, false, leaseEnd, holdsOthers)
+		var out lockOutcome
+		if a.lc.permits > 0 {
+			var slots []int64
+			if slots, err = l.permitSlots(pctx, key, a.lc.permits); err != nil {
+				return a.prepError("finding the key's permits", key, err)
+			}
+			out, err = a.lockPermit(tx, key, slots, false, leaseEnd, holdsOthers)
+		} else {
+			out, err = a.lockKey(tx, key, lockTarget{id: id}, false, leaseEnd, holdsOthers)
+		}
 		if err == nil && a.readConn {
 			a.readConn, a.conn = false, out.conn
 		}

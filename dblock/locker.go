@@ -31,6 +31,8 @@ type Locker struct {
 	cfg     config
 	srv     server
 	cache   *lru[Key, int64]
+	// permitCache maps a semaphore's key to its permit rows (permits.go).
+	permitCache *lru[Key, *semaphore]
 	leased  *lru[any, int] // driver connection -> lease seconds this Locker set on it
 	q       queries
 	// dsnIdent names the server and schema of db's DSN ("" without one).
@@ -118,6 +120,7 @@ func newLocker(name string, db *gorm.DB, opts []Option) (*Locker, error) {
 		cfg:    cfg,
 		srv:    srv,
 		cache:  newLRU[Key, int64](cfg.cacheSize),
+		permitCache: newLRU[Key, *semaphore](permitCacheSize),
 		leased: newLRU[any, int](leasedConnsTracked),
 		q:      buildQueries(cfg.table, srv),
 		touch:  srv.galera && cfg.galera == serverinfo.GaleraMultiWriter,

@@ -20,8 +20,9 @@ import (
 type waitBound struct {
 	d      time.Duration
 	why    string
-	ctx    bool // the context's deadline: the failure also matches DeadlineExceeded
-	server bool // the server's innodb_lock_wait_timeout: the server ends the wait itself
+	ctx     bool // the context's deadline: the failure also matches DeadlineExceeded
+	server  bool // the server's innodb_lock_wait_timeout: the server ends the wait itself
+	recheck bool // permitRecheck: running out is errRecheck, not a failure
 }
 
 // bound returns the wait bound of a locking read sent now: the least of
@@ -59,26 +60,33 @@ func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
 
 // lockOutcome is what a locking read found.
 type lockOutcome struct {
+	id      int64            // the row granted (a permit's, of several)
 	session [3]sql.NullInt64 // the session's idle bounds, when asked for (sessionVars)
 	conn    int64            // CONNECTION_ID(), when asked for (acquisition.readConn)
 }
 
-// lockKey runs the locking read of key (row id) in the transaction on tx:
-// granted (nil), errRowGone when the row is not there, or the failure
-// mapped to the library's errors. holdsOthers says the transaction holds
-// locks already (or is a caller's), which a failure that ends the
-// transaction loses.
-func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
+// lockKey runs the locking read of key's target t (its row, or a permit) in
+// the transaction on tx: granted (nil), errRowGone when the row is not
+// there, errPermitsBusy when t.any found every permit held, errRecheck
+// when a permit's wait reached t.recheck, or the failure mapped to the
+// library's errors. holdsOthers says the transaction holds locks already
+// (or is a caller's), which a failure that ends the transaction loses.
+func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
 	l := a.l
 	// In a caller's transaction, the server may have rolled it back
 	// behind the context's back (a deadlock fn did not report): the
 	// locking read would then run in autocommit and hold nothing. MariaDB
 	// says whether the session is still in a transaction.
 	_, own := tx.(ownStmts)
-	r := lockRead{id: id, hash: key.hash(), skip: a.lc.noWait, shared: a.lc.shared(key), session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
+	r := lockRead{id: t.id, ids: t.ids, permit: t.permit, any: t.any, hash: key.hash(), skip: a.lc.noWait || t.any,
+		shared: !t.permit && a.lc.shared(key), session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
 	var b *waitBound
 	if !r.skip {
-		if b = a.bound(leaseEnd); b != nil && b.d <= time.Millisecond {
+		b = a.bound(leaseEnd)
+		if t.recheck > 0 && (b == nil || t.recheck < b.d) {
+			b = &waitBound{d: t.recheck, why: "the permit's recheck", recheck: true}
+		}
+		if b != nil && b.d <= time.Millisecond {
 			r.skip = true // no time left to wait: only a free row is granted
 		}
 	}
@@ -140,22 +148,33 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, id int64, session bool, le
 	}
 	switch {
 	case err == nil:
-		if l.touch {
-			return out, l.touchRow(a.ctx, tx, key, id, holdsOthers)
+		out.id = got
+		if l.touch && !t.permit {
+			return out, l.touchRow(a.ctx, tx, key, t.id, holdsOthers)
 		}
 		return out, nil
 	case errors.Is(err, sql.ErrNoRows):
 		if !r.skip {
 			return out, errRowGone
 		}
-		exists, xerr := l.rowExists(a.ctx, id, r.hash[:])
+		var exists bool
+		var xerr error
+		if t.permit {
+			exists, xerr = l.permitsExist(a.ctx, t.ids, r.hash[:])
+		} else {
+			exists, xerr = l.rowExists(a.ctx, t.id, r.hash[:])
+		}
 		switch {
 		case xerr != nil:
 			return out, fmt.Errorf("dblock: acquiring %s: telling a held row from a missing one: %w", key, withCause(a.ctx, xerr))
 		case !exists:
 			return out, errRowGone
+		case t.any && !a.lc.noWait:
+			return out, errPermitsBusy
 		case b != nil && !a.lc.noWait:
 			return out, a.notAcquired(key, b, nil)
+		case t.permit:
+			return out, fmt.Errorf("%w: all %d permits of %s are held (NoWait)", ErrNotAcquired, len(t.ids), key)
 		}
 		return out, fmt.Errorf("%w: %s is held (NoWait)", ErrNotAcquired, key)
 	}
@@ -224,6 +243,9 @@ func (a *acquisition) lockError(key Key, b *waitBound, err error, holdsOthers bo
 	}
 	switch mysqlErrorNumber(err) {
 	case erStatementTimeout, erQueryTimeout, erQueryInterrupted, erLockNowait:
+		if b != nil && b.recheck {
+			return errRecheck
+		}
 		if b == nil {
 			b = &waitBound{why: "the server"}
 		}

@@ -45,6 +45,8 @@ func newScope(tx *gorm.DB, owner *hold, pool *sql.DB) *txScope {
 	return s
 }
 
+// heldKey is a key held in a table: the lock table's name for the key's
+// lock, the permit table's for a permit of its semaphore.
 type heldKey struct {
 	table string
 	key   Key
@@ -92,12 +94,11 @@ func (s *txScope) lossOr(err error) error {
 	return err
 }
 
-// holds reports whether the transaction holds k, and whether only shared.
-func (s *txScope) holds(l *Locker, k Key) (held, shared bool) {
+// holds reports whether the transaction holds hk, and whether only shared.
+func (s *txScope) holds(hk heldKey) (held, shared bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	hk := heldKey{l.cfg.table, k}
 	if st.nheld > 0 && st.first == hk {
 		return true, st.shared
 	}
@@ -113,13 +114,12 @@ func (s *txScope) holdsAny() bool {
 	return st.nheld > 0
 }
 
-// add records that the transaction holds k, shared or exclusively. A key
+// add records that the transaction holds hk, shared or exclusively. A key
 // is never recorded twice: a held key is not taken again (join).
-func (s *txScope) add(l *Locker, k Key, shared bool) {
+func (s *txScope) add(hk heldKey, shared bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	hk := heldKey{l.cfg.table, k}
 	switch {
 	case st.nheld == 0:
 		st.first, st.shared = hk, shared

@@ -52,6 +52,9 @@ func (l *Locker) callConfig(opts []LockOption, keys []Key) (lockConfig, error) {
 	if lc.minInterval > 0 && len(keys) > 1 {
 		return lc, errMinIntervalMulti
 	}
+	if lc.permits > 0 {
+		return lc, l.checkPermits(lc, keys)
+	}
 	if !lc.anyShared() {
 		return lc, nil
 	}
@@ -140,10 +143,11 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []
 	return nil
 }
 
-// splitShared splits keys into those lc takes shared and the others.
+// splitShared splits keys into those lc takes shared (or a permit of) and
+// the others.
 func splitShared(lc lockConfig, keys []Key) (shared, exclusive []Key) {
 	for _, k := range keys {
-		if lc.shared(k) {
+		if lc.shared(k) || lc.permits > 0 {
 			shared = append(shared, k)
 		} else {
 			exclusive = append(exclusive, k)

@@ -24,6 +24,9 @@ type queries struct {
 	// snapshot predates the bumps.
 	checkFence string
 	touchFrom  string // Galera multi-writer: write the locked row, before its id
+	// permitName, selectPermits and insertPermit are the permit table's
+	// name and statements (permits.go).
+	permitName, selectPermits, insertPermit string
 	// sessionVars are the session variables that bound an idle
 	// transaction; all are set to the lease (MariaDB uses the read-only
 	// or write one, when set, ahead of idle_transaction_timeout).
@@ -53,7 +56,11 @@ func buildQueries(table string, srv server) queries {
 		// caught here, and no snapshot is created when it has none.
 		checkFence = "SET STATEMENT innodb_snapshot_isolation = ON FOR " + readFence
 	}
+	permitName, selectPermits, insertPermit := permitQueries(schema.PermitTable(table))
 	return queries{
+		permitName:    permitName,
+		selectPermits: selectPermits,
+		insertPermit:  insertPermit,
 		selectRow:   "SELECT id FROM " + t + " WHERE key_hash = ?",
 		insertRow:   insertWait + "INSERT IGNORE INTO " + t + " (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)",
 		rowExists:   "SELECT 1 FROM " + t + " WHERE id = ? AND key_hash = ?",
@@ -91,6 +98,9 @@ func (q queries) leaseStatement(secs int) string {
 // lockRead describes one locking read of a key's row.
 type lockRead struct {
 	id      int64
+	ids     []int64 // permits: the permit rows, any one of them (any) or ids[0]
+	permit  bool    // a permit row, not the key's row
+	any     bool    // take the first free one of ids (SKIP LOCKED, LIMIT 1)
 	hash    [32]byte
 	tag     uint64        // marks the statement so that it can be found in the process list; 0: none
 	wait    time.Duration // > 0: the server bounds the wait (MariaDB)
@@ -138,18 +148,36 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 		buf = append(buf, ", CONNECTION_ID()"...)
 	}
 	buf = append(buf, " FROM "...)
-	buf = append(buf, l.q.table...)
-	buf = append(buf, " WHERE id = "...)
-	buf = strconv.AppendInt(buf, r.id, 10)
+	if !r.permit {
+		buf = append(buf, l.q.table...)
+		buf = append(buf, " WHERE id = "...)
+		buf = strconv.AppendInt(buf, r.id, 10)
+	} else {
+		buf = append(buf, '`')
+		buf = append(buf, l.q.permitName...)
+		buf = append(buf, "` WHERE id IN ("...)
+		for i, id := range r.ids {
+			if i > 0 {
+				buf = append(buf, ", "...)
+			}
+			buf = strconv.AppendInt(buf, id, 10)
+		}
+		buf = append(buf, ')')
+	}
 	buf = append(buf, " AND key_hash = X'"...)
 	buf = hex.AppendEncode(buf, r.hash[:])
+	if r.any {
+		buf = append(buf, "' LIMIT 1"...)
+	} else {
+		buf = append(buf, '\'')
+	}
 	switch {
 	case !r.shared:
-		buf = append(buf, "' FOR UPDATE"...)
+		buf = append(buf, " FOR UPDATE"...)
 	case l.srv.mariaDB:
-		buf = append(buf, "' LOCK IN SHARE MODE"...)
+		buf = append(buf, " LOCK IN SHARE MODE"...)
 	default:
-		buf = append(buf, "' FOR SHARE"...)
+		buf = append(buf, " FOR SHARE"...)
 	}
 	if r.skip {
 		// Not NOWAIT: MariaDB answers NOWAIT with 1205, which

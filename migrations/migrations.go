@@ -332,7 +332,7 @@ func newMigrator(db *sql.DB, cfg *config) (*migrator, error) {
 // in the order the migrations create them: the lock table, its fence
 // table, and the run, leader and session tables.
 func Tables(table string) []string {
-	return []string{table, schema.FenceTable(table), schema.RunTable(table), schema.LeaderTable(table), schema.SessionTable(table)}
+	return []string{table, schema.FenceTable(table), schema.RunTable(table), schema.LeaderTable(table), schema.SessionTable(table), schema.PermitTable(table)}
 }
 
 // withLock runs fn on a connection of db that holds the table's migration

@@ -12,14 +12,16 @@ const DefaultTable = "tb_lock"
 // FenceSuffix is appended to the lock table's name to name its fence table.
 const FenceSuffix = "_fence"
 
-// RunSuffix, LeaderSuffix and SessionSuffix are appended to the lock
-// table's name to name the tables of scheduled runs (dblock.MinInterval),
-// of election leaders (dblock.Election) and of connection labels
-// (dblock.Label).
+// RunSuffix, LeaderSuffix, SessionSuffix and PermitSuffix are appended to
+// the lock table's name to name the tables of scheduled runs
+// (dblock.MinInterval), of election leaders (dblock.Election), of
+// connection labels (dblock.Label) and of semaphore permits
+// (dblock.Permits).
 const (
 	RunSuffix     = "_run"
 	LeaderSuffix  = "_leader"
 	SessionSuffix = "_session"
+	PermitSuffix  = "_permit"
 )
 
 // VersionTableSuffix is appended to the lock table's name to name the table
@@ -80,6 +82,10 @@ func LeaderTable(table string) string { return table + LeaderSuffix }
 // SessionTable returns the name of the session table of the lock table
 // named table.
 func SessionTable(table string) string { return table + SessionSuffix }
+
+// PermitTable returns the name of the permit table (the permits of
+// counting semaphores) of the lock table named table.
+func PermitTable(table string) string { return table + PermitSuffix }
 
 // Lock is one row of the lock table: one lock key. Locks are held by
 // locking this row (SELECT ... FOR UPDATE) in a transaction; the row itself
