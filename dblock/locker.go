@@ -33,8 +33,8 @@ type Locker struct {
 	cache   *lru[Key, int64]
 	// permitCache maps a semaphore's key to its permit rows (permits.go).
 	permitCache *lru[Key, *semaphore]
-	leased  *lru[any, int] // driver connection -> lease seconds this Locker set on it
-	q       queries
+	leased      *lru[any, int] // driver connection -> lease seconds this Locker set on it
+	q           queries
 	// dsnIdent names the server and schema of db's DSN ("" without one).
 	dsnIdent string
 	// readTimeout is the DSN's readTimeout (0 when none or unknown): a
@@ -115,17 +115,17 @@ func newLocker(name string, db *gorm.DB, opts []Option) (*Locker, error) {
 		return nil, fmt.Errorf("dblock: %s: %w", name, err)
 	}
 	l := &Locker{
-		db:     db,
-		sqlDB:  sqlDB,
-		cfg:    cfg,
-		srv:    srv,
-		cache:  newLRU[Key, int64](cfg.cacheSize),
+		db:          db,
+		sqlDB:       sqlDB,
+		cfg:         cfg,
+		srv:         srv,
+		cache:       newLRU[Key, int64](cfg.cacheSize),
 		permitCache: newLRU[Key, *semaphore](permitCacheSize),
-		leased: newLRU[any, int](leasedConnsTracked),
-		q:      buildQueries(cfg.table, srv),
-		touch:  srv.galera && cfg.galera == serverinfo.GaleraMultiWriter,
-		log:    cfg.logger,
-		marker: "txlock:" + hex.EncodeToString(nonce[:]) + "-",
+		leased:      newLRU[any, int](leasedConnsTracked),
+		q:           buildQueries(cfg.table, srv),
+		touch:       srv.galera && cfg.galera == serverinfo.GaleraMultiWriter,
+		log:         cfg.logger,
+		marker:      "txlock:" + hex.EncodeToString(nonce[:]) + "-",
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)

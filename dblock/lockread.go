@@ -18,8 +18,8 @@ import (
 
 // waitBound is the bound on one locking read's wait, and what set it.
 type waitBound struct {
-	d      time.Duration
-	why    string
+	d       time.Duration
+	why     string
 	ctx     bool // the context's deadline: the failure also matches DeadlineExceeded
 	server  bool // the server's innodb_lock_wait_timeout: the server ends the wait itself
 	recheck bool // permitRecheck: running out is errRecheck, not a failure

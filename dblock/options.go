@@ -172,7 +172,7 @@ type lockConfig struct {
 	// keys are (Shared).
 	sharedAll  bool
 	sharedKeys []Key
-	permits    int // > 0: a permit of the key's semaphore (Permits)
+	permits    int           // > 0: a permit of the key's semaphore (Permits)
 	lease      time.Duration // server and client bound on a silent holder
 	fresh      bool          // the caller's transaction has not read before this lock
 
