@@ -97,7 +97,12 @@ func (l *Locker) readCounters(ctx context.Context, tx stmtRunner, keys []Key, to
 		prefix = l.q.checkFence
 	}
 	var buf [512]byte
-	q := string(appendFenceRead(buf[:0], prefix, keys, true))
+	hashes := make([][]byte, len(keys))
+	for i, k := range keys {
+		h := k.hash()
+		hashes[i] = h[:]
+	}
+	q := string(appendFenceRead(buf[:0], prefix, hashes, true))
 	rows, err := tx.QueryContext(ctx, q)
 	if err != nil {
 		return 0, l.tokenReadError(keys[0], err, holdsOthers)

@@ -78,7 +78,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		var shared []Key
 		shared, newKeys = splitShared(lc, newKeys)
 		if len(shared) > 0 {
-			if err := l.checkSharedSnapshot(ctx, tx, shared, s.owner != nil || s.holdsAny()); err != nil {
+			if err := l.checkSharedSnapshot(ctx, tx, shared, s.owner != nil || s.holdsAny(), lc.permits > 0); err != nil {
 				return s.lossOr(err)
 			}
 			for _, k := range shared {

@@ -263,3 +263,32 @@ func TestPermitsHandOff(t *testing.T) {
 		t.Errorf("%d holders at once with %d permits", most.Load(), n)
 	}
 }
+
+// TestPermitsLockTxBesideFencedLock: permits taken in transactions of the
+// caller's (whose stale-snapshot check bumps a counter) do not wait for a
+// holder of the key's lock with a fencing token (which holds the key's
+// counter): the semaphore's check counts on a counter of its own.
+func TestPermitsLockTxBesideFencedLock(t *testing.T) {
+	e, l := setupLocker(t)
+	ctx := ctxT(t)
+	key := dblock.Resource("permits:locktx")
+	fenced, err := l.TryLock(ctx, key, dblock.Fencing())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fenced.Rollback()
+	var txs []*gorm.DB
+	for i := range 2 {
+		tx := e.db.WithContext(ctx).Begin()
+		defer tx.Rollback()
+		if err := l.LockTx(ctx, tx, key, dblock.Permits(2), dblock.NoWait()); err != nil {
+			t.Fatalf("LockTx permit %d beside the fenced lock: %v", i+1, err)
+		}
+		txs = append(txs, tx)
+	}
+	tx := e.db.WithContext(ctx).Begin()
+	defer tx.Rollback()
+	if err := l.LockTx(ctx, tx, key, dblock.Permits(2), dblock.NoWait()); !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Fatalf("a third permit of two = %v, want ErrNotAcquired", err)
+	}
+}

@@ -98,18 +98,29 @@ func upgradeError(key Key) error {
 // (it read before its lock) sees an older value. The exclusive check's
 // locking read would hold the counter's row, which the next shared
 // holder's bump then waits for; a consistent read holds nothing. Unlike
-// the exclusive check, the server does not roll the transaction back.
-func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers bool) error {
+// the exclusive check, the server does not roll the transaction back. A
+// permit's check bumps the counter of its semaphore's queue, not the
+// key's: that one belongs to the key's lock, whose fencing holders hold it.
+func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers, permit bool) error {
+	counter := func(k Key) []byte {
+		if permit {
+			return queueHash(k)
+		}
+		h := k.hash()
+		return h[:]
+	}
 	bumped := make([]int64, len(keys))
+	hashes := make([][]byte, len(keys))
 	for i, k := range keys {
-		t, err := l.bumpToken(ctx, k)
+		hashes[i] = counter(k)
+		t, err := l.bumpCounter(ctx, "the stale-snapshot check of", k, hashes[i])
 		if err != nil {
-			return fmt.Errorf("dblock: %s: the stale-snapshot check of a shared lock: %w", k, err)
+			return err
 		}
 		bumped[i] = t
 	}
 	var buf [512]byte
-	q := string(appendFenceRead(buf[:0], l.q.readFence, keys, false))
+	q := string(appendFenceRead(buf[:0], l.q.readFence, hashes, false))
 	rows, err := tx.QueryContext(ctx, q)
 	if err != nil {
 		return l.tokenReadError(keys[0], err, holdsOthers)
@@ -124,7 +135,7 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []
 			return l.tokenReadError(keys[0], err, holdsOthers)
 		}
 		for i, k := range keys {
-			if h := k.hash(); bytes.Equal(hash, h[:]) {
+			if bytes.Equal(hash, hashes[i]) {
 				if token < bumped[i] {
 					return fmt.Errorf("%w: %s: the transaction had read before this shared lock, so its reads may predate the last exclusive holder's commit; "+
 						"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, k)

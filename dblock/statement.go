@@ -189,17 +189,16 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	return buf
 }
 
-// appendFenceRead appends the key hashes of keys as hex literals, comma
-// separated, then ")" and, with lock, the locking clause of the fence read.
-func appendFenceRead(buf []byte, prefix string, keys []Key, lock bool) []byte {
+// appendFenceRead appends hashes as hex literals, comma separated, then
+// ")" and, with lock, the locking clause of the fence read.
+func appendFenceRead(buf []byte, prefix string, hashes [][]byte, lock bool) []byte {
 	buf = append(buf, prefix...)
-	for i, k := range keys {
+	for i, h := range hashes {
 		if i > 0 {
 			buf = append(buf, ", "...)
 		}
-		h := k.hash()
 		buf = append(buf, "X'"...)
-		buf = hex.AppendEncode(buf, h[:])
+		buf = hex.AppendEncode(buf, h)
 		buf = append(buf, '\'')
 	}
 	if !lock {
