@@ -63,10 +63,12 @@ type acquisition struct {
 	readConn bool
 	conn     int64
 	slots    []int64 // Permits: the key's permit rows
+	hier     bool    // the hierarchy setting the acquisition assumes (hierarchy.go)
+	plan     []node  // under the hierarchy: the rows to lock, in order
 }
 
 func (l *Locker) newAcquisition(ctx context.Context, lc lockConfig) *acquisition {
-	a := &acquisition{l: l, ctx: ctx, lc: lc}
+	a := &acquisition{l: l, ctx: ctx, lc: lc, hier: l.hier.Load()}
 	if lc.wait > 0 {
 		a.waitUntil = time.Now().Add(lc.wait)
 	}
@@ -122,7 +124,13 @@ func (l *Locker) beginAttempts(ctx context.Context, keys []Key, lc lockConfig, h
 		}
 	}
 	reconnected := false
+	switches := 0 // attempts started over because the hierarchy setting changed
 	for attempt := 1; ; attempt++ {
+		if a.plan = nil; a.hier {
+			if a.plan, err = l.plan(pctx, keys, func(Key) bool { return false }); err != nil {
+				return nil, a.prepError("finding the rows of the keys containing it", keys[0], err)
+			}
+		}
 		lk, gone, err := a.open(pctx, keys, ids)
 		if err == nil {
 			if err := a.granted(lk, keys, handle); err != nil {
@@ -131,6 +139,24 @@ func (l *Locker) beginAttempts(ctx context.Context, keys []Key, lc lockConfig, h
 			return lk, nil
 		}
 		switch {
+		case errors.Is(err, errHierarchyChanged) && switches < hierarchyAttempts:
+			// A switch of the table's setting: start over under the one
+			// the table has now, once the switch has had time to finish.
+			switches++
+			a.hier = l.hier.Load()
+			if serr := sleepCtx(pctx, time.Duration(min(switches, 10))*10*time.Millisecond); serr != nil {
+				return nil, a.prepError("waiting for a switch of the hierarchy setting", keys[0], fmt.Errorf("%w: %s: %w", ErrHierarchyChanged, keys[0], serr))
+			}
+		case errors.Is(err, errHierarchyChanged):
+			return nil, fmt.Errorf("%w: %s: the setting changed under %d attempts: is a switch stuck?", ErrHierarchyChanged, keys[0], switches)
+		case gone == len(keys) && attempt < rowAttempts:
+			// A row of the plan was collected: find them all again.
+			for _, n := range a.plan {
+				l.cache.forget(n.key, n.id)
+			}
+			if ids, err = l.rowIDs(pctx, keys, idBuf[:0]); err != nil {
+				return nil, a.prepError("finding the key's row", keys[0], err)
+			}
 		case gone >= 0 && attempt < rowAttempts:
 			// The row was collected. Create it again outside the
 			// transaction (rolled back by now), whose locking read of the
@@ -190,7 +216,21 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 
 	sent := time.Now()
 	var session [3]sql.NullInt64
+	if a.plan != nil {
+		out, err := a.lockPlan(ownStmts{h.keeper}, a.plan, true, time.Time{}, false)
+		if err != nil {
+			h.abort()
+			if errors.Is(err, errRowGone) {
+				return nil, len(keys), err
+			}
+			return nil, -1, err
+		}
+		session = out.session
+	}
 	for i, key := range keys {
+		if a.plan != nil {
+			break
+		}
 		var out lockOutcome
 		if a.lc.permits > 0 {
 			out, err = a.lockPermit(ownStmts{h.keeper}, key, a.slots, i == 0, time.Time{}, false)
@@ -255,6 +295,11 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 	}
 	for _, k := range keys {
 		lk.scope.add(l.heldKey(k, a.lc), a.lc.shared(k))
+	}
+	for _, n := range a.plan {
+		if n.container {
+			lk.scope.add(heldKey{l.cfg.table, n.key}, true)
+		}
 	}
 	lk.fnCtx = scopedCtx{Context: h.ctx, link: scopeLink{s: lk.scope, next: linkFrom(a.ctx)}}
 	if handle {

@@ -60,8 +60,9 @@ var (
 	// column.
 	ErrInvalidKey = errors.New("dblock: invalid key")
 
-	// ErrTableMissing means the lock table does not exist: run the
-	// migrations (migrations.Up, or `txlock migrate up`).
+	// ErrTableMissing means the lock table, or a table or column this
+	// version of the library needs, does not exist: run the migrations
+	// (migrations.Up, or `txlock migrate up`).
 	ErrTableMissing = errors.New("dblock: lock table missing, run the migrations (migrations.Up or `txlock migrate up`)")
 
 	// ErrStaleSnapshot means a transaction had read before it took a lock,
@@ -107,6 +108,12 @@ var (
 	// key's, and every user must pass the same.
 	ErrPermits = errors.New("dblock: the key's semaphore has another number of permits")
 
+	// ErrHierarchyChanged means the lock table's hierarchy setting was
+	// switched (txlock hierarchy) while the acquisition took its keys in a
+	// transaction of the caller's: roll it back and try again. Acquisitions
+	// in transactions the Locker opens start over by themselves.
+	ErrHierarchyChanged = errors.New("dblock: the lock table's hierarchy setting changed")
+
 	// ErrNoLeader means nobody leads the election (Election.Leader): no
 	// campaigner holds its named lock, or the one that just won has not
 	// written its value yet.
@@ -118,6 +125,7 @@ const (
 	erLockWaitTimeout     = 1205 // innodb_lock_wait_timeout
 	erLockDeadlock        = 1213
 	erNoSuchTable         = 1146
+	erBadField            = 1054 // unknown column: a table from before a migration
 	erCheckRead           = 1020 // "Record has changed since last read" (snapshot isolation): rolls the transaction back
 	erStatementTimeout    = 1969 // MariaDB max_statement_time
 	erQueryTimeout        = 3024 // MySQL max_execution_time

@@ -37,6 +37,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// lock, or any in a transaction another Locker (another table) opened.
 	a.readConn = !l.sessions.off.Load() && (s.owner == nil && !s.holdsAny() || s.owner != nil && s.owner.l != l)
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
+	var want []Key              // under the hierarchy: keys to take with their containers
 	for _, key := range keys {
 		if held, shared := s.holds(l.heldKey(key, lc)); held {
 			if shared && !lc.shared(key) && lc.permits == 0 {
@@ -46,7 +47,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 				// A caller's transaction may have ended behind the
 				// context's back: one locking read (granted at once) tells.
 				if err := l.joinKey(a, s, tx, key); err != nil {
-					return err
+					return hierarchyOr(key, err)
 				}
 			}
 			if _, ok := s.token(l.cfg.table, key); lc.fencing && !ok {
@@ -54,13 +55,26 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			}
 			continue
 		}
+		if a.hier {
+			want = append(want, key) // taken below, with the keys containing them
+			continue
+		}
 		done := l.tel.startAcquire(ctx, key, lc.noWait)
-		err := l.joinKey(a, s, tx, key)
+		err := hierarchyOr(key, l.joinKey(a, s, tx, key))
 		done(err)
 		if err != nil {
 			return err
 		}
 		newKeys = append(newKeys, key)
+	}
+	if len(want) > 0 {
+		done := l.tel.startAcquire(ctx, want[0], lc.noWait)
+		err := hierarchyOr(want[0], l.joinHierarchy(a, s, tx, want))
+		done(err)
+		if err != nil {
+			return err
+		}
+		newKeys = append(newKeys, want...)
 	}
 	// MaxHold bounds the statements below too.
 	if lc.maxHold > 0 {

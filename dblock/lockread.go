@@ -78,8 +78,8 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 	// locking read would then run in autocommit and hold nothing. MariaDB
 	// says whether the session is still in a transaction.
 	_, own := tx.(ownStmts)
-	r := lockRead{id: t.id, ids: t.ids, permit: t.permit, any: t.any, hash: key.hash(), skip: a.lc.noWait || t.any,
-		shared: !t.permit && a.lc.shared(key), session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
+	r := lockRead{id: t.id, ids: t.ids, permit: t.permit, any: t.any, group: t.group, hash: key.hash(), skip: a.lc.noWait || t.any,
+		shared: t.group != nil || !t.permit && a.lc.shared(key), session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
 	var b *waitBound
 	if !r.skip {
 		b = a.bound(leaseEnd)
@@ -114,9 +114,13 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 
 	var out lockOutcome
 	var got, inTx int64
+	var flag, flagMax sql.NullInt64 // the rows' hierarchy setting (least and greatest of a group)
 	var err error
-	dest := make([]any, 1, 6)
-	dest[0] = &got
+	dest := make([]any, 2, 8)
+	dest[0], dest[1] = &got, &flag
+	if t.group != nil {
+		dest = append(dest, &flagMax)
+	}
 	if session {
 		for i := range l.q.sessionVars {
 			dest = append(dest, &out.session[i])
@@ -146,9 +150,21 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		return out, fmt.Errorf("%w: acquiring %s: the transaction had already ended on the server (rolled back: a deadlock or a timeout its statement reported?), so statements now run in autocommit and the lock would be released at once: roll it back and start again",
 			ErrNoTransaction, key)
 	}
+	if err == nil && t.group != nil && int(got) < len(t.group) {
+		// A row of the group was not locked: skipped (held), or gone.
+		err = sql.ErrNoRows
+	}
 	switch {
 	case err == nil:
 		out.id = got
+		if t.group != nil && flag != flagMax {
+			// Rows of both settings: a switch in progress.
+			a.l.refreshHierarchy(a.ctx)
+			return out, errHierarchyChanged
+		}
+		if err := a.checkHierarchy(flag.Int64); err != nil {
+			return out, err
+		}
 		if l.touch && !t.permit {
 			return out, l.touchRow(a.ctx, tx, key, t.id, holdsOthers)
 		}
@@ -159,9 +175,12 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		}
 		var exists bool
 		var xerr error
-		if t.permit {
+		switch {
+		case t.permit:
 			exists, xerr = l.permitsExist(a.ctx, t.ids, r.hash[:])
-		} else {
+		case t.group != nil:
+			exists, xerr = l.groupExists(a.ctx, t.group)
+		default:
 			exists, xerr = l.rowExists(a.ctx, t.id, r.hash[:])
 		}
 		switch {
@@ -262,6 +281,8 @@ func (a *acquisition) lockError(key Key, b *waitBound, err error, holdsOthers bo
 	case erNoSuchTable:
 		l.cache.clear()
 		return fmt.Errorf("%w: %w", ErrTableMissing, err)
+	case erBadField:
+		return fmt.Errorf("%w: %s predates a migration this txlock needs: %w", ErrTableMissing, l.cfg.table, err)
 	case erOptionPreventsStmt:
 		return l.lostIf(holdsOthers, fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err))
 	}

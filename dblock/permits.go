@@ -83,15 +83,17 @@ type semaphore struct {
 	slots []int64
 }
 
-// lockTarget is what a locking read locks: the key's row (id), or a
-// permit of the key's semaphore (ids): any free one without waiting (any),
-// or the one permit ids[0], waiting at most recheck.
+// lockTarget is what a locking read locks: the key's row (id), a permit
+// of the key's semaphore (ids): any free one without waiting (any), or the
+// one permit ids[0], waiting at most recheck; or, under the hierarchy, a
+// group of containing keys' rows.
 type lockTarget struct {
 	id      int64
 	ids     []int64
 	permit  bool
 	any     bool
 	recheck time.Duration
+	group   []node // the hierarchy: these containers, all of them, shared
 }
 
 // permitSlots returns the ids of key's n permit rows, creating them in

@@ -101,6 +101,7 @@ type lockRead struct {
 	ids     []int64 // permits: the permit rows, any one of them (any) or ids[0]
 	permit  bool    // a permit row, not the key's row
 	any     bool    // take the first free one of ids (SKIP LOCKED, LIMIT 1)
+	group   []node  // the hierarchy: these rows, all of them, shared (count them)
 	hash    [32]byte
 	tag     uint64        // marks the statement so that it can be found in the process list; 0: none
 	wait    time.Duration // > 0: the server bounds the wait (MariaDB)
@@ -114,7 +115,8 @@ type lockRead struct {
 // appendLockRead appends the locking read r to buf: the row by id and key
 // hash (a primary-key lookup that cannot match another key's row after ids
 // were reused), FOR UPDATE or, shared, LOCK IN SHARE MODE (MariaDB) or
-// FOR SHARE (MySQL).
+// FOR SHARE (MySQL). It reads the row's id and its hierarchy setting; a
+// group read counts its rows and reads the least and greatest setting.
 func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	if l.srv.mariaDB && r.wait > 0 && !r.skip {
 		// max_statement_time takes fractions of a second (innodb_lock_wait_timeout
@@ -134,7 +136,11 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 		buf = strconv.AppendUint(buf, r.tag, 10)
 		buf = append(buf, "*/ "...)
 	}
-	buf = append(buf, "id"...)
+	if r.group != nil {
+		buf = append(buf, "COUNT(*), MIN(hierarchy), MAX(hierarchy)"...)
+	} else {
+		buf = append(buf, "id, hierarchy"...)
+	}
 	if r.session {
 		for _, v := range l.q.sessionVars {
 			buf = append(buf, ", @@session."...)
@@ -148,14 +154,39 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 		buf = append(buf, ", CONNECTION_ID()"...)
 	}
 	buf = append(buf, " FROM "...)
-	if !r.permit {
+	switch {
+	case r.group != nil:
+		// By primary key, whatever the optimizer thinks of key_hash's
+		// unique index: the rows are locked in id order, the one order
+		// every acquisition follows (hierarchy.go), and no other index
+		// record or gap is locked.
+		buf = append(buf, l.q.table...)
+		buf = append(buf, " FORCE INDEX (PRIMARY) WHERE id IN ("...)
+		for i, n := range r.group {
+			if i > 0 {
+				buf = append(buf, ", "...)
+			}
+			buf = strconv.AppendInt(buf, n.id, 10)
+		}
+		buf = append(buf, ") AND key_hash IN ("...)
+		for i, n := range r.group {
+			if i > 0 {
+				buf = append(buf, ", "...)
+			}
+			h := n.key.hash()
+			buf = append(buf, "X'"...)
+			buf = hex.AppendEncode(buf, h[:])
+			buf = append(buf, '\'')
+		}
+		buf = append(buf, ')')
+	case !r.permit:
 		buf = append(buf, l.q.table...)
 		buf = append(buf, " WHERE id = "...)
 		buf = strconv.AppendInt(buf, r.id, 10)
-	} else {
+	default:
 		buf = append(buf, '`')
 		buf = append(buf, l.q.permitName...)
-		buf = append(buf, "` WHERE id IN ("...)
+		buf = append(buf, "` FORCE INDEX (PRIMARY) WHERE id IN ("...)
 		for i, id := range r.ids {
 			if i > 0 {
 				buf = append(buf, ", "...)
@@ -164,12 +195,13 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 		}
 		buf = append(buf, ')')
 	}
-	buf = append(buf, " AND key_hash = X'"...)
-	buf = hex.AppendEncode(buf, r.hash[:])
-	if r.any {
-		buf = append(buf, "' LIMIT 1"...)
-	} else {
+	if r.group == nil {
+		buf = append(buf, " AND key_hash = X'"...)
+		buf = hex.AppendEncode(buf, r.hash[:])
 		buf = append(buf, '\'')
+	}
+	if r.any {
+		buf = append(buf, " LIMIT 1"...)
 	}
 	switch {
 	case !r.shared:

@@ -14,6 +14,7 @@
 --   key_hash   tb_lock.key_hash of the key
 --   slot       the permit's number, 0 to permits-1
 --   permits    the key's n (slot 0's is the key's)
+--   hierarchy  the lock table's hierarchy setting, as on tb_lock (00004)
 
 -- +goose Up
 CREATE TABLE IF NOT EXISTS `tb_lock_permit` (
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS `tb_lock_permit` (
   key_hash   BINARY(32)      NOT NULL COMMENT 'tb_lock.key_hash of the key',
   slot       INT UNSIGNED    NOT NULL COMMENT 'the permit, 0 to permits-1',
   permits    INT UNSIGNED    NOT NULL COMMENT 'the key''s number of permits (slot 0 decides)',
+  hierarchy  TINYINT(1)      NOT NULL DEFAULT 0 COMMENT 'the lock table''s hierarchy setting (see 00004)',
   PRIMARY KEY (id),
   UNIQUE KEY `uk_key_slot` (key_hash, slot)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
