@@ -42,8 +42,8 @@ type Locker struct {
 	readTimeout time.Duration
 	log         *slog.Logger
 	tel         *telemetry
-	marker      string // "txlock:<random>-" prefix that tags this Locker's waiting statements
-	touch       bool   // Galera multi-writer: write the lock row after the locking read
+	marker      string      // "txlock:<random>-" prefix that tags this Locker's waiting statements
+	touch       bool        // Galera multi-writer: write the lock row after the locking read
 	hier        atomic.Bool // the lock table's hierarchy setting, as last read (hierarchy.go)
 	seq         atomic.Uint64
 	closed      atomic.Bool
