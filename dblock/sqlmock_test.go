@@ -243,30 +243,32 @@ func ownRow(id int64) *sqlmock.Rows { return ownRowSession(id, 60) }
 
 // ownRowSession is ownRow with the session's idle bounds secs.
 func ownRowSession(id, secs int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"id", "itt", "irtt", "iwtt"}).AddRow(id, secs, secs, secs)
+	return sqlmock.NewRows([]string{"id", "hierarchy", "itt", "irtt", "iwtt"}).AddRow(id, 0, secs, secs, secs)
 }
 
 // ownRowMySQL is ownRow on MySQL: the row id and wait_timeout.
 func ownRowMySQL(id, secs int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"id", "wait_timeout"}).AddRow(id, secs)
+	return sqlmock.NewRows([]string{"id", "hierarchy", "wait_timeout"}).AddRow(id, 0, secs)
 }
 
 // callerRow answers a locking read in a caller's transaction on MariaDB:
 // the row id and @@in_transaction (1: the transaction is still open).
 func callerRow(id int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"id", "@@in_transaction"}).AddRow(id, 1)
+	return sqlmock.NewRows([]string{"id", "hierarchy", "@@in_transaction"}).AddRow(id, 0, 1)
 }
 
 // firstCallerRow answers the first locking read in a caller's transaction
 // on MariaDB: callerRow and CONNECTION_ID(), whose label the Locker then
 // writes from the side pool if the connection is new to it.
 func firstCallerRow(id, conn int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"id", "@@in_transaction", "CONNECTION_ID()"}).AddRow(id, 1, conn)
+	return sqlmock.NewRows([]string{"id", "hierarchy", "@@in_transaction", "CONNECTION_ID()"}).AddRow(id, 0, 1, conn)
 }
 
 // lockRow answers a locking read in a transaction already holding locks,
-// or a caller's: the row id.
-func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).AddRow(id) }
+// or a caller's: the row id and its hierarchy setting (off).
+func lockRow(id int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"id", "hierarchy"}).AddRow(id, 0)
+}
 
 // lockStmt returns a pattern matching the locking read of row id, after
 // prefix and before suffix (both literal): by id and key hash, with the
@@ -275,7 +277,7 @@ func lockRow(id int64) *sqlmock.Rows { return sqlmock.NewRows([]string{"id"}).Ad
 // that is given up is found in the process list and interrupted; the
 // pattern allows it.
 func lockStmt(prefix string, id int64, suffix string) string {
-	return fmt.Sprintf("%s^%sSELECT (?:%s)?id(?:, @@session\\.\\w+)*(?:, @@in_transaction)?(?:, CONNECTION_ID\\(\\))? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
+	return fmt.Sprintf("%s^%sSELECT (?:%s)?id, hierarchy(?:, @@session\\.\\w+)*(?:, @@in_transaction)?(?:, CONNECTION_ID\\(\\))? FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE%s$",
 		regexPrefix, regexp.QuoteMeta(prefix), reTag, id, reHash, regexp.QuoteMeta(suffix))
 }
 
@@ -283,7 +285,7 @@ func lockStmt(prefix string, id int64, suffix string) string {
 // transaction the Locker opened that holds locks already: its wait is
 // bounded by what remains of their lease.
 func nestedStmt(id int64) string {
-	return fmt.Sprintf("%s^SET STATEMENT max_statement_time=[0-9.]+, innodb_lock_wait_timeout=[0-9]+ FOR SELECT %sid FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE$",
+	return fmt.Sprintf("%s^SET STATEMENT max_statement_time=[0-9.]+, innodb_lock_wait_timeout=[0-9]+ FOR SELECT %sid, hierarchy FROM `tb_lock` WHERE id = %d AND key_hash = %s FOR UPDATE$",
 		regexPrefix, reTag, id, reHash)
 }
 
@@ -512,14 +514,14 @@ func TestSQLWaitStatements(t *testing.T) {
 		{"default", false, nil, lockStmt("", 7, "")},
 		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
 		{"WaitTimeout(300ms)", false, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"WaitTimeout(1.5s)", false, []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
 		{"context deadline", true, nil,
-			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"context deadline under WaitTimeout(300ms)", true, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
-			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
+			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -544,7 +546,7 @@ func TestSQLWaitStatements(t *testing.T) {
 		// SKIP LOCKED finds nothing; a look outside the transaction tells
 		// a held row from a missing one.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "itt", "irtt", "iwtt"}))
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "hierarchy", "itt", "irtt", "iwtt"}))
 		h := lockkey.Fields(key).Hash()
 		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
 		m.mock.ExpectRollback()
@@ -719,7 +721,7 @@ func (patternArg) Match(v driver.Value) bool {
 func TestSQLMySQLDialect(t *testing.T) {
 	t.Run("NoWait", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "itt", "irtt", "iwtt"}))
+		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "hierarchy", "itt", "irtt", "iwtt"}))
 		h := lockkey.Fields(key).Hash()
 		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
 		m.mock.ExpectRollback()
@@ -731,7 +733,7 @@ func TestSQLMySQLDialect(t *testing.T) {
 	})
 	t.Run("WaitTimeout granted, lease set", func(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
-		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, hierarchy, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
 			WillReturnRows(ownRowMySQL(7, 28800))
 		m.mock.ExpectExec("SET SESSION wait_timeout = 60").WillReturnResult(sqlmock.NewResult(0, 0))
 		m.mock.ExpectCommit()
@@ -744,7 +746,7 @@ func TestSQLMySQLDialect(t *testing.T) {
 		m, l, key := firstAcquire(t, mockMySQL)
 		// The server would interrupt the waiting statement when KILL QUERY
 		// arrives; the mock answers 1317 after a delay longer than the wait.
-		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
+		m.mock.ExpectQuery(regexPrefix + "^SELECT " + reTag + "id, hierarchy, @@session\\.wait_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$").
 			WillDelayFor(700 * time.Millisecond).
 			WillReturnError(&gomysql.MySQLError{Number: 1317, Message: "Query execution was interrupted"})
 		m.mock.ExpectRollback()
