@@ -174,18 +174,8 @@ func TestRecorder(t *testing.T) {
 // commits is loaded back with server times; one whose transaction rolls
 // back leaves nothing.
 func TestSectionsInTheDatabase(t *testing.T) {
-	db, err := testdb.Open(t).DB()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	var suffix [4]byte
-	_, _ = rand.Read(suffix[:])
-	table := "history_t" + hex.EncodeToString(suffix[:])
-	if err := CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = DropTable(context.Background(), db, table) })
+	db, table := historyTable(t)
 	if err := CreateTable(ctx, db, "bad`name"); err == nil {
 		t.Error("CreateTable accepted a bad name")
 	}
@@ -266,18 +256,8 @@ func TestSectionsInTheDatabase(t *testing.T) {
 // overlapping transactions pass, and a planted exclusive section inside
 // them, or a semaphore section over its key's permits, is caught.
 func TestSectionModesInTheDatabase(t *testing.T) {
-	db, err := testdb.Open(t).DB()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	var suffix [4]byte
-	_, _ = rand.Read(suffix[:])
-	table := "history_m" + hex.EncodeToString(suffix[:])
-	if err := CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = DropTable(context.Background(), db, table) })
+	db, table := historyTable(t)
 
 	// Two shared sections and two of a 2-permit semaphore, each pair
 	// recorded in two transactions open at the same time: they overlap.
@@ -360,4 +340,22 @@ func waitServerTick(t *testing.T, db *sql.DB, after time.Time) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// historyTable creates a history table with a random name on the test
+// server, dropped when the test ends, and returns a pool and its name.
+func historyTable(t *testing.T) (*sql.DB, string) {
+	t.Helper()
+	db, err := testdb.Open(t).DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var suffix [4]byte
+	_, _ = rand.Read(suffix[:])
+	table := "history_" + hex.EncodeToString(suffix[:])
+	if err := CreateTable(context.Background(), db, table); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = DropTable(context.Background(), db, table) })
+	return db, table
 }
