@@ -30,14 +30,21 @@ type contender struct {
 	kind  string // "floor", "baseline" (no lock), "reference", "control", "txlock", "peer"
 	// only, when set, limits the contender to one workload.
 	only workload
+	// readers: the contender also runs in the shared workload, where the
+	// others do not.
+	readers bool
 	// start prepares g goroutines of cell c (pools, pinned connections) and
 	// returns their cycle functions and a function that releases them.
 	start func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error)
 }
 
 // runs reports whether the contender runs in cell c: a baseline without a
-// lock has no hot key.
+// lock has no hot key; the shared workload compares the row lock's two
+// modes, raw and through txlock, and nothing else.
 func (ct *contender) runs(c cell) bool {
+	if c.work == sharedRead {
+		return ct.readers
+	}
 	return (ct.only == 0 || ct.only == c.work) && !(c.hot && ct.kind == "baseline")
 }
 
@@ -48,14 +55,17 @@ var errStopped = errors.New("stopped")
 // allContenders lists every contender in the order of the tables.
 func allContenders() []*contender {
 	return []*contender{
-		{id: "raw", label: "raw row lock (floor)", kind: "floor", start: startRaw(true)},
-		{id: "raw-again", label: "raw row lock again (A/A control)", kind: "control", start: startRaw(true)},
+		{id: "raw", label: "raw row lock (floor)", kind: "floor", readers: true, start: startRaw(forUpdate)},
+		{id: "raw-again", label: "raw row lock again (A/A control)", kind: "control", readers: true, start: startRaw(forUpdate)},
+		{id: "raw-shared", label: "raw row lock, LOCK IN SHARE MODE (shared floor)", kind: "floor", only: sharedRead, readers: true, start: startRaw(inShareMode)},
 		{id: "raw-implicit", label: "raw row lock, no BEGIN (autocommit=0; the stretch's potential)", kind: "reference", start: startRawImplicit},
-		{id: "biz-alone", label: "business tx alone, no lock", kind: "baseline", only: lockBusiness, start: startRaw(false)},
+		{id: "biz-alone", label: "business tx alone, no lock", kind: "baseline", only: lockBusiness, start: startRaw("")},
 		{id: "gorm-biz-alone", label: "gorm business tx alone, no lock", kind: "baseline", only: lockBusiness, start: startGormBiz},
-		{id: "do", label: "txlock Do", kind: "txlock", start: startTxlock(modeDo, false)},
+		{id: "do", label: "txlock Do", kind: "txlock", readers: true, start: startTxlock(modeDo, false)},
+		{id: "do-shared", label: "txlock Do, Shared()", kind: "txlock", only: sharedRead, readers: true, start: startTxlock(modeDo, false, dblock.Shared())},
 		{id: "do-ip", label: "txlock Do, interpolateParams", kind: "txlock", start: startTxlock(modeDo, true)},
-		{id: "locktx", label: "txlock LockTx", kind: "txlock", start: startTxlock(modeLockTx, false)},
+		{id: "locktx", label: "txlock LockTx", kind: "txlock", readers: true, start: startTxlock(modeLockTx, false)},
+		{id: "locktx-shared", label: "txlock LockTx, Shared()", kind: "txlock", only: sharedRead, readers: true, start: startTxlock(modeLockTx, false, dblock.Shared())},
 		{id: "locktx-ip", label: "txlock LockTx, interpolateParams", kind: "txlock", start: startTxlock(modeLockTx, true)},
 		{id: "decorator", label: "txlock decorator.WithLock", kind: "txlock", start: startTxlock(modeDecorator, false)},
 		{id: "decorator-ip", label: "txlock decorator.WithLock, interpolateParams", kind: "txlock", start: startTxlock(modeDecorator, true)},
@@ -113,19 +123,27 @@ func pinned(ctx context.Context, cfg *gomysql.Config, g int) (*sql.DB, []*sql.Co
 	return db, conns, release, nil
 }
 
+// The locking clauses of the raw floor.
+const (
+	forUpdate   = "FOR UPDATE"
+	inShareMode = "LOCK IN SHARE MODE" // MariaDB; MySQL 8 accepts it too
+)
+
 // startRaw is the floor: database/sql on pinned connections with
-// interpolateParams, BEGIN; SELECT id ... FOR UPDATE; [UPDATE;] COMMIT.
-// Without lock, it is the business transaction alone.
-func startRaw(lock bool) func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
+// interpolateParams, BEGIN; SELECT id ... FOR UPDATE (or the locking
+// clause given); [the business statement;] COMMIT. Without a clause, it
+// is the business transaction alone.
+func startRaw(clause string) func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
 	return func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
 		_, conns, release, err := pinned(ctx, e.ip, c.g)
 		if err != nil {
 			return nil, nil, err
 		}
-		lockSQL := "SELECT id FROM `" + e.lockTable + "` WHERE id = ? FOR UPDATE"
+		lock := clause != ""
+		lockSQL := "SELECT id FROM `" + e.lockTable + "` WHERE id = ? " + clause
 		fns := make([]cycleFunc, c.g)
 		for i := range fns {
-			conn, k, biz := conns[i], e.key(c, i), c.work == lockBusiness
+			conn, k := conns[i], e.key(c, i)
 			args := e.bizArgs(k)
 			fns[i] = func(ctx, _ context.Context) (time.Duration, error) {
 				t0 := time.Now()
@@ -142,11 +160,9 @@ func startRaw(lock bool) func(ctx context.Context, e *env, c cell) ([]cycleFunc,
 					}
 					acq = time.Since(t0)
 				}
-				if biz {
-					if _, err := tx.ExecContext(ctx, k.bizSQL, args...); err != nil {
-						tx.Rollback()
-						return 0, err
-					}
+				if err := business(ctx, tx, c.work, k, args); err != nil {
+					tx.Rollback()
+					return 0, err
 				}
 				return acq, tx.Commit()
 			}
@@ -174,7 +190,7 @@ func startRawImplicit(ctx context.Context, e *env, c cell) ([]cycleFunc, func(),
 	lockSQL := "SELECT id FROM `" + e.lockTable + "` WHERE id = ? FOR UPDATE"
 	fns := make([]cycleFunc, c.g)
 	for i := range fns {
-		conn, k, biz := conns[i], e.key(c, i), c.work == lockBusiness
+		conn, k := conns[i], e.key(c, i)
 		args := e.bizArgs(k)
 		rollback := func(ctx context.Context, err error) (time.Duration, error) {
 			_, rerr := conn.ExecContext(ctx, "ROLLBACK")
@@ -187,10 +203,8 @@ func startRawImplicit(ctx context.Context, e *env, c cell) ([]cycleFunc, func(),
 				return rollback(ctx, err)
 			}
 			acq := time.Since(t0)
-			if biz {
-				if _, err := conn.ExecContext(ctx, k.bizSQL, args...); err != nil {
-					return rollback(ctx, err)
-				}
+			if err := business(ctx, conn, c.work, k, args); err != nil {
+				return rollback(ctx, err)
 			}
 			_, err := conn.ExecContext(ctx, "COMMIT")
 			return acq, err
@@ -242,14 +256,15 @@ const (
 type bizState struct {
 	k    keyRef
 	args []any
-	biz  bool
+	work workload
 	t0   time.Time
 	acq  time.Duration
 }
 
-// startTxlock runs Do, LockTx or a decorated call on a gorm handle opened
-// with the user's DSN (plain), or with interpolateParams (ip).
-func startTxlock(mode txlockMode, ip bool) func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
+// startTxlock runs Do, LockTx or a decorated call, with opts, on a gorm
+// handle opened with the user's DSN (plain), or with interpolateParams
+// (ip).
+func startTxlock(mode txlockMode, ip bool, opts ...dblock.LockOption) func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
 	return func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
 		cfg := e.plain
 		if ip {
@@ -271,24 +286,21 @@ func startTxlock(mode txlockMode, ip bool) func(ctx context.Context, e *env, c c
 		}
 		var decorated func(context.Context, *bizState) (struct{}, error)
 		if mode == modeDecorator {
-			decorated = decorate(l, gdb)
+			decorated = decorate(l, gdb, opts)
 		}
 		fns := make([]cycleFunc, c.g)
 		for i := range fns {
-			s := &bizState{k: e.key(c, i), biz: c.work == lockBusiness}
+			s := &bizState{k: e.key(c, i), work: c.work}
 			s.args = e.bizArgs(s.k)
 			switch mode {
 			case modeDo:
 				fn := func(ctx context.Context, tx *gorm.DB) error {
 					s.acq = time.Since(s.t0)
-					if s.biz {
-						return tx.Exec(s.k.bizSQL, s.args...).Error
-					}
-					return nil
+					return gormBusiness(tx, s)
 				}
 				fns[i] = func(ctx, _ context.Context) (time.Duration, error) {
 					s.t0 = time.Now()
-					err := l.Do(ctx, s.k.key, fn)
+					err := l.Do(ctx, s.k.key, fn, opts...)
 					return s.acq, err
 				}
 			case modeLockTx:
@@ -298,16 +310,14 @@ func startTxlock(mode txlockMode, ip bool) func(ctx context.Context, e *env, c c
 					if tx.Error != nil {
 						return 0, tx.Error
 					}
-					if err := l.LockTx(ctx, tx, s.k.key); err != nil {
+					if err := l.LockTx(ctx, tx, s.k.key, opts...); err != nil {
 						tx.Rollback()
 						return 0, err
 					}
 					acq := time.Since(t0)
-					if s.biz {
-						if err := tx.Exec(s.k.bizSQL, s.args...).Error; err != nil {
-							tx.Rollback()
-							return 0, err
-						}
+					if err := gormBusiness(tx, s); err != nil {
+						tx.Rollback()
+						return 0, err
 					}
 					return acq, tx.Commit().Error
 				}
@@ -326,16 +336,46 @@ func startTxlock(mode txlockMode, ip bool) func(ctx context.Context, e *env, c c
 // decorate wraps a service method the way a service is wired: the method
 // writes through dblock.DB(ctx, db), so its UPDATE runs in the lock's
 // transaction.
-func decorate(l *dblock.Locker, gdb *gorm.DB) func(context.Context, *bizState) (struct{}, error) {
+func decorate(l *dblock.Locker, gdb *gorm.DB, opts []dblock.LockOption) func(context.Context, *bizState) (struct{}, error) {
 	return decorator.WithLock(l,
 		func(_ context.Context, s *bizState) dblock.Key { return s.k.key },
 		func(ctx context.Context, s *bizState) (struct{}, error) {
 			s.acq = time.Since(s.t0)
-			if !s.biz {
-				return struct{}{}, nil
-			}
-			return struct{}{}, dblock.DB(ctx, gdb).Exec(s.k.bizSQL, s.args...).Error
-		})
+			return struct{}{}, gormBusiness(dblock.DB(ctx, gdb), s)
+		}, opts...)
+}
+
+// sqlRunner is where the database/sql contenders run their business
+// statement: a transaction, or a pinned connection.
+type sqlRunner interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// business runs the business statement of workload w on k's row through
+// q: the UPDATE (business), the SELECT (shared), or nothing (lock only).
+func business(ctx context.Context, q sqlRunner, w workload, k keyRef, args []any) error {
+	switch w {
+	case lockBusiness:
+		_, err := q.ExecContext(ctx, k.bizSQL, args...)
+		return err
+	case sharedRead:
+		var v int64
+		return q.QueryRowContext(ctx, k.readSQL, args...).Scan(&v)
+	}
+	return nil
+}
+
+// gormBusiness is business through gorm, in tx.
+func gormBusiness(tx *gorm.DB, s *bizState) error {
+	switch s.work {
+	case lockBusiness:
+		return tx.Exec(s.k.bizSQL, s.args...).Error
+	case sharedRead:
+		var v int64
+		return tx.Raw(s.k.readSQL, s.args...).Row().Scan(&v)
+	}
+	return nil
 }
 
 // businessTx runs the business transaction of the peers on a

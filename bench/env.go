@@ -54,7 +54,8 @@ type keyRef struct {
 	name   string     // GET_LOCK name, lease-row name, Redis key
 	bizID  int        // the business row updated under the lock
 
-	bizSQL string // "UPDATE biz SET v = v + 1 WHERE id = <bizID>" (or with ?)
+	bizSQL  string // "UPDATE biz SET v = v + 1 WHERE id = <bizID>" (or with ?)
+	readSQL string // "SELECT v FROM biz WHERE id = <bizID>" (or with ?): the shared workload's read
 }
 
 // key returns the key of goroutine i in cell c.
@@ -117,7 +118,7 @@ func setup(ctx context.Context, o *options) (*env, error) {
 	var name string
 	if err := e.admin.QueryRowContext(ctx, "SELECT @@max_connections").Scan(&maxConns); err == nil &&
 		e.admin.QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'Threads_connected'").Scan(&name, &connected) == nil {
-		if need := 2*max(slicesMax(o.own), slicesMax(o.hot)) + 8; need > maxConns-connected {
+		if need := 2*max(slicesMax(o.own), slicesMax(o.hot), slicesMax(o.readers)) + 8; need > maxConns-connected {
 			fmt.Fprintf(os.Stderr, "txlock-bench: warning: the largest cells need about %d connections; the server allows %d and %d are in use (runs that cannot connect are retried, then skipped)\n",
 				need, maxConns, connected)
 		}
@@ -218,13 +219,13 @@ func (e *env) createTables(ctx context.Context, n int) error {
 	}
 	mk := func(i int, label string) keyRef {
 		name := e.prefix + ":" + label
-		bizSQL := "UPDATE `" + e.bizTable + "` SET v = v + 1 WHERE id = "
+		id := "?"
 		if e.bizLiteral {
-			bizSQL += strconv.Itoa(i)
-		} else {
-			bizSQL += "?"
+			id = strconv.Itoa(i)
 		}
-		return keyRef{key: dblock.Resource(name), name: name, bizID: i, bizSQL: bizSQL}
+		return keyRef{key: dblock.Resource(name), name: name, bizID: i,
+			bizSQL:  "UPDATE `" + e.bizTable + "` SET v = v + 1 WHERE id = " + id,
+			readSQL: "SELECT v FROM `" + e.bizTable + "` WHERE id = " + id}
 	}
 	for i := range n {
 		e.own = append(e.own, mk(i, "own:"+strconv.Itoa(i)))

@@ -39,6 +39,7 @@ type options struct {
 	reps           int
 	own            []int
 	hot            []int
+	readers        []int
 	workloads      []workload
 	only           *regexp.Regexp
 	skip           *regexp.Regexp
@@ -61,10 +62,11 @@ var presets = map[string]struct {
 	duration, warmup time.Duration
 	reps             int
 	own, hot         string
+	readers          string
 }{
-	"quick":   {120 * time.Millisecond, 40 * time.Millisecond, 2, "1,16,64", "8"},
-	"default": {300 * time.Millisecond, 100 * time.Millisecond, 3, "1,4,16,64", "2,8,32"},
-	"full":    {2 * time.Second, 500 * time.Millisecond, 5, "1,4,16,64", "2,8,32"},
+	"quick":   {120 * time.Millisecond, 40 * time.Millisecond, 2, "1,16,64", "8", "1,4,16"},
+	"default": {300 * time.Millisecond, 100 * time.Millisecond, 3, "1,4,16,64", "2,8,32", "1,4,16"},
+	"full":    {2 * time.Second, 500 * time.Millisecond, 5, "1,4,16,64", "2,8,32", "1,4,16,64"},
 }
 
 func main() {
@@ -96,7 +98,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.reps, "reps", 0, "repetitions (default: preset)")
 	own := fs.String("goroutines", "", "comma-separated goroutine counts, each goroutine on its own key (default: preset)")
 	hot := fs.String("hot", "", "comma-separated goroutine counts on one hot key (default: preset; \"0\" for none)")
-	works := fs.String("workloads", "lock,business", "comma-separated workloads: lock (acquire, release), business (acquire, one UPDATE, commit)")
+	readers := fs.String("readers", "", "comma-separated reader counts of the shared workload, all on one hot key (default: preset)")
+	works := fs.String("workloads", "lock,business,shared", "comma-separated workloads: lock (acquire, release), business (acquire, one UPDATE, commit), "+
+		"shared (-readers on one hot key, each: acquire shared or exclusive, one SELECT, commit)")
 	only := fs.String("only", "", "run only the contenders whose id matches this `regexp` (the raw floor always runs)")
 	skip := fs.String("skip", "", "skip the contenders whose id matches this `regexp`")
 	fs.DurationVar(&o.leasePoll, "poll", time.Millisecond, "pause between attempts of the lease-row and Redis contenders on a held key")
@@ -104,7 +108,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.outDir, "out", "out", "`directory` for report.md and results.jsonl")
 	fs.StringVar(&o.plotPath, "plot", "", "PNG `file` of throughput against goroutines (default <out>/throughput.png; \"-\" for none)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file`")
-	fs.BoolVar(&o.quick, "quick", false, "a short run that finishes in under a minute: 2 repetitions of 120 ms, 1/16/64 goroutines, 8 on the hot key")
+	fs.BoolVar(&o.quick, "quick", false, "a short run that finishes in under a minute: 2 repetitions of 120 ms, 1/16/64 goroutines, 8 on the hot key, 1/4/16 readers")
 	fs.BoolVar(&o.full, "full", false, "a long run: 5 repetitions of 2 s after 500 ms of warm-up (about 35 minutes)")
 	fs.BoolVar(&o.aa, "aa", false, "also run the raw floor a second time as a contender (an A/A control: its ratio to the floor shows the run's noise)")
 	fs.DurationVar(&o.quiet, "quiet", 0, "before each repetition, wait up to this long for the machine to be quiet (other processes, the server serving others, below 10% of the CPU); for shared machines")
@@ -141,6 +145,9 @@ func parseFlags(args []string) (*options, error) {
 	if *hot == "" {
 		*hot = p.hot
 	}
+	if *readers == "" {
+		*readers = p.readers
+	}
 	var err error
 	if o.own, err = parseCounts(*own); err != nil {
 		return nil, fmt.Errorf("-goroutines: %w", err)
@@ -148,12 +155,17 @@ func parseFlags(args []string) (*options, error) {
 	if o.hot, err = parseCounts(*hot); err != nil {
 		return nil, fmt.Errorf("-hot: %w", err)
 	}
+	if o.readers, err = parseCounts(*readers); err != nil {
+		return nil, fmt.Errorf("-readers: %w", err)
+	}
 	for _, w := range strings.Split(*works, ",") {
 		switch strings.TrimSpace(w) {
 		case "lock":
 			o.workloads = append(o.workloads, lockOnly)
 		case "business":
 			o.workloads = append(o.workloads, lockBusiness)
+		case "shared":
+			o.workloads = append(o.workloads, sharedRead)
 		default:
 			return nil, fmt.Errorf("-workloads: unknown workload %q", w)
 		}
@@ -171,7 +183,7 @@ func parseFlags(args []string) (*options, error) {
 	switch {
 	case o.duration <= 0 || o.warmup < 0 || o.reps < 1:
 		return nil, errors.New("-duration and -reps must be positive, -warmup not negative")
-	case len(o.own)+len(o.hot) == 0:
+	case len(planCells(o)) == 0:
 		return nil, errors.New("no goroutine counts to run")
 	case o.leasePoll <= 0:
 		return nil, errors.New("-poll must be positive")

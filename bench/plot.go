@@ -48,7 +48,13 @@ var styles = map[string]style{
 // writePlot draws throughput against goroutines: one row per workload,
 // own keys on the left, the hot key in the middle, the legend on the right.
 func writePlot(path string, rec *recorder, cs []*contender, o *options, notes []string) error {
-	rows := len(o.workloads)
+	var works []workload // the shared workload is not drawn
+	for _, w := range o.workloads {
+		if w != sharedRead {
+			works = append(works, w)
+		}
+	}
+	rows := len(works)
 	cols := 0
 	if len(o.own) > 0 {
 		cols++
@@ -65,7 +71,7 @@ func writePlot(path string, rec *recorder, cs []*contender, o *options, notes []
 	legend.TextStyle.Font.Size = vg.Points(11)
 	legend.ThumbnailWidth = vg.Points(28)
 	inLegend := map[string]bool{}
-	for r, w := range o.workloads {
+	for r, w := range works {
 		for _, hot := range []bool{false, true} {
 			gs := o.own
 			if hot {
@@ -187,7 +193,8 @@ func replot(o *options) error {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var l runLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil || l.Type != "run" {
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil || l.Type != "run" || l.Workload == sharedRead.String() {
+			// The shared workload is not drawn.
 			continue
 		}
 		c := cell{work: lockOnly, hot: l.Mode == "hot", g: l.Goroutines}

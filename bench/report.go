@@ -131,7 +131,11 @@ func (rec *recorder) progress(c cell) {
 	if fl := m["raw"]; len(fl) > 0 {
 		fmt.Fprintf(&b, " raw %s/s", thousands(median(throughputs(fl))))
 	}
-	for _, id := range []string{"do", "do-ip", "getlock", "lease", "redislock"} {
+	ids := []string{"do", "do-ip", "getlock", "lease", "redislock"}
+	if c.work == sharedRead {
+		ids = []string{"raw-shared", "do", "do-shared", "locktx", "locktx-shared"}
+	}
+	for _, id := range ids {
 		if v, ok := rec.ratio(c, id, "raw"); ok {
 			fmt.Fprintf(&b, ", %s %.2fx", id, v)
 		}
@@ -286,6 +290,10 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 		labels[ct.id] = ct.label
 	}
 	for _, w := range o.workloads {
+		if w == sharedRead {
+			rec.sharedTables(&b, cs)
+			continue
+		}
 		if len(o.own) > 0 {
 			fmt.Fprintf(&b, "### %s, each goroutine on its own key\n\ncycles/s (x raw floor)\n\n| contender |", w.title())
 			for _, g := range o.own {
@@ -316,21 +324,7 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 		}
 		if len(o.hot) > 0 {
 			fmt.Fprintf(&b, "### %s, all goroutines on one hot key\n\n", w.title())
-			b.WriteString("| contender | goroutines | handoffs/s | x raw floor | acquire p50 | acquire p99 | grants min/max | grants CV |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
-			for _, ct := range cs {
-				if !ct.runs(cell{work: w, hot: true}) {
-					continue
-				}
-				for _, g := range o.hot {
-					s, ok := rec.summary(cell{work: w, hot: true, g: g}, ct.id)
-					if !ok {
-						continue
-					}
-					fmt.Fprintf(&b, "| %s | %d | %s%s | %.2fx | %s | %s | %.2f | %.2f |\n", ct.label, g, thousands(s.thr), errMark(s.errors), s.ratio,
-						ms(s.p50), ms(s.p99), s.minMax, s.cv)
-				}
-			}
-			b.WriteString("\n")
+			rec.hotTable(&b, cs, w, o.hot, "goroutines", "handoffs/s")
 		}
 	}
 
@@ -381,6 +375,26 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 		b.WriteString("\n")
 	}
 	return report{markdown: b.String(), summaryJSON: js}
+}
+
+// hotTable prints the table of the cells of workload w on the hot key,
+// with gs goroutines (named what), their throughput in unit.
+func (rec *recorder) hotTable(b *strings.Builder, cs []*contender, w workload, gs []int, what, unit string) {
+	fmt.Fprintf(b, "| contender | %s | %s | x raw floor | acquire p50 | acquire p99 | grants min/max | grants CV |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", what, unit)
+	for _, ct := range cs {
+		if !ct.runs(cell{work: w, hot: true}) {
+			continue
+		}
+		for _, g := range gs {
+			s, ok := rec.summary(cell{work: w, hot: true, g: g}, ct.id)
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(b, "| %s | %d | %s%s | %.2fx | %s | %s | %.2f | %.2f |\n", ct.label, g, thousands(s.thr), errMark(s.errors), s.ratio,
+				ms(s.p50), ms(s.p99), s.minMax, s.cv)
+		}
+	}
+	b.WriteString("\n")
 }
 
 // cpuTable prints the CPU time per cycle of each contender on own keys:
@@ -449,6 +463,7 @@ func (rec *recorder) targets() []target {
 			add(fmt.Sprintf("%s, hot key handoffs, Do / raw floor, %d goroutines", w, g), cell{work: w, hot: true, g: g}, "do", "raw", 0.9, false)
 		}
 	}
+	rec.sharedTargets(func(name string, c cell, a, b string) { add(name, c, a, b, 0, true) })
 	for _, c := range planCells(rec.o) {
 		add(fmt.Sprintf("A/A control: raw again / raw, %s", c), c, "raw-again", "raw", 0, true)
 	}

@@ -22,18 +22,25 @@ type workload int
 const (
 	lockOnly     workload = iota + 1 // acquire, release
 	lockBusiness                     // acquire, one UPDATE of a business row, commit
+	sharedRead                       // readers on one hot key: acquire, one SELECT of its business row, commit
 )
 
 func (w workload) String() string {
-	if w == lockOnly {
+	switch w {
+	case lockOnly:
 		return "lock"
+	case sharedRead:
+		return "shared"
 	}
 	return "business"
 }
 
 func (w workload) title() string {
-	if w == lockOnly {
+	switch w {
+	case lockOnly:
 		return "Lock only (acquire, release)"
+	case sharedRead:
+		return "Shared hot key (readers on one key: acquire, one SELECT of its business row, commit)"
 	}
 	return "Lock + business (acquire, one UPDATE of a business row, commit)"
 }
@@ -57,10 +64,17 @@ func (c cell) String() string {
 	return fmt.Sprintf("%s, %d goroutines on %s", c.work, c.g, map[bool]string{false: "their own keys", true: "one hot key"}[c.hot])
 }
 
-// planCells lists the cells in the order they run.
+// planCells lists the cells in the order they run. The shared workload
+// runs on the hot key only, with -readers goroutines.
 func planCells(o *options) []cell {
 	var cs []cell
 	for _, w := range o.workloads {
+		if w == sharedRead {
+			for _, g := range o.readers {
+				cs = append(cs, cell{work: w, hot: true, g: g})
+			}
+			continue
+		}
 		for _, g := range o.own {
 			cs = append(cs, cell{work: w, g: g})
 		}

@@ -98,11 +98,7 @@ func TestTortureLinearizable(t *testing.T) {
 	var stats lockload.Stats
 	var kills lockload.KillStats
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		k := lockload.Killer{Admin: e.sqlDB, Tag: linTag(e.table), Every: [2]time.Duration{50 * time.Millisecond, 200 * time.Millisecond},
-			Rng: rand.New(rand.NewPCG(seed, 99))}
-		kills = k.Run(ctx, stop)
-	})
+	e.startKiller(ctx, &wg, linTag(e.table), seed, stop, &kills)
 	for g := range linGoroutines {
 		w := &lockload.Worker{Locker: l, DB: e.db, Counters: ctrs, Client: g, Tag: linTag(e.table),
 			Rec: &rec, Stats: &stats, Rng: rand.New(rand.NewPCG(seed, uint64(g)))}
@@ -155,6 +151,17 @@ func TestTortureLinearizable(t *testing.T) {
 			t.Errorf("no increment committed through %s: the check did not cover it", p)
 		}
 	}
+}
+
+// startKiller runs on wg, until stop, a lockload.Killer of the sessions
+// whose statements carry tag, one every 50 to 200 ms; what it did is in
+// *kills once wg is done.
+func (e env) startKiller(ctx context.Context, wg *sync.WaitGroup, tag string, seed uint64, stop time.Time, kills *lockload.KillStats) {
+	wg.Go(func() {
+		k := lockload.Killer{Admin: e.sqlDB, Tag: tag, Every: [2]time.Duration{50 * time.Millisecond, 200 * time.Millisecond},
+			Rng: rand.New(rand.NewPCG(seed, 99))}
+		*kills = k.Run(ctx, stop)
+	})
 }
 
 // keyInError matches the key in the library's error messages.

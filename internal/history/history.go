@@ -1,5 +1,6 @@
 // Package history records the critical sections of a lock and checks that
-// they never overlapped.
+// they never overlapped, or only as their modes allow (shared sections
+// with each other, up to n sections of an n-permit semaphore).
 //
 // The record that counts is the one the database keeps: each critical
 // section writes its interval, in server time, into a history table inside
@@ -7,8 +8,9 @@
 // before the commit). Only sections whose transaction committed survive,
 // which are exactly those whose effects the lock had to protect; a holder
 // that crashed or lost its lock leaves nothing. [Load] reads them back and
-// [Check] proves that, per key, no two intervals overlap and that fencing
-// tokens increase strictly in interval order.
+// [Check] proves that, per key, no two intervals overlap unless their
+// modes allow it ([Mode]) and that fencing tokens increase strictly in
+// interval order.
 //
 // Times are server times (NOW(6)) as microseconds since the Unix epoch,
 // independent of the session's time zone. The request time of an
@@ -17,10 +19,8 @@
 package history
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -53,99 +53,21 @@ type Event struct {
 	Start     time.Time // first instant inside the critical section
 	End       time.Time // last instant inside it
 	Outcome   Outcome
+	Mode      Mode // how the section held its key: Exclusive (the zero value), Shared, Semaphore
+	Permits   int  // Semaphore: how many sections of the key may be in progress at once; 0 otherwise
 }
 
 func (e Event) String() string {
-	return fmt.Sprintf("{key %q proc %d g %d token %d [%s, %s] %s}", e.Key, e.Process, e.Goroutine,
-		e.Token, e.Start.UTC().Format("15:04:05.000000"), e.End.UTC().Format("15:04:05.000000"), e.Outcome)
-}
-
-// A Violation is a pair of critical sections of one key that break mutual
-// exclusion (Kind "overlap"), or a token that did not increase
-// ("token"), or a malformed interval ("interval", B is zero).
-type Violation struct {
-	Kind string
-	A, B Event
-}
-
-func (v Violation) Error() string {
-	switch v.Kind {
-	case "interval":
-		return fmt.Sprintf("history: interval ends before it starts: %s", v.A)
-	case "token":
-		return fmt.Sprintf("history: token did not increase: %s then %s", v.A, v.B)
+	mode := ""
+	switch e.Mode {
+	case Exclusive:
+	case Semaphore:
+		mode = fmt.Sprintf(" %s of %d", e.Mode, e.Permits)
 	default:
-		return fmt.Sprintf("history: critical sections overlap: %s and %s", v.A, v.B)
+		mode = " " + e.Mode.String()
 	}
-}
-
-// A Report is the result of Analyze.
-type Report struct {
-	Checked    int // committed critical sections checked
-	Keys       int // distinct keys among them
-	Violations []Violation
-}
-
-// Err returns nil when there is no violation, else an error listing them
-// (the first 10).
-func (r Report) Err() error {
-	if len(r.Violations) == 0 {
-		return nil
-	}
-	errs := []error{fmt.Errorf("history: %d violation(s) in %d critical sections", len(r.Violations), r.Checked)}
-	for i, v := range r.Violations {
-		if i == 10 {
-			errs = append(errs, fmt.Errorf("... and %d more", len(r.Violations)-10))
-			break
-		}
-		errs = append(errs, v)
-	}
-	return errors.Join(errs...)
-}
-
-// Check returns an error if two committed critical sections of the same key
-// overlapped, or if fencing tokens did not increase strictly in interval
-// order. Only events with Outcome Committed are considered. Intervals that
-// merely touch (one ends the microsecond the next starts) do not overlap.
-func Check(events []Event) error { return Analyze(events).Err() }
-
-// Analyze is Check with the details.
-func Analyze(events []Event) Report {
-	byKey := committedByKey(events)
-	var r Report
-	r.Keys = len(byKey)
-	keys := make([]string, 0, len(byKey))
-	for k := range byKey {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		evs := byKey[k]
-		r.Checked += len(evs)
-		// Interval order: by start, then end.
-		slices.SortStableFunc(evs, func(a, b Event) int {
-			return cmp.Or(a.Start.Compare(b.Start), a.End.Compare(b.End))
-		})
-		// latest is the section that ends last among those seen so far: a
-		// section that starts before it ends overlaps it, even if the
-		// section just before in start order ended earlier.
-		latest := -1
-		for i, e := range evs {
-			if e.End.Before(e.Start) {
-				r.Violations = append(r.Violations, Violation{Kind: "interval", A: e})
-			}
-			if latest >= 0 && e.Start.Before(evs[latest].End) {
-				r.Violations = append(r.Violations, Violation{Kind: "overlap", A: evs[latest], B: e})
-			}
-			if i > 0 && (e.Token != 0 || evs[i-1].Token != 0) && e.Token <= evs[i-1].Token {
-				r.Violations = append(r.Violations, Violation{Kind: "token", A: evs[i-1], B: e})
-			}
-			if latest < 0 || e.End.After(evs[latest].End) {
-				latest = i
-			}
-		}
-	}
-	return r
+	return fmt.Sprintf("{key %q%s proc %d g %d token %d [%s, %s] %s}", e.Key, mode, e.Process, e.Goroutine,
+		e.Token, e.Start.UTC().Format("15:04:05.000000"), e.End.UTC().Format("15:04:05.000000"), e.Outcome)
 }
 
 func committedByKey(events []Event) map[string][]Event {
@@ -249,6 +171,8 @@ func CreateTable(ctx context.Context, db Querier, name string) error {
 		"t_request BIGINT NOT NULL, "+
 		"t_start BIGINT NOT NULL, "+
 		"t_end BIGINT NOT NULL, "+
+		"mode TINYINT UNSIGNED NOT NULL DEFAULT 0, "+
+		"permits INT NOT NULL DEFAULT 0, "+
 		"KEY (lock_key, t_start)) ENGINE=InnoDB")
 	if err != nil {
 		return fmt.Errorf("history: creating %s: %w", name, err)
@@ -272,10 +196,18 @@ type Section struct {
 	ev    Event
 }
 
-// Begin starts recording a critical section: call it first thing once the
-// lock is held, with q the lock's transaction. It reads the server's clock.
-// request is when the acquisition was asked for (zero if unknown).
+// Begin starts recording an exclusive critical section: call it first
+// thing once the lock is held, with q the lock's transaction. It reads the
+// server's clock. request is when the acquisition was asked for (zero if
+// unknown).
 func Begin(ctx context.Context, q Querier, table string, proc, goroutine int, key string, token int64, request time.Time) (*Section, error) {
+	return BeginSection(ctx, q, table, Event{Process: proc, Goroutine: goroutine, Key: key, Token: token, Request: request})
+}
+
+// BeginSection is Begin for the section e names: its Process, Goroutine,
+// Key, Token, Request, Mode and Permits are recorded; its Start is read
+// from the server's clock, its End and Outcome are ignored.
+func BeginSection(ctx context.Context, q Querier, table string, e Event) (*Section, error) {
 	if err := validTable(table); err != nil {
 		return nil, err
 	}
@@ -283,10 +215,8 @@ func Begin(ctx context.Context, q Querier, table string, proc, goroutine int, ke
 	if err := q.QueryRowContext(ctx, "SELECT "+serverMicros).Scan(&start); err != nil {
 		return nil, fmt.Errorf("history: reading the server clock: %w", err)
 	}
-	return &Section{table: table, q: q, ev: Event{
-		Process: proc, Goroutine: goroutine, Key: key, Token: token,
-		Request: request, Start: time.UnixMicro(start),
-	}}, nil
+	e.Start, e.End, e.Outcome = time.UnixMicro(start), time.Time{}, ""
+	return &Section{table: table, q: q, ev: e}, nil
 }
 
 // Start returns the section's start, in server time.
@@ -300,9 +230,9 @@ func (s *Section) End(ctx context.Context) error {
 	if !s.ev.Request.IsZero() {
 		req = s.ev.Request.UnixMicro()
 	}
-	_, err := s.q.ExecContext(ctx, "INSERT INTO `"+s.table+"` (lock_key, token, proc, goroutine, t_request, t_start, t_end)"+
-		" VALUES (?, ?, ?, ?, ?, ?, "+serverMicros+")",
-		s.ev.Key, s.ev.Token, s.ev.Process, s.ev.Goroutine, req, s.ev.Start.UnixMicro())
+	_, err := s.q.ExecContext(ctx, "INSERT INTO `"+s.table+"` (lock_key, token, proc, goroutine, t_request, t_start, t_end, mode, permits)"+
+		" VALUES (?, ?, ?, ?, ?, ?, "+serverMicros+", ?, ?)",
+		s.ev.Key, s.ev.Token, s.ev.Process, s.ev.Goroutine, req, s.ev.Start.UnixMicro(), s.ev.Mode, s.ev.Permits)
 	if err != nil {
 		return fmt.Errorf("history: recording the section: %w", err)
 	}
@@ -317,7 +247,7 @@ func Load(ctx context.Context, db interface {
 	if err := validTable(table); err != nil {
 		return nil, err
 	}
-	rows, err := db.QueryContext(ctx, "SELECT lock_key, token, proc, goroutine, t_request, t_start, t_end FROM `"+table+"` ORDER BY seq")
+	rows, err := db.QueryContext(ctx, "SELECT lock_key, token, proc, goroutine, t_request, t_start, t_end, mode, permits FROM `"+table+"` ORDER BY seq")
 	if err != nil {
 		return nil, fmt.Errorf("history: reading %s: %w", table, err)
 	}
@@ -326,7 +256,7 @@ func Load(ctx context.Context, db interface {
 	for rows.Next() {
 		var e Event
 		var req, start, end int64
-		if err := rows.Scan(&e.Key, &e.Token, &e.Process, &e.Goroutine, &req, &start, &end); err != nil {
+		if err := rows.Scan(&e.Key, &e.Token, &e.Process, &e.Goroutine, &req, &start, &end, &e.Mode, &e.Permits); err != nil {
 			return nil, fmt.Errorf("history: reading %s: %w", table, err)
 		}
 		if req != 0 {
@@ -345,6 +275,16 @@ func Load(ctx context.Context, db interface {
 func Summary(r Report, fs []Fairness) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d critical sections on %d keys checked, %d violations", r.Checked, r.Keys, len(r.Violations))
+	if r.Modes[Exclusive] != r.Checked {
+		for m := Exclusive; m <= Semaphore; m++ {
+			fmt.Fprintf(&b, ", %d %s", r.Modes[m], m)
+		}
+		peak := 0
+		for _, n := range r.Peak {
+			peak = max(peak, n)
+		}
+		fmt.Fprintf(&b, "; %d started while another of their key was in progress, at most %d at once", r.Overlapped, peak)
+	}
 	for _, f := range fs {
 		fmt.Fprintf(&b, "; %s: %d grants, at most %d overtakes (mean %.2f)", f.Key, f.Grants, f.Max, f.Mean)
 	}

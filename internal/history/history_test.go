@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"strings"
@@ -173,18 +174,8 @@ func TestRecorder(t *testing.T) {
 // commits is loaded back with server times; one whose transaction rolls
 // back leaves nothing.
 func TestSectionsInTheDatabase(t *testing.T) {
-	db, err := testdb.Open(t).DB()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	var suffix [4]byte
-	_, _ = rand.Read(suffix[:])
-	table := "history_t" + hex.EncodeToString(suffix[:])
-	if err := CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = DropTable(context.Background(), db, table) })
+	db, table := historyTable(t)
 	if err := CreateTable(ctx, db, "bad`name"); err == nil {
 		t.Error("CreateTable accepted a bad name")
 	}
@@ -258,4 +249,113 @@ func TestSectionsInTheDatabase(t *testing.T) {
 	if err := Check(events); !errors.As(err, &v) || v.Kind != "overlap" {
 		t.Errorf("Check with a planted overlap: %v", err)
 	}
+}
+
+// TestSectionModesInTheDatabase: sections begun with BeginSection keep
+// their mode and permits through the table; shared sections recorded in
+// overlapping transactions pass, and a planted exclusive section inside
+// them, or a semaphore section over its key's permits, is caught.
+func TestSectionModesInTheDatabase(t *testing.T) {
+	ctx := context.Background()
+	db, table := historyTable(t)
+
+	// Two shared sections and two of a 2-permit semaphore, each pair
+	// recorded in two transactions open at the same time: they overlap.
+	for _, e := range []Event{{Key: "r", Mode: Shared}, {Key: "s", Mode: Semaphore, Permits: 2}} {
+		var secs []*Section
+		var txs []*sql.Tx
+		for g := range 2 {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			e.Goroutine = g
+			s, err := BeginSection(ctx, tx, table, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			secs, txs = append(secs, s), append(txs, tx)
+		}
+		// The first section ends after the second started (server time).
+		waitServerTick(t, db, secs[1].Start())
+		for i, s := range secs {
+			if err := s.End(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := txs[i].Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	events, err := Load(ctx, db, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Analyze(events)
+	if err := r.Err(); err != nil {
+		t.Fatalf("overlapping shared and semaphore sections: %v", err)
+	}
+	if len(events) != 4 || events[0].Mode != Shared || events[2].Mode != Semaphore || events[2].Permits != 2 || events[3].Goroutine != 1 {
+		t.Fatalf("loaded %v", events)
+	}
+	if r.Peak["r"] != 2 || r.Peak["s"] != 2 {
+		t.Fatalf("Peak %v: the recorded sections did not overlap", r.Peak)
+	}
+	t.Logf("%s", Summary(r, nil))
+
+	plant := func(key string, m Mode, permits int, in Event) {
+		t.Helper()
+		if _, err := db.ExecContext(ctx, "INSERT INTO `"+table+"` (lock_key, token, proc, goroutine, t_request, t_start, t_end, mode, permits) VALUES (?, 0, 9, 9, 0, ?, ?, ?, ?)",
+			key, in.Start.UnixMicro(), in.End.UnixMicro(), m, permits); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plant("r", Exclusive, 0, events[1])
+	plant("s", Semaphore, 2, events[3])
+	events, err = Load(ctx, db, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := Analyze(events).Violations
+	if got := strings.Join(kinds(vs), ","); got != KindOverlap+","+KindPermits {
+		t.Fatalf("violations %v, want an overlap on r and 3 of 2 permits on s", vs)
+	}
+}
+
+// waitServerTick waits until the server's clock is past after.
+func waitServerTick(t *testing.T, db *sql.DB, after time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var now int64
+		if err := db.QueryRow("SELECT " + serverMicros).Scan(&now); err != nil {
+			t.Fatal(err)
+		}
+		if time.UnixMicro(now).After(after) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server's clock did not pass %v", after)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// historyTable creates a history table with a random name on the test
+// server, dropped when the test ends, and returns a pool and its name.
+func historyTable(t *testing.T) (*sql.DB, string) {
+	t.Helper()
+	db, err := testdb.Open(t).DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var suffix [4]byte
+	_, _ = rand.Read(suffix[:])
+	table := "history_" + hex.EncodeToString(suffix[:])
+	if err := CreateTable(context.Background(), db, table); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = DropTable(context.Background(), db, table) })
+	return db, table
 }
