@@ -36,13 +36,17 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// The connection's id, for its label: a caller's transaction's first
 	// lock, or any in a transaction another Locker (another table) opened.
 	a.readConn = !l.sessions.off.Load() && (s.owner == nil && !s.holdsAny() || s.owner != nil && s.owner.l != l)
+	// An upgrade is refused before anything is locked, so that a refused
+	// call leaves no key of its own held.
+	for _, key := range keys {
+		if held, shared := s.holds(l.heldKey(key, lc)); held && shared && !lc.shared(key) && lc.permits == 0 {
+			return upgradeError(key)
+		}
+	}
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	var want []Key              // under the hierarchy: keys to take with their containers
 	for _, key := range keys {
-		if held, shared := s.holds(l.heldKey(key, lc)); held {
-			if shared && !lc.shared(key) && lc.permits == 0 {
-				return upgradeError(key)
-			}
+		if held, _ := s.holds(l.heldKey(key, lc)); held {
 			if s.owner == nil {
 				// A caller's transaction may have ended behind the
 				// context's back: one locking read (granted at once) tells.
