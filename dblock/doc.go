@@ -96,6 +96,35 @@
 // autocommit. WaitTimeout and the context's deadline end a wait with a
 // statement timeout instead, which that setting does not affect.
 //
+// # Shared locks
+//
+// [Shared] takes keys in shared mode (LOCK IN SHARE MODE, FOR SHARE): any
+// number of shared holders of a key at once, and none while an exclusive
+// holder has it. A new shared request queues behind a waiting exclusive one,
+// so writers are not starved. A shared acquisition of a key the transaction
+// holds returns at once; an exclusive one of a key it holds shared is
+// refused with [ErrUpgrade]. docs/MODES.md has the protocol.
+//
+// # Semaphores
+//
+// [Permits](n) takes one of n permits of a key: at most n holders at once,
+// each released with its transaction, a dead holder's permit back as fast
+// as a lock. n is the key's, fixed by its first user ([ErrPermits]). A
+// free permit is taken in one round trip; otherwise the waiter queues on
+// one permit in the server, in turn, and looks again every 500 ms. A
+// semaphore is apart from the key's lock.
+//
+// # The hierarchy
+//
+// A lock table can make its keys contain each other: the global key
+// contains every key, a single-field key the composite keys that set that
+// field. With the hierarchy on (migrations.SetHierarchy, `txlock hierarchy
+// on`), an acquisition also takes the keys containing its keys, shared, in
+// one extra locking read and one order, so that Global taken exclusively
+// excludes every holder. It is the table's setting: every locking read
+// returns it, and a Locker that assumed the other one starts over, or in a
+// caller's transaction fails with [ErrHierarchyChanged].
+//
 // # The lease
 //
 // A transaction the Locker opens (Do, DoMulti, Lock, TryLock) has a lease
