@@ -42,7 +42,8 @@ func newRootCmd(getenv func(string) string) (*cobra.Command, *rootOptions) {
 		Long: `txlock operates the tables of txlock, the distributed lock library on
 MySQL and MariaDB: it creates, drops and inspects them (migrate), shows who
 holds and who waits for which key (locks), deletes old key rows (gc), checks
-the server (doctor) and ends a stuck holder's connection (release).
+the server (doctor), ends a stuck holder's connection (release) and shows or
+switches whether the table's keys contain each other (hierarchy).
 
 The server is named by --dsn, else by $` + envDSN + `, else it is
 ` + defaultDSN + `. The commands that destroy something (release, gc
@@ -69,7 +70,7 @@ user:password@tcp(host:port)/database. Passwords are never printed.`,
 	// password taken from the environment.
 	f.StringVar(&opts.dsn, "dsn", "", "server DSN, user:password@tcp(host:port)/database (default $"+envDSN+", else "+defaultDSN+")")
 	f.StringVar(&opts.table, "table", schema.DefaultTable, "name of the lock table; its fence and version tables are named after it")
-	cmd.AddCommand(newMigrateCmd(opts), newLocksCmd(opts), newGCCmd(opts), newDoctorCmd(opts), newReleaseCmd(opts))
+	cmd.AddCommand(newMigrateCmd(opts), newLocksCmd(opts), newGCCmd(opts), newDoctorCmd(opts), newReleaseCmd(opts), newHierarchyCmd(opts))
 	return cmd, opts
 }
 
