@@ -114,6 +114,9 @@ type Lock struct {
 	CreatedAt time.Time `gorm:"column:created_at;precision:6;not null"`
 	// UpdatedAt is when the row last changed.
 	UpdatedAt time.Time `gorm:"column:updated_at;precision:6;not null"`
+	// Hierarchy is the lock table's hierarchy setting, which every row
+	// carries (migration 4): change it only with migrations.SetHierarchy.
+	Hierarchy bool `gorm:"column:hierarchy;not null;default:false"`
 }
 
 // TableName returns [DefaultTable], the model's table for gorm.
