@@ -96,13 +96,29 @@ func (l *Locker) readCounters(ctx context.Context, tx stmtRunner, keys []Key, to
 	if check {
 		prefix = l.q.checkFence
 	}
-	var buf [512]byte
 	hashes := make([][]byte, len(keys))
 	for i, k := range keys {
 		h := k.hash()
 		hashes[i] = h[:]
 	}
-	q := string(appendFenceRead(buf[:0], prefix, hashes, true))
+	return l.scanCounters(ctx, tx, prefix, keys, hashes, true, holdsOthers, func(i int, token int64) error {
+		switch {
+		case tokens[i] == 0:
+			tokens[i] = token
+		case token < tokens[i]:
+			return fmt.Errorf("dblock: fencing token of %s: the transaction reads %d after the bump to %d", keys[i], token, tokens[i])
+		}
+		return nil
+	})
+}
+
+// scanCounters reads the fence-table counters of hashes (those of keys:
+// their tokens, or their semaphores' queues) in the transaction on tx,
+// with a locking read when lock is set, and calls visit with each
+// counter's index and value. It returns how many counters it saw.
+func (l *Locker) scanCounters(ctx context.Context, tx stmtRunner, prefix string, keys []Key, hashes [][]byte, lock, holdsOthers bool, visit func(i int, token int64) error) (int, error) {
+	var buf [512]byte
+	q := string(appendFenceRead(buf[:0], prefix, hashes, lock))
 	rows, err := tx.QueryContext(ctx, q)
 	if err != nil {
 		return 0, l.tokenReadError(keys[0], err, holdsOthers)
@@ -116,13 +132,10 @@ func (l *Locker) readCounters(ctx context.Context, tx stmtRunner, keys []Key, to
 			noteErr(tx, err)
 			return 0, l.tokenReadError(keys[0], err, holdsOthers)
 		}
-		for i, k := range keys {
-			if h := k.hash(); bytes.Equal(hash, h[:]) {
-				switch {
-				case tokens[i] == 0:
-					tokens[i] = token
-				case token < tokens[i]:
-					return 0, fmt.Errorf("dblock: fencing token of %s: the transaction reads %d after the bump to %d", k, token, tokens[i])
+		for i := range hashes {
+			if bytes.Equal(hash, hashes[i]) {
+				if err := visit(i, token); err != nil {
+					return 0, err
 				}
 				seen++
 			}

@@ -1,7 +1,6 @@
 package dblock
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -119,34 +118,15 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []
 		}
 		bumped[i] = t
 	}
-	var buf [512]byte
-	q := string(appendFenceRead(buf[:0], l.q.readFence, hashes, false))
-	rows, err := tx.QueryContext(ctx, q)
+	seen, err := l.scanCounters(ctx, tx, l.q.readFence, keys, hashes, false, holdsOthers, func(i int, token int64) error {
+		if token < bumped[i] {
+			return fmt.Errorf("%w: %s: the transaction had read before this shared lock, so its reads may predate the last exclusive holder's commit; "+
+				"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, keys[i])
+		}
+		return nil
+	})
 	if err != nil {
-		return l.tokenReadError(keys[0], err, holdsOthers)
-	}
-	defer rows.Close()
-	seen := 0
-	for rows.Next() {
-		var hash []byte
-		var token int64
-		if err := rows.Scan(&hash, &token); err != nil {
-			noteErr(tx, err)
-			return l.tokenReadError(keys[0], err, holdsOthers)
-		}
-		for i, k := range keys {
-			if bytes.Equal(hash, hashes[i]) {
-				if token < bumped[i] {
-					return fmt.Errorf("%w: %s: the transaction had read before this shared lock, so its reads may predate the last exclusive holder's commit; "+
-						"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, k)
-				}
-				seen++
-			}
-		}
-	}
-	if err := rows.Err(); err != nil {
-		noteErr(tx, err)
-		return l.tokenReadError(keys[0], err, holdsOthers)
+		return err
 	}
 	if seen != len(keys) {
 		return fmt.Errorf("dblock: the stale-snapshot check of %s: the transaction sees %d of %d counters", keys[0], seen, len(keys))
