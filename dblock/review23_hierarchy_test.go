@@ -1,10 +1,15 @@
 package dblock_test
 
 import (
+	"context"
 	"errors"
 	"testing"
 
+	"gorm.io/gorm"
+
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/migrations"
+	"github.com/txlock/txlock/schema"
 )
 
 // TestReview23HierarchyRefusedLockTxTakesNothing: under the hierarchy, a
@@ -64,5 +69,62 @@ func TestReview23HierarchyFreshLockerLockTx(t *testing.T) {
 	defer tx.Rollback()
 	if err := l.LockTx(ctx, tx, dblock.Resource("r23:fresh")); err != nil {
 		t.Fatalf("the first LockTx of a Locker made after the switch, with no switch since = %v, want the lock", err)
+	}
+}
+
+// TestReview23HierarchySwitchWindowOverlap: SetHierarchy changes the
+// column's default (the setting Lockers read, and the flag of every row
+// created from then on) before it updates the existing rows. In between,
+// old rows say "off" and new rows say "on", and each Locker trusts the
+// row it locks: a Locker that assumes off holds an old key's row with no
+// container, while another that read the new default creates the Global
+// row (flag 1) and holds Global exclusively, which under the hierarchy
+// excludes every holder. The window is held open here by a permit holder,
+// which the second ALTER (of the permit table) waits for; any holder that
+// the update of the rows waits for opens it as well (rows created after
+// its scan passed them are new rows).
+func TestReview23HierarchySwitchWindowOverlap(t *testing.T) {
+	e := setup(t)
+	ctx := ctxT(t)
+	r := dblock.Resource("r23:switch-r")
+	pre := e.locker(t)
+	defer pre.Close()
+	// r's row exists before the switch (flag 0); Global's does not.
+	if err := pre.Do(ctx, r, func(context.Context, *gorm.DB) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// A permit holder keeps the switch between its two ALTERs.
+	p, err := pre.TryLock(ctx, dblock.Resource("r23:switch-p"), dblock.Permits(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Rollback()
+	switched := make(chan error, 1)
+	go func() {
+		switched <- migrations.SetHierarchy(ctx, e.sqlDB, true, migrations.Table(e.table))
+	}()
+	waitingStatement(t, e.db, "ALTER TABLE `"+schema.PermitTable(e.table)+"`")
+
+	off := e.locker(t) // assumes off, and r's row says off
+	defer off.Close()
+	holder, err := off.TryLock(ctx, r)
+	if err != nil {
+		t.Fatalf("TryLock(%s) during the switch: %v", r, err)
+	}
+	defer holder.Rollback()
+
+	on := e.locker(t)
+	defer on.Close()
+	g, err := on.TryLock(ctx, dblock.Global())
+	if err == nil {
+		_ = g.Rollback()
+		t.Errorf("Global taken exclusively (under the hierarchy) while %s is held (under the old setting): two holders overlap across the switch", r)
+	} else {
+		t.Logf("Global refused during the switch: %v", err)
+	}
+	_ = holder.Rollback()
+	_ = p.Rollback()
+	if err := <-switched; err != nil {
+		t.Fatal(err)
 	}
 }
