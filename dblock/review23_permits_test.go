@@ -140,3 +140,40 @@ func TestReview23PermitLastWaitMissesFreePermit(t *testing.T) {
 	}
 	t.Fatalf("in %d attempts W never waited long enough to release a permit under it", attempts)
 }
+
+// TestReview23PermitReentrantLockTxTakesSecondPermit: a second LockTx of a
+// permit the caller's transaction holds runs one locking read to tell
+// that the transaction is still open; for a permit that read is "any free
+// permit" (LIMIT 1 ... SKIP LOCKED), which returns the lowest permit row
+// not locked by another transaction: a free one below the permit the
+// transaction holds. The transaction then holds two of the key's n
+// permits, unknown to the library, and the semaphore admits one holder
+// fewer: here a 2-permit semaphore with one holder refuses a second one
+// with "all 2 permits ... are held".
+func TestReview23PermitReentrantLockTxTakesSecondPermit(t *testing.T) {
+	e, l := setupLocker(t)
+	ctx := ctxT(t)
+	key := dblock.Resource("r23:permit-reenter-tx")
+	x, err := l.TryLock(ctx, key, dblock.Permits(2)) // the lower permit
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := e.db.WithContext(ctx).Begin()
+	defer tx.Rollback()
+	if err := l.LockTx(ctx, tx, key, dblock.Permits(2)); err != nil { // the other
+		t.Fatal(err)
+	}
+	if err := x.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	// The same permit again: held already.
+	if err := l.LockTx(ctx, tx, key, dblock.Permits(2)); err != nil {
+		t.Fatal(err)
+	}
+	// One transaction holds the semaphore: another gets a permit.
+	y, err := l.TryLock(ctx, key, dblock.Permits(2))
+	if err != nil {
+		t.Fatalf("a 2-permit semaphore held by one transaction refuses a second: %v", err)
+	}
+	_ = y.Rollback()
+}
