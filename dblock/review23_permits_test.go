@@ -24,8 +24,24 @@ import (
 // (Without the hierarchy the same nesting takes the permit: see
 // TestPermitsReentrant.)
 func TestReview23PermitUnderHierarchyInsideKeyLock(t *testing.T) {
+	permitInsideKeyLock(t, true)
+}
+
+// TestReview23PermitNoHierarchyInsideKeyLock is the control of
+// TestReview23PermitUnderHierarchyInsideKeyLock without the hierarchy: the
+// permit is taken (it passes today).
+func TestReview23PermitNoHierarchyInsideKeyLock(t *testing.T) {
+	permitInsideKeyLock(t, false)
+}
+
+// permitInsideKeyLock takes a key's only permit inside a Do that holds the
+// key's lock, with the hierarchy on or off, and checks that no other
+// transaction can take the permit meanwhile.
+func permitInsideKeyLock(t *testing.T, hierarchy bool) {
 	e, l := setupLocker(t)
-	e.setHierarchy(t, true)
+	if hierarchy {
+		e.setHierarchy(t, true)
+	}
 	ctx := ctxT(t)
 	key := dblock.Resource("r23:permit-in-lock")
 	ran := false
@@ -35,7 +51,7 @@ func TestReview23PermitUnderHierarchyInsideKeyLock(t *testing.T) {
 			// This transaction holds the key's only permit, as far as
 			// the library said: no other transaction may take it.
 			if err := tryHeld(l, key, dblock.Permits(1)); err != nil {
-				t.Errorf("inside Do(Permits(1)) nested in the key's lock, under the hierarchy: %v (two holders of a 1-permit semaphore)", err)
+				t.Errorf("inside Do(Permits(1)) nested in the key's lock (hierarchy %v): %v (two holders of a 1-permit semaphore)", hierarchy, err)
 			}
 			return nil
 		}, dblock.Permits(1))
@@ -45,26 +61,6 @@ func TestReview23PermitUnderHierarchyInsideKeyLock(t *testing.T) {
 	}
 	if !ran {
 		t.Fatal("the nested Do did not run")
-	}
-}
-
-// TestReview23PermitNoHierarchyInsideKeyLock is the control of
-// TestReview23PermitUnderHierarchyInsideKeyLock without the hierarchy: the
-// permit is taken (it passes today).
-func TestReview23PermitNoHierarchyInsideKeyLock(t *testing.T) {
-	_, l := setupLocker(t)
-	ctx := ctxT(t)
-	key := dblock.Resource("r23:permit-in-lock-flat")
-	err := l.Do(ctx, key, func(ctx context.Context, _ *gorm.DB) error {
-		return l.Do(ctx, key, func(context.Context, *gorm.DB) error {
-			if err := tryHeld(l, key, dblock.Permits(1)); err != nil {
-				t.Errorf("inside Do(Permits(1)) nested in the key's lock: %v", err)
-			}
-			return nil
-		}, dblock.Permits(1))
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
