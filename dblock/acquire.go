@@ -64,6 +64,7 @@ type acquisition struct {
 	conn     int64
 	slots    []int64 // Permits: the key's permit rows
 	hier     bool    // the hierarchy setting the acquisition assumes (hierarchy.go)
+	permitID int64   // Permits: the permit row granted
 	plan     []node  // under the hierarchy: the rows to lock, in order
 }
 
@@ -127,7 +128,7 @@ func (l *Locker) beginAttempts(ctx context.Context, keys []Key, lc lockConfig, h
 	switches := 0 // attempts started over because the hierarchy setting changed
 	for attempt := 1; ; attempt++ {
 		if a.plan = nil; a.hier {
-			if a.plan, err = l.plan(pctx, keys, func(Key) bool { return false }); err != nil {
+			if a.plan, err = l.plan(pctx, keys, func(Key, bool) bool { return false }); err != nil {
 				return nil, a.prepError("finding the rows of the keys containing it", keys[0], err)
 			}
 		}
@@ -217,7 +218,7 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	sent := time.Now()
 	var session [3]sql.NullInt64
 	if a.plan != nil {
-		out, err := a.lockPlan(ownStmts{h.keeper}, a.plan, true, time.Time{}, false)
+		out, _, err := a.lockPlan(ownStmts{h.keeper}, a.plan, true, time.Time{}, false)
 		if err != nil {
 			h.abort()
 			if errors.Is(err, errRowGone) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -66,15 +67,16 @@ type node struct {
 // first, then composite keys, each by row id), so that acquisitions that
 // take all their keys in one call cannot deadlock each other. A key that
 // is both a key of the call and a container is taken as a key. held
-// reports keys the transaction holds already, which are left out.
-func (l *Locker) plan(ctx context.Context, keys []Key, held func(Key) bool) ([]node, error) {
+// reports keys the transaction holds already, as a key of the call or as
+// a container, which are left out.
+func (l *Locker) plan(ctx context.Context, keys []Key, held func(k Key, container bool) bool) ([]node, error) {
 	var nodes []node
 	add := func(k Key, container bool) error {
 		if i := slices.IndexFunc(nodes, func(n node) bool { return n.key == k }); i >= 0 {
 			nodes[i].container = nodes[i].container && container
 			return nil
 		}
-		if held(k) {
+		if held(k, container) {
 			return nil
 		}
 		id, err := l.findRow(ctx, k, false)
@@ -114,9 +116,25 @@ func (l *Locker) plan(ctx context.Context, keys []Key, held func(Key) bool) ([]n
 // lockPlan takes the rows of nodes in order in the transaction on tx: each
 // run of containers in one locking read (shared), each key of the call
 // with its own (lockKey, lockPermit). It returns the outcome of the first
-// statement, which reads the session's state when session is set.
-func (a *acquisition) lockPlan(tx stmtRunner, nodes []node, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
-	var first lockOutcome
+// statement, which reads the session's state when session is set, and how
+// many nodes, from the first, it took before it failed (a failed
+// statement may have taken some of its rows too).
+//
+// Without waiting (NoWait), the call's own keys come first: a call that
+// waits for nothing cannot deadlock, and the key, the row most likely
+// held, is then refused before any container is taken.
+func (a *acquisition) lockPlan(tx stmtRunner, nodes []node, session bool, leaseEnd time.Time, holdsOthers bool) (first lockOutcome, granted int, err error) {
+	if a.lc.noWait {
+		slices.SortStableFunc(nodes, func(x, y node) int {
+			switch {
+			case x.container == y.container:
+				return 0
+			case y.container:
+				return -1
+			}
+			return 1
+		})
+	}
 	for i := 0; i < len(nodes); {
 		start := i
 		var out lockOutcome
@@ -137,14 +155,14 @@ func (a *acquisition) lockPlan(tx stmtRunner, nodes []node, session bool, leaseE
 			i++
 		}
 		if err != nil {
-			return first, err
+			return first, start, err
 		}
 		if start == 0 {
 			first, session = out, false
 		}
 		holdsOthers = true
 	}
-	return first, nil
+	return first, len(nodes), nil
 }
 
 // groupExists reports whether every row of group exists (outside any
@@ -173,15 +191,27 @@ const hierarchyAttempts = 50
 // one the acquisition assumed; on a difference the Locker reads the
 // table's setting again.
 func (a *acquisition) checkHierarchy(flag int64) error {
-	if (flag != 0) == a.hier {
+	if flag == a.hierFlag() {
 		return nil
 	}
 	a.l.refreshHierarchy(a.ctx)
 	return errHierarchyChanged
 }
 
+// hierFlag is the value of the hierarchy column of the rows the
+// acquisition may lock: 1 with the hierarchy, 0 without. A switch in
+// progress marks rows 2, which no acquisition accepts.
+func (a *acquisition) hierFlag() int64 {
+	if a.hier {
+		return 1
+	}
+	return 0
+}
+
 // refreshHierarchy reads the table's hierarchy setting (the default of its
-// hierarchy column: see migrations.SetHierarchy) into l.hier.
+// hierarchy column: see migrations.SetHierarchy) into l.hier. During a
+// switch the default is 2 and l.hier is left as it is: every row the
+// switch has not finished is refused until it has.
 func (l *Locker) refreshHierarchy(ctx context.Context) {
 	var def sql.NullString
 	err := l.side.QueryRowContext(ctx, "SELECT COLUMN_DEFAULT FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'hierarchy'", l.cfg.table).Scan(&def)
@@ -189,7 +219,12 @@ func (l *Locker) refreshHierarchy(ctx context.Context) {
 		l.log.WarnContext(ctx, "dblock: cannot read the lock table's hierarchy setting", "error", err)
 		return
 	}
-	on := def.String == "1" || def.String == "'1'"
+	l.hierRead.Store(true)
+	v := strings.Trim(def.String, "'")
+	if v != "0" && v != "1" {
+		return // a switch in progress
+	}
+	on := v == "1"
 	if l.hier.Swap(on) != on {
 		l.log.InfoContext(ctx, "dblock: the lock table's hierarchy setting changed", "hierarchy", on)
 	}
@@ -200,6 +235,21 @@ func (l *Locker) refreshHierarchy(ctx context.Context) {
 func hierarchyError(key Key) error {
 	return fmt.Errorf("%w: %s: the lock table's hierarchy setting changed (txlock hierarchy) while this transaction took its lock: "+
 		"roll the transaction back and try again", ErrHierarchyChanged, key)
+}
+
+// nodeList renders nodes for an error: each key, and its mode.
+func nodeList(nodes []node) string {
+	var b strings.Builder
+	for i, n := range nodes {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(n.key.String())
+		if n.container {
+			b.WriteString(" (shared)")
+		}
+	}
+	return b.String()
 }
 
 // hierarchyOr returns err, or for an acquisition that found the table's
@@ -217,8 +267,12 @@ func hierarchyOr(key Key, err error) error {
 func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys []Key) error {
 	pctx, cancel := a.prepCtx()
 	defer cancel()
-	held := func(k Key) bool {
-		h, _ := s.holds(heldKey{l.cfg.table, k})
+	held := func(k Key, container bool) bool {
+		hk := heldKey{l.cfg.table, k}
+		if !container {
+			hk = l.heldKey(k, a.lc) // a permit is held apart from the key's lock
+		}
+		h, _ := s.holds(hk)
 		return h
 	}
 	if a.lc.permits > 0 {
@@ -239,17 +293,24 @@ func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys [
 				return err
 			}
 		}
-		out, err := a.lockPlan(tx, nodes, false, leaseEnd, holdsOthers)
+		out, granted, err := a.lockPlan(tx, nodes, false, leaseEnd, holdsOthers)
+		// What was taken stays taken until the transaction ends (InnoDB
+		// releases no row lock before): the scope records it.
+		for _, n := range nodes[:granted] {
+			if n.container {
+				s.add(heldKey{l.cfg.table, n.key}, true)
+			} else {
+				s.add(l.heldKey(n.key, a.lc), a.lc.shared(n.key))
+			}
+		}
 		if err == nil {
 			if a.readConn {
 				a.readConn, a.conn = false, out.conn
 			}
-			for _, n := range nodes {
-				if n.container {
-					s.add(heldKey{l.cfg.table, n.key}, true)
-				}
-			}
 			return nil
+		}
+		if granted > 0 && !errors.Is(err, ErrLockLost) {
+			err = fmt.Errorf("%w (the transaction keeps what this call took before, until it ends: %s; roll it back to release them)", err, nodeList(nodes[:granted]))
 		}
 		if !errors.Is(err, errRowGone) || attempt == 3 {
 			return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -114,6 +115,13 @@ func TestHierarchySwitch(t *testing.T) {
 	r := dblock.Resource("hs:r")
 	old := e.locker(t)
 	defer old.Close()
+	// old reads the setting (off) at its first lock in a caller's
+	// transaction, and keeps it.
+	tx0 := e.db.WithContext(ctx).Begin()
+	if err := old.LockTx(ctx, tx0, dblock.Resource("hs:first")); err != nil {
+		t.Fatal(err)
+	}
+	tx0.Rollback()
 	// A holder under the old setting: the switch waits for it.
 	before, err := l.TryLock(ctx, r)
 	if err != nil {
@@ -155,7 +163,8 @@ func TestHierarchySwitch(t *testing.T) {
 	}
 	_ = h.Rollback()
 
-	// A Locker that has not locked since: in a caller's transaction.
+	// A Locker that has not locked since the switch: in a caller's
+	// transaction, it cannot start over.
 	tx := e.db.WithContext(ctx).Begin()
 	defer tx.Rollback()
 	err = old.LockTx(ctx, tx, r)
@@ -325,4 +334,34 @@ func (a *activeSet) leave(id int) {
 	a.mu.Lock()
 	delete(a.holders, id)
 	a.mu.Unlock()
+}
+
+// TestHierarchyRefusedLockTxRecordsWhatItTook: under the hierarchy, a
+// LockTx in a caller's transaction that takes the keys containing its key
+// and then runs out of WaitTimeout on the key keeps those containers
+// (InnoDB releases no row lock before the transaction ends): the error
+// says so, and the transaction's record has them, so that a later
+// exclusive LockTx of one of them is refused as an upgrade instead of
+// waiting on its own transaction's lock.
+func TestHierarchyRefusedLockTxRecordsWhatItTook(t *testing.T) {
+	e, l := setupLocker(t)
+	e.setHierarchy(t, true)
+	ctx := ctxT(t)
+	r := dblock.Resource("hr:r")
+	ru := dblock.Key{Resource: "hr:r", User: "hr:u"}
+	other := holdKey(t, ctx, l, ru)
+	tx := e.db.WithContext(ctx).Begin()
+	defer tx.Rollback()
+	err := l.LockTx(ctx, tx, ru, dblock.WaitTimeout(100*time.Millisecond))
+	if !errors.Is(err, dblock.ErrNotAcquired) || !strings.Contains(err.Error(), "keeps what this call took") {
+		t.Fatalf("LockTx of a held composite key = %v, want ErrNotAcquired saying what the transaction keeps", err)
+	}
+	t.Logf("%v", err)
+	_ = other.Rollback()
+	if err := l.LockTx(ctx, tx, r, dblock.NoWait()); !errors.Is(err, dblock.ErrUpgrade) {
+		t.Fatalf("exclusive LockTx of a container the transaction took shared = %v, want ErrUpgrade", err)
+	}
+	if err := l.LockTx(ctx, tx, r, dblock.Shared(), dblock.NoWait()); err != nil {
+		t.Fatalf("shared LockTx of a container the transaction holds shared: %v", err)
+	}
 }

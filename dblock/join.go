@@ -32,6 +32,12 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		return err
 	}
 	l.adopt(s)
+	if !l.hierRead.Load() {
+		// A caller's transaction cannot start over: the Locker reads the
+		// table's setting before its first acquisition in one, rather than
+		// learn it from a row it locked.
+		l.refreshHierarchy(ctx)
+	}
 	a := l.newAcquisition(ctx, lc)
 	// The connection's id, for its label: a caller's transaction's first
 	// lock, or any in a transaction another Locker (another table) opened.
@@ -50,7 +56,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			if s.owner == nil {
 				// A caller's transaction may have ended behind the
 				// context's back: one locking read (granted at once) tells.
-				if err := l.joinKey(a, s, tx, key); err != nil {
+				if err := l.recheckHeld(a, s, tx, key); err != nil {
 					return hierarchyOr(key, err)
 				}
 			}
@@ -69,6 +75,12 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		if err != nil {
 			return err
 		}
+		if lc.permits > 0 {
+			s.setPermit(l.heldKey(key, lc), a.permitID)
+		}
+		// Recorded at once: should a later key of the call be refused, the
+		// transaction keeps this one until it ends.
+		s.add(l.heldKey(key, lc), lc.shared(key))
 		newKeys = append(newKeys, key)
 	}
 	if len(want) > 0 {
@@ -77,6 +89,9 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		done(err)
 		if err != nil {
 			return err
+		}
+		if lc.permits > 0 {
+			s.setPermit(l.heldKey(want[0], lc), a.permitID)
 		}
 		newKeys = append(newKeys, want...)
 	}
@@ -233,4 +248,17 @@ func txPool(tx *gorm.DB) (gorm.ConnPool, error) {
 		return c.keeper, nil
 	}
 	return pool, nil
+}
+
+// recheckHeld checks that the caller's transaction of s, which holds key
+// by the scope's record, is still open: one locking read of what it holds,
+// granted at once (the key's row, or the permit row it holds).
+func (l *Locker) recheckHeld(a *acquisition, s *txScope, tx stmtRunner, key Key) error {
+	if a.lc.permits > 0 {
+		if id, ok := s.permitRow(l.heldKey(key, a.lc)); ok {
+			_, err := a.lockKey(tx, key, lockTarget{ids: []int64{id}, permit: true}, false, time.Time{}, true)
+			return err
+		}
+	}
+	return l.joinKey(a, s, tx, key)
 }

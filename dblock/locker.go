@@ -45,6 +45,7 @@ type Locker struct {
 	marker      string      // "txlock:<random>-" prefix that tags this Locker's waiting statements
 	touch       bool        // Galera multi-writer: write the lock row after the locking read
 	hier        atomic.Bool // the lock table's hierarchy setting, as last read (hierarchy.go)
+	hierRead    atomic.Bool // the setting was read from the table at least once
 	seq         atomic.Uint64
 	closed      atomic.Bool
 	// callerTxs maps a caller's transaction (weakly) to what it holds

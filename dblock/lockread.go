@@ -158,7 +158,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 	case err == nil:
 		out.id = got
 		if t.group != nil && flag != flagMax {
-			// Rows of both settings: a switch in progress.
+			// Rows of two settings: a switch in progress.
 			a.l.refreshHierarchy(a.ctx)
 			return out, errHierarchyChanged
 		}

@@ -172,6 +172,9 @@ func (l *Locker) permitsMismatch(key Key, have, want int) error {
 func (a *acquisition) lockPermit(tx stmtRunner, key Key, slots []int64, session bool, leaseEnd time.Time, holdsOthers bool) (lockOutcome, error) {
 	for {
 		out, err := a.lockKey(tx, key, lockTarget{ids: slots, permit: true, any: true}, session, leaseEnd, holdsOthers)
+		if err == nil {
+			a.permitID = out.id
+		}
 		if errors.Is(err, errRowGone) {
 			a.l.permitCache.clear()
 			return out, fmt.Errorf("dblock: the permits of %s vanished (the permit table %s was emptied or recreated): try again", key, a.l.q.permitName)
@@ -185,9 +188,25 @@ func (a *acquisition) lockPermit(tx stmtRunner, key Key, slots []int64, session 
 		}
 		slot := slots[int(turn%int64(len(slots)))]
 		out, err = a.lockKey(tx, key, lockTarget{ids: []int64{slot}, permit: true, recheck: permitRecheck}, session, leaseEnd, holdsOthers)
+		if err == nil {
+			a.permitID = out.id
+		}
 		if errors.Is(err, errRowGone) {
 			a.l.permitCache.clear()
 			return out, fmt.Errorf("dblock: the permits of %s vanished (the permit table %s was emptied or recreated): try again", key, a.l.q.permitName)
+		}
+		if errors.Is(err, ErrNotAcquired) && !errors.Is(err, ErrLockLost) && a.ctx.Err() == nil {
+			// The wait's bound ran out on this permit: another may have
+			// been released meanwhile. One last look, without waiting.
+			last, lerr := a.lockKey(tx, key, lockTarget{ids: slots, permit: true, any: true}, session, leaseEnd, holdsOthers)
+			if lerr == nil {
+				a.permitID = last.id
+				return last, nil
+			}
+			if !errors.Is(lerr, errPermitsBusy) {
+				return last, lerr
+			}
+			return out, err
 		}
 		if !errors.Is(err, errRecheck) {
 			return out, err

@@ -36,6 +36,7 @@ type txState struct {
 	more   map[heldKey]bool  // the keys after the first: true if held shared
 	tokens map[heldKey]int64 // fencing tokens taken in this transaction
 	runs   map[heldKey]int64 // MinInterval runs this transaction recorded: their numbers
+	permit map[heldKey]int64 // the permit row each semaphore's permit is held on
 	ident  string            // server and schema of a caller's transaction, once asked
 }
 
@@ -146,6 +147,26 @@ func (s *txScope) setToken(l *Locker, k Key, token int64) {
 		st.tokens = make(map[heldKey]int64, 1)
 	}
 	st.tokens[heldKey{l.cfg.table, k}] = token
+}
+
+// setPermit records that the transaction holds hk's permit on row id.
+func (s *txScope) setPermit(hk heldKey, id int64) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.permit == nil {
+		st.permit = make(map[heldKey]int64, 1)
+	}
+	st.permit[hk] = id
+}
+
+// permitRow returns the permit row the transaction holds hk's permit on.
+func (s *txScope) permitRow(hk heldKey) (int64, bool) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	id, ok := st.permit[hk]
+	return id, ok
 }
 
 // setRun records that the transaction recorded run n of k (MinInterval).

@@ -129,7 +129,10 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []
 		return err
 	}
 	if seen != len(keys) {
-		return fmt.Errorf("dblock: the stale-snapshot check of %s: the transaction sees %d of %d counters", keys[0], seen, len(keys))
+		// The bump created a counter that the transaction's snapshot,
+		// older than the bump, cannot see: it had read before the lock.
+		return fmt.Errorf("%w: %s: the transaction had read before this shared lock (its snapshot predates the check's counter), so its reads may predate the last exclusive holder's commit; "+
+			"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, keys[0])
 	}
 	return nil
 }

@@ -28,6 +28,9 @@ func Hierarchy(ctx context.Context, db *sql.DB, opts ...Option) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if def != "0" && def != "1" {
+		return false, fmt.Errorf("migrations: a switch of the hierarchy of %s stopped halfway (its rows refuse every acquisition): run it again (txlock hierarchy on|off)", cfg.table)
+	}
 	return def == "1", nil
 }
 
@@ -61,14 +64,17 @@ func trimQuotes(s string) string {
 // resource". It is a property of the table, never of a process: every
 // Locker learns it from the rows it locks.
 //
-// The switch changes the setting of the rows created from now on, then of
-// every row, in one transaction that waits for each holder of a row and
-// makes every acquisition wait until it commits: no holder under one
-// setting ever overlaps a holder under the other. Acquisitions of the
-// Locker's own transactions then start over under the new setting; one
-// in a transaction of the caller's fails with dblock.ErrHierarchyChanged.
-// Run it when the table is quiet: it pauses every acquisition while it
-// waits for the holders of the moment. LockTimeout bounds each wait.
+// The switch first marks the rows created from now on as switching (a
+// value no acquisition accepts), then sets every row to the new setting in
+// one transaction that waits for each holder of a row and holds the rows
+// until it commits, then makes the new setting the one of new rows and
+// sets the rows created meanwhile: no holder under one setting ever
+// overlaps a holder under the other. Acquisitions of the Locker's own
+// transactions start over under the new setting; one in a transaction of
+// the caller's fails with dblock.ErrHierarchyChanged. Run it when the table
+// is quiet: it pauses every acquisition while it waits for the holders of
+// the moment. LockTimeout bounds each wait. A switch that failed halfway
+// leaves the table refusing acquisitions until it is run again.
 func SetHierarchy(ctx context.Context, db *sql.DB, on bool, opts ...Option) error {
 	cfg, err := newConfig(db, opts)
 	if err != nil {
@@ -91,24 +97,47 @@ func SetHierarchy(ctx context.Context, db *sql.DB, on bool, opts ...Option) erro
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = %d, innodb_lock_wait_timeout = %d", wait, wait)); err != nil {
 			return fmt.Errorf("migrations: hierarchy %s: %w", cfg.table, err)
 		}
-		// The rows created from now on: each ALTER waits until no
-		// transaction uses the table.
-		for _, t := range tables {
-			if _, err := conn.ExecContext(ctx, fmt.Sprintf("ALTER TABLE `%s` ALTER COLUMN hierarchy SET DEFAULT %d", t, v)); err != nil {
-				return fmt.Errorf("migrations: hierarchy %s: setting the default of %s: %w", cfg.table, t, err)
+		// Rows created during the switch are marked as switching; every
+		// row then gets the new setting in one transaction; then the new
+		// setting becomes that of new rows, and the rows created meanwhile
+		// get it too. Each ALTER waits until no transaction uses its table.
+		for _, step := range []func() error{
+			func() error { return setDefault(ctx, conn, tables, hierarchySwitching) },
+			func() error { return updateRows(ctx, conn, tables, v) },
+			func() error { return setDefault(ctx, conn, tables, v) },
+			func() error { return updateRows(ctx, conn, tables, v) },
+		} {
+			if err := step(); err != nil {
+				return fmt.Errorf("migrations: hierarchy %s: the switch stopped halfway, and acquisitions are refused until it is run again: %w", cfg.table, err)
 			}
 		}
-		// Every row, in one transaction.
-		for attempt := 1; ; attempt++ {
-			err := updateHierarchy(ctx, conn, tables, v)
-			if err == nil {
-				return nil
-			}
-			if attempt == hierarchySwitchAttempts || !isDeadlock(err) {
-				return fmt.Errorf("migrations: hierarchy %s: updating the rows (the new default is set; run the switch again to finish it): %w", cfg.table, err)
-			}
-		}
+		return nil
 	})
+}
+
+// hierarchySwitching is the hierarchy value of rows created during a
+// switch, which no acquisition accepts.
+const hierarchySwitching = 2
+
+// setDefault makes v the hierarchy value of the rows tables create.
+func setDefault(ctx context.Context, conn *sql.Conn, tables []string, v int) error {
+	for _, t := range tables {
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("ALTER TABLE `%s` ALTER COLUMN hierarchy SET DEFAULT %d", t, v)); err != nil {
+			return fmt.Errorf("setting the default of %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// updateRows sets every row of tables to v in one transaction, run again
+// when the server makes it a deadlock victim.
+func updateRows(ctx context.Context, conn *sql.Conn, tables []string, v int) error {
+	for attempt := 1; ; attempt++ {
+		err := updateHierarchy(ctx, conn, tables, v)
+		if err == nil || attempt == hierarchySwitchAttempts || !isDeadlock(err) {
+			return err
+		}
+	}
 }
 
 // updateHierarchy sets every row of tables to v in one transaction.
