@@ -54,7 +54,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			}
 			continue
 		}
-		done := l.tel.startAcquire(ctx, key, lc.noWait)
+		done := l.tel.startAcquire(ctx, key, lc.modeOf(key), lc.noWait)
 		err := l.joinKey(a, s, tx, key)
 		done(err)
 		if err != nil {
