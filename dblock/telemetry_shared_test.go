@@ -62,18 +62,7 @@ func TestTelemetryShared(t *testing.T) {
 		t.Fatalf("shared Do beside a shared holder: %v", err)
 	}
 	// The first shared holder loses its lock.
-	var conn int64
-	if err := reader.Tx().Raw("SELECT CONNECTION_ID()").Scan(&conn).Error; err != nil || conn == 0 {
-		t.Fatalf("connection id: %d, %v", conn, err)
-	}
-	if err := e.db.Exec(fmt.Sprintf("KILL %d", conn)).Error; err != nil {
-		t.Fatalf("KILL %d: %v", conn, err)
-	}
-	select {
-	case <-reader.Lost():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the shared lock was not reported lost 10s after its connection was killed")
-	}
+	killUntilLost(t, e.db, reader)
 	_ = reader.Rollback()
 
 	ms = rec.collect(t)

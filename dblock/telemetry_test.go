@@ -438,18 +438,7 @@ func TestTelemetryLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lk.Rollback()
-	var conn int64
-	if err := lk.Tx().Raw("SELECT CONNECTION_ID()").Scan(&conn).Error; err != nil || conn == 0 {
-		t.Fatalf("connection id: %d, %v", conn, err)
-	}
-	if err := e.db.Exec(fmt.Sprintf("KILL %d", conn)).Error; err != nil {
-		t.Fatalf("KILL %d: %v", conn, err)
-	}
-	select {
-	case <-lk.Lost():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the lock was not reported lost 10s after its connection was killed")
-	}
+	killUntilLost(t, e.db, lk)
 	if !errors.Is(lk.Err(), dblock.ErrLockLost) {
 		t.Errorf("Err = %v, want ErrLockLost", lk.Err())
 	}
@@ -463,6 +452,24 @@ func TestTelemetryLost(t *testing.T) {
 		t.Errorf("%d holds recorded, want 1 (at the loss)", n)
 	}
 	rec.checkAttributes(t, ms, e.table, "refund")
+}
+
+// killUntilLost kills the connection of lk's transaction from db and waits
+// (at most 10 s) until lk reports the loss.
+func killUntilLost(t *testing.T, db *gorm.DB, lk *dblock.Lock) {
+	t.Helper()
+	var conn int64
+	if err := lk.Tx().Raw("SELECT CONNECTION_ID()").Scan(&conn).Error; err != nil || conn == 0 {
+		t.Fatalf("connection id: %d, %v", conn, err)
+	}
+	if err := db.Exec(fmt.Sprintf("KILL %d", conn)).Error; err != nil {
+		t.Fatalf("KILL %d: %v", conn, err)
+	}
+	select {
+	case <-lk.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lock was not reported lost 10s after its connection was killed")
+	}
 }
 
 // TestTelemetryDeadlockAndError: two transactions taking two keys with

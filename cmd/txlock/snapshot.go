@@ -285,15 +285,8 @@ func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowSt
 // transactions it shows in shown.
 func (v connViews) heldKey(id int64, k dblock.Key, s *rowState, shown map[string]bool) HeldKey {
 	hk := HeldKey{Key: toKeyJSON(k), KeyStr: k.String(), RowID: id, Source: s.source, Waiters: []Conn{}, UnnamedWaiting: s.unnamedWaiting}
-	exclusive := false
-	for _, trx := range sortedKeys(s.holders) {
-		h := s.holders[trx]
-		c := v.conn(trx, h.conn, false)
-		c.Mode = h.mode
-		hk.Holders = append(hk.Holders, c)
-		shown[trx] = true
-		exclusive = exclusive || h.mode == "X"
-	}
+	hk.Holders = v.conns(s.holders, false, shown)
+	exclusive := slices.ContainsFunc(hk.Holders, func(c Conn) bool { return c.Mode == "X" })
 	// Beside a named exclusive holder, transaction 0's shared lock is a
 	// pending request: nobody else can hold the row.
 	hk.UnnamedShared = s.unnamedShared && !exclusive
@@ -306,15 +299,22 @@ func (v connViews) heldKey(id int64, k dblock.Key, s *rowState, shown map[string
 	if len(hk.Holders) > 0 {
 		hk.Holder = &hk.Holders[0]
 	}
-	for _, trx := range sortedKeys(s.waiters) {
-		w := s.waiters[trx]
-		c := v.conn(trx, w.conn, true)
-		c.Mode = w.mode
-		hk.Waiters = append(hk.Waiters, c)
-		shown[trx] = true
-	}
+	hk.Waiters = append(hk.Waiters, v.conns(s.waiters, true, shown)...)
 	slices.SortStableFunc(hk.Waiters, func(a, b Conn) int { return cmp.Compare(waited(b), waited(a)) })
 	return hk
+}
+
+// conns describes the holders or waiters (waiting) of a row, by
+// transaction, each with its mode, and marks them in shown.
+func (v connViews) conns(m map[string]connMode, waiting bool, shown map[string]bool) []Conn {
+	var out []Conn
+	for _, trx := range sortedKeys(m) {
+		c := v.conn(trx, m[trx].conn, waiting)
+		c.Mode = m[trx].mode
+		out = append(out, c)
+		shown[trx] = true
+	}
+	return out
 }
 
 // connViews are what INNODB_TRX (by transaction) and PROCESSLIST (by
