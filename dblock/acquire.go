@@ -102,7 +102,7 @@ func (a *acquisition) prepError(what string, key Key, err error) error {
 // first statements. handle says the Lock goes to the caller (Lock,
 // TryLock): it then watches its context and is rolled back if dropped.
 func (l *Locker) begin(ctx context.Context, keys []Key, lc lockConfig, handle bool) (*Lock, error) {
-	done := l.tel.startAcquire(ctx, keys[0], lc.noWait)
+	done := l.tel.startAcquire(ctx, keys[0], lc.modeOf(keys[0]), lc.noWait)
 	lk, err := l.beginAttempts(ctx, keys, lc, handle)
 	done(err)
 	return lk, err
@@ -185,7 +185,7 @@ func (l *Locker) beginAttempts(ctx context.Context, keys []Key, lc lockConfig, h
 func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *Lock, gone int, err error) {
 	l := a.l
 	lctx, cancel := l.lockContext(a.ctx)
-	h := &hold{l: l, key: keys[0], ctx: lctx, cancel: cancel}
+	h := &hold{l: l, key: keys[0], mode: a.lc.modeOf(keys[0]), ctx: lctx, cancel: cancel}
 	if h.conn, err = l.sqlDB.Conn(pctx); err != nil {
 		cancel(nil)
 		return nil, -1, a.prepError("waiting for a pool connection", keys[0], fmt.Errorf("dblock: acquiring %s: a pool connection: %w", keys[0], withCause(pctx, err)))

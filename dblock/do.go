@@ -44,7 +44,7 @@ func (l *Locker) do(ctx context.Context, keys []Key, fn func(ctx context.Context
 	if err != nil {
 		return err
 	}
-	ctx, end := l.tel.startDo(ctx, keys[0], len(keys), lc.noWait)
+	ctx, end := l.tel.startDo(ctx, keys[0], len(keys), lc.modeOf(keys[0]), lc.noWait)
 	defer func() { end(err) }()
 	s, err := l.scopeFor(ctx)
 	if err != nil {

@@ -325,6 +325,13 @@
 // keeps Holder from naming the holder ([ErrHolderUnknown]). Holder needs
 // the PROCESS privilege. docs/HOLDERS.md gives the statements.
 //
+// A key held shared ([Shared]) may have several holders: Holder sets
+// [Holder.Shared], names the one whose transaction began first and the
+// others in [Holder.SharedWith]. MariaDB's lock views give a transaction
+// that has written nothing and holds no exclusive lock the id 0, shared
+// by every such transaction: its shared holders are not named (Holder
+// returns ErrHolderUnknown; Holders lists the key with ConnID 0).
+//
 // # Errors
 //
 // Outcomes are sentinel errors matched with [errors.Is]: [ErrNotAcquired],

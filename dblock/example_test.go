@@ -95,6 +95,54 @@ func ExampleLocker_Do() {
 	// Output: order 42: refunded
 }
 
+// Readers take a key with Shared and hold it together; a writer (the
+// default, exclusive mode) gets it only once every reader is gone. A
+// transaction that holds a key shared cannot take it exclusively as well:
+// ErrUpgrade (take it exclusively from the start).
+func ExampleShared() {
+	db, locker, closeAll := exampleSetup()
+	defer closeAll()
+	ctx := context.Background()
+	key := dblock.Resource("order:7")
+	if err := db.Exec("REPLACE INTO dblock_example_orders (id, status) VALUES (7, 'paid')").Error; err != nil {
+		log.Fatal(err)
+	}
+
+	reader, err := locker.Lock(ctx, key, dblock.Shared())
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = locker.TryLock(ctx, key)
+	fmt.Println("writer beside a reader:", errors.Is(err, dblock.ErrNotAcquired))
+
+	// Another reader holds the key at the same time.
+	err = locker.Do(ctx, key, func(ctx context.Context, tx *gorm.DB) error {
+		var status string
+		if err := tx.Raw("SELECT status FROM dblock_example_orders WHERE id = 7").Row().Scan(&status); err != nil {
+			return err
+		}
+		fmt.Println("second reader sees:", status)
+		err := locker.Do(ctx, key, func(context.Context, *gorm.DB) error { return nil })
+		fmt.Println("writing inside a read:", errors.Is(err, dblock.ErrUpgrade))
+		return nil
+	}, dblock.Shared())
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	if err := reader.Commit(); err != nil {
+		log.Fatal(err)
+	}
+	writer, err := locker.TryLock(ctx, key)
+	fmt.Println("writer once the readers are gone:", err)
+	_ = writer.Rollback()
+	// Output:
+	// writer beside a reader: true
+	// second reader sees: paid
+	// writing inside a read: true
+	// writer once the readers are gone: <nil>
+}
+
 // TryLock does not wait: a key that is held gives ErrNotAcquired at once.
 func ExampleLocker_TryLock() {
 	_, locker, closeAll := exampleSetup()

@@ -16,7 +16,8 @@ import (
 // its transaction rolled back (abandon).
 type hold struct {
 	l       *Locker
-	key     Key // the first key, for messages and metrics
+	key     Key      // the first key, for messages and metrics
+	mode    lockMode // the first key's mode, for metrics
 	conn    *sql.Conn
 	keeper  *keeper
 	ctx     context.Context // the lock's context: cancelled with the loss as cause
@@ -83,8 +84,8 @@ func (h *hold) loseBy(err error, mark func()) {
 	h.closeLostLocked()
 	h.mu.Unlock()
 	h.l.log.Warn("dblock: lock lost", "granularity", h.key.granularity(), "error", err)
-	h.l.tel.lost(h.ctx, h.key, err)
-	h.l.tel.held(h.ctx, h.key, time.Since(h.granted))
+	h.l.tel.lost(h.ctx, h.key, h.mode, err)
+	h.l.tel.held(h.ctx, h.key, h.mode, time.Since(h.granted))
 	h.cancel(err)
 	go h.finish() // the rollback may wait for a statement the holder has in flight
 }
@@ -98,7 +99,7 @@ func (h *hold) end() (bool, error) {
 	case held:
 		h.state = released
 		h.closeLostLocked()
-		h.l.tel.held(h.ctx, h.key, time.Since(h.granted))
+		h.l.tel.held(h.ctx, h.key, h.mode, time.Since(h.granted))
 		return true, nil
 	case lost:
 		return false, h.lostErr

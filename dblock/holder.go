@@ -1,6 +1,7 @@
 package dblock
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -36,8 +37,21 @@ type Holder struct {
 	// Since is when the holder's transaction began, on the server's
 	// clock, to the second; zero when the server did not say.
 	Since time.Time
+	// Shared reports that the key is held in shared mode (Shared), which
+	// several transactions may do at once: Session is then the holder
+	// whose transaction began first, and SharedWith the others.
+	Shared bool
+	// SharedWith are the other holders of a key held shared, in the order
+	// their transactions began. On MariaDB they are only those whose
+	// transaction has written something or holds an exclusive lock: its
+	// lock views give a transaction that has only read the id 0, like
+	// every other such transaction, so it cannot be named (a key held
+	// shared by such transactions only is ErrHolderUnknown).
+	SharedWith []Session
 	// Waiters are the connections queued for the key, longest waiting
-	// first (MariaDB: those the holder lookup saw queued with its probe).
+	// first (MariaDB: those the holder lookup saw queued with its probe,
+	// except shared requests of transactions that have written nothing,
+	// which its views do not name).
 	Waiters []Session
 }
 
@@ -54,7 +68,8 @@ const (
 const holderTag = "txlock-holder"
 
 // Holder returns who holds key: ErrNotHeld when nobody does (no row, or
-// free when looked at, or released during the call). On MariaDB the
+// free when looked at, or released during the call). A key held shared
+// may have several holders: see Holder.Shared and Holder.SharedWith. On MariaDB the
 // server shows a holder only to a waiter, so Holder queues a probe behind
 // it for a moment (a locking read on a connection of the Locker's pool,
 // withdrawn at once: called while the caller holds every connection of
@@ -97,7 +112,10 @@ func (l *Locker) Holder(ctx context.Context, key Key) (Holder, error) {
 	if err != nil {
 		return Holder{}, l.holderError(ctx, key, err)
 	}
-	if f.conn == 0 {
+	switch {
+	case f.conn == 0 && f.shared:
+		return Holder{}, fmt.Errorf("%w: %s is held shared, but its holders cannot be named: %s", ErrHolderUnknown, key, f.why)
+	case f.conn == 0:
 		return Holder{}, fmt.Errorf("%w: %s is held, but the server's lock views did not name its holder within %v: %s",
 			ErrHolderUnknown, key, holderWait, f.why)
 	}
@@ -148,9 +166,55 @@ type heldRow struct {
 	id      int64
 	conn    int64 // 0: held, holder not named (why says why)
 	since   int64 // Unix seconds of the holder's transaction start; 0: unknown
+	shared  bool  // held in shared mode: others may hold it too
+	others  []int64
 	waiters []int64
 	why     string
 }
+
+// grant is one granted lock on a key row: the holding connection (0: not
+// named), its transaction's start, and whether the lock is shared.
+type grant struct {
+	conn, since int64
+	shared      bool
+}
+
+// setHolders records the granted locks on f's row: an exclusive one if
+// any (then no other transaction holds the row, and the unnamed shared
+// requests are waiters'), else the shared ones, the earliest first. An
+// unnamed shared lock with no named one leaves f.conn 0. It reports
+// whether it found a holder, named or not.
+func (f *heldRow) setHolders(gs []grant, unnamedShared bool) bool {
+	for _, g := range gs {
+		if !g.shared {
+			f.conn, f.since, f.shared, f.others, f.why = g.conn, g.since, false, nil, ""
+			return true
+		}
+	}
+	if len(gs) == 0 {
+		if unnamedShared {
+			f.shared, f.why = true, sharedUnnamed
+		}
+		return unnamedShared
+	}
+	slices.SortFunc(gs, func(a, b grant) int {
+		if a.since != b.since {
+			return cmp.Compare(a.since, b.since)
+		}
+		return cmp.Compare(a.conn, b.conn)
+	})
+	f.conn, f.since, f.shared, f.why = gs[0].conn, gs[0].since, true, ""
+	f.others = f.others[:0]
+	for _, g := range gs[1:] {
+		if g.conn != f.conn && !slices.Contains(f.others, g.conn) {
+			f.others = append(f.others, g.conn)
+		}
+	}
+	return true
+}
+
+// sharedUnnamed is why a key held shared has no named holder (MariaDB).
+const sharedUnnamed = "they have written nothing, and MariaDB's lock views give every such transaction the id 0 (txlock locks lists the candidates)"
 
 // describe completes the holders found for keys with their sessions
 // (PROCESSLIST) and labels (the session table).
@@ -160,6 +224,7 @@ func (l *Locker) describe(ctx context.Context, keys []Key, found []heldRow) ([]H
 		if f.conn != 0 {
 			ids = append(ids, f.conn)
 		}
+		ids = append(ids, f.others...)
 		ids = append(ids, f.waiters...)
 	}
 	slices.Sort(ids)
@@ -200,9 +265,12 @@ func (l *Locker) describe(ctx context.Context, keys []Key, found []heldRow) ([]H
 	}
 	out := make([]Holder, len(found))
 	for i, f := range found {
-		h := Holder{Key: keys[i], Waiters: []Session{}}
+		h := Holder{Key: keys[i], Shared: f.shared, Waiters: []Session{}}
 		if f.conn != 0 {
 			h.Session = sess[f.conn]
+		}
+		for _, o := range f.others {
+			h.SharedWith = append(h.SharedWith, sess[o])
 		}
 		if f.since > 0 {
 			h.Since = time.Unix(f.since, 0)
@@ -215,17 +283,19 @@ func (l *Locker) describe(ctx context.Context, keys []Key, found []heldRow) ([]H
 	return out, nil
 }
 
-// mySQLDataLocks lists the exclusive record locks on the lock table's
-// primary key, granted or waiting, with the holder's transaction start
-// and a waiter's wait start (MySQL 8: performance_schema.data_locks lists
-// every lock). The parameter is the table's name.
-const mySQLDataLocks = "SELECT d.LOCK_DATA, t.PROCESSLIST_ID, d.LOCK_STATUS = 'GRANTED', " +
+// mySQLDataLocks lists the record locks (exclusive or shared, not gap
+// locks) on the lock table's primary key, granted or waiting, with the
+// holder's transaction start and a waiter's wait start (MySQL 8:
+// performance_schema.data_locks lists every lock, each transaction with
+// its own id). The parameter is the table's name.
+const mySQLDataLocks = "SELECT d.LOCK_DATA, t.PROCESSLIST_ID, d.LOCK_STATUS = 'GRANTED', d.LOCK_MODE LIKE 'S%', " +
 	"COALESCE(UNIX_TIMESTAMP(x.trx_started), 0), COALESCE(UNIX_TIMESTAMP(x.trx_wait_started), 0) " +
 	"FROM performance_schema.data_locks d " +
 	"JOIN performance_schema.threads t ON t.THREAD_ID = d.THREAD_ID " +
 	"LEFT JOIN information_schema.INNODB_TRX x ON x.trx_id = d.ENGINE_TRANSACTION_ID " +
 	"WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ? " +
-	"AND d.INDEX_NAME = 'PRIMARY' AND d.LOCK_TYPE = 'RECORD' AND d.LOCK_MODE LIKE 'X%' AND d.LOCK_STATUS IN ('GRANTED', 'WAITING')"
+	"AND d.INDEX_NAME = 'PRIMARY' AND d.LOCK_TYPE = 'RECORD' AND d.LOCK_MODE IN ('X', 'S', 'X,REC_NOT_GAP', 'S,REC_NOT_GAP') " +
+	"AND d.LOCK_STATUS IN ('GRANTED', 'WAITING')"
 
 // dataLocks reads the held rows of the lock table from MySQL's
 // data_locks: row id (every row when 0).
@@ -241,12 +311,13 @@ func (l *Locker) dataLocks(ctx context.Context, id int64) (map[int64]*heldRow, e
 	}
 	defer rows.Close()
 	out := map[int64]*heldRow{}
+	grants := map[int64][]grant{}
 	for rows.Next() {
 		var data sql.NullString
 		var conn sql.NullInt64
-		var granted bool
+		var granted, shared bool
 		var since, waited int64
-		if err := rows.Scan(&data, &conn, &granted, &since, &waited); err != nil {
+		if err := rows.Scan(&data, &conn, &granted, &shared, &since, &waited); err != nil {
 			return nil, fmt.Errorf("reading performance_schema.data_locks: %w", err)
 		}
 		rowID, err := strconv.ParseInt(strings.TrimSpace(data.String), 10, 64)
@@ -259,8 +330,8 @@ func (l *Locker) dataLocks(ctx context.Context, id int64) (map[int64]*heldRow, e
 			out[rowID] = r
 		}
 		if granted {
-			r.conn, r.since = conn.Int64, since
-		} else {
+			grants[rowID] = append(grants[rowID], grant{conn: conn.Int64, since: since, shared: shared})
+		} else if !slices.Contains(r.waiters, conn.Int64) {
 			r.waiters = append(r.waiters, conn.Int64)
 		}
 	}
@@ -268,7 +339,7 @@ func (l *Locker) dataLocks(ctx context.Context, id int64) (map[int64]*heldRow, e
 		return nil, fmt.Errorf("reading performance_schema.data_locks: %w", err)
 	}
 	for k, r := range out {
-		if r.conn == 0 {
+		if !r.setHolders(grants[k], false) {
 			delete(out, k) // waiters only: the holder released as it was read
 		}
 	}
@@ -277,15 +348,21 @@ func (l *Locker) dataLocks(ctx context.Context, id int64) (map[int64]*heldRow, e
 
 // mariaDBLockWaits lists the lock waits on one row of the lock table:
 // the waiting connection, the blocking one, whether the blocking lock is
-// granted (not the blocker's own pending request), the blocker's
-// transaction start and the wait's start. Parameters: the table as
-// INNODB_LOCKS names it ("`db`.`table`"), the row id.
-const mariaDBLockWaits = `SELECT rt.trx_mysql_thread_id, bt.trx_mysql_thread_id, NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id),
+// granted (not the blocker's own pending request), whether it is shared,
+// the blocker's transaction start and the wait's start. MariaDB gives a
+// transaction that has written nothing and holds no exclusive lock the
+// id 0, which every such transaction shares: a waiter or blocker of id 0
+// is not named (connection 0), and a blocking lock of id 0 may be
+// granted or pending. Parameters: the table as INNODB_LOCKS names it
+// ("`db`.`table`"), the row id.
+const mariaDBLockWaits = `SELECT COALESCE(rt.trx_mysql_thread_id, 0), COALESCE(bt.trx_mysql_thread_id, 0),
+  w.blocking_trx_id = 0 OR NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id), bl.lock_mode LIKE 'S%',
   COALESCE(UNIX_TIMESTAMP(bt.trx_started), 0), COALESCE(UNIX_TIMESTAMP(rt.trx_wait_started), 0)
 FROM information_schema.INNODB_LOCK_WAITS w
 JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id
-JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id
-JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id
+JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
+LEFT JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id AND w.requesting_trx_id <> 0
+LEFT JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id AND w.blocking_trx_id <> 0
 WHERE rl.lock_table = ? AND rl.lock_index = 'PRIMARY' AND rl.lock_type = 'RECORD' AND rl.lock_data = ?
 ORDER BY rt.trx_wait_started`
 
@@ -405,21 +482,26 @@ func (l *Locker) pollHolder(ctx context.Context, id int64, pattern string, done 
 		if err != nil {
 			return f, nil, false, fmt.Errorf("reading INNODB_LOCK_WAITS (it needs the PROCESS privilege): %w", err)
 		}
-		var holder, since int64
+		var grants []grant
 		var waiters []int64
-		seen := false
+		seen, unnamed := false, false
 		for rows.Next() {
 			var waiter, blocker, start, waited int64
-			var granted bool
-			if err := rows.Scan(&waiter, &blocker, &granted, &start, &waited); err != nil {
+			var granted, shared bool
+			if err := rows.Scan(&waiter, &blocker, &granted, &shared, &start, &waited); err != nil {
 				break
 			}
-			if waiter == probe {
+			switch {
+			case waiter == probe && probe != 0:
 				seen = true
-				if granted {
-					holder, since = blocker, start
+				switch {
+				case !granted:
+				case blocker != 0:
+					grants = append(grants, grant{conn: blocker, since: start, shared: shared})
+				case shared:
+					unnamed = true
 				}
-			} else if !slices.Contains(waiters, waiter) {
+			case waiter != 0 && !slices.Contains(waiters, waiter):
 				waiters = append(waiters, waiter)
 			}
 		}
@@ -428,8 +510,8 @@ func (l *Locker) pollHolder(ctx context.Context, id int64, pattern string, done 
 		if err != nil {
 			return f, nil, false, fmt.Errorf("reading INNODB_LOCK_WAITS: %w", err)
 		}
-		if seen && holder != 0 && probe != 0 {
-			f.conn, f.since, f.waiters, f.why = holder, since, waiters, ""
+		if seen && f.setHolders(grants, unnamed) {
+			f.waiters = waiters
 			return f, nil, false, nil
 		}
 	}

@@ -69,7 +69,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			want = append(want, key) // taken below, with the keys containing them
 			continue
 		}
-		done := l.tel.startAcquire(ctx, key, lc.noWait)
+		done := l.tel.startAcquire(ctx, key, lc.modeOf(key), lc.noWait)
 		err := hierarchyOr(key, l.joinKey(a, s, tx, key))
 		done(err)
 		if err != nil {
@@ -84,7 +84,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		newKeys = append(newKeys, key)
 	}
 	if len(want) > 0 {
-		done := l.tel.startAcquire(ctx, want[0], lc.noWait)
+		done := l.tel.startAcquire(ctx, want[0], lc.modeOf(want[0]), lc.noWait)
 		err := hierarchyOr(want[0], l.joinHierarchy(a, s, tx, want))
 		done(err)
 		if err != nil {

@@ -132,11 +132,11 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 	if r.connID {
 		dest = append(dest, &out.conn)
 	}
-	l.tel.waiting(a.ctx, key, 1)
+	l.tel.waiting(a.ctx, key, a.lc.modeOf(key), 1)
 	interrupted := l.runInterruptible(a.ctx, r.tag, timer, func(sctx context.Context) {
 		err = tx.QueryRowContext(sctx, q).Scan(dest...)
 	})
-	l.tel.waiting(a.ctx, key, -1)
+	l.tel.waiting(a.ctx, key, a.lc.modeOf(key), -1)
 	noteErr(tx, err)
 	if mysqlErrorNumber(err) == erTableDefChanged {
 		// The table was recreated (TRUNCATE, a migration) after the

@@ -21,10 +21,11 @@ import (
 const scopeName = "github.com/txlock/txlock/dblock"
 
 // The Locker's instruments. Every measurement carries the attributes
-// granularity (Key.Granularity: "resource", "user+resource", "global", ...)
-// and table (the lock table's name): both are bounded, the raw key never
-// appears. For DoMulti and for Lock, the granularity is that of the first
-// key in canonical order.
+// granularity (Key.Granularity: "resource", "user+resource", "global", ...),
+// table (the lock table's name) and txlock.mode ("exclusive", or "shared"
+// for a key taken with Shared): all are bounded, the raw key never
+// appears. For DoMulti and for Lock, the granularity and the mode are
+// those of the first key in canonical order.
 //
 //   - txlock.acquire.duration (histogram, s), with outcome: the time from
 //     the call to the grant or the failure, row lookup and pool connection
@@ -71,6 +72,7 @@ const (
 	attrGranularity = attribute.Key("granularity")
 	attrTable       = attribute.Key("table")
 	attrOutcome     = attribute.Key("outcome")
+	attrMode        = attribute.Key("txlock.mode")
 	attrKeys        = attribute.Key("keys")         // txlock.Do: how many keys
 	attrWait        = attribute.Key("wait_seconds") // txlock.acquire: time to the outcome
 )
@@ -197,10 +199,10 @@ func granName(i int) string {
 	return strings.Join(parts[:n], "+")
 }
 
-// granTelemetry holds the measurement options of one granularity, built
-// once so that recording allocates nothing of its own.
+// granTelemetry holds the measurement options of one granularity and
+// mode, built once so that recording allocates nothing of its own.
 type granTelemetry struct {
-	attrs   []attribute.KeyValue // granularity, table
+	attrs   []attribute.KeyValue // granularity, table, mode
 	add     []metric.AddOption
 	record  []metric.RecordOption
 	acquire [numOutcomes][]metric.RecordOption // attrs and outcome
@@ -219,7 +221,12 @@ type telemetry struct {
 	tracer trace.Tracer // from the TracerProvider option; nil: the global's
 	global atomic.Pointer[globalTracer]
 
-	grans [numGrans]granTelemetry
+	grans [numModes][numGrans]granTelemetry
+}
+
+// gran returns the measurement options of key's granularity in mode.
+func (t *telemetry) gran(key Key, mode lockMode) *granTelemetry {
+	return &t.grans[mode][granIndex(key)]
 }
 
 func newTelemetry(cfg *config) (*telemetry, error) {
@@ -258,17 +265,20 @@ func newTelemetry(cfg *config) (*telemetry, error) {
 	}
 
 	table := attrTable.String(cfg.table)
-	for i := range t.grans {
-		g := &t.grans[i]
-		g.attrs = []attribute.KeyValue{attrGranularity.String(granName(i)), table}
-		set := attribute.NewSet(g.attrs...)
-		g.add = []metric.AddOption{metric.WithAttributeSet(set)}
-		g.record = []metric.RecordOption{metric.WithAttributeSet(set)}
-		for o := range numOutcomes {
-			set := attribute.NewSet(g.attrs[0], g.attrs[1], attrOutcome.String(o.String()))
-			g.acquire[o] = []metric.RecordOption{metric.WithAttributeSet(set)}
+	for m := range numModes {
+		mode := attrMode.String(m.String())
+		for i := range t.grans[m] {
+			g := &t.grans[m][i]
+			g.attrs = []attribute.KeyValue{attrGranularity.String(granName(i)), table, mode}
+			set := attribute.NewSet(g.attrs...)
+			g.add = []metric.AddOption{metric.WithAttributeSet(set)}
+			g.record = []metric.RecordOption{metric.WithAttributeSet(set)}
+			for o := range numOutcomes {
+				set := attribute.NewSet(g.attrs[0], g.attrs[1], g.attrs[2], attrOutcome.String(o.String()))
+				g.acquire[o] = []metric.RecordOption{metric.WithAttributeSet(set)}
+			}
+			g.span = []trace.SpanStartOption{trace.WithAttributes(g.attrs...)}
 		}
-		g.span = []trace.SpanStartOption{trace.WithAttributes(g.attrs...)}
 	}
 	return t, nil
 }
@@ -298,11 +308,12 @@ func (t *telemetry) spans() trace.Tracer {
 
 func nopEnd(error) {}
 
-// startDo starts the span of a Do (or DoMulti) over keys.
-func (t *telemetry) startDo(ctx context.Context, key Key, keys int, noWait bool) (context.Context, func(error)) {
+// startDo starts the span of a Do (or DoMulti) over keys, the first of
+// which, key, is taken in mode.
+func (t *telemetry) startDo(ctx context.Context, key Key, keys int, mode lockMode, noWait bool) (context.Context, func(error)) {
 	tracer := t.spans()
-	g := &t.grans[granIndex(key)]
-	ctx, span := tracer.Start(ctx, spanDo, trace.WithAttributes(g.attrs[0], g.attrs[1], attrKeys.Int(keys)))
+	g := t.gran(key, mode)
+	ctx, span := tracer.Start(ctx, spanDo, trace.WithAttributes(g.attrs[0], g.attrs[1], g.attrs[2], attrKeys.Int(keys)))
 	return ctx, func(err error) {
 		o := doOutcome(ctx, err, noWait)
 		span.SetAttributes(attrOutcome.String(o))
@@ -314,11 +325,11 @@ func (t *telemetry) startDo(ctx context.Context, key Key, keys int, noWait bool)
 	}
 }
 
-// startAcquire starts timing an acquisition (not a reentrant one) of key;
-// the returned func records its outcome from err.
-func (t *telemetry) startAcquire(ctx context.Context, key Key, noWait bool) func(error) {
+// startAcquire starts timing an acquisition (not a reentrant one) of key
+// in mode; the returned func records its outcome from err.
+func (t *telemetry) startAcquire(ctx context.Context, key Key, mode lockMode, noWait bool) func(error) {
 	measure := t.acquireDur.Enabled(ctx)
-	g := &t.grans[granIndex(key)]
+	g := t.gran(key, mode)
 	_, span := t.spans().Start(ctx, spanAcquire, g.span...)
 	if !measure && !span.IsRecording() {
 		span.End()
@@ -341,24 +352,26 @@ func (t *telemetry) startAcquire(ctx context.Context, key Key, noWait bool) func
 	}
 }
 
-// waiting adds delta to the number of acquisitions waiting on the server.
-func (t *telemetry) waiting(ctx context.Context, key Key, delta int64) {
-	t.waitingN.Add(ctx, delta, t.grans[granIndex(key)].add...)
+// waiting adds delta to the number of acquisitions of key in mode waiting
+// on the server.
+func (t *telemetry) waiting(ctx context.Context, key Key, mode lockMode, delta int64) {
+	t.waitingN.Add(ctx, delta, t.gran(key, mode).add...)
 }
 
 // maxDuration is what time.Since returns for the zero time: a hold whose
 // start was not recorded.
 const maxDuration = time.Duration(math.MaxInt64)
 
-// held records how long a lock was held, at its release or loss.
-func (t *telemetry) held(ctx context.Context, key Key, d time.Duration) {
+// held records how long a lock of key in mode was held, at its release or
+// loss.
+func (t *telemetry) held(ctx context.Context, key Key, mode lockMode, d time.Duration) {
 	if d < 0 || d == maxDuration {
 		return
 	}
-	t.heldDur.Record(ctx, d.Seconds(), t.grans[granIndex(key)].record...)
+	t.heldDur.Record(ctx, d.Seconds(), t.gran(key, mode).record...)
 }
 
-// lost counts a lost lock.
-func (t *telemetry) lost(ctx context.Context, key Key, err error) {
-	t.lostN.Add(ctx, 1, t.grans[granIndex(key)].add...)
+// lost counts a lost lock of key in mode.
+func (t *telemetry) lost(ctx context.Context, key Key, mode lockMode, err error) {
+	t.lostN.Add(ctx, 1, t.gran(key, mode).add...)
 }

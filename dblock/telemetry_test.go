@@ -117,9 +117,16 @@ func (p point) matches(want map[string]string) bool {
 // granularity gran.
 func acquisitions(t *testing.T, ms []metricdata.Metrics, gran string) map[string]uint64 {
 	t.Helper()
+	return acquisitionsWhere(t, ms, map[string]string{"granularity": gran})
+}
+
+// acquisitionsWhere returns the count of txlock.acquire.duration by
+// outcome, for the data points with attrs.
+func acquisitionsWhere(t *testing.T, ms []metricdata.Metrics, attrs map[string]string) map[string]uint64 {
+	t.Helper()
 	out := map[string]uint64{}
 	for _, p := range points(t, ms, "txlock.acquire.duration", "s") {
-		if p.matches(map[string]string{"granularity": gran}) {
+		if p.matches(attrs) {
 			o, _ := p.attrs.Value("outcome")
 			out[o.Emit()] += p.count
 		}
@@ -153,9 +160,10 @@ func histOf(t *testing.T, ms []metricdata.Metrics, name string, attrs map[string
 	return n, s
 }
 
-// checkAttributes fails the test if a data point lacks the granularity
-// and table attributes, or if an attribute of a data point or of a span
-// holds one of the raw key values raw.
+// checkAttributes fails the test if a data point lacks the granularity,
+// table and txlock.mode attributes (a span, txlock.mode), or if an
+// attribute of a data point or of a span holds one of the raw key values
+// raw.
 func (r *telRecorder) checkAttributes(t *testing.T, ms []metricdata.Metrics, table string, raw ...string) {
 	t.Helper()
 	check := func(where string, kvs []attribute.KeyValue) {
@@ -175,11 +183,17 @@ func (r *telRecorder) checkAttributes(t *testing.T, ms []metricdata.Metrics, tab
 			if v, _ := p.attrs.Value("table"); v.Emit() != table {
 				t.Errorf("%s: table attribute %q, want %q", m.Name, v.Emit(), table)
 			}
+			if v, _ := p.attrs.Value("txlock.mode"); v.Emit() != "exclusive" && v.Emit() != "shared" {
+				t.Errorf("%s: txlock.mode attribute %q, want exclusive or shared", m.Name, v.Emit())
+			}
 			check(m.Name, p.attrs.ToSlice())
 		}
 	}
 	for _, s := range r.spans.Ended() {
 		check("span "+s.Name(), s.Attributes())
+		if m := spanAttr(s, "txlock.mode"); m != "exclusive" && m != "shared" {
+			t.Errorf("span %s: txlock.mode %q, want exclusive or shared", s.Name(), m)
+		}
 		if strings.Contains(s.Status().Description, raw[0]) {
 			t.Errorf("span %s: status %q holds the raw key", s.Name(), s.Status().Description)
 		}
@@ -233,6 +247,9 @@ func TestTelemetryAcquired(t *testing.T) {
 	ms := rec.collect(t)
 	if got := acquisitions(t, ms, "resource"); got["acquired"] != 1 || len(got) != 1 {
 		t.Errorf("resource acquisitions by outcome %v, want acquired:1", got)
+	}
+	if got := acquisitionsWhere(t, ms, map[string]string{"txlock.mode": "exclusive"}); got["acquired"] != 2 {
+		t.Errorf("exclusive acquisitions by outcome %v, want acquired:2 (Do and DoMulti take their keys exclusively)", got)
 	}
 	// DoMulti: one acquisition, under its first key in canonical order.
 	total := acquisitions(t, ms, "resource")["acquired"] + acquisitions(t, ms, "user+resource")["acquired"]
@@ -421,18 +438,7 @@ func TestTelemetryLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lk.Rollback()
-	var conn int64
-	if err := lk.Tx().Raw("SELECT CONNECTION_ID()").Scan(&conn).Error; err != nil || conn == 0 {
-		t.Fatalf("connection id: %d, %v", conn, err)
-	}
-	if err := e.db.Exec(fmt.Sprintf("KILL %d", conn)).Error; err != nil {
-		t.Fatalf("KILL %d: %v", conn, err)
-	}
-	select {
-	case <-lk.Lost():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the lock was not reported lost 10s after its connection was killed")
-	}
+	killUntilLost(t, e.db, lk)
 	if !errors.Is(lk.Err(), dblock.ErrLockLost) {
 		t.Errorf("Err = %v, want ErrLockLost", lk.Err())
 	}
@@ -446,6 +452,24 @@ func TestTelemetryLost(t *testing.T) {
 		t.Errorf("%d holds recorded, want 1 (at the loss)", n)
 	}
 	rec.checkAttributes(t, ms, e.table, "refund")
+}
+
+// killUntilLost kills the connection of lk's transaction from db and waits
+// (at most 10 s) until lk reports the loss.
+func killUntilLost(t *testing.T, db *gorm.DB, lk *dblock.Lock) {
+	t.Helper()
+	var conn int64
+	if err := lk.Tx().Raw("SELECT CONNECTION_ID()").Scan(&conn).Error; err != nil || conn == 0 {
+		t.Fatalf("connection id: %d, %v", conn, err)
+	}
+	if err := db.Exec(fmt.Sprintf("KILL %d", conn)).Error; err != nil {
+		t.Fatalf("KILL %d: %v", conn, err)
+	}
+	select {
+	case <-lk.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lock was not reported lost 10s after its connection was killed")
+	}
 }
 
 // TestTelemetryDeadlockAndError: two transactions taking two keys with

@@ -19,7 +19,8 @@ import (
 // same ctx share one transaction, and a key already held is reentrant.
 //
 // opts are passed to every acquisition (dblock.WaitTimeout, dblock.NoWait,
-// dblock.Retry, ...). Errors of the lock are dblock's: errors.Is(err,
+// dblock.Retry, dblock.Shared() to hold the key together with the other
+// shared calls, ...). Errors of the lock are dblock's: errors.Is(err,
 // dblock.ErrNotAcquired) and the like tell them apart. fn's own errors
 // are returned unchanged (a deadlock fn ran into comes wrapped so that
 // errors.Is finds dblock.ErrDeadlock), with the Resp fn returned

@@ -25,7 +25,10 @@
 // returns nil commits the inner writes made so far.
 //
 // Lock options (dblock.WaitTimeout, dblock.NoWait, dblock.Retry, ...) are
-// passed through. Errors of the lock are dblock's sentinels, told apart
+// passed through. dblock.Shared() takes the key in shared mode: calls
+// decorated with it hold a key together, for reading, and calls decorated
+// without it (exclusive) wait for them all; an exclusive call inside a
+// shared call of the same key and ctx fails with dblock.ErrUpgrade. Errors of the lock are dblock's sentinels, told apart
 // with errors.Is (dblock.ErrNotAcquired, dblock.ErrDeadlock,
 // dblock.ErrLockLost, dblock.ErrInvalidKey, ...); the service's own errors
 // are returned unchanged, with its results. On an error of the lock or of

@@ -72,6 +72,28 @@ func ExampleWithLock() {
 	}
 }
 
+// Readers and writers of one order: calls decorated with dblock.Shared()
+// hold the order's key together, a refund (decorated without it) waits
+// until no read holds it and holds it alone.
+func ExampleWithLock_shared() {
+	db, locker := openLocker()
+	orders := &Orders{db: db}
+	key := decorator.ResourceKey("order:", func(r RefundRequest) string { return r.OrderID })
+
+	status := decorator.WithLock(locker, key, func(ctx context.Context, r RefundRequest) (string, error) {
+		var s string
+		err := dblock.DB(ctx, db).Raw("SELECT status FROM orders WHERE id = ?", r.OrderID).Scan(&s).Error
+		return s, err
+	}, dblock.Shared())
+	refund := decorator.WithLock(locker, key, orders.Refund)
+
+	if s, err := status(context.Background(), RefundRequest{OrderID: "42"}); err == nil && s == "paid" {
+		if _, err := refund(context.Background(), RefundRequest{OrderID: "42", Amount: 1500}); err != nil {
+			fmt.Println("refund failed:", err)
+		}
+	}
+}
+
 type WithdrawRequest struct {
 	UserID string
 	Amount int64

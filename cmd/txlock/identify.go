@@ -1,57 +1,87 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 )
 
 // holderOf is what identifyHolder found.
 type holderOf struct {
-	found    bool   // the holder was seen
-	conn     int64  // its connection
-	trx      string // its transaction
-	notHeld  bool   // the probe got the row: nobody held it any more
-	rowGone  bool   // the row no longer exists
-	probeErr error  // how the probe's statement ended, if it did
+	found bool // the probe was seen blocked by the row's holders
+	// holders are the holders named: one exclusive, or the shared ones
+	// whose transactions have an id (MariaDB).
+	holders []blocker
+	// unnamedShared: the row is held shared by one or more transactions
+	// that have written nothing, which MariaDB's views give the id 0 that
+	// all of them share: they cannot be named.
+	unnamedShared bool
+	notHeld       bool  // the probe got the row: nobody held it any more
+	rowGone       bool  // the row no longer exists
+	probeErr      error // how the probe's statement ended, if it did
 	// stale: the probe waited (PROCESSLIST) but never appeared in the
 	// INNODB_* cache: other clients keep it from being refreshed.
 	stale bool
-	// base is the holder's connection as PROCESSLIST showed it before the
-	// probe began (zero if it was not there yet): if it still shows the
-	// same, the holder is still in the transaction that held the row
+}
+
+// A blocker is a named holder of the row the probe waits for.
+type blocker struct {
+	conn   int64  // its connection
+	trx    string // its transaction
+	shared bool   // it holds the row shared
+	// base is the connection as PROCESSLIST showed it before the probe
+	// began (zero if it was not there yet): if it still shows the same,
+	// the holder is still in the transaction that held the row
 	// (liveness.go).
 	base procInfo
+}
+
+// mode is the blocker's lock mode, "X" or "S".
+func (b blocker) mode() string {
+	if b.shared {
+		return "S"
+	}
+	return "X"
 }
 
 // probeTag marks the locking read of identifyHolder, so that views can
 // leave it out.
 const probeTag = "txlock-cli-identify"
 
-// identifyQuerySQL finds what blocks the probe connection's lock request,
-// a granted lock (not another waiter's pending request), and whether the
-// probe's transaction is in the cache at all (in one read of the cache).
-// Parameters: the probe's connection id, the INNODB_LOCKS table name, the
-// probe's connection id.
-const identifyQuerySQL = `SELECT COALESCE(MAX(CAST(w.blocking_trx_id AS CHAR)), ''), COALESCE(MAX(bt.trx_mysql_thread_id), 0),
-  (SELECT COUNT(*) FROM information_schema.INNODB_TRX p WHERE p.trx_mysql_thread_id = ?)
+// identifyQuerySQL reads, in one read of the cache, whether the probe's
+// transaction is in it at all (a first row, 'n', with the count), and what
+// blocks the probe connection's lock request: granted locks, not another
+// waiter's pending request (a row 'b' each: the blocker's connection,
+// transaction and whether its lock is shared). A blocking transaction of
+// id 0 is every transaction that has written nothing (MariaDB): it names
+// no connection (0), and its lock may be granted or pending. The probe
+// waits with FOR UPDATE, so it has an id of its own. Parameters: the
+// probe's connection id, the probe's connection id, the INNODB_LOCKS
+// table name.
+const identifyQuerySQL = `SELECT 'n', COUNT(*), '', 0 FROM information_schema.INNODB_TRX p WHERE p.trx_mysql_thread_id = ?
+UNION ALL
+SELECT 'b', COALESCE(bt.trx_mysql_thread_id, 0), CAST(w.blocking_trx_id AS CHAR), bl.lock_mode LIKE 'S%'
 FROM information_schema.INNODB_LOCK_WAITS w
 JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id
-JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id
 JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
+LEFT JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id AND w.blocking_trx_id <> 0
 WHERE rt.trx_mysql_thread_id = ? AND bl.lock_table = ? AND bl.lock_index = 'PRIMARY'
-  AND NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)`
+  AND (w.blocking_trx_id = 0 OR NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id))`
 
 // identifyHolder finds who holds row id of the lock table on MariaDB: a
 // probe connection queues "SELECT id ... FOR UPDATE" behind the holder for
 // at most maxWait, which makes the holder appear in INNODB_LOCK_WAITS as
-// the probe's blocker; then the probe is withdrawn (KILL QUERY) and rolled
-// back. The cache fill that names the holder shows the probe waiting, so it
-// was made after the probe began, and after PROCESSLIST was read into
-// h.base.
+// the probe's blocker (every holder of a row held shared); then the probe
+// is withdrawn (KILL QUERY) and rolled back. The cache fill that names the
+// holders shows the probe waiting, so it was made after the probe began,
+// and after PROCESSLIST was read into their base. While it waits, the
+// probe's exclusive request also holds up shared requests that arrive
+// after it.
 func (in *inspector) identifyHolder(ctx context.Context, id int64, maxWait time.Duration) (holderOf, error) {
 	probe, probeID, err := ownSession(ctx, in.db)
 	if err != nil {
@@ -118,19 +148,56 @@ func (in *inspector) pollBlocker(ctx context.Context, probeID int64, before map[
 		case <-tick.C:
 		}
 		polls++
-		var inTrx int
-		qerr := in.db.QueryRowContext(ctx, identifyQuerySQL, probeID, probeID, in.lockTableName()).Scan(&h.trx, &h.conn, &inTrx)
+		inTrx, qerr := in.readBlockers(ctx, probeID, before, &h)
 		switch {
-		case qerr == nil && h.conn != 0:
-			h.found, h.base = true, before[h.conn]
-		case qerr == nil:
-			seen = seen || inTrx > 0
-		default:
+		case qerr != nil:
 			err = fmt.Errorf("identifying the holder: reading INNODB_LOCK_WAITS: %w", qerr)
+		case !h.found:
+			seen = seen || inTrx
 		}
 	}
 	h.stale = !h.found && err == nil && polls >= 2 && !seen
 	return h, false, err
+}
+
+// readBlockers reads once what blocks the probe connection probeID into
+// h (found, holders, unnamedShared), and whether the probe's transaction
+// is in the cache. An exclusive holder excludes every other: beside one,
+// a lock of transaction 0 is a pending shared request.
+func (in *inspector) readBlockers(ctx context.Context, probeID int64, before map[int64]procInfo, h *holderOf) (inTrx bool, err error) {
+	rows, err := in.db.QueryContext(ctx, identifyQuerySQL, probeID, probeID, in.lockTableName())
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	var named []blocker
+	unnamed := false
+	for rows.Next() {
+		var kind, trx string
+		var n int64
+		var shared bool
+		if err := rows.Scan(&kind, &n, &trx, &shared); err != nil {
+			return false, err
+		}
+		switch {
+		case kind == "n":
+			inTrx = n > 0
+		case trx == unnamedTrx:
+			unnamed = unnamed || shared
+		case n != 0 && !slices.ContainsFunc(named, func(b blocker) bool { return b.trx == trx }):
+			named = append(named, blocker{conn: n, trx: trx, shared: shared, base: before[n]})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	if i := slices.IndexFunc(named, func(b blocker) bool { return !b.shared }); i >= 0 {
+		named, unnamed = named[i:i+1], false
+	}
+	slices.SortFunc(named, func(a, b blocker) int { return cmp.Compare(a.conn, b.conn) })
+	h.holders, h.unnamedShared = named, unnamed
+	h.found = len(named) > 0 || unnamed
+	return inTrx, nil
 }
 
 // probeEnded reports how the probe's statement ended on its own: granted
@@ -158,8 +225,8 @@ func (in *inspector) identifyHolders(ctx context.Context, rowsByID rowStates) (i
 	var res identified
 	found := map[int64]holderOf{}
 	for id, s := range rowsByID {
-		if len(s.holders) > 0 || !s.live {
-			continue
+		if len(s.holders) > 0 || s.unnamedShared || !s.live {
+			continue // the cache showed its holders (those it can name)
 		}
 		h, err := in.identifyHolder(ctx, id, time.Second)
 		if err != nil {
@@ -175,12 +242,16 @@ func (in *inspector) identifyHolders(ctx context.Context, rowsByID rowStates) (i
 		return res, nil, err
 	}
 	for id, h := range found {
-		if !sameTransaction(h.base, procs[h.conn]) {
-			res.moved++ // it ran a statement since it was named: it may have released
-			continue
+		s := rowsByID[id]
+		s.source = "identify"
+		s.unnamedShared = h.unnamedShared
+		for _, b := range h.holders {
+			if !sameTransaction(b.base, procs[b.conn]) {
+				res.moved++ // it ran a statement since it was named: it may have released
+				continue
+			}
+			s.holders[b.trx] = connMode{b.conn, b.mode()}
 		}
-		rowsByID[id].holders[h.trx] = h.conn
-		rowsByID[id].source = "identify"
 	}
 	return res, procs, nil
 }

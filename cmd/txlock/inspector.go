@@ -13,35 +13,42 @@ import (
 
 // Lock views, per flavour. Each returns, for the record locks on the lock
 // table's primary key: the row id (LOCK_DATA), the transaction, its
-// connection, whether it waits, and (for a waiter) a transaction that
-// blocks it. The one parameter is the table: '`db`.`table`' on MariaDB,
-// the bare name on MySQL.
+// connection, whether it waits, (for a waiter) a transaction that blocks
+// it, and the lock's mode (X, S; MySQL adds ",REC_NOT_GAP"). The one
+// parameter is the table: '`db`.`table`' on MariaDB, the bare name on
+// MySQL.
 const (
 	// mariaDBLocksSQL: INNODB_LOCKS holds only locks involved in a wait, so
 	// only contended rows appear. A waiter's request blocks later waiters
 	// too: the blocking lock is a holder's only when it is not the blocking
-	// transaction's own pending request.
-	mariaDBLocksSQL = `SELECT rl.lock_data, CAST(w.requesting_trx_id AS CHAR), rt.trx_mysql_thread_id, 1, CAST(w.blocking_trx_id AS CHAR)
+	// transaction's own pending request. MariaDB gives a transaction that
+	// has written nothing and holds no exclusive lock the id 0, which every
+	// such transaction shares (their locks on a row are one entry): an
+	// entry of transaction 0 names no connection (0), and its blocking lock
+	// may be granted or pending.
+	mariaDBLocksSQL = `SELECT rl.lock_data, CAST(w.requesting_trx_id AS CHAR), COALESCE(rt.trx_mysql_thread_id, 0), 1, CAST(w.blocking_trx_id AS CHAR), rl.lock_mode
 FROM information_schema.INNODB_LOCK_WAITS w
 JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id
-JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id
+LEFT JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id AND w.requesting_trx_id <> 0
 WHERE rl.lock_table = ? AND rl.lock_index = 'PRIMARY' AND rl.lock_type = 'RECORD'
 UNION ALL
-SELECT bl.lock_data, CAST(w.blocking_trx_id AS CHAR), bt.trx_mysql_thread_id, 0, NULL
+SELECT bl.lock_data, CAST(w.blocking_trx_id AS CHAR), COALESCE(bt.trx_mysql_thread_id, 0), 0, NULL, bl.lock_mode
 FROM information_schema.INNODB_LOCK_WAITS w
 JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
-JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id
+LEFT JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id AND w.blocking_trx_id <> 0
 WHERE bl.lock_table = ? AND bl.lock_index = 'PRIMARY' AND bl.lock_type = 'RECORD'
-  AND NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)`
+  AND (w.blocking_trx_id = 0 OR NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id))`
 
-	// mySQLLocksSQL: data_locks lists every lock, granted or waiting;
-	// threads maps performance_schema's thread to the connection id.
-	mySQLLocksSQL = `SELECT d.LOCK_DATA, CAST(d.ENGINE_TRANSACTION_ID AS CHAR), t.PROCESSLIST_ID, d.LOCK_STATUS = 'WAITING', CAST(w.BLOCKING_ENGINE_TRANSACTION_ID AS CHAR)
+	// mySQLLocksSQL: data_locks lists every lock, granted or waiting, each
+	// transaction with an id of its own; threads maps performance_schema's
+	// thread to the connection id. Gap locks are no holding.
+	mySQLLocksSQL = `SELECT d.LOCK_DATA, CAST(d.ENGINE_TRANSACTION_ID AS CHAR), t.PROCESSLIST_ID, d.LOCK_STATUS = 'WAITING', CAST(w.BLOCKING_ENGINE_TRANSACTION_ID AS CHAR), d.LOCK_MODE
 FROM performance_schema.data_locks d
 JOIN performance_schema.threads t ON t.THREAD_ID = d.THREAD_ID
 LEFT JOIN performance_schema.data_lock_waits w ON w.ENGINE = d.ENGINE AND w.REQUESTING_ENGINE_LOCK_ID = d.ENGINE_LOCK_ID
 WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?
-  AND d.INDEX_NAME = 'PRIMARY' AND d.LOCK_TYPE = 'RECORD' AND d.LOCK_STATUS IN ('GRANTED', 'WAITING')`
+  AND d.INDEX_NAME = 'PRIMARY' AND d.LOCK_TYPE = 'RECORD' AND d.LOCK_MODE IN ('X', 'S', 'X,REC_NOT_GAP', 'S,REC_NOT_GAP')
+  AND d.LOCK_STATUS IN ('GRANTED', 'WAITING')`
 
 	// trxSQL: every open InnoDB transaction, with ages computed by the
 	// server (no clock skew). Both flavours have INNODB_TRX.
@@ -70,12 +77,25 @@ type inspector struct {
 type lockEntry struct {
 	rowID    int64
 	trx      string
-	conn     int64
+	conn     int64 // 0: not named (MariaDB's transaction 0)
 	waiting  bool
 	blocking string
+	mode     string // "X" or "S": held, or requested by a waiter
+}
+
+// unnamedTrx is the id MariaDB's lock views give every transaction that
+// has written nothing and holds no exclusive lock.
+const unnamedTrx = "0"
+
+// lockMode returns the mode of a lock view's LOCK_MODE ("X", "S",
+// "S,REC_NOT_GAP"): "X" or "S".
+func lockMode(m string) string {
+	m, _, _ = strings.Cut(m, ",")
+	return m
 }
 
 type trxInfo struct {
+	id     string // the transaction's id: 0 for every transaction that has written nothing (MariaDB)
 	conn   int64
 	state  string
 	age    int64
@@ -120,20 +140,31 @@ func (in *inspector) entries(ctx context.Context) ([]lockEntry, error) {
 			conn     sql.NullInt64
 			blocking sql.NullString
 		)
-		if err := rows.Scan(&data, &e.trx, &conn, &e.waiting, &blocking); err != nil {
+		var mode sql.NullString
+		if err := rows.Scan(&data, &e.trx, &conn, &e.waiting, &blocking, &mode); err != nil {
 			return nil, fmt.Errorf("reading the lock view: %w", err)
 		}
 		id, err := strconv.ParseInt(strings.TrimSpace(data.String), 10, 64)
 		if err != nil {
 			continue // a gap or supremum lock: not a key row
 		}
-		e.rowID, e.conn, e.blocking = id, conn.Int64, blocking.String
+		e.rowID, e.conn, e.blocking, e.mode = id, conn.Int64, blocking.String, lockMode(mode.String)
 		out = append(out, e)
 	}
 	return out, rows.Err()
 }
 
-// transactions reads INNODB_TRX by transaction id.
+// trxKey is the key of transaction id of connection conn in the map that
+// transactions returns: its id, unless MariaDB gave it the id 0 that every
+// transaction that has written nothing shares.
+func trxKey(id string, conn int64) string {
+	if id == unnamedTrx {
+		return id + "/" + strconv.FormatInt(conn, 10)
+	}
+	return id
+}
+
+// transactions reads INNODB_TRX by transaction id (trxKey).
 func (in *inspector) transactions(ctx context.Context) (map[string]trxInfo, error) {
 	rows, err := in.db.QueryContext(ctx, trxSQL)
 	if err != nil {
@@ -150,8 +181,8 @@ func (in *inspector) transactions(ctx context.Context) (map[string]trxInfo, erro
 		if err := rows.Scan(&id, &t.conn, &t.state, &age, &t.rows, &t.tables, &t.probe); err != nil {
 			return nil, fmt.Errorf("reading INNODB_TRX: %w", err)
 		}
-		t.age = age.Int64
-		out[id] = t
+		t.age, t.id = age.Int64, id
+		out[trxKey(id, t.conn)] = t
 	}
 	return out, rows.Err()
 }

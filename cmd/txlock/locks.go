@@ -103,6 +103,10 @@ connection's id, user and host, how long its transaction has been open and
 how long it has been idle, and each waiting connection with how long it has
 waited.
 
+MODE is how a holder holds the key, or a waiter asks for it: X
+(exclusively, the default) or S (shared, dblock.Shared: several transactions
+may hold the key at once, and each is listed on a line of its own).
+
 LABEL is the Label of the txlock Locker that first locked on the connection
 (by default "<hostname>:<pid>"), from the <table>_session table; a row
 written before the server's last start is ignored (connection ids restart
@@ -128,7 +132,17 @@ not otherwise accounted for are listed as candidates. --identify names the
 holder: for each such key it queues a locking read behind the holder for at
 most a second, reads the holder from INNODB_LOCK_WAITS, and withdraws (KILL
 QUERY on its own connection). It becomes a waiter for that moment: if the
-holder releases meanwhile, the probe gets the lock for a few milliseconds.
+holder releases meanwhile, the probe gets the lock for a few milliseconds,
+and a shared request that arrives while it waits queues behind it.
+
+Shared holders on MariaDB: a transaction that has written nothing and holds
+no exclusive lock has the id 0 in INNODB_TRX, INNODB_LOCKS and
+INNODB_LOCK_WAITS, and so has every other such transaction (idle readers
+included); the shared locks of several of them on one row are one entry.
+Such holders cannot be named, by the views or by --identify: the key is
+shown with a holder "?" in mode S, a note, and the candidates (among which
+they are). Shared holders whose transactions have written something, or
+hold an exclusive lock, have an id and are named.
 
 MariaDB's INNODB_TRX, INNODB_LOCKS and INNODB_LOCK_WAITS are a cache: the
 server refreshes it at most every 100 ms, and only when nobody has read it

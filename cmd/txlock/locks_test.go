@@ -31,6 +31,7 @@ type fixture struct {
 	table  string
 	locker *dblock.Locker
 	flags  []string // --dsn and --table for the binary
+	biz    string   // a business table, once a test has made one (sharedNamed)
 }
 
 // fixtureLabel is the Label of the fixture's Locker.
@@ -548,10 +549,12 @@ func TestLockViewSQL(t *testing.T) {
 			"LEFT JOIN performance_schema.data_lock_waits w ON w.ENGINE = d.ENGINE AND w.REQUESTING_ENGINE_LOCK_ID = d.ENGINE_LOCK_ID",
 			"t.PROCESSLIST_ID", "d.LOCK_STATUS = 'WAITING'", "w.BLOCKING_ENGINE_TRANSACTION_ID",
 			"d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?", "d.INDEX_NAME = 'PRIMARY'", "d.LOCK_TYPE = 'RECORD'",
+			"d.LOCK_MODE IN ('X', 'S', 'X,REC_NOT_GAP', 'S,REC_NOT_GAP')",
 		}},
 		{"MariaDB", mariaDBLocksSQL, 2, []string{
 			"information_schema.INNODB_LOCK_WAITS", "information_schema.INNODB_LOCKS", "information_schema.INNODB_TRX",
 			"rl.lock_table = ?", "bl.lock_table = ?", "NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)",
+			"rl.lock_mode", "bl.lock_mode", "w.blocking_trx_id <> 0", "w.requesting_trx_id <> 0",
 		}},
 	} {
 		if n := strings.Count(tc.q, "?"); n != tc.params {
@@ -562,10 +565,10 @@ func TestLockViewSQL(t *testing.T) {
 				t.Errorf("%s lock query lacks %q", tc.name, w)
 			}
 		}
-		// Five columns, in the order entries scans them.
+		// Six columns, in the order entries scans them.
 		sel := tc.q[len("SELECT "):strings.Index(tc.q, "\nFROM")]
-		if n := strings.Count(sel, ",") + 1; n != 5 {
-			t.Errorf("%s: %d columns selected, want 5: %s", tc.name, n, sel)
+		if n := topLevelCommas(sel) + 1; n != 6 {
+			t.Errorf("%s: %d columns selected, want 6: %s", tc.name, n, sel)
 		}
 	}
 	in := &inspector{srv: serverInfo{Version: serverinfo.Version{MariaDB: true}, DB: "test"}, table: "tb_lock"}
@@ -576,6 +579,22 @@ func TestLockViewSQL(t *testing.T) {
 	if got := in.lockTableName(); got != "tb_lock" {
 		t.Errorf("MySQL OBJECT_NAME = %s", got)
 	}
+}
+
+// topLevelCommas counts the commas of s outside parentheses.
+func topLevelCommas(s string) int {
+	n, depth := 0, 0
+	for _, r := range s {
+		switch {
+		case r == '(':
+			depth++
+		case r == ')':
+			depth--
+		case r == ',' && depth == 0:
+			n++
+		}
+	}
+	return n
 }
 
 // freezeCache reads MariaDB's INNODB_* cache every 10 ms until the

@@ -6,11 +6,37 @@ import "fmt"
 const cacheNote = "MariaDB's information_schema INNODB_TRX, INNODB_LOCKS and INNODB_LOCK_WAITS are a cache refreshed at most every 100 ms, and only after 100 ms without reads: " +
 	"this view is at least that old, and stale for as long as other clients read those views more often than every 100 ms (PROCESSLIST is live)"
 
+// unnamedNotes are what the notes say of the keys whose holders or
+// waiters MariaDB cannot name.
+var (
+	unnamedSharedNote = `holder "?" in mode S: the key is held shared by transactions that have written nothing, which MariaDB's lock views give the id 0 that every such transaction shares: ` +
+		`they cannot be named, not even with --identify, and release refuses the key; they are among the candidates (open transactions holding row locks)`
+	unnamedWaitingNote = `waiter "?" in mode S: shared requests of transactions that have written nothing wait for the key (MariaDB gives all of them the id 0: not named)`
+)
+
+// unknowns are what a snapshot's keys show that nobody could name.
+type unknowns struct {
+	holder         bool // a key's holder is "?", its mode unknown or exclusive
+	unnamedShared  bool // a key is held shared by unnamed transactions
+	unnamedWaiting bool // unnamed shared requests wait for a key
+}
+
+// unknownsOf returns what keys show that nobody could name.
+func unknownsOf(keys []HeldKey) unknowns {
+	var u unknowns
+	for _, k := range keys {
+		u.holder = u.holder || len(k.Holders) == 0 && !k.UnnamedShared
+		u.unnamedShared = u.unnamedShared || k.UnnamedShared
+		u.unnamedWaiting = u.unnamedWaiting || k.UnnamedWaiting
+	}
+	return u
+}
+
 // notes says what a snapshot leaves out or cannot name: fresh reports
 // whether the cache fill was made after the snapshot began, left how many
-// of its entries were left out, unknownHolder whether a shown key's holder
-// is "?", and named what --identify found.
-func (in *inspector) notes(fresh bool, left int, unknownHolder bool, named identified) []string {
+// of its entries were left out, u what its keys show that nobody could
+// name, and named what --identify found.
+func (in *inspector) notes(fresh bool, left int, u unknowns, named identified) []string {
 	if !in.srv.MariaDB {
 		if left > 0 {
 			return []string{fmt.Sprintf("%d lock entr(y/ies) left out: their connection ended meanwhile", left)}
@@ -23,6 +49,13 @@ func (in *inspector) notes(fresh bool, left int, unknownHolder bool, named ident
 	} else if left > 0 {
 		notes = append(notes, fmt.Sprintf("%d entr(y/ies) of the INNODB_* cache left out: PROCESSLIST shows the connection gone, no longer waiting, or (a holder) running statements since this snapshot began, so it may have released", left))
 	}
+	if u.unnamedShared {
+		notes = append(notes, unnamedSharedNote)
+	}
+	if u.unnamedWaiting {
+		notes = append(notes, unnamedWaitingNote)
+	}
+	unknownHolder := u.holder
 	switch {
 	case !in.probe:
 		notes = append(notes, "without --probe, a held key that nobody waits for is not shown: MariaDB's INNODB_LOCKS lists only locks that someone waits for")

@@ -19,7 +19,12 @@ type Conn struct {
 	// connection (the session table; rows of a past server run are
 	// ignored); "" when unknown.
 	Label string `json:"label,omitempty"`
+	// TrxID is its transaction's id; "" for a transaction that has written
+	// nothing on MariaDB, which gives all of those the id 0.
 	TrxID string `json:"trx_id,omitempty"`
+	// Mode is the mode of the lock a holder holds, or a waiter asks for:
+	// "X" (exclusive) or "S" (shared); "" for a candidate.
+	Mode  string `json:"mode,omitempty"`
 	Cmd   string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
 	State string `json:"state,omitempty"`
 	// TrxAge is how long its transaction has been open, in whole seconds
@@ -39,8 +44,21 @@ type HeldKey struct {
 	KeyStr string  `json:"key_string"`
 	RowID  int64   `json:"row_id"`
 	// Holder is nil when the key is held but its holder is not visible, or
-	// not proven to hold it still (MariaDB's cached views may be old).
+	// not proven to hold it still (MariaDB's cached views may be old);
+	// else the first of Holders.
 	Holder *Conn `json:"holder"`
+	// Holders are the holders shown: one, or for a key held shared, each
+	// shared holder named.
+	Holders []Conn `json:"holders,omitempty"`
+	// Mode is how the key is held: "X" (exclusively), "S" (shared, maybe
+	// by several transactions), "" when unknown (holder "?").
+	Mode string `json:"mode,omitempty"`
+	// UnnamedShared: MariaDB shows the key held shared by transactions
+	// that have written nothing, which its lock views give the id 0 that
+	// all of them share: they are not named (one of the candidates);
+	// UnnamedWaiting: requests of such transactions wait for the key.
+	UnnamedShared  bool `json:"unnamed_shared_holders,omitempty"`
+	UnnamedWaiting bool `json:"unnamed_waiters,omitempty"`
 	// Source says how the holding was seen: "lock_waits" (MariaDB, someone
 	// waits), "probe" (MariaDB, SKIP LOCKED probe: holder unknown),
 	// "identify" (MariaDB, --identify), "data_locks" (MySQL).
@@ -80,18 +98,29 @@ func writeLocksTable(out io.Writer, s *Snapshot) error {
 		fmt.Fprintln(out, "no held key")
 	} else {
 		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "KEY\tROW\tROLE\tCONN\tLABEL\tUSER\tHOST\tTRX OPEN\tIDLE\tWAITED")
+		fmt.Fprintln(w, "KEY\tROW\tROLE\tMODE\tCONN\tLABEL\tUSER\tHOST\tTRX OPEN\tIDLE\tWAITED")
 		for _, k := range s.Keys {
-			first := k.KeyStr
-			row := strconv.FormatInt(k.RowID, 10)
-			if k.Holder != nil {
-				h := k.Holder
-				fmt.Fprintf(w, "%s\t%s\tholder\t%d\t%s\t%s\t%s\t%s\t%s\t-\n", first, row, h.ID, dash(h.Label), dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
-			} else {
-				fmt.Fprintf(w, "%s\t%s\tholder\t?\t-\t-\t-\t-\t-\t-\n", first, row)
+			// The key and its row on its first line only.
+			first, row := k.KeyStr, strconv.FormatInt(k.RowID, 10)
+			line := func(format string, args ...any) {
+				fmt.Fprintf(w, "%s\t%s\t"+format+"\n", append([]any{first, row}, args...)...)
+				first, row = "", ""
+			}
+			for _, h := range k.Holders {
+				line("holder\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t-", dash(h.Mode), h.ID, dash(h.Label), dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
+			}
+			if len(k.Holders) == 0 || k.UnnamedShared {
+				mode := k.Mode
+				if k.UnnamedShared {
+					mode = "S"
+				}
+				line("holder\t%s\t?\t-\t-\t-\t-\t-\t-", dash(mode))
 			}
 			for _, c := range k.Waiters {
-				fmt.Fprintf(w, "\t\twaiter\t%d\t%s\t%s\t%s\t%s\t-\t%s\n", c.ID, dash(c.Label), dash(c.User), dash(c.Host), secs(c.TrxAge), fsecs(c.Waited))
+				line("waiter\t%s\t%d\t%s\t%s\t%s\t%s\t-\t%s", dash(c.Mode), c.ID, dash(c.Label), dash(c.User), dash(c.Host), secs(c.TrxAge), fsecs(c.Waited))
+			}
+			if k.UnnamedWaiting {
+				line("waiter\tS\t?\t-\t-\t-\t-\t-\t-")
 			}
 		}
 		if err := w.Flush(); err != nil {

@@ -66,6 +66,15 @@ A connection that fails the check is left alone and the holder is named
 again, up to 3 times: a holder that keeps running statements is not stuck,
 and release kills nothing.
 
+A key held shared (dblock.Shared) is released only when every shared holder
+is gone: release lists them all, asks once for all of them, and kills each
+that passes the check (those that ran a statement meanwhile are working:
+they are spared, and named). On MariaDB a shared holder whose transaction
+has written nothing cannot be named (its lock views give every such
+transaction the id 0): release then refuses the key and kills nothing, even
+the shared holders it can name, since killing those alone would not release
+it; "txlock locks" lists the candidates.
+
 It asks for confirmation on stdin (y/N) unless --force is given, and again
 if the holder named after the prompt is another transaction. It acts only
 on the server named by --dsn or $` + envDSN + ` (never on the default), and
@@ -95,48 +104,83 @@ connections.`,
 // out, and asks and logs what it killed on log.
 type releaser struct{ *console }
 
-// holding is the holder of a key row as release sees it.
+// holding is a holder of a key row as release sees it.
 type holding struct {
-	held bool
-	conn int64
-	trx  string
-	via  string
+	conn   int64
+	trx    string
+	shared bool // it holds the row shared, maybe beside others
 	// base is the connection in PROCESSLIST before it was named (MariaDB):
 	// the KILL happens only if it still shows the same.
 	base procInfo
 }
 
-// findHolder returns who holds row id, if anyone. MySQL's data_locks is
+// holders are the holders of a key row as release sees them: one
+// exclusive holder, or the shared holders it could name.
+type holders struct {
+	list []holding
+	// unnamedShared: MariaDB shows the row held shared by transactions
+	// that have written nothing, which it gives the id 0 that all such
+	// transactions share: they cannot be named, nor killed.
+	unnamedShared bool
+	via           string
+}
+
+func (hs holders) held() bool { return len(hs.list) > 0 || hs.unnamedShared }
+
+func (hs holders) shared() bool { return hs.unnamedShared || len(hs.list) > 0 && hs.list[0].shared }
+
+// conns returns the holders' connection ids, as text.
+func (hs holders) conns() string {
+	ids := make([]string, len(hs.list))
+	for i, h := range hs.list {
+		ids[i] = strconv.FormatInt(h.conn, 10)
+	}
+	return strings.Join(ids, ", ")
+}
+
+// findHolders returns who holds row id, if anyone. MySQL's data_locks is
 // live. On MariaDB the cached INNODB_LOCK_WAITS may show a holder that has
 // released since, whose pooled connection now does other work: killing it
-// would be wrong. So on MariaDB the holder is always named by a probe
-// queued behind it: the cache fill that shows the probe waiting was made
-// after the probe started, so the blocker it names held the row then.
-func (in *inspector) findHolder(ctx context.Context, id int64) (holding, error) {
+// would be wrong. So on MariaDB the holders are always named by a probe
+// queued behind them: the cache fill that shows the probe waiting was made
+// after the probe started, so the blockers it names held the row then.
+func (in *inspector) findHolders(ctx context.Context, id int64) (holders, error) {
 	if !in.srv.MariaDB {
 		entries, err := in.entries(ctx)
 		if err != nil {
-			return holding{}, err
+			return holders{}, err
 		}
+		hs := holders{via: "performance_schema.data_locks"}
 		for _, e := range entries {
-			if e.rowID == id && !e.waiting {
-				return holding{held: true, conn: e.conn, trx: e.trx, via: "performance_schema.data_locks"}, nil
+			if e.rowID != id || e.waiting {
+				continue
+			}
+			if e.mode == "X" {
+				// Nobody else holds the row (its own shared lock aside).
+				return holders{list: []holding{{conn: e.conn, trx: e.trx}}, via: hs.via}, nil
+			}
+			if !slices.ContainsFunc(hs.list, func(h holding) bool { return h.trx == e.trx }) {
+				hs.list = append(hs.list, holding{conn: e.conn, trx: e.trx, shared: true})
 			}
 		}
-		return holding{}, nil
+		return hs, nil
 	}
 	h, err := in.identifyHolder(ctx, id, identifyWait)
 	switch {
 	case err != nil:
-		return holding{}, err
+		return holders{}, err
 	case h.found:
-		return holding{held: true, conn: h.conn, trx: h.trx, via: "a probe queued behind it (INNODB_LOCK_WAITS)", base: h.base}, nil
+		hs := holders{unnamedShared: h.unnamedShared, via: "a probe queued behind it (INNODB_LOCK_WAITS)"}
+		for _, b := range h.holders {
+			hs.list = append(hs.list, holding{conn: b.conn, trx: b.trx, shared: b.shared, base: b.base})
+		}
+		return hs, nil
 	case h.notHeld || h.rowGone:
-		return holding{}, nil
+		return holders{}, nil
 	case h.stale:
-		return holding{}, fmt.Errorf("the row is held, but a probe queued behind its holder never appeared in INNODB_TRX within %v: MariaDB refreshes that cache only after 100 ms without reads, and other clients read it more often; try again", identifyWait)
+		return holders{}, fmt.Errorf("the row is held, but a probe queued behind its holder never appeared in INNODB_TRX within %v: MariaDB refreshes that cache only after 100 ms without reads, and other clients read it more often; try again", identifyWait)
 	}
-	return holding{}, fmt.Errorf("the row is held, but its holder did not appear in INNODB_LOCK_WAITS within %v (does this user have the PROCESS privilege?): %v", identifyWait, h.probeErr)
+	return holders{}, fmt.Errorf("the row is held, but its holder did not appear in INNODB_LOCK_WAITS within %v (does this user have the PROCESS privilege?): %v", identifyWait, h.probeErr)
 }
 
 // killHolder kills h's connection if it still holds row id, checked right
@@ -215,11 +259,11 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 	}
 	confirmed := map[string]bool{} // connection/transaction pairs the user agreed to kill
 	for naming := 1; ; naming++ {
-		holder, err := in.findHolder(ctx, id)
+		hs, err := in.findHolders(ctx, id)
 		if err != nil {
 			return err
 		}
-		if !holder.held {
+		if !hs.held() {
 			if naming > 1 {
 				_, err = fmt.Fprintf(r.out, "%s: %s was released meanwhile; nothing killed\n", in.table, key)
 			} else {
@@ -227,47 +271,125 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 			}
 			return err
 		}
-		who, err := in.describe(ctx, holder.conn, holder.trx)
+		if hs.unnamedShared {
+			return unnamedSharedError(in.table, key, id, hs)
+		}
+		whos, err := r.report(ctx, key, id, hs)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(r.out, "%s: %s (row %d) is held by %s; found through %s\n", in.table, key, id, who, holder.via)
-		pair := strconv.FormatInt(holder.conn, 10) + "/" + holder.trx
-		if !force && !confirmed[pair] {
-			if !r.confirm(fmt.Sprintf("Kill connection %d?", holder.conn)) {
-				return errors.New("not confirmed: nothing killed")
+		if !force && !r.confirmed(hs, confirmed) {
+			return errors.New("not confirmed: nothing killed")
+		}
+		var killed, spared []int
+		for i, h := range hs.list {
+			ok, err := in.killHolder(ctx, id, h)
+			if err != nil {
+				return err
 			}
-			confirmed[pair] = true
+			if ok {
+				killed = append(killed, i)
+				fmt.Fprintf(r.log, "txlock: killed %s, which held %s (row %d of %s); the server rolls back its transaction\n", whos[i], key, id, in.table)
+			} else {
+				spared = append(spared, i)
+			}
 		}
-		killed, err := in.killHolder(ctx, id, holder)
-		if err != nil {
-			return err
-		}
-		if killed {
-			return r.killed(ctx, key, id, holder.conn, who)
+		if len(killed) > 0 {
+			return r.killed(ctx, key, hs, killed, spared)
 		}
 		if naming == maxNamings {
 			return fmt.Errorf("%s: the holder of %s ran statements or changed each of the %d times release checked it right before the KILL: it is working, not stuck; nothing killed", in.table, key, maxNamings)
 		}
-		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named, or was not listed before (it may have committed and moved on): not killed; naming the holder again\n", in.table, holder.conn)
+		for _, i := range spared {
+			fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named, or was not listed before (it may have committed and moved on): not killed; naming the holder again\n", in.table, hs.list[i].conn)
+		}
 	}
 }
 
-// killed reports the kill of conn, which held key (row id), once the
-// connection has left the process list.
-func (r *releaser) killed(ctx context.Context, key dblock.Key, id, conn int64, who string) error {
+// report prints who holds key (row id), and returns a line about each
+// holder.
+func (r *releaser) report(ctx context.Context, key dblock.Key, id int64, hs holders) ([]string, error) {
 	in := r.in
-	fmt.Fprintf(r.log, "txlock: killed %s, which held %s (row %d of %s); the server rolls back its transaction\n", who, key, id, in.table)
-	gone, err := in.waitGone(ctx, conn, goneWait)
-	if err != nil {
-		return err
+	whos := make([]string, len(hs.list))
+	for i, h := range hs.list {
+		who, err := in.describe(ctx, h.conn, h.trx)
+		if err != nil {
+			return nil, err
+		}
+		whos[i] = who
 	}
-	if !gone {
-		_, err = fmt.Fprintf(r.out, "%s: connection %d is still listed after %v (rolling back a large transaction?); check with txlock locks\n", in.table, conn, goneWait)
-		return err
+	if !hs.shared() {
+		fmt.Fprintf(r.out, "%s: %s (row %d) is held by %s; found through %s\n", in.table, key, id, whos[0], hs.via)
+		return whos, nil
 	}
-	_, err = fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, conn, key)
-	return err
+	fmt.Fprintf(r.out, "%s: %s (row %d) is held shared by %d transaction(s); found through %s:\n", in.table, key, id, len(whos), hs.via)
+	for _, who := range whos {
+		fmt.Fprintf(r.out, "  %s\n", who)
+	}
+	return whos, nil
+}
+
+// confirmed asks whether to kill hs's connections, unless every one of
+// them was agreed to before (confirmed, which it completes).
+func (r *releaser) confirmed(hs holders, confirmed map[string]bool) bool {
+	asked := false
+	for _, h := range hs.list {
+		if !confirmed[strconv.FormatInt(h.conn, 10)+"/"+h.trx] {
+			asked = true
+		}
+	}
+	if !asked {
+		return true
+	}
+	question := fmt.Sprintf("Kill connection %d?", hs.list[0].conn)
+	if len(hs.list) > 1 {
+		question = fmt.Sprintf("Kill connections %s (every holder: the key is held shared)?", hs.conns())
+	}
+	if !r.confirm(question) {
+		return false
+	}
+	for _, h := range hs.list {
+		confirmed[strconv.FormatInt(h.conn, 10)+"/"+h.trx] = true
+	}
+	return true
+}
+
+// unnamedSharedError is release's refusal of a key held shared by
+// transactions that MariaDB cannot name.
+func unnamedSharedError(table string, key dblock.Key, id int64, hs holders) error {
+	also := ""
+	if len(hs.list) > 0 {
+		also = fmt.Sprintf(" (and by connection(s) %s, which alone would not release it)", hs.conns())
+	}
+	return fmt.Errorf("%s: %s (row %d) is held shared by transactions that have written nothing%s: MariaDB's lock views give every such transaction the id 0, "+
+		"so release cannot tell which connections hold it; nothing killed. txlock locks --key lists them among the candidates (open transactions holding row locks): "+
+		"end the stuck one with KILL CONNECTION once you are sure it is a holder", table, key, id, also)
+}
+
+// killed reports the kill of the holders killed (indexes in hs.list) of
+// key (row id), once their connections have left the process list, and
+// the holders spared, which ran a statement since they were named.
+func (r *releaser) killed(ctx context.Context, key dblock.Key, hs holders, killed, spared []int) error {
+	in := r.in
+	for n, i := range killed {
+		conn := hs.list[i].conn
+		gone, err := in.waitGone(ctx, conn, goneWait)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !gone:
+			fmt.Fprintf(r.out, "%s: connection %d is still listed after %v (rolling back a large transaction?); check with txlock locks\n", in.table, conn, goneWait)
+		case n == len(killed)-1 && len(spared) == 0:
+			fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, conn, key)
+		default:
+			fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released\n", in.table, conn, key)
+		}
+	}
+	for _, i := range spared {
+		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named (working, not stuck, or it released): not killed; it holds %s shared until its transaction ends, if it still does\n", in.table, hs.list[i].conn, key)
+	}
+	return nil
 }
 
 // waitGone waits up to d for connection conn to leave the process list.

@@ -15,10 +15,21 @@ import (
 
 // rowState is what a snapshot knows of one key row.
 type rowState struct {
-	holders map[string]int64 // trx -> conn, each proven to hold the row now
-	waiters map[string]int64
-	source  string
-	live    bool // the SKIP LOCKED probe found it held
+	holders map[string]connMode // by trx, each proven to hold the row now
+	waiters map[string]connMode
+	// unnamedShared: MariaDB shows the row held shared by its transaction
+	// 0, that is by one or more transactions that have written nothing,
+	// which cannot be named; unnamedWaiting: requests of such transactions
+	// wait for it.
+	unnamedShared, unnamedWaiting bool
+	source                        string
+	live                          bool // the SKIP LOCKED probe found it held
+}
+
+// connMode is a connection and the mode it holds a row in, or asks for.
+type connMode struct {
+	conn int64
+	mode string // "X" or "S"
 }
 
 // rowStates are the key rows a snapshot knows of, by id.
@@ -27,7 +38,7 @@ type rowStates map[int64]*rowState
 func (r rowStates) state(id int64) *rowState {
 	s := r[id]
 	if s == nil {
-		s = &rowState{holders: map[string]int64{}, waiters: map[string]int64{}}
+		s = &rowState{holders: map[string]connMode{}, waiters: map[string]connMode{}}
 		r[id] = s
 	}
 	return s
@@ -52,6 +63,25 @@ func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo
 		if t, ok := c.trxs[e.trx]; ok && t.probe {
 			continue
 		}
+		if e.trx == unnamedTrx {
+			// Not a connection: every transaction that has written
+			// nothing. Its lock tells the row is held shared (a granted
+			// shared lock, or a pending shared request, which addKeys
+			// tells apart), or waited for.
+			if !c.fresh {
+				left++
+				continue
+			}
+			s := rows.state(e.rowID)
+			s.source = source
+			switch {
+			case e.waiting:
+				s.unnamedWaiting = true
+			case e.mode == "S":
+				s.unnamedShared = true
+			}
+			continue
+		}
 		p, alive := procs[e.conn]
 		keep := alive && c.fresh
 		switch {
@@ -67,9 +97,9 @@ func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo
 		s := rows.state(e.rowID)
 		s.source = source
 		if e.waiting {
-			s.waiters[e.trx] = e.conn
-		} else {
-			s.holders[e.trx] = e.conn
+			s.waiters[e.trx] = connMode{e.conn, e.mode}
+		} else if h, ok := s.holders[e.trx]; !ok || h.mode != "X" {
+			s.holders[e.trx] = connMode{e.conn, e.mode} // X if it holds both
 		}
 	}
 	return rows, left
@@ -135,11 +165,10 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 	if !cache.fresh {
 		candidates = nil // what it shows may have ended long ago
 	}
-	unknownHolder, err := in.addKeys(ctx, snap, rowsByID, filter, connViews{cache.trxs, procs}, candidates)
-	if err != nil {
+	if err := in.addKeys(ctx, snap, rowsByID, filter, connViews{cache.trxs, procs}, candidates); err != nil {
 		return nil, err
 	}
-	snap.Notes = append(snap.Notes, in.notes(cache.fresh, left, unknownHolder, named)...)
+	snap.Notes = append(snap.Notes, in.notes(cache.fresh, left, unknownsOf(snap.Keys), named)...)
 	if err := in.addLabels(ctx, snap); err != nil {
 		return nil, err
 	}
@@ -219,9 +248,10 @@ func (in *inspector) applyProbe(ctx context.Context, rowsByID rowStates, held []
 }
 
 // addKeys adds to snap the rows of rowsByID whose keys match filter, and,
-// when a key's holder is unknown (which it reports), the transactions of
-// candidates that may hold it. views describe the connections.
-func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowStates, filter dblock.Key, views connViews, candidates map[string]trxInfo) (unknownHolder bool, err error) {
+// when a key's holder is unknown or a shared one unnamed, the transactions
+// of candidates that may hold it. views describe the connections.
+func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowStates, filter dblock.Key, views connViews, candidates map[string]trxInfo) error {
+	unknownHolder := false
 	ids := make([]int64, 0, len(rowsByID))
 	for id := range rowsByID {
 		ids = append(ids, id)
@@ -229,7 +259,7 @@ func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowSt
 	slices.Sort(ids)
 	keys, err := in.keyRows(ctx, ids)
 	if err != nil {
-		return false, err
+		return err
 	}
 	shown := map[string]bool{} // the transactions shown as a holder or waiter
 	for _, id := range ids {
@@ -238,28 +268,53 @@ func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowSt
 			continue // the row is gone, or not asked for
 		}
 		s := rowsByID[id]
-		if len(s.holders) == 0 && len(s.waiters) == 0 && !s.live {
+		if len(s.holders) == 0 && len(s.waiters) == 0 && !s.live && !s.unnamedShared && !s.unnamedWaiting {
 			continue
 		}
-		hk := HeldKey{Key: toKeyJSON(k), KeyStr: k.String(), RowID: id, Source: s.source, Waiters: []Conn{}}
-		if holderTrx := sortedKeys(s.holders); len(holderTrx) > 0 {
-			c := views.conn(holderTrx[0], s.holders[holderTrx[0]], false)
-			hk.Holder = &c
-			shown[holderTrx[0]] = true
-		} else {
-			unknownHolder = true
-		}
-		for _, trx := range sortedKeys(s.waiters) {
-			hk.Waiters = append(hk.Waiters, views.conn(trx, s.waiters[trx], true))
-			shown[trx] = true
-		}
-		slices.SortStableFunc(hk.Waiters, func(a, b Conn) int { return cmp.Compare(waited(b), waited(a)) })
+		hk := views.heldKey(id, k, s, shown)
+		unknownHolder = unknownHolder || len(hk.Holders) == 0 || hk.UnnamedShared
 		snap.Keys = append(snap.Keys, hk)
 	}
 	if unknownHolder {
 		snap.Candidates = views.candidates(candidates, shown)
 	}
-	return unknownHolder, nil
+	return nil
+}
+
+// heldKey describes key k, row id, as s shows it, and marks the
+// transactions it shows in shown.
+func (v connViews) heldKey(id int64, k dblock.Key, s *rowState, shown map[string]bool) HeldKey {
+	hk := HeldKey{Key: toKeyJSON(k), KeyStr: k.String(), RowID: id, Source: s.source, Waiters: []Conn{}, UnnamedWaiting: s.unnamedWaiting}
+	hk.Holders = v.conns(s.holders, false, shown)
+	exclusive := slices.ContainsFunc(hk.Holders, func(c Conn) bool { return c.Mode == "X" })
+	// Beside a named exclusive holder, transaction 0's shared lock is a
+	// pending request: nobody else can hold the row.
+	hk.UnnamedShared = s.unnamedShared && !exclusive
+	switch {
+	case exclusive:
+		hk.Mode = "X"
+	case len(hk.Holders) > 0 || hk.UnnamedShared:
+		hk.Mode = "S"
+	}
+	if len(hk.Holders) > 0 {
+		hk.Holder = &hk.Holders[0]
+	}
+	hk.Waiters = append(hk.Waiters, v.conns(s.waiters, true, shown)...)
+	slices.SortStableFunc(hk.Waiters, func(a, b Conn) int { return cmp.Compare(waited(b), waited(a)) })
+	return hk
+}
+
+// conns describes the holders or waiters (waiting) of a row, by
+// transaction, each with its mode, and marks them in shown.
+func (v connViews) conns(m map[string]connMode, waiting bool, shown map[string]bool) []Conn {
+	var out []Conn
+	for _, trx := range sortedKeys(m) {
+		c := v.conn(trx, m[trx].conn, waiting)
+		c.Mode = m[trx].mode
+		out = append(out, c)
+		shown[trx] = true
+	}
+	return out
 }
 
 // connViews are what INNODB_TRX (by transaction) and PROCESSLIST (by
@@ -269,13 +324,17 @@ type connViews struct {
 	procs map[int64]procInfo
 }
 
-// conn describes connection connID in transaction trx, a waiter or a
-// holder.
+// conn describes connection connID in transaction trx (a key of trxs), a
+// waiter or a holder.
 func (v connViews) conn(trx string, connID int64, waiting bool) Conn {
 	c := Conn{ID: connID, TrxID: trx}
 	if t, ok := v.trxs[trx]; ok {
 		age := t.age
 		c.TrxAge = &age
+		c.TrxID = t.id
+	}
+	if c.TrxID == unnamedTrx {
+		c.TrxID = "" // MariaDB's id of every transaction that has written nothing
 	}
 	if p, ok := v.procs[connID]; ok {
 		c.User, c.Host, c.DB, c.Cmd, c.State = p.user, p.host, p.db, p.cmd, p.state

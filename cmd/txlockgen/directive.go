@@ -17,7 +17,7 @@ const (
 
 // keyTerms and optionTerms are the terms a //txlock:lock directive knows,
 // for messages.
-const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), wait, nowait, maxhold, mininterval (options)"
+const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), shared, wait, nowait, maxhold, mininterval (options)"
 
 // A lockSpec is one parsed //txlock:lock directive.
 type lockSpec struct {
@@ -33,6 +33,7 @@ type lockSpec struct {
 	user      *template
 	userCtx   bool
 	keyFunc   string
+	shared    bool // the key is taken in shared mode (dblock.Shared)
 	wait      time.Duration
 	noWait    bool
 	maxHold   time.Duration
@@ -42,7 +43,7 @@ type lockSpec struct {
 // hasOptions reports whether the directive sets options of the
 // acquisition.
 func (s *lockSpec) hasOptions() bool {
-	return s.noWait || s.wait > 0 || s.maxHold > 0 || s.minIntvl > 0
+	return s.shared || s.noWait || s.wait > 0 || s.maxHold > 0 || s.minIntvl > 0
 }
 
 // A template computes a string from the request: literal text and PATH
@@ -134,6 +135,9 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 		case "nowait":
 			err = noValue()
 			s.noWait = true
+		case "shared":
+			err = noValue()
+			s.shared = true
 		default:
 			return fail("unknown term %q in %s: want %s", name, lockDirective, knownTerms)
 		}
@@ -159,17 +163,19 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 		return fail("global is the one system-wide key: it cannot be combined with method, operation, resource or user")
 	case s.noWait && s.wait > 0:
 		return fail("wait and nowait exclude each other")
+	case s.shared && s.minIntvl > 0:
+		return fail("shared and mininterval exclude each other: mininterval spaces the runs of one job, which runs alone; drop shared to take the key exclusively")
 	}
 	return s, nil
 }
 
 // termNames are the terms of a lock directive, longest first (nowait
 // before wait).
-var termNames = [...]string{"mininterval", "operation", "resource", "maxhold", "global", "method", "nowait", "user", "wait", "key"}
+var termNames = [...]string{"mininterval", "operation", "resource", "maxhold", "global", "method", "nowait", "shared", "user", "wait", "key"}
 
 // optionTerms are the terms that set an option of the acquisition, not
 // part of its key.
-var optionTerms = map[string]bool{"wait": true, "nowait": true, "maxhold": true, "mininterval": true}
+var optionTerms = map[string]bool{"shared": true, "wait": true, "nowait": true, "maxhold": true, "mininterval": true}
 
 // durationTerm parses the positive DURATION of term=value (example: a
 // typical value, for the message).

@@ -91,6 +91,12 @@
 //
 // Option terms are passed to the acquisition:
 //
+//	shared             dblock.Shared: the key is taken in shared mode, held
+//	                   by any number of shared calls at once and by none
+//	                   while an exclusive call (without shared) holds it;
+//	                   e.g. //txlock:lock shared resource=doc:{ID} for the
+//	                   readers of a document whose writers lock it without
+//	                   shared
 //	wait=DURATION      dblock.WaitTimeout, e.g. wait=2s or wait=250ms
 //	nowait             dblock.NoWait: fail at once when the key is held
 //	maxhold=DURATION   dblock.MaxHold: the lock is taken away from a call
@@ -99,6 +105,11 @@
 //	                   dblock.MinInterval: the method runs at most once per
 //	                   DURATION across all processes (others get
 //	                   dblock.ErrTooSoon), e.g. mininterval=1h
+//
+// shared cannot be combined with mininterval (a scheduled job runs
+// alone). An exclusive method of a key called inside a shared method of
+// the same key (the same ctx, so the same transaction) fails with
+// dblock.ErrUpgrade: lock the outer method without shared.
 //
 // A locked method must take a context.Context first and return an error
 // last. A key that cannot be computed at call time, from an empty string,

@@ -82,6 +82,9 @@ func (g *generator) render() ([]byte, error) {
 func (g *generator) lockOptions(s *lockSpec) string {
 	dblock := g.ref(dblockPath)
 	var opts []string
+	if s.shared {
+		opts = append(opts, dblock+".Shared()")
+	}
 	switch {
 	case s.noWait:
 		opts = append(opts, dblock+".NoWait()")

@@ -31,7 +31,7 @@ import (
 //	srv := &http.Server{Handler: m.Wrap(h)} // GET /metrics, and the service
 //
 // The instruments come out as txlock_acquire_duration_seconds (histogram,
-// labels granularity, outcome, table), txlock_held_duration_seconds,
+// labels granularity, outcome, table, txlock_mode), txlock_held_duration_seconds,
 // txlock_lost_total and txlock_waiting.
 type Metrics struct {
 	provider *sdkmetric.MeterProvider

@@ -77,6 +77,10 @@ func (s *impl) Get(ctx context.Context, id string) (Receipt, error) {
 	s.check(ctx)
 	return Receipt{OrderID: id}, s.err
 }
+func (s *impl) Lookup(ctx context.Context, id string) (Receipt, error) {
+	s.check(ctx)
+	return Receipt{OrderID: id}, s.err
+}
 func (s *impl) Book(ctx context.Context, _ BookRequest) error { s.check(ctx); return s.err }
 func (s *impl) Put(ctx context.Context, _ Receipt) error      { s.check(ctx); return s.err }
 func (s *impl) Ping() bool                                    { s.calls++; return true }
@@ -133,6 +137,13 @@ func TestProxyLocksTheDirectedKeys(t *testing.T) {
 		{"Renamed", dblock.Key{Method: "sample.Renamed", Resource: "tenant:t-1"}, func() error { return p.Renamed(ctx, "t-1") }},
 		{"Book", dblock.Resource("slot:2024-02-29T08:30:00.5Z"), func() error {
 			return p.Book(ctx, BookRequest{At: time.Date(2024, 2, 29, 9, 30, 0, 5e8, time.FixedZone("CET", 3600))})
+		}},
+		{"Lookup (shared)", dblock.Resource("order:42"), func() error {
+			r, err := p.Lookup(ctx, "42")
+			if r.OrderID != "42" {
+				t.Errorf("Lookup result %+v", r)
+			}
+			return err
 		}},
 		{"Put (from the embedded Store[Receipt])", dblock.Resource("receipt:42"), func() error { return p.Put(ctx, Receipt{OrderID: "42"}) }},
 		{"Get (pass-through)", dblock.Key{}, func() error { _, err := p.Get(ctx, "42"); return err }},
@@ -386,5 +397,78 @@ func TestProxyScheduledJob(t *testing.T) {
 	}
 	if s.calls != 1 {
 		t.Errorf("the second Nightly reached the implementation (%d calls)", s.calls)
+	}
+}
+
+// sharing is a Service whose Lookup runs lookup.
+type sharing struct {
+	*impl
+	lookup func(ctx context.Context, id string) (Receipt, error)
+}
+
+func (s sharing) Lookup(ctx context.Context, id string) (Receipt, error) { return s.lookup(ctx, id) }
+
+// TestProxySharedLock: a method directed with shared holds its key shared.
+// While one call holds it, another call of that method (another
+// transaction) runs, and an exclusive method of the key (Refund) is
+// refused; a call of the exclusive method inside the shared one, with its
+// ctx, is refused with dblock.ErrUpgrade; while an exclusive holder has the
+// key, the shared method is refused and its implementation not called.
+func TestProxySharedLock(t *testing.T) {
+	t.Parallel()
+	s, _ := setup(t)
+	ctx := context.Background()
+	bounded := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 300*time.Millisecond) }
+	var p *LockedService
+	var calls atomic.Int32
+	p = NewLockedService(sharing{impl: s, lookup: func(lctx context.Context, id string) (Receipt, error) {
+		if calls.Add(1) > 1 {
+			return Receipt{OrderID: id}, nil // the inner call
+		}
+		// Another transaction's shared call of the same key runs now.
+		done := make(chan error, 1)
+		go func() {
+			bctx, cancel := bounded()
+			defer cancel()
+			_, err := p.Lookup(bctx, id)
+			done <- err
+		}()
+		if err := <-done; err != nil {
+			t.Errorf("a second Lookup while the first holds the key shared: %v", err)
+		}
+		// An exclusive method of the key, from another transaction: refused.
+		bctx, cancel := bounded()
+		defer cancel()
+		if _, err := p.Refund(bctx, RefundRequest{OrderID: id}); !errors.Is(err, dblock.ErrNotAcquired) {
+			t.Errorf("Refund (exclusive) while Lookup holds the key shared = %v, want ErrNotAcquired", err)
+		}
+		// The exclusive method in this transaction: no upgrade.
+		_, err := p.Refund(lctx, RefundRequest{OrderID: id})
+		if !errors.Is(err, dblock.ErrUpgrade) || !strings.HasPrefix(err.Error(), "Service.Refund: ") {
+			t.Errorf("Refund inside Lookup of the same key = %v, want Service.Refund: ... ErrUpgrade", err)
+		}
+		return Receipt{OrderID: id}, nil
+	}}, s.locker)
+	if r, err := p.Lookup(ctx, "42"); err != nil || r.OrderID != "42" {
+		t.Fatalf("Lookup: %+v, %v", r, err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("the implementation of Lookup ran %d times, want 2 (the call and the one beside it)", n)
+	}
+
+	held, err := s.locker.Lock(ctx, dblock.Resource("order:42"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback()
+	bctx, cancel := bounded()
+	defer cancel()
+	_, err = p.Lookup(bctx, "42")
+	t.Logf("Lookup beside an exclusive holder: %v", err)
+	if !errors.Is(err, dblock.ErrNotAcquired) {
+		t.Errorf("Lookup beside an exclusive holder = %v, want ErrNotAcquired", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("the implementation of Lookup ran beside an exclusive holder (%d runs)", n)
 	}
 }

@@ -57,6 +57,11 @@ type Service interface {
 	//txlock:lock operation=nightly mininterval=1h maxhold=30s
 	Nightly(ctx context.Context) error
 
+	// Lookup reads one order: any number of calls hold its key at once
+	// (shared), none while a call locks it without shared (Refund).
+	//txlock:lock shared resource=order:{id} wait=2s
+	Lookup(ctx context.Context, id string) (Receipt, error)
+
 	// Get is not locked: the proxy passes it through.
 	Get(ctx context.Context, id string) (Receipt, error)
 

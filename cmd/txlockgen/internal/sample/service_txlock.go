@@ -27,6 +27,7 @@ type LockedServiceInner interface {
 //   - Audit: method wait=1500ms
 //   - Book: resource=slot:{At}
 //   - Cancel: user=ctx resource=order:{req.OrderID} nowait
+//   - Lookup: shared resource=order:{id} wait=2s
 //   - Nightly: operation=nightly mininterval=1h maxhold=30s
 //   - Put: resource=receipt:{OrderID}
 //   - Rebuild: global nowait
@@ -58,6 +59,8 @@ func NewLockedService(inner LockedServiceInner, locker *dblock.Locker) *LockedSe
 var lockedServiceOptsAudit = []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)}
 
 var lockedServiceOptsCancel = []dblock.LockOption{dblock.NoWait()}
+
+var lockedServiceOptsLookup = []dblock.LockOption{dblock.Shared(), dblock.WaitTimeout(2 * time.Second)}
 
 var lockedServiceOptsNightly = []dblock.LockOption{dblock.MaxHold(30 * time.Second), dblock.MinInterval(1 * time.Hour)}
 
@@ -159,6 +162,32 @@ func (p *LockedService) Get(ctx context.Context, id string) (Receipt, error) {
 		return Receipt{}, errors.New("Service.Get: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
 	}
 	return p.inner.Get(ctx, id)
+}
+
+// Lookup holds the lock shared resource=order:{id} wait=2s for the call,
+// and calls the implementation inside the lock's transaction.
+func (p *LockedService) Lookup(ctx context.Context, id string) (Receipt, error) {
+	if p.inner == nil {
+		return Receipt{}, errors.New("Service.Lookup: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyLookup(ctx, id)
+	if err != nil {
+		return Receipt{}, err
+	}
+	return decorator.CallResult(ctx, p.locker, "Service.Lookup", key, func(ctx context.Context) (Receipt, error) {
+		return p.inner.Lookup(ctx, id)
+	}, lockedServiceOptsLookup...)
+}
+
+// lockKeyLookup returns the lock key of Lookup: resource=order:{id}; or,
+// when a value it is computed from is empty, an error wrapping
+// dblock.ErrInvalidKey that names the value.
+func (*LockedService) lockKeyLookup(ctx context.Context, id string) (dblock.Key, error) {
+	v0 := id
+	if v0 == "" {
+		return dblock.Key{}, fmt.Errorf("Service.Lookup: %w: resource: id is empty", dblock.ErrInvalidKey)
+	}
+	return dblock.Key{Resource: "order:" + v0}, nil
 }
 
 // Nightly holds the lock operation=nightly mininterval=1h maxhold=30s for

@@ -152,6 +152,26 @@ type BadMinInterval interface {
 	M(ctx context.Context, r Req) error
 }
 
+type SharedMinInterval interface {
+	//txlock:lock shared operation=nightly mininterval=1h
+	M(ctx context.Context, r Req) error
+}
+
+type SharedWithValue interface {
+	//txlock:lock shared=yes resource=doc:{ID}
+	M(ctx context.Context, r Req) error
+}
+
+type SharedTwice interface {
+	//txlock:lock shared resource=doc:{ID} shared
+	M(ctx context.Context, r Req) error
+}
+
+type SharedNoKey interface {
+	//txlock:lock shared wait=1s
+	M(ctx context.Context, r Req) error
+}
+
 type MissingSpaceMaxHold interface {
 	//txlock:lock resource=job:{ID}maxhold=1s
 	M(ctx context.Context, r Req) error
