@@ -143,6 +143,45 @@ func ExampleShared() {
 	// writer once the readers are gone: <nil>
 }
 
+// Permits makes a key a counting semaphore: here at most two exports run
+// at once, whatever the number of processes. The number is the key's: a
+// call that asks for another gets ErrPermits.
+func ExamplePermits() {
+	_, locker, closeAll := exampleSetup()
+	defer closeAll()
+	ctx := context.Background()
+	key := dblock.Operation("example-export")
+
+	first, err := locker.Lock(ctx, key, dblock.Permits(2))
+	if err != nil {
+		log.Fatal(err)
+	}
+	second, err := locker.Lock(ctx, key, dblock.Permits(2))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = locker.TryLock(ctx, key, dblock.Permits(2))
+	fmt.Println("a third export:", errors.Is(err, dblock.ErrNotAcquired))
+	_, err = locker.TryLock(ctx, key, dblock.Permits(3))
+	fmt.Println("asking for another number:", errors.Is(err, dblock.ErrPermits))
+
+	if err := first.Commit(); err != nil {
+		log.Fatal(err)
+	}
+	err = locker.Do(ctx, key, func(context.Context, *gorm.DB) error {
+		fmt.Println("a third export, once one is done")
+		return nil
+	}, dblock.Permits(2))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = second.Rollback()
+	// Output:
+	// a third export: true
+	// asking for another number: true
+	// a third export, once one is done
+}
+
 // TryLock does not wait: a key that is held gives ErrNotAcquired at once.
 func ExampleLocker_TryLock() {
 	_, locker, closeAll := exampleSetup()
