@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -30,20 +31,20 @@ type contender struct {
 	kind  string // "floor", "baseline" (no lock), "reference", "control", "txlock", "peer"
 	// only, when set, limits the contender to one workload.
 	only workload
-	// readers: the contender also runs in the shared workload, where the
-	// others do not.
-	readers bool
+	// extra are the special workloads (shared, semaphore, hierarchy) the
+	// contender runs in; nobody else does.
+	extra []workload
 	// start prepares g goroutines of cell c (pools, pinned connections) and
 	// returns their cycle functions and a function that releases them.
 	start func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error)
 }
 
 // runs reports whether the contender runs in cell c: a baseline without a
-// lock has no hot key; the shared workload compares the row lock's two
-// modes, raw and through txlock, and nothing else.
+// lock has no hot key; a special workload (shared, semaphore, hierarchy)
+// compares the row lock's modes, raw and through txlock, and nothing else.
 func (ct *contender) runs(c cell) bool {
-	if c.work == sharedRead {
-		return ct.readers
+	if c.work.special() {
+		return slices.Contains(ct.extra, c.work)
 	}
 	return (ct.only == 0 || ct.only == c.work) && !(c.hot && ct.kind == "baseline")
 }
@@ -55,17 +56,23 @@ var errStopped = errors.New("stopped")
 // allContenders lists every contender in the order of the tables.
 func allContenders() []*contender {
 	return []*contender{
-		{id: "raw", label: "raw row lock (floor)", kind: "floor", readers: true, start: startRaw(forUpdate)},
-		{id: "raw-again", label: "raw row lock again (A/A control)", kind: "control", readers: true, start: startRaw(forUpdate)},
-		{id: "raw-shared", label: "raw row lock, LOCK IN SHARE MODE (shared floor)", kind: "floor", only: sharedRead, readers: true, start: startRaw(inShareMode)},
+		{id: "raw", label: "raw row lock (floor)", kind: "floor", extra: everyMode, start: startRaw(forUpdate)},
+		{id: "raw-again", label: "raw row lock again (A/A control)", kind: "control", extra: everyMode, start: startRaw(forUpdate)},
+		{id: "raw-shared", label: "raw row lock, LOCK IN SHARE MODE (shared floor)", kind: "floor", only: sharedRead, extra: []workload{sharedRead}, start: startRaw(inShareMode)},
+		{id: "raw-permits", label: "raw semaphore: SKIP LOCKED over the permit rows, else FOR UPDATE of one in turn (semaphore floor)", kind: "floor",
+			only: permitHold, extra: []workload{permitHold}, start: startRawPermits},
+		{id: "raw-hier", label: "raw row lock with the hierarchy's statements: the global key LOCK IN SHARE MODE, then the key FOR UPDATE (hierarchy floor)", kind: "floor",
+			only: hierLock, extra: []workload{hierLock}, start: startRawHier},
 		{id: "raw-implicit", label: "raw row lock, no BEGIN (autocommit=0; the stretch's potential)", kind: "reference", start: startRawImplicit},
 		{id: "biz-alone", label: "business tx alone, no lock", kind: "baseline", only: lockBusiness, start: startRaw("")},
 		{id: "gorm-biz-alone", label: "gorm business tx alone, no lock", kind: "baseline", only: lockBusiness, start: startGormBiz},
-		{id: "do", label: "txlock Do", kind: "txlock", readers: true, start: startTxlock(modeDo, false)},
-		{id: "do-shared", label: "txlock Do, Shared()", kind: "txlock", only: sharedRead, readers: true, start: startTxlock(modeDo, false, dblock.Shared())},
+		{id: "do", label: "txlock Do", kind: "txlock", extra: everyMode, start: startTxlock(modeDo, false)},
+		{id: "do-shared", label: "txlock Do, Shared()", kind: "txlock", only: sharedRead, extra: []workload{sharedRead}, start: startTxlock(modeDo, false, dblock.Shared())},
+		{id: "do-permits", label: "txlock Do, Permits(n)", kind: "txlock", only: permitHold, extra: []workload{permitHold}, start: startDoPermits},
+		{id: "do-hier", label: "txlock Do, hierarchy on", kind: "txlock", only: hierLock, extra: []workload{hierLock}, start: startTxlockWith(modeDo, false, true)},
 		{id: "do-ip", label: "txlock Do, interpolateParams", kind: "txlock", start: startTxlock(modeDo, true)},
-		{id: "locktx", label: "txlock LockTx", kind: "txlock", readers: true, start: startTxlock(modeLockTx, false)},
-		{id: "locktx-shared", label: "txlock LockTx, Shared()", kind: "txlock", only: sharedRead, readers: true, start: startTxlock(modeLockTx, false, dblock.Shared())},
+		{id: "locktx", label: "txlock LockTx", kind: "txlock", extra: []workload{sharedRead}, start: startTxlock(modeLockTx, false)},
+		{id: "locktx-shared", label: "txlock LockTx, Shared()", kind: "txlock", only: sharedRead, extra: []workload{sharedRead}, start: startTxlock(modeLockTx, false, dblock.Shared())},
 		{id: "locktx-ip", label: "txlock LockTx, interpolateParams", kind: "txlock", start: startTxlock(modeLockTx, true)},
 		{id: "decorator", label: "txlock decorator.WithLock", kind: "txlock", start: startTxlock(modeDecorator, false)},
 		{id: "decorator-ip", label: "txlock decorator.WithLock, interpolateParams", kind: "txlock", start: startTxlock(modeDecorator, true)},
@@ -74,6 +81,10 @@ func allContenders() []*contender {
 		{id: "redislock", label: "Redis bsm/redislock + business tx (reference)", kind: "peer", start: startRedis},
 	}
 }
+
+// everyMode: the raw floor and Do run in every special workload, as the
+// exclusive lock the others are compared with.
+var everyMode = []workload{sharedRead, permitHold, hierLock}
 
 // selectContenders applies -only and -skip; the floor always runs.
 func selectContenders(o *options, e *env) []*contender {
@@ -160,7 +171,7 @@ func startRaw(clause string) func(ctx context.Context, e *env, c cell) ([]cycleF
 					}
 					acq = time.Since(t0)
 				}
-				if err := business(ctx, tx, c.work, k, args); err != nil {
+				if err := business(ctx, e, tx, c.work, k, args); err != nil {
 					tx.Rollback()
 					return 0, err
 				}
@@ -203,7 +214,7 @@ func startRawImplicit(ctx context.Context, e *env, c cell) ([]cycleFunc, func(),
 				return rollback(ctx, err)
 			}
 			acq := time.Since(t0)
-			if err := business(ctx, conn, c.work, k, args); err != nil {
+			if err := business(ctx, e, conn, c.work, k, args); err != nil {
 				return rollback(ctx, err)
 			}
 			_, err := conn.ExecContext(ctx, "COMMIT")
@@ -257,6 +268,7 @@ type bizState struct {
 	k    keyRef
 	args []any
 	work workload
+	hold time.Duration // the semaphore workload's
 	t0   time.Time
 	acq  time.Duration
 }
@@ -265,16 +277,25 @@ type bizState struct {
 // handle opened with the user's DSN (plain), or with interpolateParams
 // (ip).
 func startTxlock(mode txlockMode, ip bool, opts ...dblock.LockOption) func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
+	return startTxlockWith(mode, ip, false, opts...)
+}
+
+// startTxlockWith is startTxlock on the run's lock table, or with hier
+// on the hierarchy's.
+func startTxlockWith(mode txlockMode, ip, hier bool, opts ...dblock.LockOption) func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
 	return func(ctx context.Context, e *env, c cell) ([]cycleFunc, func(), error) {
-		cfg := e.plain
+		cfg, table := e.plain, e.lockTable
 		if ip {
 			cfg = e.ip
+		}
+		if hier {
+			table = e.hierTable
 		}
 		gdb, sqlDB, err := openGorm(cfg, c.g)
 		if err != nil {
 			return nil, nil, err
 		}
-		l, err := dblock.New(gdb, dblock.Table(e.lockTable))
+		l, err := dblock.New(gdb, dblock.Table(table))
 		if err != nil {
 			sqlDB.Close()
 			return nil, nil, err
@@ -290,7 +311,7 @@ func startTxlock(mode txlockMode, ip bool, opts ...dblock.LockOption) func(ctx c
 		}
 		fns := make([]cycleFunc, c.g)
 		for i := range fns {
-			s := &bizState{k: e.key(c, i), work: c.work}
+			s := &bizState{k: e.key(c, i), work: c.work, hold: e.permitHold}
 			s.args = e.bizArgs(s.k)
 			switch mode {
 			case modeDo:
@@ -353,8 +374,9 @@ type sqlRunner interface {
 }
 
 // business runs the business statement of workload w on k's row through
-// q: the UPDATE (business), the SELECT (shared), or nothing (lock only).
-func business(ctx context.Context, q sqlRunner, w workload, k keyRef, args []any) error {
+// q: the UPDATE (business), the SELECT (shared), the hold (semaphore), or
+// nothing (lock only, hierarchy).
+func business(ctx context.Context, e *env, q sqlRunner, w workload, k keyRef, args []any) error {
 	switch w {
 	case lockBusiness:
 		_, err := q.ExecContext(ctx, k.bizSQL, args...)
@@ -362,6 +384,8 @@ func business(ctx context.Context, q sqlRunner, w workload, k keyRef, args []any
 	case sharedRead:
 		var v int64
 		return q.QueryRowContext(ctx, k.readSQL, args...).Scan(&v)
+	case permitHold:
+		return holdPermit(ctx, e.permitHold)
 	}
 	return nil
 }
@@ -374,6 +398,8 @@ func gormBusiness(tx *gorm.DB, s *bizState) error {
 	case sharedRead:
 		var v int64
 		return tx.Raw(s.k.readSQL, s.args...).Row().Scan(&v)
+	case permitHold:
+		return holdPermit(tx.Statement.Context, s.hold)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,12 @@ type env struct {
 	lockTable  string
 	bizTable   string
 	leaseTable string
+	hierTable  string // a second lock table, with the hierarchy on ("" unless the hierarchy workload runs)
+
+	permits    int           // of the hot key's semaphore (the semaphore workload)
+	permitHold time.Duration // how long a holder of the semaphore workload holds
+	permitIDs  []int64       // the hot key's permit rows, by slot (the raw semaphore)
+	hierGlobal int64         // the global key's row in hierTable
 
 	own []keyRef // one per goroutine, each its own key
 	hot keyRef   // the one hot key
@@ -51,6 +58,7 @@ type env struct {
 type keyRef struct {
 	key    dblock.Key // txlock
 	lockID int64      // its row in the lock table (raw floor)
+	hierID int64      // its row in hierTable (the raw hierarchy), 0 without it
 	name   string     // GET_LOCK name, lease-row name, Redis key
 	bizID  int        // the business row updated under the lock
 
@@ -79,7 +87,7 @@ func setup(ctx context.Context, o *options) (*env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-dsn: %w", err)
 	}
-	e := &env{machine: machine(), leasePoll: o.leasePoll, bizLiteral: !o.bizPlaceholder}
+	e := &env{machine: machine(), leasePoll: o.leasePoll, bizLiteral: !o.bizPlaceholder, permits: o.permits, permitHold: o.permitHold}
 	if o.socket == "auto" {
 		sock, err := askSocket(ctx, cfg)
 		if err != nil {
@@ -107,18 +115,25 @@ func setup(ctx context.Context, o *options) (*env, error) {
 	_, _ = rand.Read(nonce[:])
 	e.prefix = "txlb_" + hex.EncodeToString(nonce[:])
 	e.lockTable, e.bizTable, e.leaseTable = e.prefix, e.prefix+"_biz", e.prefix+"_lease"
-	if err := e.createTables(ctx, max(slicesMax(o.own), 1)); err != nil {
+	if slices.Contains(o.workloads, hierLock) {
+		e.hierTable = e.prefix + "_h"
+	}
+	if err := e.createTables(ctx, max(slicesMax(o.own), slicesMax(o.hierGoroutines), 1)); err != nil {
+		_ = e.cleanup(false)
+		return nil, err
+	}
+	if err := e.createModes(ctx, slices.Contains(o.workloads, permitHold)); err != nil {
 		_ = e.cleanup(false)
 		return nil, err
 	}
 	e.connectRedis(ctx, o.redisAddr)
-	e.serverPID = findServerPID(e.transport)
+	e.serverPID = findServerPID(ctx, e.admin, e.transport)
 	// The GET_LOCK pattern holds two connections per goroutine.
 	var maxConns, connected int
 	var name string
 	if err := e.admin.QueryRowContext(ctx, "SELECT @@max_connections").Scan(&maxConns); err == nil &&
 		e.admin.QueryRowContext(ctx, "SHOW GLOBAL STATUS LIKE 'Threads_connected'").Scan(&name, &connected) == nil {
-		if need := 2*max(slicesMax(o.own), slicesMax(o.hot), slicesMax(o.readers)) + 8; need > maxConns-connected {
+		if need := 2*max(slicesMax(o.own), slicesMax(o.hot), slicesMax(o.readers), slicesMax(o.permitWorkers), slicesMax(o.hierGoroutines)) + 8; need > maxConns-connected {
 			fmt.Fprintf(os.Stderr, "txlock-bench: warning: the largest cells need about %d connections; the server allows %d and %d are in use (runs that cannot connect are retried, then skipped)\n",
 				need, maxConns, connected)
 		}
@@ -312,14 +327,21 @@ func (e *env) cleanup(keep bool) error {
 		e.redis.Close()
 	}
 	if keep {
-		fmt.Fprintf(os.Stderr, "txlock-bench: kept tables %s, %s, %s\n", e.lockTable, e.bizTable, e.leaseTable)
+		fmt.Fprintf(os.Stderr, "txlock-bench: kept tables %s, %s, %s %s\n", e.lockTable, e.bizTable, e.leaseTable, e.hierTable)
 		return nil
 	}
 	var errs []error
-	if _, err := migrations.Down(ctx, e.admin, migrations.Table(e.lockTable)); err != nil {
-		errs = append(errs, err)
+	drop := []string{e.bizTable, e.leaseTable}
+	for _, t := range []string{e.lockTable, e.hierTable} {
+		if t == "" {
+			continue
+		}
+		if _, err := migrations.Down(ctx, e.admin, migrations.Table(t)); err != nil {
+			errs = append(errs, err)
+		}
+		drop = append(drop, migrations.VersionTable(t))
 	}
-	for _, t := range []string{migrations.VersionTable(e.lockTable), e.bizTable, e.leaseTable} {
+	for _, t := range drop {
 		if _, err := e.admin.ExecContext(ctx, "DROP TABLE IF EXISTS `"+t+"`"); err != nil {
 			errs = append(errs, err)
 		}
@@ -332,10 +354,20 @@ func (e *env) cleanup(keep bool) error {
 
 // findServerPID returns the pid of the local mariadbd (or mysqld) when the
 // server runs on this machine, so that its CPU time per cycle can be
-// reported; 0 when there is none (a remote server).
-func findServerPID(transport string) int {
+// reported; 0 when there is none (a remote server). It is the one the
+// server's @@pid_file names when this machine can read it (other servers,
+// such as tests' throwaway ones, may run here too), else the first found.
+func findServerPID(ctx context.Context, admin *sql.DB, transport string) int {
 	if !strings.HasPrefix(transport, "unix") && !strings.Contains(transport, "127.0.0.1") && !strings.Contains(transport, "localhost") {
 		return 0
+	}
+	var pidFile string
+	if admin.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile) == nil {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && isServer(pid) {
+				return pid
+			}
+		}
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -346,16 +378,24 @@ func findServerPID(transport string) int {
 		if err != nil {
 			continue
 		}
-		comm, err := os.ReadFile("/proc/" + ent.Name() + "/comm")
-		if err != nil {
-			continue
-		}
-		switch strings.TrimSpace(string(comm)) {
-		case "mariadbd", "mysqld":
+		if isServer(pid) {
 			return pid
 		}
 	}
 	return 0
+}
+
+// isServer reports whether process pid is a mariadbd or mysqld.
+func isServer(pid int) bool {
+	comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if err != nil {
+		return false
+	}
+	switch strings.TrimSpace(string(comm)) {
+	case "mariadbd", "mysqld":
+		return true
+	}
+	return false
 }
 
 // serverCPU returns the CPU time the server process has used, or -1.

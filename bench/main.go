@@ -27,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/txlock/txlock/dblock"
 )
 
 // options are the command-line settings of one run.
@@ -40,6 +42,10 @@ type options struct {
 	own            []int
 	hot            []int
 	readers        []int
+	permitWorkers  []int
+	permits        int
+	permitHold     time.Duration
+	hierGoroutines []int
 	workloads      []workload
 	only           *regexp.Regexp
 	skip           *regexp.Regexp
@@ -63,10 +69,12 @@ var presets = map[string]struct {
 	reps             int
 	own, hot         string
 	readers          string
+	permitWorkers    string
+	hierGoroutines   string
 }{
-	"quick":   {120 * time.Millisecond, 40 * time.Millisecond, 2, "1,16,64", "8", "1,4,16"},
-	"default": {300 * time.Millisecond, 100 * time.Millisecond, 3, "1,4,16,64", "2,8,32", "1,4,16"},
-	"full":    {2 * time.Second, 500 * time.Millisecond, 5, "1,4,16,64", "2,8,32", "1,4,16,64"},
+	"quick":   {120 * time.Millisecond, 40 * time.Millisecond, 2, "1,16,64", "8", "1,4,16", "16", "1,16"},
+	"default": {300 * time.Millisecond, 100 * time.Millisecond, 3, "1,4,16,64", "2,8,32", "1,4,16", "16", "1,16"},
+	"full":    {2 * time.Second, 500 * time.Millisecond, 5, "1,4,16,64", "2,8,32", "1,4,16,64", "16", "1,4,16,64"},
 }
 
 func main() {
@@ -99,8 +107,14 @@ func parseFlags(args []string) (*options, error) {
 	own := fs.String("goroutines", "", "comma-separated goroutine counts, each goroutine on its own key (default: preset)")
 	hot := fs.String("hot", "", "comma-separated goroutine counts on one hot key (default: preset; \"0\" for none)")
 	readers := fs.String("readers", "", "comma-separated reader counts of the shared workload, all on one hot key (default: preset)")
-	works := fs.String("workloads", "lock,business,shared", "comma-separated workloads: lock (acquire, release), business (acquire, one UPDATE, commit), "+
-		"shared (-readers on one hot key, each: acquire shared or exclusive, one SELECT, commit)")
+	permitWorkers := fs.String("permit-workers", "", "comma-separated worker counts of the semaphore workload, all on one hot key (default: preset)")
+	fs.IntVar(&o.permits, "permits", 4, "permits of the semaphore workload's key")
+	fs.DurationVar(&o.permitHold, "permit-hold", time.Millisecond, "how long a holder of the semaphore workload holds (in the client)")
+	hierGoroutines := fs.String("hier-goroutines", "", "comma-separated goroutine counts of the hierarchy workload, each on its own key (default: preset)")
+	works := fs.String("workloads", "lock,business,shared,semaphore,hierarchy", "comma-separated workloads: lock (acquire, release), business (acquire, one UPDATE, commit), "+
+		"shared (-readers on one hot key, each: acquire shared or exclusive, one SELECT, commit), "+
+		"semaphore (-permit-workers on one hot key: acquire one of its -permits permits or its lock, hold -permit-hold, release), "+
+		"hierarchy (-hier-goroutines, each on its own key: acquire, release, the hierarchy off and on)")
 	only := fs.String("only", "", "run only the contenders whose id matches this `regexp` (the raw floor always runs)")
 	skip := fs.String("skip", "", "skip the contenders whose id matches this `regexp`")
 	fs.DurationVar(&o.leasePoll, "poll", time.Millisecond, "pause between attempts of the lease-row and Redis contenders on a held key")
@@ -108,7 +122,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.outDir, "out", "out", "`directory` for report.md and results.jsonl")
 	fs.StringVar(&o.plotPath, "plot", "", "PNG `file` of throughput against goroutines (default <out>/throughput.png; \"-\" for none)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file`")
-	fs.BoolVar(&o.quick, "quick", false, "a short run that finishes in under a minute: 2 repetitions of 120 ms, 1/16/64 goroutines, 8 on the hot key, 1/4/16 readers")
+	fs.BoolVar(&o.quick, "quick", false, "a short run that finishes in about a minute: 2 repetitions of 120 ms, 1/16/64 goroutines, 8 on the hot key, 1/4/16 readers, 16 semaphore workers, 1/16 on the hierarchy")
 	fs.BoolVar(&o.full, "full", false, "a long run: 5 repetitions of 2 s after 500 ms of warm-up (about 35 minutes)")
 	fs.BoolVar(&o.aa, "aa", false, "also run the raw floor a second time as a contender (an A/A control: its ratio to the floor shows the run's noise)")
 	fs.DurationVar(&o.quiet, "quiet", 0, "before each repetition, wait up to this long for the machine to be quiet (other processes, the server serving others, below 10% of the CPU); for shared machines")
@@ -148,6 +162,12 @@ func parseFlags(args []string) (*options, error) {
 	if *readers == "" {
 		*readers = p.readers
 	}
+	if *permitWorkers == "" {
+		*permitWorkers = p.permitWorkers
+	}
+	if *hierGoroutines == "" {
+		*hierGoroutines = p.hierGoroutines
+	}
 	var err error
 	if o.own, err = parseCounts(*own); err != nil {
 		return nil, fmt.Errorf("-goroutines: %w", err)
@@ -158,6 +178,12 @@ func parseFlags(args []string) (*options, error) {
 	if o.readers, err = parseCounts(*readers); err != nil {
 		return nil, fmt.Errorf("-readers: %w", err)
 	}
+	if o.permitWorkers, err = parseCounts(*permitWorkers); err != nil {
+		return nil, fmt.Errorf("-permit-workers: %w", err)
+	}
+	if o.hierGoroutines, err = parseCounts(*hierGoroutines); err != nil {
+		return nil, fmt.Errorf("-hier-goroutines: %w", err)
+	}
 	for _, w := range strings.Split(*works, ",") {
 		switch strings.TrimSpace(w) {
 		case "lock":
@@ -166,6 +192,10 @@ func parseFlags(args []string) (*options, error) {
 			o.workloads = append(o.workloads, lockBusiness)
 		case "shared":
 			o.workloads = append(o.workloads, sharedRead)
+		case "semaphore":
+			o.workloads = append(o.workloads, permitHold)
+		case "hierarchy":
+			o.workloads = append(o.workloads, hierLock)
 		default:
 			return nil, fmt.Errorf("-workloads: unknown workload %q", w)
 		}
@@ -187,6 +217,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("no goroutine counts to run")
 	case o.leasePoll <= 0:
 		return nil, errors.New("-poll must be positive")
+	case o.permits < 1 || o.permits > dblock.MaxPermits || o.permitHold < 0:
+		return nil, fmt.Errorf("-permits must be between 1 and %d, -permit-hold not negative", dblock.MaxPermits)
 	}
 	if o.plotPath == "" {
 		o.plotPath = filepath.Join(o.outDir, "throughput.png")

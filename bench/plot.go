@@ -48,9 +48,9 @@ var styles = map[string]style{
 // writePlot draws throughput against goroutines: one row per workload,
 // own keys on the left, the hot key in the middle, the legend on the right.
 func writePlot(path string, rec *recorder, cs []*contender, o *options, notes []string) error {
-	var works []workload // the shared workload is not drawn
+	var works []workload // the special workloads are not drawn
 	for _, w := range o.workloads {
-		if w != sharedRead {
+		if !w.special() {
 			works = append(works, w)
 		}
 	}
@@ -193,8 +193,8 @@ func replot(o *options) error {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var l runLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil || l.Type != "run" || l.Workload == sharedRead.String() {
-			// The shared workload is not drawn.
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil || l.Type != "run" || l.Workload != lockOnly.String() && l.Workload != lockBusiness.String() {
+			// The special workloads are not drawn.
 			continue
 		}
 		c := cell{work: lockOnly, hot: l.Mode == "hot", g: l.Goroutines}

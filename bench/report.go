@@ -60,6 +60,9 @@ type runLine struct {
 	RatioFloor  float64 `json:"ratio_to_floor,omitempty"`
 	AcqP50us    float64 `json:"acquire_p50_us"`
 	AcqP99us    float64 `json:"acquire_p99_us"`
+	HandP50us   float64 `json:"handoff_p50_us,omitempty"`
+	HandP99us   float64 `json:"handoff_p99_us,omitempty"`
+	Handoffs    int     `json:"handoffs,omitempty"`
 	GrantMinMax float64 `json:"grants_min_over_max"`
 	GrantCV     float64 `json:"grants_cv"`
 	ClientCPUus float64 `json:"client_cpu_us_per_cycle"`
@@ -108,6 +111,8 @@ func (rec *recorder) writeRun(r result, floor float64) {
 		Errors: r.errors, FirstError: r.firstError}
 	p50, p99 := percentiles(r.acquire)
 	line.AcqP50us, line.AcqP99us = us(p50), us(p99)
+	h50, h99 := percentiles(r.handoff)
+	line.HandP50us, line.HandP99us, line.Handoffs = us(h50), us(h99), len(r.handoff)
 	line.GrantMinMax, line.GrantCV = fairness(r.perG)
 	cpu, srv := r.cpuPerCycle()
 	line.ClientCPUus = us(cpu)
@@ -132,8 +137,13 @@ func (rec *recorder) progress(c cell) {
 		fmt.Fprintf(&b, " raw %s/s", thousands(median(throughputs(fl))))
 	}
 	ids := []string{"do", "do-ip", "getlock", "lease", "redislock"}
-	if c.work == sharedRead {
+	switch c.work {
+	case sharedRead:
 		ids = []string{"raw-shared", "do", "do-shared", "locktx", "locktx-shared"}
+	case permitHold:
+		ids = []string{"raw-permits", "do", "do-permits"}
+	case hierLock:
+		ids = []string{"raw-hier", "do", "do-hier"}
 	}
 	for _, id := range ids {
 		if v, ok := rec.ratio(c, id, "raw"); ok {
@@ -181,6 +191,7 @@ type summary struct {
 	thr, ratio    float64
 	hasRatio      bool
 	p50, p99      time.Duration
+	h50, h99      time.Duration // hand-offs, median over repetitions; 0 when not traced
 	minMax, cv    float64
 	errors        int64
 	reps          int
@@ -201,7 +212,7 @@ func (rec *recorder) summary(c cell, id string) (summary, bool) {
 	} else {
 		s.ratio, s.hasRatio = 1, true
 	}
-	var p50s, p99s, mm, cvs, cpus, srvs []float64
+	var p50s, p99s, h50s, h99s, mm, cvs, cpus, srvs []float64
 	for _, r := range rs {
 		cpu, srv := r.cpuPerCycle()
 		cpus = append(cpus, float64(cpu))
@@ -210,6 +221,9 @@ func (rec *recorder) summary(c cell, id string) (summary, bool) {
 		}
 		p50, p99 := percentiles(r.acquire)
 		p50s, p99s = append(p50s, float64(p50)), append(p99s, float64(p99))
+		if h50, h99 := percentiles(r.handoff); len(r.handoff) > 0 {
+			h50s, h99s = append(h50s, float64(h50)), append(h99s, float64(h99))
+		}
 		a, b := fairness(r.perG)
 		mm, cvs = append(mm, a), append(cvs, b)
 		s.errors += r.errors
@@ -218,6 +232,7 @@ func (rec *recorder) summary(c cell, id string) (summary, bool) {
 		}
 	}
 	s.p50, s.p99 = time.Duration(median(p50s)), time.Duration(median(p99s))
+	s.h50, s.h99 = time.Duration(median(h50s)), time.Duration(median(h99s))
 	s.minMax, s.cv = median(mm), median(cvs)
 	s.cpu, s.srvCPU = time.Duration(median(cpus)), -1
 	if len(srvs) > 0 {
@@ -290,20 +305,20 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 		labels[ct.id] = ct.label
 	}
 	for _, w := range o.workloads {
-		if w == sharedRead {
+		switch w {
+		case sharedRead:
 			rec.sharedTables(&b, cs)
+			continue
+		case permitHold:
+			rec.semaphoreTables(&b, cs)
+			continue
+		case hierLock:
+			rec.hierarchyTables(&b, cs)
 			continue
 		}
 		if len(o.own) > 0 {
 			fmt.Fprintf(&b, "### %s, each goroutine on its own key\n\ncycles/s (x raw floor)\n\n| contender |", w.title())
-			for _, g := range o.own {
-				fmt.Fprintf(&b, " %d |", g)
-			}
-			b.WriteString("\n|---|")
-			for range o.own {
-				b.WriteString("---:|")
-			}
-			b.WriteString("\n")
+			countColumns(&b, 1, o.own)
 			for _, ct := range cs {
 				if !ct.runs(cell{work: w}) {
 					continue
@@ -320,7 +335,7 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 				b.WriteString("\n")
 			}
 			b.WriteString("\n")
-			rec.cpuTable(&b, cs, w)
+			rec.cpuTable(&b, cs, w, o.own)
 		}
 		if len(o.hot) > 0 {
 			fmt.Fprintf(&b, "### %s, all goroutines on one hot key\n\n", w.title())
@@ -338,8 +353,8 @@ func (rec *recorder) report(cs []*contender, plan []cell, elapsed time.Duration)
 			line, _ := json.Marshal(map[string]any{
 				"type": "summary", "workload": c.work.String(), "mode": c.mode(), "goroutines": c.g,
 				"contender": ct.id, "label": ct.label, "cycles_per_s": round(s.thr, 1), "ratio_to_floor": round(s.ratio, 4),
-				"acquire_p50_us": us(s.p50), "acquire_p99_us": us(s.p99), "grants_min_over_max": round(s.minMax, 3),
-				"grants_cv": round(s.cv, 3), "errors": s.errors, "reps": s.reps,
+				"acquire_p50_us": us(s.p50), "acquire_p99_us": us(s.p99), "handoff_p50_us": us(s.h50), "handoff_p99_us": us(s.h99),
+				"grants_min_over_max": round(s.minMax, 3), "grants_cv": round(s.cv, 3), "errors": s.errors, "reps": s.reps,
 				"client_cpu_us_per_cycle": us(s.cpu), "server_cpu_us_per_cycle": us(s.srvCPU),
 			})
 			js = append(js, string(line))
@@ -397,29 +412,58 @@ func (rec *recorder) hotTable(b *strings.Builder, cs []*contender, w workload, g
 	b.WriteString("\n")
 }
 
-// cpuTable prints the CPU time per cycle of each contender on own keys:
-// this process (the client: driver, pool, gorm, txlock) and the server.
-func (rec *recorder) cpuTable(b *strings.Builder, cs []*contender, w workload) {
-	o := rec.o
+// pairTable prints, for each of pairs that ran, the median over
+// repetitions of its first contender's throughput (shared) over its
+// second's (exclusive) in the same repetition, at each count of gs, in
+// the cells cellOf gives.
+func (rec *recorder) pairTable(b *strings.Builder, cs []*contender, pairs []modePair, gs []int, cellOf func(int) cell) {
+	b.WriteString("| |")
+	countColumns(b, 1, gs)
+	for _, p := range pairs {
+		if !rec.ran(cs, p.shared) || !rec.ran(cs, p.exclusive) {
+			continue
+		}
+		fmt.Fprintf(b, "| %s |", p.label)
+		for _, g := range gs {
+			if r, ok := rec.ratio(cellOf(g), p.shared, p.exclusive); ok {
+				fmt.Fprintf(b, " %.2fx |", r)
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		b.WriteString("\n")
+	}
+}
+
+// countColumns ends a table's header whose first left columns are
+// written: one right-aligned column per count of gs.
+func countColumns(b *strings.Builder, left int, gs []int) {
+	for _, g := range gs {
+		fmt.Fprintf(b, " %d |", g)
+	}
+	b.WriteString("\n|" + strings.Repeat("---|", left))
+	for range gs {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+}
+
+// cpuTable prints the CPU time per cycle of each contender of workload w
+// on own keys, at gs goroutines: this process (the client: driver, pool,
+// gorm, txlock) and the server.
+func (rec *recorder) cpuTable(b *strings.Builder, cs []*contender, w workload, gs []int) {
 	b.WriteString("<details><summary>CPU per cycle, µs: client (this process) / server")
 	if rec.e.serverPID == 0 {
 		b.WriteString(" (remote: not measured)")
 	}
 	b.WriteString("</summary>\n\n| contender |")
-	for _, g := range o.own {
-		fmt.Fprintf(b, " %d |", g)
-	}
-	b.WriteString("\n|---|")
-	for range o.own {
-		b.WriteString("---:|")
-	}
-	b.WriteString("\n")
+	countColumns(b, 1, gs)
 	for _, ct := range cs {
 		if !ct.runs(cell{work: w}) {
 			continue
 		}
 		fmt.Fprintf(b, "| %s |", ct.label)
-		for _, g := range o.own {
+		for _, g := range gs {
 			s, ok := rec.summary(cell{work: w, g: g}, ct.id)
 			switch {
 			case !ok:
@@ -463,7 +507,10 @@ func (rec *recorder) targets() []target {
 			add(fmt.Sprintf("%s, hot key handoffs, Do / raw floor, %d goroutines", w, g), cell{work: w, hot: true, g: g}, "do", "raw", 0.9, false)
 		}
 	}
-	rec.sharedTargets(func(name string, c cell, a, b string) { add(name, c, a, b, 0, true) })
+	report := func(name string, c cell, a, b string) { add(name, c, a, b, 0, true) }
+	rec.sharedTargets(report)
+	rec.semaphoreTargets(report)
+	rec.hierarchyTargets(report)
 	for _, c := range planCells(rec.o) {
 		add(fmt.Sprintf("A/A control: raw again / raw, %s", c), c, "raw-again", "raw", 0, true)
 	}

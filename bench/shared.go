@@ -62,29 +62,8 @@ func (rec *recorder) sharedTables(b *strings.Builder, cs []*contender) {
 			fmt.Fprintf(b, " %s |\n", rec.scaling(m.id))
 		}
 	}
-	b.WriteString("\nshared over exclusive, in the same repetition (median)\n\n| |")
-	for _, g := range rs {
-		fmt.Fprintf(b, " %d |", g)
-	}
-	b.WriteString("\n|---|")
-	for range rs {
-		b.WriteString("---:|")
-	}
-	b.WriteString("\n")
-	for _, p := range modePairs {
-		if !rec.ran(cs, p.shared) || !rec.ran(cs, p.exclusive) {
-			continue
-		}
-		fmt.Fprintf(b, "| %s |", p.label)
-		for _, g := range rs {
-			if r, ok := rec.ratio(sharedCell(g), p.shared, p.exclusive); ok {
-				fmt.Fprintf(b, " %.2fx |", r)
-			} else {
-				b.WriteString(" – |")
-			}
-		}
-		b.WriteString("\n")
-	}
+	b.WriteString("\nshared over exclusive, in the same repetition (median)\n\n")
+	rec.pairTable(b, cs, modePairs, rs, sharedCell)
 	b.WriteString("\n<details><summary>Shared hot key: latencies and grants (x raw floor: FOR UPDATE)</summary>\n\n")
 	rec.hotTable(b, cs, sharedRead, rs, "readers", "cycles/s")
 	b.WriteString("</details>\n\n")

@@ -23,6 +23,8 @@ const (
 	lockOnly     workload = iota + 1 // acquire, release
 	lockBusiness                     // acquire, one UPDATE of a business row, commit
 	sharedRead                       // readers on one hot key: acquire, one SELECT of its business row, commit
+	permitHold                       // a full semaphore: workers on one key's permits (or its lock): acquire, hold, release
+	hierLock                         // lock only, each goroutine on its own key, with and without the hierarchy
 )
 
 func (w workload) String() string {
@@ -31,6 +33,10 @@ func (w workload) String() string {
 		return "lock"
 	case sharedRead:
 		return "shared"
+	case permitHold:
+		return "semaphore"
+	case hierLock:
+		return "hierarchy"
 	}
 	return "business"
 }
@@ -41,8 +47,31 @@ func (w workload) title() string {
 		return "Lock only (acquire, release)"
 	case sharedRead:
 		return "Shared hot key (readers on one key: acquire, one SELECT of its business row, commit)"
+	case permitHold:
+		return "Semaphore hand-off (workers on one key's permits, or on its lock: acquire, hold, release)"
+	case hierLock:
+		return "Hierarchy cost (lock only, each goroutine on its own key, the hierarchy off and on)"
 	}
 	return "Lock + business (acquire, one UPDATE of a business row, commit)"
+}
+
+// special reports whether w is one of the workloads that only the
+// contenders naming it run (shared, semaphore, hierarchy), with cells of
+// their own; lock and business are run by every contender.
+func (w workload) special() bool { return w == sharedRead || w == permitHold || w == hierLock }
+
+// counts returns the goroutine counts of special workload w's cells, and
+// whether they share one hot key.
+func (o *options) counts(w workload) ([]int, bool) {
+	switch w {
+	case sharedRead:
+		return o.readers, true
+	case permitHold:
+		return o.permitWorkers, true
+	case hierLock:
+		return o.hierGoroutines, false
+	}
+	return nil, false
 }
 
 // A cell is one workload at one concurrency: g goroutines, each on its own
@@ -64,14 +93,17 @@ func (c cell) String() string {
 	return fmt.Sprintf("%s, %d goroutines on %s", c.work, c.g, map[bool]string{false: "their own keys", true: "one hot key"}[c.hot])
 }
 
-// planCells lists the cells in the order they run. The shared workload
-// runs on the hot key only, with -readers goroutines.
+// planCells lists the cells in the order they run. The special workloads
+// run with their own counts: the shared workload and the semaphore on the
+// hot key (-readers, -permit-workers goroutines), the hierarchy on own
+// keys (-hier-goroutines).
 func planCells(o *options) []cell {
 	var cs []cell
 	for _, w := range o.workloads {
-		if w == sharedRead {
-			for _, g := range o.readers {
-				cs = append(cs, cell{work: w, hot: true, g: g})
+		if w.special() {
+			gs, hot := o.counts(w)
+			for _, g := range gs {
+				cs = append(cs, cell{work: w, hot: hot, g: g})
 			}
 			continue
 		}
@@ -94,6 +126,7 @@ type result struct {
 	elapsed    time.Duration
 	perG       []int64         // completed cycles of each goroutine
 	acquire    []time.Duration // acquisition latencies, all goroutines
+	handoff    []time.Duration // hand-offs: from a release to the next grant (contenders that trace them)
 	errors     int64
 	firstError string
 	clientCPU  time.Duration // CPU time of this process in the measured window
@@ -154,11 +187,14 @@ func (r result) throughput() float64 { return float64(r.cycles) / r.elapsed.Seco
 // worker is one goroutine's tally; padded so that goroutines do not share
 // cache lines.
 type worker struct {
-	cycles  int64
-	errors  int64
-	firstE  error
-	acquire []time.Duration
-	_       [64]byte
+	cycles   int64
+	errors   int64
+	firstE   error
+	acquire  []time.Duration
+	trace    cycleTrace  // of the cycle in progress
+	grants   []time.Time // of the measured cycles that traced them
+	releases []time.Time
+	_        [64]byte
 }
 
 // Measurement phases.
@@ -203,12 +239,14 @@ func runOne(ctx context.Context, e *env, ct *contender, c cell, o *options) (res
 		ws[i].acquire = make([]time.Duration, 0, guess)
 		wg.Go(func() {
 			w, fn := &ws[i], fns[i]
+			gctx := withTrace(runCtx, &w.trace)
 			for {
 				p := phase.Load()
 				if p == phaseStop {
 					return
 				}
-				acq, err := fn(runCtx, stop)
+				w.trace = cycleTrace{}
+				acq, err := fn(gctx, stop)
 				switch phase.Load() {
 				case phaseMeasure:
 				case phaseStop:
@@ -234,6 +272,7 @@ func runOne(ctx context.Context, e *env, ct *contender, c cell, o *options) (res
 				}
 				w.cycles++
 				w.acquire = append(w.acquire, acq)
+				w.trace.keep(&w.grants, &w.releases)
 			}
 		})
 	}
@@ -263,6 +302,7 @@ func runOne(ctx context.Context, e *env, ct *contender, c cell, o *options) (res
 
 	r := result{cell: c, contender: ct.id, elapsed: t2.Sub(t1), perG: make([]int64, c.g),
 		clientCPU: cpu1 - cpu0, serverCPU: -1}
+	var grants, releases []time.Time
 	if srv0 >= 0 && srv1 >= 0 {
 		r.serverCPU = srv1 - srv0
 	}
@@ -281,7 +321,9 @@ func runOne(ctx context.Context, e *env, ct *contender, c cell, o *options) (res
 			r.firstError = w.firstE.Error()
 		}
 		r.acquire = append(r.acquire, w.acquire...)
+		grants, releases = append(grants, w.grants...), append(releases, w.releases...)
 	}
+	r.handoff = handoffs(grants, releases)
 	return r, nil
 }
 

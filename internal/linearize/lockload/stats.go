@@ -50,6 +50,9 @@ func Label(err error) string {
 		{dblock.ErrNotPrimary, "ErrNotPrimary"},
 		{dblock.ErrDeadlock, "ErrDeadlock"},
 		{dblock.ErrLockLost, "ErrLockLost"},
+		{dblock.ErrHierarchyChanged, "ErrHierarchyChanged"},
+		{dblock.ErrUpgrade, "ErrUpgrade"},
+		{dblock.ErrPermits, "ErrPermits"},
 	} {
 		if errors.Is(err, s.err) {
 			return s.name

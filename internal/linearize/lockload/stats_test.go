@@ -45,6 +45,7 @@ func TestLabel(t *testing.T) {
 		{nil, "ok"},
 		{fmt.Errorf("%w: %w", dblock.ErrNotAcquired, &gomysql.MySQLError{Number: 1205}), "ErrNotAcquired"},
 		{fmt.Errorf("%w: %w", dblock.ErrLockLost, dblock.ErrDeadlock), "ErrDeadlock"},
+		{fmt.Errorf("%w: x", dblock.ErrHierarchyChanged), "ErrHierarchyChanged"},
 		{&gomysql.MySQLError{Number: 1020}, "error 1020"},
 		{fmt.Errorf("x: %w", context.Canceled), "cancelled"},
 		{gomysql.ErrInvalidConn, "connection"},
