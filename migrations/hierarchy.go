@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -94,17 +95,20 @@ func SetHierarchy(ctx context.Context, db *sql.DB, on bool, opts ...Option) erro
 			return err
 		}
 		wait := int(math.Ceil(cfg.lockTimeout.Seconds()))
-		if _, err := conn.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = %d, innodb_lock_wait_timeout = %d", wait, wait)); err != nil {
+		// The ALTERs wait for the table's metadata lock one second at a
+		// time (see setDefault); the row updates wait up to LockTimeout.
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("SET SESSION lock_wait_timeout = 1, innodb_lock_wait_timeout = %d", wait)); err != nil {
 			return fmt.Errorf("migrations: hierarchy %s: %w", cfg.table, err)
 		}
+		deadline := time.Now().Add(cfg.lockTimeout)
 		// Rows created during the switch are marked as switching; every
 		// row then gets the new setting in one transaction; then the new
 		// setting becomes that of new rows, and the rows created meanwhile
 		// get it too. Each ALTER waits until no transaction uses its table.
 		for _, step := range []func() error{
-			func() error { return setDefault(ctx, conn, tables, hierarchySwitching) },
+			func() error { return setDefault(ctx, conn, tables, hierarchySwitching, deadline) },
 			func() error { return updateRows(ctx, conn, tables, v) },
-			func() error { return setDefault(ctx, conn, tables, v) },
+			func() error { return setDefault(ctx, conn, tables, v, deadline) },
 			func() error { return updateRows(ctx, conn, tables, v) },
 		} {
 			if err := step(); err != nil {
@@ -119,14 +123,37 @@ func SetHierarchy(ctx context.Context, db *sql.DB, on bool, opts ...Option) erro
 // switch, which no acquisition accepts.
 const hierarchySwitching = 2
 
-// setDefault makes v the hierarchy value of the rows tables create.
-func setDefault(ctx context.Context, conn *sql.Conn, tables []string, v int) error {
+// setDefault makes v the hierarchy value of the rows tables create. Each
+// ALTER waits for its table's metadata lock, which every open transaction
+// that used the table holds, one second at a time until deadline: while
+// it waits, every new statement on the table queues behind it, including
+// one that a holder it waits for needs to finish (a side-pool row lookup
+// of a nested acquisition). Giving up for a moment lets that one through.
+func setDefault(ctx context.Context, conn *sql.Conn, tables []string, v int, deadline time.Time) error {
 	for _, t := range tables {
-		if _, err := conn.ExecContext(ctx, fmt.Sprintf("ALTER TABLE `%s` ALTER COLUMN hierarchy SET DEFAULT %d", t, v)); err != nil {
-			return fmt.Errorf("setting the default of %s: %w", t, err)
+		for {
+			_, err := conn.ExecContext(ctx, fmt.Sprintf("ALTER TABLE `%s` ALTER COLUMN hierarchy SET DEFAULT %d", t, v))
+			if err == nil {
+				break
+			}
+			if !isLockWaitTimeout(err) || !time.Now().Before(deadline) {
+				return fmt.Errorf("setting the default of %s: %w", t, err)
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("setting the default of %s: %w", t, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
 		}
 	}
 	return nil
+}
+
+// isLockWaitTimeout reports whether err is the server's lock-wait timeout
+// (1205), which a metadata-lock wait also ends with.
+func isLockWaitTimeout(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1205
 }
 
 // updateRows sets every row of tables to v in one transaction, run again
