@@ -113,13 +113,18 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 	q := string(l.appendLockRead(buf[:0], r))
 
 	var out lockOutcome
-	var got, inTx int64
-	var flag, flagMax sql.NullInt64 // the rows' hierarchy setting (least and greatest of a group)
+	// What the read returns, in one allocation: the row's id (a group's
+	// count), the rows' hierarchy setting (a group's least and greatest),
+	// and whether the session is in a transaction.
+	var v struct {
+		got, inTx     int64
+		flag, flagMax sql.NullInt64
+	}
 	var err error
 	dest := make([]any, 2, 8)
-	dest[0], dest[1] = &got, &flag
+	dest[0], dest[1] = &v.got, &v.flag
 	if t.group != nil {
-		dest = append(dest, &flagMax)
+		dest = append(dest, &v.flagMax)
 	}
 	if session {
 		for i := range l.q.sessionVars {
@@ -127,7 +132,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		}
 	}
 	if r.inTx {
-		dest = append(dest, &inTx)
+		dest = append(dest, &v.inTx)
 	}
 	if r.connID {
 		dest = append(dest, &out.conn)
@@ -146,23 +151,23 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		}
 		return out, errRowGone
 	}
-	if err == nil && r.inTx && inTx == 0 {
+	if err == nil && r.inTx && v.inTx == 0 {
 		return out, fmt.Errorf("%w: acquiring %s: the transaction had already ended on the server (rolled back: a deadlock or a timeout its statement reported?), so statements now run in autocommit and the lock would be released at once: roll it back and start again",
 			ErrNoTransaction, key)
 	}
-	if err == nil && t.group != nil && int(got) < len(t.group) {
+	if err == nil && t.group != nil && int(v.got) < len(t.group) {
 		// A row of the group was not locked: skipped (held), or gone.
 		err = sql.ErrNoRows
 	}
 	switch {
 	case err == nil:
-		out.id = got
-		if t.group != nil && flag != flagMax {
+		out.id = v.got
+		if t.group != nil && v.flag != v.flagMax {
 			// Rows of two settings: a switch in progress.
 			a.l.refreshHierarchy(a.ctx)
 			return out, errHierarchyChanged
 		}
-		if err := a.checkHierarchy(flag.Int64); err != nil {
+		if err := a.checkHierarchy(v.flag.Int64); err != nil {
 			return out, err
 		}
 		if l.touch && !t.permit {
