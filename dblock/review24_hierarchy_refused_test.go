@@ -45,42 +45,49 @@ func TestReview24HierarchyRefusedKeyRetakenWithoutContainers(t *testing.T) {
 // TestReview24HierarchyGroupReadPartlyGranted: under the hierarchy, the
 // containers of a composite key {r, u} are taken in one locking read, in
 // id order (Global, r, u). With u held exclusively by another transaction,
-// the read locks Global and r shared, then waits on u until WaitTimeout.
-// InnoDB keeps the rows the timed-out statement locked, but lockPlan
-// counts the whole group as not granted: the error lists nothing the
-// transaction keeps and the transaction's record lacks Global and r, so a
-// later exclusive LockTx of r in the same transaction is not refused as
+// the read locks Global and r shared, then waits on u until WaitTimeout
+// (or, with NoWait, skips u). InnoDB keeps the rows the failed statement
+// locked, but lockPlan counts the whole group as not granted: the error
+// does not list them and the transaction's record lacks Global and r, so
+// a later exclusive LockTx of r in the same transaction is not refused as
 // an upgrade (docs/MODES.md: "the transaction's record has them, so that
 // a later exclusive acquisition of one is refused as an upgrade").
 func TestReview24HierarchyGroupReadPartlyGranted(t *testing.T) {
 	e, l := setupLocker(t)
 	e.setHierarchy(t, true)
 	ctx := ctxT(t)
-	r, u := dblock.Resource("r24:group-r"), dblock.User("r24:group-u")
-	ru := dblock.Key{Resource: "r24:group-r", User: "r24:group-u"}
-	// Rows in id order: Global, r, u (u last, so the read waits after
-	// locking the others).
-	for _, k := range []dblock.Key{dblock.Global(), r, u} {
-		assertFree(t, l, k)
-	}
-	other := holdKey(t, ctx, l, u)
+	for _, c := range []struct {
+		name string
+		opt  dblock.LockOption
+	}{{"WaitTimeout", dblock.WaitTimeout(300 * time.Millisecond)}, {"NoWait", dblock.NoWait()}} {
+		t.Run(c.name, func(t *testing.T) {
+			r, u := dblock.Resource("r24:group-r-"+c.name), dblock.User("r24:group-u-"+c.name)
+			ru := dblock.Key{Resource: r.Resource, User: u.User}
+			// Rows in id order: Global, r, u (u last, so the read waits
+			// after locking the others).
+			for _, k := range []dblock.Key{dblock.Global(), r, u} {
+				assertFree(t, l, k)
+			}
+			other := holdKey(t, ctx, l, u)
 
-	tx := e.db.WithContext(ctx).Begin()
-	defer tx.Rollback()
-	err := l.LockTx(ctx, tx, ru, dblock.WaitTimeout(300*time.Millisecond))
-	if !errors.Is(err, dblock.ErrNotAcquired) {
-		t.Fatalf("LockTx(%s) with %s held = %v, want ErrNotAcquired", ru, u, err)
-	}
-	t.Logf("refused: %v", err)
-	_ = other.Rollback()
-	// The caller's transaction holds r shared: nobody can take it
-	// exclusively.
-	if err := heldByOther(l, r); err != nil {
-		t.Fatalf("after the refused call: %v (the read did not keep r)", err)
-	}
-	err = l.LockTx(ctx, tx, r, dblock.NoWait())
-	t.Logf("exclusive LockTx(%s) in the same transaction: %v", r, err)
-	if !errors.Is(err, dblock.ErrUpgrade) {
-		t.Fatalf("exclusive LockTx of %s, which the transaction holds shared since the refused call = %v, want ErrUpgrade", r, err)
+			tx := e.db.WithContext(ctx).Begin()
+			defer tx.Rollback()
+			err := l.LockTx(ctx, tx, ru, c.opt)
+			if !errors.Is(err, dblock.ErrNotAcquired) {
+				t.Fatalf("LockTx(%s) with %s held = %v, want ErrNotAcquired", ru, u, err)
+			}
+			t.Logf("refused: %v", err)
+			_ = other.Rollback()
+			// The caller's transaction holds r shared: nobody can take it
+			// exclusively.
+			if err := heldByOther(l, r); err != nil {
+				t.Fatalf("after the refused call: %v (the read did not keep r)", err)
+			}
+			err = l.LockTx(ctx, tx, r, dblock.NoWait())
+			t.Logf("exclusive LockTx(%s) in the same transaction: %v", r, err)
+			if !errors.Is(err, dblock.ErrUpgrade) {
+				t.Fatalf("exclusive LockTx of %s, which the transaction holds shared since the refused call = %v, want ErrUpgrade", r, err)
+			}
+		})
 	}
 }
