@@ -183,22 +183,25 @@ func (r *telRecorder) checkAttributes(t *testing.T, ms []metricdata.Metrics, tab
 			if v, _ := p.attrs.Value("table"); v.Emit() != table {
 				t.Errorf("%s: table attribute %q, want %q", m.Name, v.Emit(), table)
 			}
-			if v, _ := p.attrs.Value("txlock.mode"); v.Emit() != "exclusive" && v.Emit() != "shared" {
-				t.Errorf("%s: txlock.mode attribute %q, want exclusive or shared", m.Name, v.Emit())
+			if v, _ := p.attrs.Value("txlock.mode"); !telModes[v.Emit()] {
+				t.Errorf("%s: txlock.mode attribute %q, want exclusive, shared or semaphore", m.Name, v.Emit())
 			}
 			check(m.Name, p.attrs.ToSlice())
 		}
 	}
 	for _, s := range r.spans.Ended() {
 		check("span "+s.Name(), s.Attributes())
-		if m := spanAttr(s, "txlock.mode"); m != "exclusive" && m != "shared" {
-			t.Errorf("span %s: txlock.mode %q, want exclusive or shared", s.Name(), m)
+		if m := spanAttr(s, "txlock.mode"); !telModes[m] {
+			t.Errorf("span %s: txlock.mode %q, want exclusive, shared or semaphore", s.Name(), m)
 		}
 		if strings.Contains(s.Status().Description, raw[0]) {
 			t.Errorf("span %s: status %q holds the raw key", s.Name(), s.Status().Description)
 		}
 	}
 }
+
+// telModes are the values of the txlock.mode attribute.
+var telModes = map[string]bool{"exclusive": true, "shared": true, "semaphore": true}
 
 // spanAttr returns the attribute key of span s, as text.
 func spanAttr(s sdktrace.ReadOnlySpan, key string) string {
