@@ -28,9 +28,9 @@ type Conn struct {
 	Mode string `json:"mode,omitempty"`
 	// PermitSlot is the slot of the permit a semaphore's holder holds, or
 	// its waiter waits for (0 to permits-1); nil for a key's lock.
-	PermitSlot *int `json:"permit_slot,omitempty"`
-	Cmd   string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
-	State string `json:"state,omitempty"`
+	PermitSlot *int   `json:"permit_slot,omitempty"`
+	Cmd        string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
+	State      string `json:"state,omitempty"`
 	// TrxAge is how long its transaction has been open, in whole seconds
 	// (INNODB_TRX.trx_started has no fraction); nil: unknown.
 	TrxAge *int64 `json:"trx_open_seconds,omitempty"`
