@@ -3,7 +3,6 @@ package dblock_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -82,38 +81,12 @@ func TestTelemetrySemaphore(t *testing.T) {
 	}
 
 	ms = rec.collect(t)
-	if got, want := fmt.Sprint(acquisitionsWhere(t, ms, sem)), fmt.Sprint(map[string]uint64{"acquired": 4, "not_acquired": 1}); got != want {
-		t.Errorf("semaphore acquisitions by outcome %s, want %s", got, want)
-	}
-	if got, want := fmt.Sprint(acquisitionsWhere(t, ms, exclusive)), fmt.Sprint(map[string]uint64{"acquired": 1}); got != want {
-		t.Errorf("exclusive acquisitions by outcome %s, want %s", got, want)
-	}
-	if c, _ := histOf(t, ms, "txlock.held.duration", sem); c != 4 {
-		t.Errorf("%d semaphore holds recorded, want 4 (two Commits, the loss, the Do)", c)
-	}
-	if c, _ := histOf(t, ms, "txlock.held.duration", exclusive); c != 1 {
-		t.Errorf("%d exclusive holds recorded, want 1", c)
-	}
-	if c := sumOf(t, ms, "txlock.lost", "{lock}", sem); c != 1 {
-		t.Errorf("semaphore losses = %d, want 1", c)
-	}
-	if c := sumOf(t, ms, "txlock.lost", "{lock}", exclusive); c != 0 {
-		t.Errorf("exclusive losses = %d, want 0", c)
-	}
-	if w := sumOf(t, ms, "txlock.waiting", "{acquisition}", nil); w != 0 {
-		t.Errorf("waiting = %d after the grants, want 0", w)
-	}
+	// Holds: two Commits, the loss and the Do (semaphore), the key's lock.
+	checkModes(t, ms, map[string]modeFigures{
+		"semaphore": {acquired: map[string]uint64{"acquired": 4, "not_acquired": 1}, holds: 4, lost: 1},
+		"exclusive": {acquired: map[string]uint64{"acquired": 1}, holds: 1},
+	}, map[string]map[string]string{"semaphore": sem, "exclusive": exclusive})
 	rec.checkAttributes(t, ms, e.table, "export:1")
 
-	var modes []string
-	for _, s := range rec.spansNamed("txlock.acquire") {
-		modes = append(modes, spanAttr(s, "outcome")+"/"+spanAttr(s, "txlock.mode"))
-	}
-	want := "[acquired/semaphore acquired/semaphore not_acquired/semaphore acquired/exclusive acquired/semaphore acquired/semaphore]"
-	if got := fmt.Sprint(modes); got != want {
-		t.Errorf("txlock.acquire spans (outcome/mode) %s, want %s", got, want)
-	}
-	if dos := rec.spansNamed("txlock.Do"); len(dos) != 1 || spanAttr(dos[0], "txlock.mode") != "semaphore" {
-		t.Errorf("txlock.Do spans %v, want one with txlock.mode semaphore", dos)
-	}
+	rec.checkSpanModes(t, "[acquired/semaphore acquired/semaphore not_acquired/semaphore acquired/exclusive acquired/semaphore acquired/semaphore]", "semaphore")
 }

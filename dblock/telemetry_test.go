@@ -160,6 +160,52 @@ func histOf(t *testing.T, ms []metricdata.Metrics, name string, attrs map[string
 	return n, s
 }
 
+// modeFigures are the measurements a test expects under one txlock.mode:
+// acquisitions by outcome, holds recorded, losses.
+type modeFigures struct {
+	acquired map[string]uint64
+	holds    uint64
+	lost     int64
+}
+
+// checkModes checks the figures of ms under each mode's attributes (want,
+// by attribute set), and that no acquisition waits any more.
+func checkModes(t *testing.T, ms []metricdata.Metrics, want map[string]modeFigures, attrs map[string]map[string]string) {
+	t.Helper()
+	for mode, w := range want {
+		a := attrs[mode]
+		if got := fmt.Sprint(acquisitionsWhere(t, ms, a)); got != fmt.Sprint(w.acquired) {
+			t.Errorf("%s acquisitions by outcome %s, want %v", mode, got, w.acquired)
+		}
+		if n, _ := histOf(t, ms, "txlock.held.duration", a); n != w.holds {
+			t.Errorf("%d %s holds recorded, want %d", n, mode, w.holds)
+		}
+		if n := sumOf(t, ms, "txlock.lost", "{lock}", a); n != w.lost {
+			t.Errorf("%s losses = %d, want %d", mode, n, w.lost)
+		}
+	}
+	if n := sumOf(t, ms, "txlock.waiting", "{acquisition}", nil); n != 0 {
+		t.Errorf("waiting = %d after the grants, want 0", n)
+	}
+}
+
+// checkSpanModes checks the outcome/mode of every txlock.acquire span, in
+// order (want: "[acquired/exclusive not_acquired/shared ...]"), and that
+// the one txlock.Do span has txlock.mode doMode.
+func (r *telRecorder) checkSpanModes(t *testing.T, want, doMode string) {
+	t.Helper()
+	var modes []string
+	for _, s := range r.spansNamed("txlock.acquire") {
+		modes = append(modes, spanAttr(s, "outcome")+"/"+spanAttr(s, "txlock.mode"))
+	}
+	if got := fmt.Sprint(modes); got != want {
+		t.Errorf("txlock.acquire spans (outcome/mode) %s, want %s", got, want)
+	}
+	if dos := r.spansNamed("txlock.Do"); len(dos) != 1 || spanAttr(dos[0], "txlock.mode") != doMode {
+		t.Errorf("txlock.Do spans %v, want one with txlock.mode %s", dos, doMode)
+	}
+}
+
 // checkAttributes fails the test if a data point lacks the granularity,
 // table and txlock.mode attributes (a span, txlock.mode), or if an
 // attribute of a data point or of a span holds one of the raw key values

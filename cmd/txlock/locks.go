@@ -107,6 +107,15 @@ MODE is how a holder holds the key, or a waiter asks for it: X
 (exclusively, the default) or S (shared, dblock.Shared: several transactions
 may hold the key at once, and each is listed on a line of its own).
 
+A semaphore (dblock.Permits) is listed apart from its key's lock, in mode
+SEM: its key (read from the lock table's row of the permit rows' key_hash),
+"SEM held/permits" (e.g. SEM 2/5) on each of its holders' lines, a line per
+held permit (its holder, or "?" when nobody waits for that permit: --identify
+names it), and its waiters. In JSON: mode "SEM", permits, permits_held,
+key_hash, and each holder's and waiter's permit_slot. Its permit rows are
+found as key rows are: the lock views, the SKIP LOCKED probe (over the
+permit table's rows too) and --identify.
+
 LABEL is the Label of the txlock Locker that first locked on the connection
 (by default "<hostname>:<pid>"), from the <table>_session table; a row
 written before the server's last start is ignored (connection ids restart

@@ -109,10 +109,7 @@ func TestReleaseSharedMySQL(t *testing.T) {
 		trx  string
 		conn int64
 	}{{"100", 41}, {"101", 42}} {
-		mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.INNODB_TRX")).
-			WillReturnRows(sqlmock.NewRows([]string{"trx_id", "thread", "state", "age", "rows", "tables", "probe"}).AddRow(c.trx, c.conn, "RUNNING", 5, 1, 1, false))
-		mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.PROCESSLIST")).
-			WillReturnRows(sqlmock.NewRows([]string{"ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "QUERY_ID"}).AddRow(c.conn, "app", "h", "test", "Sleep", 5, "", 0))
+		expectDescribe(mock, c.trx, c.conn)
 	}
 	for _, conn := range []string{"41", "42"} {
 		locks()

@@ -27,6 +27,15 @@ func mysqlInspector(t *testing.T) (*inspector, sqlmock.Sqlmock) {
 	return &inspector{db: db, srv: serverInfo{Version: serverinfo.Version{Text: "8.0.36", Major: 8}}, table: "tb_lock", where: "db"}, mock
 }
 
+// expectDescribe expects release's description of connection conn in
+// transaction trx (releaser.describe): INNODB_TRX, then PROCESSLIST.
+func expectDescribe(mock sqlmock.Sqlmock, trx string, conn int64) {
+	mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.INNODB_TRX")).
+		WillReturnRows(sqlmock.NewRows([]string{"trx_id", "thread", "state", "age", "rows", "tables", "probe"}).AddRow(trx, conn, "RUNNING", 5, 1, 1, false))
+	mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.PROCESSLIST")).
+		WillReturnRows(sqlmock.NewRows([]string{"ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "QUERY_ID"}).AddRow(conn, "app", "h", "test", "Sleep", 5, "", 0))
+}
+
 // permitRowCols are the columns of inspector.permitRows.
 var permitRowCols = []string{"id", "key_hash", "slot", "permits", "key_id", "resource", "operation", "method", "user_id", "is_global"}
 
@@ -106,10 +115,7 @@ func TestReleasePermitHolderMySQL(t *testing.T) {
 	mock.ExpectQuery(regexp.QuoteMeta("SELECT id, slot, permits FROM `tb_lock_permit` WHERE key_hash = ? ORDER BY slot")).
 		WillReturnRows(sqlmock.NewRows([]string{"id", "slot", "permits"}).AddRow(7, 0, 2).AddRow(8, 1, 2))
 	locks()
-	mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.INNODB_TRX")).
-		WillReturnRows(sqlmock.NewRows([]string{"trx_id", "thread", "state", "age", "rows", "tables", "probe"}).AddRow("102", 43, "RUNNING", 5, 1, 1, false))
-	mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.PROCESSLIST")).
-		WillReturnRows(sqlmock.NewRows([]string{"ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "QUERY_ID"}).AddRow(43, "app", "h", "test", "Sleep", 5, "", 0))
+	expectDescribe(mock, "102", 43)
 	locks()
 	mock.ExpectExec("^KILL CONNECTION 43$").WillReturnResult(sqlmock.NewResult(0, 0))
 	mock.ExpectQuery(regexp.QuoteMeta("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?")).WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(0))
@@ -172,10 +178,7 @@ func TestReleaseSemaphoreRefusedMySQL(t *testing.T) {
 	mock.ExpectQuery(regexp.QuoteMeta("SELECT id, slot, permits FROM `tb_lock_permit` WHERE key_hash = ?")).
 		WillReturnRows(sqlmock.NewRows([]string{"id", "slot", "permits"}).AddRow(7, 0, 2).AddRow(8, 1, 2))
 	locks()
-	mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.INNODB_TRX")).
-		WillReturnRows(sqlmock.NewRows([]string{"trx_id", "thread", "state", "age", "rows", "tables", "probe"}).AddRow("101", 42, "RUNNING", 5, 1, 1, false))
-	mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.PROCESSLIST")).
-		WillReturnRows(sqlmock.NewRows([]string{"ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "QUERY_ID"}).AddRow(42, "app", "h", "test", "Sleep", 5, "", 0))
+	expectDescribe(mock, "101", 42)
 
 	var out, log bytes.Buffer
 	r := &releaser{&console{in: in, out: &out, log: &log, stdin: bufio.NewReader(strings.NewReader(""))}}
