@@ -133,9 +133,11 @@ holder and its waiters (from INNODB_LOCK_WAITS, INNODB_TRX and PROCESSLIST),
 but the holder of a key that nobody waits for is in none of these views.
 Such keys are found by a probe (on by default, --probe=false turns it off):
 "SELECT id ... FOR UPDATE SKIP LOCKED" over the key rows in a READ COMMITTED
-transaction that is rolled back at once; a row it skips is held. The probe
-row-locks the free rows for the duration of one statement (about a
-millisecond per 500 rows), so a locker arriving then waits that long. Their
+transaction that is rolled back at once; a row it skips is held (the permit
+table's rows are probed the same way). The probe row-locks the free rows for
+the duration of one statement (about a millisecond per 500 rows), so a locker
+arriving then waits that long, and a TryLock or NoWait call arriving then
+finds the key, or every permit, held. Their
 holder is shown as "?", and the open transactions that hold row locks and are
 not otherwise accounted for are listed as candidates. --identify names the
 holder: for each such key it queues a locking read behind the holder for at

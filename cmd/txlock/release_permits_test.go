@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,5 +90,31 @@ func TestBinaryReleaseSemaphore(t *testing.T) {
 		t.Fatalf("waiter: %v", w.err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the waiter did not get the permit after its holder was killed")
+	}
+	<-w.done
+
+	// The key's row collected (txlock gc) while b holds a permit: release
+	// still finds the semaphore by the key's hash, and locks shows it by
+	// its key_hash.
+	if err := f.db.Exec("DELETE FROM `"+f.table+"` WHERE resource = ?", key.Resource).Error; err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = f.exitCode(t, "", "release", "--force", "--key", "resource=rel:sem")
+	if code != 1 || !strings.Contains(errOut, "(holders: "+bID+")") || !strings.Contains(out, "1 of the 2 permits") {
+		t.Errorf("release of a semaphore whose key row is gone: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	time.Sleep(250 * time.Millisecond) // let the INNODB_* cache refresh
+	var snap Snapshot
+	if err := json.Unmarshal([]byte(f.ok(t, "locks", "--json", "--identify")), &snap); err != nil {
+		t.Fatal(err)
+	}
+	var sem *HeldKey
+	for i := range snap.Keys {
+		if snap.Keys[i].Mode == semMode {
+			sem = &snap.Keys[i]
+		}
+	}
+	if sem == nil || sem.RowID != 0 || sem.KeyStr != "key_hash="+sem.KeyHash || sem.PermitsHeld != 1 || sem.Holder == nil || sem.Holder.ID != bConn {
+		t.Errorf("locks: a semaphore whose key row is gone: %+v, want it by key_hash, held by %d", sem, bConn)
 	}
 }

@@ -171,3 +171,36 @@ func waitForPermitWait(t *testing.T, s *impl) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestProxySemaphoreReentrant: Export called inside Archive with Archive's
+// ctx (its transaction) holds Archive's permit again, and takes no other:
+// with the two other permits held elsewhere, the inner Export (nowait)
+// still runs.
+func TestProxySemaphoreReentrant(t *testing.T) {
+	t.Parallel()
+	s, _ := setup(t)
+	ctx := context.Background()
+	for range 2 {
+		lk, err := s.locker.TryLock(ctx, dblock.Operation("export"), dblock.Permits(3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lk.Rollback()
+	}
+	var p *LockedService
+	inner := 0
+	p = NewLockedService(exporting{impl: s, run: func(ctx context.Context, what string) error {
+		if what == "export" {
+			inner++
+			return nil
+		}
+		_, err := p.Export(ctx, "csv")
+		return err
+	}}, s.locker)
+	if err := p.Archive(ctx, Day{2024, 2, 29}); err != nil || inner != 1 {
+		t.Fatalf("Export inside Archive, the two other permits held: %v (inner runs %d), want it to run on Archive's permit", err, inner)
+	}
+	if _, err := p.Export(ctx, "csv"); err != nil {
+		t.Errorf("Export after Archive returned its permit: %v", err)
+	}
+}
