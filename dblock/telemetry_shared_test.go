@@ -3,7 +3,6 @@ package dblock_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -66,37 +65,12 @@ func TestTelemetryShared(t *testing.T) {
 	_ = reader.Rollback()
 
 	ms = rec.collect(t)
-	if got, want := fmt.Sprint(acquisitionsWhere(t, ms, shared)), fmt.Sprint(map[string]uint64{"acquired": 2, "not_acquired": 1}); got != want {
-		t.Errorf("shared acquisitions by outcome %s, want %s", got, want)
-	}
-	if got, want := fmt.Sprint(acquisitionsWhere(t, ms, exclusive)), fmt.Sprint(map[string]uint64{"acquired": 1}); got != want {
-		t.Errorf("exclusive acquisitions by outcome %s, want %s", got, want)
-	}
-	if n, _ := histOf(t, ms, "txlock.held.duration", shared); n != 2 {
-		t.Errorf("%d shared holds recorded, want 2 (the Do's and the lost lock's)", n)
-	}
-	if n, _ := histOf(t, ms, "txlock.held.duration", exclusive); n != 1 {
-		t.Errorf("%d exclusive holds recorded, want 1 (the writer's Commit)", n)
-	}
-	if n := sumOf(t, ms, "txlock.lost", "{lock}", shared); n != 1 {
-		t.Errorf("shared losses = %d, want 1", n)
-	}
-	if n := sumOf(t, ms, "txlock.lost", "{lock}", exclusive); n != 0 {
-		t.Errorf("exclusive losses = %d, want 0", n)
-	}
-	if w := sumOf(t, ms, "txlock.waiting", "{acquisition}", nil); w != 0 {
-		t.Errorf("waiting = %d after the grants, want 0", w)
-	}
+	// Holds: the Do's and the lost lock's (shared), the writer's Commit.
+	checkModes(t, ms, map[string]modeFigures{
+		"shared":    {acquired: map[string]uint64{"acquired": 2, "not_acquired": 1}, holds: 2, lost: 1},
+		"exclusive": {acquired: map[string]uint64{"acquired": 1}, holds: 1},
+	}, map[string]map[string]string{"shared": shared, "exclusive": exclusive})
 	rec.checkAttributes(t, ms, e.table, "doc:1")
 
-	var modes []string
-	for _, s := range rec.spansNamed("txlock.acquire") {
-		modes = append(modes, spanAttr(s, "outcome")+"/"+spanAttr(s, "txlock.mode"))
-	}
-	if got, want := fmt.Sprint(modes), "[acquired/exclusive not_acquired/shared acquired/shared acquired/shared]"; got != want {
-		t.Errorf("txlock.acquire spans (outcome/mode) %s, want %s", got, want)
-	}
-	if dos := rec.spansNamed("txlock.Do"); len(dos) != 1 || spanAttr(dos[0], "txlock.mode") != "shared" {
-		t.Errorf("txlock.Do spans %v, want one with txlock.mode shared", dos)
-	}
+	rec.checkSpanModes(t, "[acquired/exclusive not_acquired/shared acquired/shared acquired/shared]", "shared")
 }

@@ -160,6 +160,52 @@ func histOf(t *testing.T, ms []metricdata.Metrics, name string, attrs map[string
 	return n, s
 }
 
+// modeFigures are the measurements a test expects under one txlock.mode:
+// acquisitions by outcome, holds recorded, losses.
+type modeFigures struct {
+	acquired map[string]uint64
+	holds    uint64
+	lost     int64
+}
+
+// checkModes checks the figures of ms under each mode's attributes (want,
+// by attribute set), and that no acquisition waits any more.
+func checkModes(t *testing.T, ms []metricdata.Metrics, want map[string]modeFigures, attrs map[string]map[string]string) {
+	t.Helper()
+	for mode, w := range want {
+		a := attrs[mode]
+		if got := fmt.Sprint(acquisitionsWhere(t, ms, a)); got != fmt.Sprint(w.acquired) {
+			t.Errorf("%s acquisitions by outcome %s, want %v", mode, got, w.acquired)
+		}
+		if n, _ := histOf(t, ms, "txlock.held.duration", a); n != w.holds {
+			t.Errorf("%d %s holds recorded, want %d", n, mode, w.holds)
+		}
+		if n := sumOf(t, ms, "txlock.lost", "{lock}", a); n != w.lost {
+			t.Errorf("%s losses = %d, want %d", mode, n, w.lost)
+		}
+	}
+	if n := sumOf(t, ms, "txlock.waiting", "{acquisition}", nil); n != 0 {
+		t.Errorf("waiting = %d after the grants, want 0", n)
+	}
+}
+
+// checkSpanModes checks the outcome/mode of every txlock.acquire span, in
+// order (want: "[acquired/exclusive not_acquired/shared ...]"), and that
+// the one txlock.Do span has txlock.mode doMode.
+func (r *telRecorder) checkSpanModes(t *testing.T, want, doMode string) {
+	t.Helper()
+	var modes []string
+	for _, s := range r.spansNamed("txlock.acquire") {
+		modes = append(modes, spanAttr(s, "outcome")+"/"+spanAttr(s, "txlock.mode"))
+	}
+	if got := fmt.Sprint(modes); got != want {
+		t.Errorf("txlock.acquire spans (outcome/mode) %s, want %s", got, want)
+	}
+	if dos := r.spansNamed("txlock.Do"); len(dos) != 1 || spanAttr(dos[0], "txlock.mode") != doMode {
+		t.Errorf("txlock.Do spans %v, want one with txlock.mode %s", dos, doMode)
+	}
+}
+
 // checkAttributes fails the test if a data point lacks the granularity,
 // table and txlock.mode attributes (a span, txlock.mode), or if an
 // attribute of a data point or of a span holds one of the raw key values
@@ -183,22 +229,25 @@ func (r *telRecorder) checkAttributes(t *testing.T, ms []metricdata.Metrics, tab
 			if v, _ := p.attrs.Value("table"); v.Emit() != table {
 				t.Errorf("%s: table attribute %q, want %q", m.Name, v.Emit(), table)
 			}
-			if v, _ := p.attrs.Value("txlock.mode"); v.Emit() != "exclusive" && v.Emit() != "shared" {
-				t.Errorf("%s: txlock.mode attribute %q, want exclusive or shared", m.Name, v.Emit())
+			if v, _ := p.attrs.Value("txlock.mode"); !telModes[v.Emit()] {
+				t.Errorf("%s: txlock.mode attribute %q, want exclusive, shared or semaphore", m.Name, v.Emit())
 			}
 			check(m.Name, p.attrs.ToSlice())
 		}
 	}
 	for _, s := range r.spans.Ended() {
 		check("span "+s.Name(), s.Attributes())
-		if m := spanAttr(s, "txlock.mode"); m != "exclusive" && m != "shared" {
-			t.Errorf("span %s: txlock.mode %q, want exclusive or shared", s.Name(), m)
+		if m := spanAttr(s, "txlock.mode"); !telModes[m] {
+			t.Errorf("span %s: txlock.mode %q, want exclusive, shared or semaphore", s.Name(), m)
 		}
 		if strings.Contains(s.Status().Description, raw[0]) {
 			t.Errorf("span %s: status %q holds the raw key", s.Name(), s.Status().Description)
 		}
 	}
 }
+
+// telModes are the values of the txlock.mode attribute.
+var telModes = map[string]bool{"exclusive": true, "shared": true, "semaphore": true}
 
 // spanAttr returns the attribute key of span s, as text.
 func spanAttr(s sdktrace.ReadOnlySpan, key string) string {

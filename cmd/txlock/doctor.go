@@ -67,8 +67,10 @@ idle_transaction_timeout (MariaDB), innodb_deadlock_detect, read_only,
 super_read_only and innodb_read_only (a replica), Galera (wsrep_on, and
 whether the node is synced in the cluster's primary component),
 performance_schema (MySQL, for "txlock locks"), the PROCESS privilege (for
-"txlock locks" and "txlock release"), and the lock table: present, InnoDB,
-and at the latest migration.
+"txlock locks" and "txlock release"), the lock table and the tables beside
+it (fence, run, leader, session, permit): present, InnoDB, and at the latest
+migration; and the hierarchy setting (migration 4's column on the lock and
+permit tables; on or off, see "txlock hierarchy").
 
 Variables are read with SHOW GLOBAL VARIABLES: they are the defaults new
 sessions get; a service can override some per session (e.g. DSN parameters).
@@ -179,7 +181,9 @@ func diagnose(ctx context.Context, db *sql.DB, table string, mode serverinfo.Gal
 		cs.add("table", statusWarn, "not checked: this Galera node refuses queries until it is back in the primary component", "run doctor against a synced node")
 	} else {
 		cs.privileges(ctx, db)
-		cs.table(ctx, db, table)
+		if cs.table(ctx, db, table) {
+			cs.hierarchy(ctx, db, table)
+		}
 	}
 	rep := &doctorReport{Server: srv.String(), Table: table, Checks: cs}
 	return rep.count(), nil
@@ -230,14 +234,15 @@ func (rep *doctorReport) count() *doctorReport {
 	return rep
 }
 
-// table checks the lock table: present, InnoDB, migrated.
-func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
+// table checks the lock table: present, InnoDB, migrated. It reports
+// whether every table is present, in InnoDB.
+func (cs *checks) table(ctx context.Context, db *sql.DB, table string) bool {
 	names := migrations.Tables(table)
 	rows, err := db.QueryContext(ctx, `SELECT table_name, COALESCE(engine, '') FROM information_schema.tables
 		WHERE table_schema = DATABASE() AND table_name IN (`+placeholders(len(names))+`)`, args(names)...)
 	if err != nil {
 		cs.add("table", statusFail, "cannot look up "+table+": "+err.Error(), "check the DSN's database")
-		return
+		return false
 	}
 	engines := map[string]string{}
 	for rows.Next() {
@@ -245,13 +250,13 @@ func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
 		if err := rows.Scan(&name, &engine); err != nil {
 			rows.Close()
 			cs.add("table", statusFail, "cannot look up "+table+": "+err.Error(), "")
-			return
+			return false
 		}
 		engines[name] = engine
 	}
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		cs.add("table", statusFail, "cannot look up "+table+": "+err.Error(), "")
-		return
+		return false
 	}
 	var missing []string
 	for _, name := range names {
@@ -262,18 +267,18 @@ func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
 	if len(missing) > 0 {
 		cs.add("table", statusFail, listed(missing)+" missing in this database",
 			"run txlock migrate up --table "+table+": it creates what is missing, whatever the version table records")
-		return
+		return false
 	}
 	for _, name := range names {
 		if !strings.EqualFold(engines[name], "InnoDB") {
 			cs.add("table", statusFail, name+" uses engine "+engines[name]+": row locks need InnoDB", "ALTER TABLE `"+name+"` ENGINE=InnoDB")
-			return
+			return false
 		}
 	}
 	st, err := migrations.Status(ctx, db, migrations.Table(table))
 	if err != nil {
 		cs.add("table", statusFail, "cannot read the migration status: "+err.Error(), "")
-		return
+		return true
 	}
 	latest := migrations.Latest()
 	_, version := appliedCount(st)
@@ -287,4 +292,5 @@ func (cs *checks) table(ctx context.Context, db *sql.DB, table string) {
 		cs.add("table", statusFail, fmt.Sprintf("%s is at migration %d, this txlock needs %d", table, version, latest),
 			"txlock migrate up --table "+table)
 	}
+	return true
 }

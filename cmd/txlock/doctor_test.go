@@ -34,6 +34,7 @@ func TestBinaryDoctor(t *testing.T) {
 		" innodb_lock_wait_timeout ",
 		" innodb_rollback_on_timeout ",
 		"OK autocommit ON",
+		"OK hierarchy off: keys are independent",
 		"idle_transaction_timeout",
 		"0 FAIL",
 	} {

@@ -73,7 +73,8 @@ LEFT JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id AND 
 WHERE rt.trx_mysql_thread_id = ? AND bl.lock_table = ? AND bl.lock_index = 'PRIMARY'
   AND (w.blocking_trx_id = 0 OR NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id))`
 
-// identifyHolder finds who holds row id of the lock table on MariaDB: a
+// identifyHolder finds who holds row id of table (the lock table, or its
+// permit table) on MariaDB: a
 // probe connection queues "SELECT id ... FOR UPDATE" behind the holder for
 // at most maxWait, which makes the holder appear in INNODB_LOCK_WAITS as
 // the probe's blocker (every holder of a row held shared); then the probe
@@ -82,7 +83,7 @@ WHERE rt.trx_mysql_thread_id = ? AND bl.lock_table = ? AND bl.lock_index = 'PRIM
 // and after PROCESSLIST was read into their base. While it waits, the
 // probe's exclusive request also holds up shared requests that arrive
 // after it.
-func (in *inspector) identifyHolder(ctx context.Context, id int64, maxWait time.Duration) (holderOf, error) {
+func (in *inspector) identifyHolder(ctx context.Context, table string, id int64, maxWait time.Duration) (holderOf, error) {
 	probe, probeID, err := ownSession(ctx, in.db)
 	if err != nil {
 		return holderOf{}, fmt.Errorf("identifying the holder: %w", err)
@@ -100,13 +101,13 @@ func (in *inspector) identifyHolder(ctx context.Context, id int64, maxWait time.
 	// the KILL QUERY below not happen.
 	limit := (maxWait + time.Second).Seconds()
 	stmt := "SET STATEMENT max_statement_time=" + strconv.FormatFloat(limit, 'f', 3, 64) +
-		" FOR SELECT /*" + probeTag + "*/ id FROM `" + in.table + "` WHERE id = " + strconv.FormatInt(id, 10) + " FOR UPDATE"
+		" FOR SELECT /*" + probeTag + "*/ id FROM `" + table + "` WHERE id = " + strconv.FormatInt(id, 10) + " FOR UPDATE"
 	done := make(chan error, 1)
 	go func() {
 		var got int64
 		done <- probe.QueryRowContext(context.WithoutCancel(ctx), stmt).Scan(&got)
 	}()
-	h, ended, err := in.pollBlocker(ctx, probeID, before, done, maxWait)
+	h, ended, err := in.pollBlocker(ctx, table, probeID, before, done, maxWait)
 	if ended {
 		return h, nil
 	}
@@ -134,7 +135,7 @@ func (in *inspector) identifyHolder(ctx context.Context, id int64, maxWait time.
 // 100 ms would keep the cache from being refreshed), until it is named.
 // before is PROCESSLIST from before the probe began. If the probe's
 // statement ends on its own first (done), it returns how, with ended set.
-func (in *inspector) pollBlocker(ctx context.Context, probeID int64, before map[int64]procInfo, done <-chan error, maxWait time.Duration) (h holderOf, ended bool, err error) {
+func (in *inspector) pollBlocker(ctx context.Context, table string, probeID int64, before map[int64]procInfo, done <-chan error, maxWait time.Duration) (h holderOf, ended bool, err error) {
 	deadline := time.Now().Add(maxWait)
 	tick := time.NewTicker(cacheQuiet)
 	defer tick.Stop()
@@ -148,7 +149,7 @@ func (in *inspector) pollBlocker(ctx context.Context, probeID int64, before map[
 		case <-tick.C:
 		}
 		polls++
-		inTrx, qerr := in.readBlockers(ctx, probeID, before, &h)
+		inTrx, qerr := in.readBlockers(ctx, table, probeID, before, &h)
 		switch {
 		case qerr != nil:
 			err = fmt.Errorf("identifying the holder: reading INNODB_LOCK_WAITS: %w", qerr)
@@ -164,8 +165,8 @@ func (in *inspector) pollBlocker(ctx context.Context, probeID int64, before map[
 // h (found, holders, unnamedShared), and whether the probe's transaction
 // is in the cache. An exclusive holder excludes every other: beside one,
 // a lock of transaction 0 is a pending shared request.
-func (in *inspector) readBlockers(ctx context.Context, probeID int64, before map[int64]procInfo, h *holderOf) (inTrx bool, err error) {
-	rows, err := in.db.QueryContext(ctx, identifyQuerySQL, probeID, probeID, in.lockTableName())
+func (in *inspector) readBlockers(ctx context.Context, table string, probeID int64, before map[int64]procInfo, h *holderOf) (inTrx bool, err error) {
+	rows, err := in.db.QueryContext(ctx, identifyQuerySQL, probeID, probeID, in.viewName(table))
 	if err != nil {
 		return false, err
 	}
@@ -218,31 +219,43 @@ type identified struct {
 	moved      int  // holders named but running statements right after: not named
 }
 
+// A rowSet is the rows of one table a snapshot knows of.
+type rowSet struct {
+	table string
+	rows  rowStates
+}
+
 // identifyHolders names, with identifyHolder, the holders of the probed
-// rows of rowsByID that have none proven, and keeps those that a fresh
+// rows of sets that have none proven, and keeps those that a fresh
 // PROCESSLIST, which it returns, shows still in the same transaction.
-func (in *inspector) identifyHolders(ctx context.Context, rowsByID rowStates) (identified, map[int64]procInfo, error) {
+func (in *inspector) identifyHolders(ctx context.Context, sets ...rowSet) (identified, map[int64]procInfo, error) {
 	var res identified
-	found := map[int64]holderOf{}
-	for id, s := range rowsByID {
-		if len(s.holders) > 0 || s.unnamedShared || !s.live {
-			continue // the cache showed its holders (those it can name)
+	type foundRow struct {
+		s *rowState
+		h holderOf
+	}
+	var found []foundRow
+	for _, set := range sets {
+		for id, s := range set.rows {
+			if len(s.holders) > 0 || s.unnamedShared || !s.live {
+				continue // the cache showed its holders (those it can name)
+			}
+			h, err := in.identifyHolder(ctx, set.table, id, time.Second)
+			if err != nil {
+				return res, nil, err
+			}
+			if h.found {
+				found = append(found, foundRow{s, h})
+			}
+			res.staleCache = res.staleCache || h.stale
 		}
-		h, err := in.identifyHolder(ctx, id, time.Second)
-		if err != nil {
-			return res, nil, err
-		}
-		if h.found {
-			found[id] = h
-		}
-		res.staleCache = res.staleCache || h.stale
 	}
 	procs, err := in.processes(ctx) // fresh, for the identified
 	if err != nil {
 		return res, nil, err
 	}
-	for id, h := range found {
-		s := rowsByID[id]
+	for _, f := range found {
+		s, h := f.s, f.h
 		s.source = "identify"
 		s.unnamedShared = h.unnamedShared
 		for _, b := range h.holders {

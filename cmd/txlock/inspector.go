@@ -9,14 +9,15 @@ import (
 	"strings"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/schema"
 )
 
-// Lock views, per flavour. Each returns, for the record locks on the lock
-// table's primary key: the row id (LOCK_DATA), the transaction, its
-// connection, whether it waits, (for a waiter) a transaction that blocks
-// it, and the lock's mode (X, S; MySQL adds ",REC_NOT_GAP"). The one
-// parameter is the table: '`db`.`table`' on MariaDB, the bare name on
-// MySQL.
+// Lock views, per flavour. Each returns, for the record locks on the
+// primary keys of the lock table and of its permit table: the row id
+// (LOCK_DATA), the transaction, its connection, whether it waits, (for a
+// waiter) a transaction that blocks it, the lock's mode (X, S; MySQL adds
+// ",REC_NOT_GAP") and the table. The parameters are the two tables (twice
+// on MariaDB): '`db`.`table`' on MariaDB, the bare name on MySQL.
 const (
 	// mariaDBLocksSQL: INNODB_LOCKS holds only locks involved in a wait, so
 	// only contended rows appear. A waiter's request blocks later waiters
@@ -26,27 +27,27 @@ const (
 	// such transaction shares (their locks on a row are one entry): an
 	// entry of transaction 0 names no connection (0), and its blocking lock
 	// may be granted or pending.
-	mariaDBLocksSQL = `SELECT rl.lock_data, CAST(w.requesting_trx_id AS CHAR), COALESCE(rt.trx_mysql_thread_id, 0), 1, CAST(w.blocking_trx_id AS CHAR), rl.lock_mode
+	mariaDBLocksSQL = `SELECT rl.lock_data, CAST(w.requesting_trx_id AS CHAR), COALESCE(rt.trx_mysql_thread_id, 0), 1, CAST(w.blocking_trx_id AS CHAR), rl.lock_mode, rl.lock_table
 FROM information_schema.INNODB_LOCK_WAITS w
 JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id
 LEFT JOIN information_schema.INNODB_TRX rt ON rt.trx_id = w.requesting_trx_id AND w.requesting_trx_id <> 0
-WHERE rl.lock_table = ? AND rl.lock_index = 'PRIMARY' AND rl.lock_type = 'RECORD'
+WHERE rl.lock_table IN (?, ?) AND rl.lock_index = 'PRIMARY' AND rl.lock_type = 'RECORD'
 UNION ALL
-SELECT bl.lock_data, CAST(w.blocking_trx_id AS CHAR), COALESCE(bt.trx_mysql_thread_id, 0), 0, NULL, bl.lock_mode
+SELECT bl.lock_data, CAST(w.blocking_trx_id AS CHAR), COALESCE(bt.trx_mysql_thread_id, 0), 0, NULL, bl.lock_mode, bl.lock_table
 FROM information_schema.INNODB_LOCK_WAITS w
 JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id
 LEFT JOIN information_schema.INNODB_TRX bt ON bt.trx_id = w.blocking_trx_id AND w.blocking_trx_id <> 0
-WHERE bl.lock_table = ? AND bl.lock_index = 'PRIMARY' AND bl.lock_type = 'RECORD'
+WHERE bl.lock_table IN (?, ?) AND bl.lock_index = 'PRIMARY' AND bl.lock_type = 'RECORD'
   AND (w.blocking_trx_id = 0 OR NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id))`
 
 	// mySQLLocksSQL: data_locks lists every lock, granted or waiting, each
 	// transaction with an id of its own; threads maps performance_schema's
 	// thread to the connection id. Gap locks are no holding.
-	mySQLLocksSQL = `SELECT d.LOCK_DATA, CAST(d.ENGINE_TRANSACTION_ID AS CHAR), t.PROCESSLIST_ID, d.LOCK_STATUS = 'WAITING', CAST(w.BLOCKING_ENGINE_TRANSACTION_ID AS CHAR), d.LOCK_MODE
+	mySQLLocksSQL = `SELECT d.LOCK_DATA, CAST(d.ENGINE_TRANSACTION_ID AS CHAR), t.PROCESSLIST_ID, d.LOCK_STATUS = 'WAITING', CAST(w.BLOCKING_ENGINE_TRANSACTION_ID AS CHAR), d.LOCK_MODE, d.OBJECT_NAME
 FROM performance_schema.data_locks d
 JOIN performance_schema.threads t ON t.THREAD_ID = d.THREAD_ID
 LEFT JOIN performance_schema.data_lock_waits w ON w.ENGINE = d.ENGINE AND w.REQUESTING_ENGINE_LOCK_ID = d.ENGINE_LOCK_ID
-WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?
+WHERE d.ENGINE = 'INNODB' AND d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME IN (?, ?)
   AND d.INDEX_NAME = 'PRIMARY' AND d.LOCK_TYPE = 'RECORD' AND d.LOCK_MODE IN ('X', 'S', 'X,REC_NOT_GAP', 'S,REC_NOT_GAP')
   AND d.LOCK_STATUS IN ('GRANTED', 'WAITING')`
 
@@ -81,6 +82,7 @@ type lockEntry struct {
 	waiting  bool
 	blocking string
 	mode     string // "X" or "S": held, or requested by a waiter
+	permit   bool   // a row of the permit table, not of the lock table
 }
 
 // unnamedTrx is the id MariaDB's lock views give every transaction that
@@ -110,19 +112,27 @@ type procInfo struct {
 	queryID                    int64 // MariaDB's QUERY_ID: new with every statement (0 on MySQL)
 }
 
-// lockTableName is the table as the flavour's lock view names it.
-func (in *inspector) lockTableName() string {
+// lockTableName is the lock table as the flavour's lock view names it.
+func (in *inspector) lockTableName() string { return in.viewName(in.table) }
+
+// viewName is table as the flavour's lock view names it.
+func (in *inspector) viewName(table string) string {
 	if in.srv.MariaDB {
-		return "`" + in.srv.DB + "`.`" + in.table + "`"
+		return "`" + in.srv.DB + "`.`" + table + "`"
 	}
-	return in.table
+	return table
 }
 
-// entries reads the flavour's lock view.
+// permitTable is the name of the lock table's permit table.
+func (in *inspector) permitTable() string { return schema.PermitTable(in.table) }
+
+// entries reads the flavour's lock view: the lock table's and the permit
+// table's row locks.
 func (in *inspector) entries(ctx context.Context) ([]lockEntry, error) {
-	q, args := mySQLLocksSQL, []any{in.lockTableName()}
+	tables := []any{in.lockTableName(), in.viewName(in.permitTable())}
+	q, args := mySQLLocksSQL, tables
 	if in.srv.MariaDB {
-		q, args = mariaDBLocksSQL, []any{in.lockTableName(), in.lockTableName()}
+		q, args = mariaDBLocksSQL, append(tables, tables...)
 	}
 	rows, err := in.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -140,8 +150,8 @@ func (in *inspector) entries(ctx context.Context) ([]lockEntry, error) {
 			conn     sql.NullInt64
 			blocking sql.NullString
 		)
-		var mode sql.NullString
-		if err := rows.Scan(&data, &e.trx, &conn, &e.waiting, &blocking, &mode); err != nil {
+		var mode, table sql.NullString
+		if err := rows.Scan(&data, &e.trx, &conn, &e.waiting, &blocking, &mode, &table); err != nil {
 			return nil, fmt.Errorf("reading the lock view: %w", err)
 		}
 		id, err := strconv.ParseInt(strings.TrimSpace(data.String), 10, 64)
@@ -149,6 +159,7 @@ func (in *inspector) entries(ctx context.Context) ([]lockEntry, error) {
 			continue // a gap or supremum lock: not a key row
 		}
 		e.rowID, e.conn, e.blocking, e.mode = id, conn.Int64, blocking.String, lockMode(mode.String)
+		e.permit = table.String == tables[1]
 		out = append(out, e)
 	}
 	return out, rows.Err()

@@ -107,6 +107,15 @@ MODE is how a holder holds the key, or a waiter asks for it: X
 (exclusively, the default) or S (shared, dblock.Shared: several transactions
 may hold the key at once, and each is listed on a line of its own).
 
+A semaphore (dblock.Permits) is listed apart from its key's lock, in mode
+SEM: its key (read from the lock table's row of the permit rows' key_hash),
+"SEM held/permits" (e.g. SEM 2/5) on each of its holders' lines, a line per
+held permit (its holder, or "?" when nobody waits for that permit: --identify
+names it), and its waiters. In JSON: mode "SEM", permits, permits_held,
+key_hash, and each holder's and waiter's permit_slot. Its permit rows are
+found as key rows are: the lock views, the SKIP LOCKED probe (over the
+permit table's rows too) and --identify.
+
 LABEL is the Label of the txlock Locker that first locked on the connection
 (by default "<hostname>:<pid>"), from the <table>_session table; a row
 written before the server's last start is ignored (connection ids restart
@@ -124,9 +133,11 @@ holder and its waiters (from INNODB_LOCK_WAITS, INNODB_TRX and PROCESSLIST),
 but the holder of a key that nobody waits for is in none of these views.
 Such keys are found by a probe (on by default, --probe=false turns it off):
 "SELECT id ... FOR UPDATE SKIP LOCKED" over the key rows in a READ COMMITTED
-transaction that is rolled back at once; a row it skips is held. The probe
-row-locks the free rows for the duration of one statement (about a
-millisecond per 500 rows), so a locker arriving then waits that long. Their
+transaction that is rolled back at once; a row it skips is held (the permit
+table's rows are probed the same way). The probe row-locks the free rows for
+the duration of one statement (about a millisecond per 500 rows), so a locker
+arriving then waits that long, and a TryLock or NoWait call arriving then
+finds the key, or every permit, held. Their
 holder is shown as "?", and the open transactions that hold row locks and are
 not otherwise accounted for are listed as candidates. --identify names the
 holder: for each such key it queues a locking read behind the holder for at

@@ -63,6 +63,11 @@ func TestBinaryLocksShowsSharedHolders(t *testing.T) {
 	if ids, all := holderIDs(k, "S"); !all || !slices.Equal(ids, sorted(n1, n2)) || k.Mode != "S" || k.UnnamedShared || k.Holder.ID != k.Holders[0].ID {
 		t.Errorf("key held shared by named transactions: %+v, want mode S and holders %d, %d in mode S", k, n1, n2)
 	}
+	for _, h := range k.Holders {
+		if h.Label != fixtureLabel {
+			t.Errorf("shared holder %d has label %q, want %q (every holder is labelled, not only the first)", h.ID, h.Label, fixtureLabel)
+		}
+	}
 	if k.Waiters[0].Mode != "X" {
 		t.Errorf("the writer waiting for %s: mode %q, want X", k.KeyStr, k.Waiters[0].Mode)
 	}

@@ -140,11 +140,11 @@ func connID(t *testing.T, lk *dblock.Lock) int64 {
 	return id
 }
 
-// held takes key and returns the lock and its connection id; the lock is
-// rolled back when the test ends, if still held.
-func (f *fixture) held(t *testing.T, key dblock.Key) (*dblock.Lock, int64) {
+// held takes key (with opts) and returns the lock and its connection id;
+// the lock is rolled back when the test ends, if still held.
+func (f *fixture) held(t *testing.T, key dblock.Key, opts ...dblock.LockOption) (*dblock.Lock, int64) {
 	t.Helper()
-	lk, err := f.locker.Lock(context.Background(), key)
+	lk, err := f.locker.Lock(context.Background(), key, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,14 +164,14 @@ type waiter struct {
 // let makes the waiter commit once it holds the lock.
 func (w *waiter) let() { w.once.Do(func() { close(w.release) }) }
 
-func (f *fixture) wait(t *testing.T, key dblock.Key) *waiter {
+func (f *fixture) wait(t *testing.T, key dblock.Key, opts ...dblock.LockOption) *waiter {
 	t.Helper()
 	w := &waiter{got: make(chan int64, 1), release: make(chan struct{}), done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	go func() {
 		defer close(w.done)
 		defer cancel()
-		lk, err := f.locker.Lock(ctx, key)
+		lk, err := f.locker.Lock(ctx, key, opts...)
 		if err != nil {
 			w.err = err
 			return
@@ -543,17 +543,17 @@ func TestLockViewSQL(t *testing.T) {
 		params  int
 		want    []string
 	}{
-		{"MySQL", mySQLLocksSQL, 1, []string{
+		{"MySQL", mySQLLocksSQL, 2, []string{
 			"FROM performance_schema.data_locks d",
 			"JOIN performance_schema.threads t ON t.THREAD_ID = d.THREAD_ID",
 			"LEFT JOIN performance_schema.data_lock_waits w ON w.ENGINE = d.ENGINE AND w.REQUESTING_ENGINE_LOCK_ID = d.ENGINE_LOCK_ID",
 			"t.PROCESSLIST_ID", "d.LOCK_STATUS = 'WAITING'", "w.BLOCKING_ENGINE_TRANSACTION_ID",
-			"d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME = ?", "d.INDEX_NAME = 'PRIMARY'", "d.LOCK_TYPE = 'RECORD'",
+			"d.OBJECT_SCHEMA = DATABASE() AND d.OBJECT_NAME IN (?, ?)", "d.OBJECT_NAME\nFROM", "d.INDEX_NAME = 'PRIMARY'", "d.LOCK_TYPE = 'RECORD'",
 			"d.LOCK_MODE IN ('X', 'S', 'X,REC_NOT_GAP', 'S,REC_NOT_GAP')",
 		}},
-		{"MariaDB", mariaDBLocksSQL, 2, []string{
+		{"MariaDB", mariaDBLocksSQL, 4, []string{
 			"information_schema.INNODB_LOCK_WAITS", "information_schema.INNODB_LOCKS", "information_schema.INNODB_TRX",
-			"rl.lock_table = ?", "bl.lock_table = ?", "NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)",
+			"rl.lock_table IN (?, ?)", "bl.lock_table IN (?, ?)", "rl.lock_table\nFROM", "bl.lock_table\nFROM", "NOT (bt.trx_requested_lock_id <=> w.blocking_lock_id)",
 			"rl.lock_mode", "bl.lock_mode", "w.blocking_trx_id <> 0", "w.requesting_trx_id <> 0",
 		}},
 	} {
@@ -565,10 +565,10 @@ func TestLockViewSQL(t *testing.T) {
 				t.Errorf("%s lock query lacks %q", tc.name, w)
 			}
 		}
-		// Six columns, in the order entries scans them.
+		// Seven columns, in the order entries scans them.
 		sel := tc.q[len("SELECT "):strings.Index(tc.q, "\nFROM")]
-		if n := topLevelCommas(sel) + 1; n != 6 {
-			t.Errorf("%s: %d columns selected, want 6: %s", tc.name, n, sel)
+		if n := topLevelCommas(sel) + 1; n != 7 {
+			t.Errorf("%s: %d columns selected, want 7: %s", tc.name, n, sel)
 		}
 	}
 	in := &inspector{srv: serverInfo{Version: serverinfo.Version{MariaDB: true}, DB: "test"}, table: "tb_lock"}

@@ -111,9 +111,12 @@ func (d *downer) down(ctx context.Context, yes, force bool) error {
 	return err
 }
 
-// heldKeys probes the whole lock table for held rows (SKIP LOCKED, as
-// "txlock locks" does) and returns how many it found and a description
-// naming up to heldShown of them. A missing table holds nothing.
+// heldKeys probes the whole lock table and its permit table for held
+// rows (SKIP LOCKED, as "txlock locks" does) and returns how many it found
+// and a description naming up to heldShown of them. A missing table holds
+// nothing. A held permit counts: the DDL of the newest migrations' Down
+// (the lock table's) does not wait for its holder, so Down would roll
+// them back, then give up at the permit table's.
 func (d *downer) heldKeys(ctx context.Context) (int, string, error) {
 	var n int
 	if err := d.in.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.tables
@@ -124,24 +127,34 @@ func (d *downer) heldKeys(ctx context.Context) (int, string, error) {
 		return 0, "", nil
 	}
 	ids, err := d.in.probeHeld(ctx, dblock.Key{})
-	if err != nil || len(ids) == 0 {
-		return 0, "", err
-	}
-	shown := ids[:min(len(ids), heldShown)]
-	keys, err := d.in.keyRows(ctx, shown)
 	if err != nil {
 		return 0, "", err
 	}
-	names := make([]string, 0, len(shown)+1)
-	for _, id := range shown {
-		if k, ok := keys[id]; ok {
-			names = append(names, k.String())
-		} else {
-			names = append(names, fmt.Sprintf("row %d", id)) // deleted since the probe
+	permits, _, err := d.in.probePermits(ctx, dblock.Key{})
+	if err != nil || len(ids)+len(permits) == 0 {
+		return 0, "", err
+	}
+	var names []string
+	for _, set := range []struct {
+		ids    []int64
+		keysOf keysOfFunc
+		prefix string
+	}{{ids, d.in.keyRows, ""}, {permits, d.in.permitKeys, "a permit of "}} {
+		shown := set.ids[:min(len(set.ids), heldShown-min(len(names), heldShown))]
+		keys, err := set.keysOf(ctx, shown)
+		if err != nil {
+			return 0, "", err
+		}
+		for _, id := range shown {
+			if k, ok := keys[id]; ok && !k.IsZero() {
+				names = append(names, set.prefix+k.String())
+			} else {
+				names = append(names, fmt.Sprintf("%srow %d", set.prefix, id)) // deleted since the probe, or its key row is
+			}
 		}
 	}
-	if len(ids) > len(shown) {
+	if len(ids)+len(permits) > len(names) {
 		names = append(names, "...")
 	}
-	return len(ids), strings.Join(names, ", "), nil
+	return len(ids) + len(permits), strings.Join(names, ", "), nil
 }

@@ -16,7 +16,7 @@ var (
 
 // unknowns are what a snapshot's keys show that nobody could name.
 type unknowns struct {
-	holder         bool // a key's holder is "?", its mode unknown or exclusive
+	holder         bool // a key's holder is "?", its mode unknown or exclusive, or a semaphore's permit holder is
 	unnamedShared  bool // a key is held shared by unnamed transactions
 	unnamedWaiting bool // unnamed shared requests wait for a key
 }
@@ -25,7 +25,11 @@ type unknowns struct {
 func unknownsOf(keys []HeldKey) unknowns {
 	var u unknowns
 	for _, k := range keys {
-		u.holder = u.holder || len(k.Holders) == 0 && !k.UnnamedShared
+		if k.Mode == semMode {
+			u.holder = u.holder || len(k.Holders) < k.PermitsHeld
+		} else {
+			u.holder = u.holder || len(k.Holders) == 0 && !k.UnnamedShared
+		}
 		u.unnamedShared = u.unnamedShared || k.UnnamedShared
 		u.unnamedWaiting = u.unnamedWaiting || k.UnnamedWaiting
 	}

@@ -23,10 +23,14 @@ type Conn struct {
 	// nothing on MariaDB, which gives all of those the id 0.
 	TrxID string `json:"trx_id,omitempty"`
 	// Mode is the mode of the lock a holder holds, or a waiter asks for:
-	// "X" (exclusive) or "S" (shared); "" for a candidate.
-	Mode  string `json:"mode,omitempty"`
-	Cmd   string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
-	State string `json:"state,omitempty"`
+	// "X" (exclusive), "S" (shared) or "SEM" (a permit of a semaphore);
+	// "" for a candidate.
+	Mode string `json:"mode,omitempty"`
+	// PermitSlot is the slot of the permit a semaphore's holder holds, or
+	// its waiter waits for (0 to permits-1); nil for a key's lock.
+	PermitSlot *int   `json:"permit_slot,omitempty"`
+	Cmd        string `json:"command,omitempty"` // PROCESSLIST COMMAND: Sleep (idle), Query...
+	State      string `json:"state,omitempty"`
 	// TrxAge is how long its transaction has been open, in whole seconds
 	// (INNODB_TRX.trx_started has no fraction); nil: unknown.
 	TrxAge *int64 `json:"trx_open_seconds,omitempty"`
@@ -51,8 +55,17 @@ type HeldKey struct {
 	// shared holder named.
 	Holders []Conn `json:"holders,omitempty"`
 	// Mode is how the key is held: "X" (exclusively), "S" (shared, maybe
-	// by several transactions), "" when unknown (holder "?").
+	// by several transactions), "SEM" (permits of the key's semaphore,
+	// dblock.Permits: apart from the key's lock, listed on its own), ""
+	// when unknown (holder "?").
 	Mode string `json:"mode,omitempty"`
+	// Permits is a semaphore's number of permits, PermitsHeld how many of
+	// them are held: Holders names their holders, those it cannot name
+	// are "?" (PermitsHeld - len(Holders)). KeyHash is the key's hash (the
+	// permit rows' key_hash), in hex.
+	Permits     int    `json:"permits,omitempty"`
+	PermitsHeld int    `json:"permits_held,omitempty"`
+	KeyHash     string `json:"key_hash,omitempty"`
 	// UnnamedShared: MariaDB shows the key held shared by transactions
 	// that have written nothing, which its lock views give the id 0 that
 	// all of them share: they are not named (one of the candidates);
@@ -106,10 +119,20 @@ func writeLocksTable(out io.Writer, s *Snapshot) error {
 				fmt.Fprintf(w, "%s\t%s\t"+format+"\n", append([]any{first, row}, args...)...)
 				first, row = "", ""
 			}
-			for _, h := range k.Holders {
-				line("holder\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t-", dash(h.Mode), h.ID, dash(h.Label), dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
+			holderMode := func(h Conn) string { return dash(h.Mode) }
+			unknown := 0
+			if k.Mode == semMode {
+				// Every holder line says how many permits are held of how many.
+				holderMode = func(Conn) string { return fmt.Sprintf("%s %d/%d", semMode, k.PermitsHeld, k.Permits) }
+				unknown = k.PermitsHeld - len(k.Holders)
 			}
-			if len(k.Holders) == 0 || k.UnnamedShared {
+			for _, h := range k.Holders {
+				line("holder\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t-", holderMode(h), h.ID, dash(h.Label), dash(h.User), dash(h.Host), secs(h.TrxAge), fsecs(h.Idle))
+			}
+			for range unknown {
+				line("holder\t%s\t?\t-\t-\t-\t-\t-\t-", holderMode(Conn{}))
+			}
+			if k.Mode != semMode && (len(k.Holders) == 0 || k.UnnamedShared) {
 				mode := k.Mode
 				if k.UnnamedShared {
 					mode = "S"

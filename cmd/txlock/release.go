@@ -31,8 +31,9 @@ const maxNamings = 3
 // newReleaseCmd returns "txlock release".
 func newReleaseCmd(opts *rootOptions) *cobra.Command {
 	var (
-		kf    keyFlags
-		force bool
+		kf           keyFlags
+		force        bool
+		permitHolder int64
 	)
 	cmd := &cobra.Command{
 		Use:   "release",
@@ -75,6 +76,15 @@ transaction the id 0): release then refuses the key and kills nothing, even
 the shared holders it can name, since killing those alone would not release
 it; "txlock locks" lists the candidates.
 
+A key's semaphore (dblock.Permits) is apart from its lock: release ends
+the lock's holders only. When nobody holds the lock but permits of the
+key's semaphore are held, release names their holders and refuses: a
+semaphore's holders run side by side by design, and killing all of them
+would stop work that is not stuck. End the stuck one with --permit-holder
+CONN ("txlock locks" lists the holders, mode SEM): release checks that
+connection CONN holds a permit of the key, then kills it as above (checked
+right before the KILL, after confirmation); its permit goes to a waiter.
+
 It asks for confirmation on stdin (y/N) unless --force is given, and again
 if the holder named after the prompt is another transaction. It acts only
 on the server named by --dsn or $` + envDSN + ` (never on the default), and
@@ -83,7 +93,8 @@ privilege, and CONNECTION ADMIN (or SUPER) to kill other users'
 connections.`,
 		Example: `  txlock release --key 'resource=order:42'
   txlock release --key-user u-7 --key-operation refund
-  txlock release --key global --force --table billing_locks`,
+  txlock release --key global --force --table billing_locks
+  txlock release --key 'operation=export' --permit-holder 4711`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key, err := kf.exact()
@@ -91,12 +102,13 @@ connections.`,
 				return err
 			}
 			return opts.destructive(cmd, "release", func(ctx context.Context, c *console) error {
-				return (&releaser{c}).release(ctx, key, force)
+				return (&releaser{c}).release(ctx, key, force, permitHolder)
 			})
 		},
 	}
 	kf.register(cmd.Flags(), "the key whose", "the key with exactly these fields")
 	cmd.Flags().BoolVar(&force, "force", false, "kill without asking")
+	cmd.Flags().Int64Var(&permitHolder, "permit-holder", 0, "end this connection, which holds a permit of the key's semaphore (dblock.Permits), instead of the key's lock holder")
 	return cmd
 }
 
@@ -104,18 +116,22 @@ connections.`,
 // out, and asks and logs what it killed on log.
 type releaser struct{ *console }
 
-// holding is a holder of a key row as release sees it.
+// holding is a holder of a key row, or of a permit row, as release sees
+// it.
 type holding struct {
 	conn   int64
 	trx    string
-	shared bool // it holds the row shared, maybe beside others
+	row    int64 // the row it holds
+	permit bool  // row is a permit row (permit table), not a key row
+	shared bool  // it holds the row shared, maybe beside others
 	// base is the connection in PROCESSLIST before it was named (MariaDB):
 	// the KILL happens only if it still shows the same.
 	base procInfo
 }
 
 // holders are the holders of a key row as release sees them: one
-// exclusive holder, or the shared holders it could name.
+// exclusive holder, or the shared holders it could name; or the holder of
+// a permit that release was asked to end.
 type holders struct {
 	list []holding
 	// unnamedShared: MariaDB shows the row held shared by transactions
@@ -123,6 +139,9 @@ type holders struct {
 	// transactions share: they cannot be named, nor killed.
 	unnamedShared bool
 	via           string
+	// where is the row held, for reports ("row 7"), and row for the log
+	// ("row 7 of tb_lock").
+	where, row string
 }
 
 func (hs holders) held() bool { return len(hs.list) > 0 || hs.unnamedShared }
@@ -152,41 +171,48 @@ func (in *inspector) findHolders(ctx context.Context, id int64) (holders, error)
 		}
 		hs := holders{via: "performance_schema.data_locks"}
 		for _, e := range entries {
-			if e.rowID != id || e.waiting {
+			if e.rowID != id || e.permit || e.waiting {
 				continue
 			}
 			if e.mode == "X" {
 				// Nobody else holds the row (its own shared lock aside).
-				return holders{list: []holding{{conn: e.conn, trx: e.trx}}, via: hs.via}, nil
+				return holders{list: []holding{{conn: e.conn, trx: e.trx, row: id}}, via: hs.via}, nil
 			}
 			if !slices.ContainsFunc(hs.list, func(h holding) bool { return h.trx == e.trx }) {
-				hs.list = append(hs.list, holding{conn: e.conn, trx: e.trx, shared: true})
+				hs.list = append(hs.list, holding{conn: e.conn, trx: e.trx, row: id, shared: true})
 			}
 		}
 		return hs, nil
 	}
-	h, err := in.identifyHolder(ctx, id, identifyWait)
+	h, err := in.identifyHolder(ctx, in.table, id, identifyWait)
 	switch {
 	case err != nil:
 		return holders{}, err
 	case h.found:
 		hs := holders{unnamedShared: h.unnamedShared, via: "a probe queued behind it (INNODB_LOCK_WAITS)"}
 		for _, b := range h.holders {
-			hs.list = append(hs.list, holding{conn: b.conn, trx: b.trx, shared: b.shared, base: b.base})
+			hs.list = append(hs.list, holding{conn: b.conn, trx: b.trx, row: id, shared: b.shared, base: b.base})
 		}
 		return hs, nil
 	case h.notHeld || h.rowGone:
 		return holders{}, nil
-	case h.stale:
-		return holders{}, fmt.Errorf("the row is held, but a probe queued behind its holder never appeared in INNODB_TRX within %v: MariaDB refreshes that cache only after 100 ms without reads, and other clients read it more often; try again", identifyWait)
 	}
-	return holders{}, fmt.Errorf("the row is held, but its holder did not appear in INNODB_LOCK_WAITS within %v (does this user have the PROCESS privilege?): %v", identifyWait, h.probeErr)
+	return holders{}, namingError(h)
 }
 
-// killHolder kills h's connection if it still holds row id, checked right
-// before the KILL (MariaDB: in the same server-side statement), and reports
-// whether it did.
-func (in *inspector) killHolder(ctx context.Context, id int64, h holding) (bool, error) {
+// namingError is why identifyHolder, which did not name the holder of a
+// held row, did not.
+func namingError(h holderOf) error {
+	if h.stale {
+		return fmt.Errorf("the row is held, but a probe queued behind its holder never appeared in INNODB_TRX within %v: MariaDB refreshes that cache only after 100 ms without reads, and other clients read it more often; try again", identifyWait)
+	}
+	return fmt.Errorf("the row is held, but its holder did not appear in INNODB_LOCK_WAITS within %v (does this user have the PROCESS privilege?): %v", identifyWait, h.probeErr)
+}
+
+// killHolder kills h's connection if it still holds its row, checked
+// right before the KILL (MariaDB: in the same server-side statement), and
+// reports whether it did.
+func (in *inspector) killHolder(ctx context.Context, h holding) (bool, error) {
 	kill := "KILL CONNECTION " + strconv.FormatInt(h.conn, 10)
 	if in.srv.MariaDB {
 		q, ok := killIfUnchangedSQL(h.conn, h.base)
@@ -204,7 +230,7 @@ func (in *inspector) killHolder(ctx context.Context, id int64, h holding) (bool,
 		return false, err
 	}
 	if !slices.ContainsFunc(entries, func(e lockEntry) bool {
-		return e.rowID == id && !e.waiting && e.conn == h.conn && e.trx == h.trx
+		return e.rowID == h.row && e.permit == h.permit && !e.waiting && e.conn == h.conn && e.trx == h.trx
 	}) {
 		return false, nil
 	}
@@ -244,37 +270,71 @@ func (in *inspector) describe(ctx context.Context, conn int64, trx string) (stri
 	return b.String(), nil
 }
 
-func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) error {
+// release ends the holders of key's lock or, with permitHolder, the
+// connection permitHolder that holds a permit of key's semaphore.
+func (r *releaser) release(ctx context.Context, key dblock.Key, force bool, permitHolder int64) error {
 	in := r.in
 	fmt.Fprintf(r.log, "txlock: release %s of %s on %s (%s)\n", key, in.table, in.where, in.srv)
+	if permitHolder != 0 {
+		return r.end(ctx, force, r.permitTarget(key, permitHolder))
+	}
 	h := lockkey.Fields(key).Hash()
 	var id int64
 	err := in.db.QueryRowContext(ctx, "SELECT id FROM `"+in.table+"` WHERE key_hash = ?", h[:]).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
+		if err := r.refuseSemaphore(ctx, key); err != nil {
+			return err
+		}
 		_, err = fmt.Fprintf(r.out, "%s: nobody holds %s (it has no row in %s)\n", in.table, key, in.table)
 		return err
 	}
 	if err != nil {
 		return fmt.Errorf("looking up %s in %s: %w", key, in.table, err)
 	}
+	return r.end(ctx, force, target{name: key.String(), find: func(ctx context.Context, naming int) (holders, error) {
+		hs, err := in.findHolders(ctx, id)
+		hs.where, hs.row = fmt.Sprintf("row %d", id), fmt.Sprintf("row %d of %s", id, in.table)
+		switch {
+		case err != nil:
+			return hs, err
+		case !hs.held() && naming == 1:
+			return hs, r.refuseSemaphore(ctx, key)
+		case hs.unnamedShared:
+			return hs, unnamedSharedError(in.table, key, id, hs)
+		}
+		return hs, nil
+	}})
+}
+
+// A target is what release ends the holders of: a key's lock, or the
+// permit of a key's semaphore that one connection holds.
+type target struct {
+	name string // the key, or "a permit of" the key
+	// find names the holders, at the naming-th time (from 1); an error
+	// refuses the release.
+	find func(ctx context.Context, naming int) (holders, error)
+}
+
+// end names t's holders, asks (unless force), and kills those that still
+// hold it right before the KILL; a holder that ran statements meanwhile is
+// named again, up to maxNamings times.
+func (r *releaser) end(ctx context.Context, force bool, t target) error {
+	in := r.in
 	confirmed := map[string]bool{} // connection/transaction pairs the user agreed to kill
 	for naming := 1; ; naming++ {
-		hs, err := in.findHolders(ctx, id)
+		hs, err := t.find(ctx, naming)
 		if err != nil {
 			return err
 		}
 		if !hs.held() {
 			if naming > 1 {
-				_, err = fmt.Fprintf(r.out, "%s: %s was released meanwhile; nothing killed\n", in.table, key)
+				_, err = fmt.Fprintf(r.out, "%s: %s was released meanwhile; nothing killed\n", in.table, t.name)
 			} else {
-				_, err = fmt.Fprintf(r.out, "%s: nobody holds %s (row %d)\n", in.table, key, id)
+				_, err = fmt.Fprintf(r.out, "%s: nobody holds %s (%s)\n", in.table, t.name, hs.where)
 			}
 			return err
 		}
-		if hs.unnamedShared {
-			return unnamedSharedError(in.table, key, id, hs)
-		}
-		whos, err := r.report(ctx, key, id, hs)
+		whos, err := r.report(ctx, t.name, hs)
 		if err != nil {
 			return err
 		}
@@ -283,22 +343,22 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 		}
 		var killed, spared []int
 		for i, h := range hs.list {
-			ok, err := in.killHolder(ctx, id, h)
+			ok, err := in.killHolder(ctx, h)
 			if err != nil {
 				return err
 			}
 			if ok {
 				killed = append(killed, i)
-				fmt.Fprintf(r.log, "txlock: killed %s, which held %s (row %d of %s); the server rolls back its transaction\n", whos[i], key, id, in.table)
+				fmt.Fprintf(r.log, "txlock: killed %s, which held %s (%s); the server rolls back its transaction\n", whos[i], t.name, hs.row)
 			} else {
 				spared = append(spared, i)
 			}
 		}
 		if len(killed) > 0 {
-			return r.killed(ctx, key, hs, killed, spared)
+			return r.killed(ctx, t.name, hs, killed, spared)
 		}
 		if naming == maxNamings {
-			return fmt.Errorf("%s: the holder of %s ran statements or changed each of the %d times release checked it right before the KILL: it is working, not stuck; nothing killed", in.table, key, maxNamings)
+			return fmt.Errorf("%s: the holder of %s ran statements or changed each of the %d times release checked it right before the KILL: it is working, not stuck; nothing killed", in.table, t.name, maxNamings)
 		}
 		for _, i := range spared {
 			fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named, or was not listed before (it may have committed and moved on): not killed; naming the holder again\n", in.table, hs.list[i].conn)
@@ -306,9 +366,9 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool) erro
 	}
 }
 
-// report prints who holds key (row id), and returns a line about each
+// report prints who holds what (hs.where), and returns a line about each
 // holder.
-func (r *releaser) report(ctx context.Context, key dblock.Key, id int64, hs holders) ([]string, error) {
+func (r *releaser) report(ctx context.Context, what string, hs holders) ([]string, error) {
 	in := r.in
 	whos := make([]string, len(hs.list))
 	for i, h := range hs.list {
@@ -319,10 +379,10 @@ func (r *releaser) report(ctx context.Context, key dblock.Key, id int64, hs hold
 		whos[i] = who
 	}
 	if !hs.shared() {
-		fmt.Fprintf(r.out, "%s: %s (row %d) is held by %s; found through %s\n", in.table, key, id, whos[0], hs.via)
+		fmt.Fprintf(r.out, "%s: %s (%s) is held by %s; found through %s\n", in.table, what, hs.where, whos[0], hs.via)
 		return whos, nil
 	}
-	fmt.Fprintf(r.out, "%s: %s (row %d) is held shared by %d transaction(s); found through %s:\n", in.table, key, id, len(whos), hs.via)
+	fmt.Fprintf(r.out, "%s: %s (%s) is held shared by %d transaction(s); found through %s:\n", in.table, what, hs.where, len(whos), hs.via)
 	for _, who := range whos {
 		fmt.Fprintf(r.out, "  %s\n", who)
 	}
@@ -367,9 +427,9 @@ func unnamedSharedError(table string, key dblock.Key, id int64, hs holders) erro
 }
 
 // killed reports the kill of the holders killed (indexes in hs.list) of
-// key (row id), once their connections have left the process list, and
-// the holders spared, which ran a statement since they were named.
-func (r *releaser) killed(ctx context.Context, key dblock.Key, hs holders, killed, spared []int) error {
+// what, once their connections have left the process list, and the
+// holders spared, which ran a statement since they were named.
+func (r *releaser) killed(ctx context.Context, what string, hs holders, killed, spared []int) error {
 	in := r.in
 	for n, i := range killed {
 		conn := hs.list[i].conn
@@ -381,13 +441,13 @@ func (r *releaser) killed(ctx context.Context, key dblock.Key, hs holders, kille
 		case !gone:
 			fmt.Fprintf(r.out, "%s: connection %d is still listed after %v (rolling back a large transaction?); check with txlock locks\n", in.table, conn, goneWait)
 		case n == len(killed)-1 && len(spared) == 0:
-			fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, conn, key)
+			fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released (a waiter, if any, has it now)\n", in.table, conn, what)
 		default:
-			fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released\n", in.table, conn, key)
+			fmt.Fprintf(r.out, "%s: connection %d is gone; its hold on %s is released\n", in.table, conn, what)
 		}
 	}
 	for _, i := range spared {
-		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named (working, not stuck, or it released): not killed; it holds %s shared until its transaction ends, if it still does\n", in.table, hs.list[i].conn, key)
+		fmt.Fprintf(r.out, "%s: connection %d ran a statement since it was named (working, not stuck, or it released): not killed; it holds %s shared until its transaction ends, if it still does\n", in.table, hs.list[i].conn, what)
 	}
 	return nil
 }

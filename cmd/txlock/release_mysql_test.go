@@ -15,7 +15,7 @@ import (
 )
 
 // entryCols are the columns of the lock view (inspector.entries).
-var entryCols = []string{"LOCK_DATA", "trx", "conn", "waiting", "blocking", "mode"}
+var entryCols = []string{"LOCK_DATA", "trx", "conn", "waiting", "blocking", "mode", "table"}
 
 // TestKillHolderMySQL checks the statements of release's last check on
 // MySQL (no MySQL server here): data_locks is read again right before the
@@ -41,13 +41,13 @@ func TestKillHolderMySQL(t *testing.T) {
 			}
 			defer db.Close()
 			in := &inspector{db: db, srv: serverInfo{Version: serverinfo.Version{Text: "8.0.36", Major: 8}}, table: "tb_lock"}
-			mock.ExpectQuery(regexp.QuoteMeta("FROM performance_schema.data_locks d")).WithArgs("tb_lock").
+			mock.ExpectQuery(regexp.QuoteMeta("FROM performance_schema.data_locks d")).WithArgs("tb_lock", "tb_lock_permit").
 				WillReturnRows(sqlmock.NewRows(entryCols).
-					AddRow("7", tc.trx, tc.conn, tc.waiting, nil, "X,REC_NOT_GAP"))
+					AddRow("7", tc.trx, tc.conn, tc.waiting, nil, "X,REC_NOT_GAP", "tb_lock"))
 			if tc.wantKill {
 				mock.ExpectExec("^KILL CONNECTION 42$").WillReturnResult(sqlmock.NewResult(0, 0))
 			}
-			killed, err := in.killHolder(context.Background(), 7, holding{conn: 42, trx: "100"})
+			killed, err := in.killHolder(context.Background(), holding{conn: 42, trx: "100", row: 7})
 			if err != nil || killed != tc.wantKill {
 				t.Errorf("killHolder = %v, %v; want %v", killed, err, tc.wantKill)
 			}
@@ -97,11 +97,11 @@ func TestReleaseSharedMySQL(t *testing.T) {
 	defer db.Close()
 	in := &inspector{db: db, srv: serverInfo{Version: serverinfo.Version{Text: "8.0.36", Major: 8}}, table: "tb_lock", where: "db"}
 	locks := func() {
-		mock.ExpectQuery(regexp.QuoteMeta("FROM performance_schema.data_locks d")).WithArgs("tb_lock").
+		mock.ExpectQuery(regexp.QuoteMeta("FROM performance_schema.data_locks d")).WithArgs("tb_lock", "tb_lock_permit").
 			WillReturnRows(sqlmock.NewRows(entryCols).
-				AddRow("7", "100", 41, false, nil, "S,REC_NOT_GAP").
-				AddRow("7", "101", 42, false, nil, "S,REC_NOT_GAP").
-				AddRow("7", "102", 43, true, "100", "X,REC_NOT_GAP"))
+				AddRow("7", "100", 41, false, nil, "S,REC_NOT_GAP", "tb_lock").
+				AddRow("7", "101", 42, false, nil, "S,REC_NOT_GAP", "tb_lock").
+				AddRow("7", "102", 43, true, "100", "X,REC_NOT_GAP", "tb_lock"))
 	}
 	mock.ExpectQuery(regexp.QuoteMeta("SELECT id FROM `tb_lock` WHERE key_hash = ?")).WillReturnRows(sqlmock.NewRows([]string{"id"}).AddRow(7))
 	locks()
@@ -109,10 +109,7 @@ func TestReleaseSharedMySQL(t *testing.T) {
 		trx  string
 		conn int64
 	}{{"100", 41}, {"101", 42}} {
-		mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.INNODB_TRX")).
-			WillReturnRows(sqlmock.NewRows([]string{"trx_id", "thread", "state", "age", "rows", "tables", "probe"}).AddRow(c.trx, c.conn, "RUNNING", 5, 1, 1, false))
-		mock.ExpectQuery(regexp.QuoteMeta("FROM information_schema.PROCESSLIST")).
-			WillReturnRows(sqlmock.NewRows([]string{"ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "QUERY_ID"}).AddRow(c.conn, "app", "h", "test", "Sleep", 5, "", 0))
+		expectDescribe(mock, c.trx, c.conn)
 	}
 	for _, conn := range []string{"41", "42"} {
 		locks()
@@ -123,7 +120,7 @@ func TestReleaseSharedMySQL(t *testing.T) {
 	}
 	var out, log bytes.Buffer
 	r := &releaser{&console{in: in, out: &out, log: &log, stdin: bufio.NewReader(strings.NewReader(""))}}
-	if err := r.release(context.Background(), dblock.Resource("doc:1"), true); err != nil {
+	if err := r.release(context.Background(), dblock.Resource("doc:1"), true, 0); err != nil {
 		t.Fatalf("release: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), log.String())
 	}
 	t.Logf("stdout:\n%sstderr:\n%s", out.String(), log.String())
@@ -153,7 +150,7 @@ func TestRowsFromMySQLSharedLocks(t *testing.T) {
 		{rowID: 8, trx: "103", conn: 44, mode: lockMode("X,REC_NOT_GAP")},
 	}}
 	procs := map[int64]procInfo{41: {cmd: "Sleep"}, 42: {cmd: "Sleep"}, 43: {cmd: "Query"}, 44: {cmd: "Sleep"}}
-	rows, left := in.rowsFromCache(c, nil, procs)
+	rows, left := in.rowsFromCache(c, nil, procs, false)
 	if left != 0 {
 		t.Errorf("%d entries left out", left)
 	}

@@ -44,15 +44,16 @@ func (r rowStates) state(id int64) *rowState {
 	return s
 }
 
-// rowsFromCache keeps the entries of the lock view that still hold now,
-// and returns how many it left out. procs is PROCESSLIST read after the
+// rowsFromCache keeps the entries of the lock view on the lock table's
+// rows (permit false) or the permit table's (permit true) that still hold
+// now, and returns how many it left out. procs is PROCESSLIST read after the
 // cache. On MariaDB a holder is kept only if the fill was made after
 // before was read and the holder's connection provably stayed in one
 // transaction from before to procs (liveness.go): a cached holder that may
 // have released since is never named. A waiter is kept if its connection
 // still runs a statement (and, on MariaDB, the fill is fresh). Probes of
 // txlock itself (--identify, release) are not waiters anyone needs to see.
-func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo) (rowStates, int) {
+func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo, permit bool) (rowStates, int) {
 	rows := rowStates{}
 	source := "lock_waits"
 	if !in.srv.MariaDB {
@@ -60,7 +61,7 @@ func (in *inspector) rowsFromCache(c cacheRead, before, procs map[int64]procInfo
 	}
 	left := 0
 	for _, e := range c.entries {
-		if t, ok := c.trxs[e.trx]; ok && t.probe {
+		if t, ok := c.trxs[e.trx]; ok && t.probe || e.permit != permit {
 			continue
 		}
 		if e.trx == unnamedTrx {
@@ -132,10 +133,14 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 		return nil, err
 	}
 	probed := in.srv.MariaDB && in.probe
-	var held []int64
+	var held, heldPermits []int64
+	noPermits := false // the permit table is missing
 	if probed {
 		start := time.Now()
 		if held, err = in.probeHeld(ctx, filter); err != nil {
+			return nil, err
+		}
+		if heldPermits, noPermits, err = in.probePermits(ctx, filter); err != nil {
 			return nil, err
 		}
 		d := time.Since(start).Seconds()
@@ -147,17 +152,23 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 	}
 	// Which rows are held, by whom, and who waits. A transaction waiting
 	// for one row may hold another: it is listed under each.
-	rowsByID, left := in.rowsFromCache(cache, before, procs)
+	rowsByID, left := in.rowsFromCache(cache, before, procs, false)
+	permitRows, permitsLeft := in.rowsFromCache(cache, before, procs, true)
+	left += permitsLeft
 	if probed {
-		released, err := in.applyProbe(ctx, rowsByID, held, filter)
+		released, err := in.applyProbe(ctx, rowsByID, held, filter, in.keyRows)
 		if err != nil {
+			return nil, err
+		}
+		left += released
+		if released, err = in.applyProbe(ctx, permitRows, heldPermits, filter, in.permitKeys); err != nil {
 			return nil, err
 		}
 		left += released
 	}
 	var named identified
 	if in.srv.MariaDB && in.identify {
-		if named, procs, err = in.identifyHolders(ctx, rowsByID); err != nil {
+		if named, procs, err = in.identifyHolders(ctx, rowSet{in.table, rowsByID}, rowSet{in.permitTable(), permitRows}); err != nil {
 			return nil, err
 		}
 	}
@@ -165,8 +176,11 @@ func (in *inspector) snapshot(ctx context.Context, filter dblock.Key) (*Snapshot
 	if !cache.fresh {
 		candidates = nil // what it shows may have ended long ago
 	}
-	if err := in.addKeys(ctx, snap, rowsByID, filter, connViews{cache.trxs, procs}, candidates); err != nil {
+	if err := in.addKeys(ctx, snap, rowsByID, permitRows, filter, connViews{cache.trxs, procs}, candidates); err != nil {
 		return nil, err
+	}
+	if noPermits {
+		snap.Notes = append(snap.Notes, "no semaphores: the permit table "+in.permitTable()+" is missing; run `txlock migrate up`")
 	}
 	snap.Notes = append(snap.Notes, in.notes(cache.fresh, left, unknownsOf(snap.Keys), named)...)
 	if err := in.addLabels(ctx, snap); err != nil {
@@ -183,7 +197,10 @@ func (in *inspector) addLabels(ctx context.Context, snap *Snapshot) error {
 	for i := range snap.Keys {
 		k := &snap.Keys[i]
 		if k.Holder != nil {
-			conns = append(conns, k.Holder)
+			conns = append(conns, k.Holder) // the first of Holders
+		}
+		for j := range k.Holders {
+			conns = append(conns, &k.Holders[j]) // each shared or permit holder
 		}
 		for j := range k.Waiters {
 			conns = append(conns, &k.Waiters[j])
@@ -219,7 +236,8 @@ func (in *inspector) addLabels(ctx context.Context, snap *Snapshot) error {
 // probe is live, the cache is not, so those were released since the cache
 // was filled. (A row outside filter was not probed, and is not shown.) It
 // returns how many cache entries of keys matching filter it dropped.
-func (in *inspector) applyProbe(ctx context.Context, rowsByID rowStates, held []int64, filter dblock.Key) (int, error) {
+// keysOf reads the keys of the rows (key rows, or permit rows).
+func (in *inspector) applyProbe(ctx context.Context, rowsByID rowStates, held []int64, filter dblock.Key, keysOf keysOfFunc) (int, error) {
 	for _, id := range held {
 		s := rowsByID.state(id)
 		s.live = true
@@ -233,7 +251,7 @@ func (in *inspector) applyProbe(ctx context.Context, rowsByID rowStates, held []
 			released = append(released, id)
 		}
 	}
-	keys, err := in.keyRows(ctx, released)
+	keys, err := keysOf(ctx, released)
 	if err != nil {
 		return 0, err
 	}
@@ -247,10 +265,14 @@ func (in *inspector) applyProbe(ctx context.Context, rowsByID rowStates, held []
 	return left, nil
 }
 
-// addKeys adds to snap the rows of rowsByID whose keys match filter, and,
-// when a key's holder is unknown or a shared one unnamed, the transactions
-// of candidates that may hold it. views describe the connections.
-func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowStates, filter dblock.Key, views connViews, candidates map[string]trxInfo) error {
+// keysOfFunc reads the keys of rows by id (keyRows, permitKeys).
+type keysOfFunc func(ctx context.Context, ids []int64) (map[int64]dblock.Key, error)
+
+// addKeys adds to snap the rows of rowsByID whose keys match filter, then
+// the semaphores of permitRows, and, when a key's holder is unknown or a
+// shared one unnamed, the transactions of candidates that may hold it.
+// views describe the connections.
+func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID, permitRows rowStates, filter dblock.Key, views connViews, candidates map[string]trxInfo) error {
 	unknownHolder := false
 	ids := make([]int64, 0, len(rowsByID))
 	for id := range rowsByID {
@@ -275,6 +297,14 @@ func (in *inspector) addKeys(ctx context.Context, snap *Snapshot, rowsByID rowSt
 		unknownHolder = unknownHolder || len(hk.Holders) == 0 || hk.UnnamedShared
 		snap.Keys = append(snap.Keys, hk)
 	}
+	sems, err := in.semaphores(ctx, permitRows, filter, views, shown)
+	if err != nil {
+		return err
+	}
+	for _, hk := range sems {
+		unknownHolder = unknownHolder || len(hk.Holders) < hk.PermitsHeld
+	}
+	snap.Keys = append(snap.Keys, sems...)
 	if unknownHolder {
 		snap.Candidates = views.candidates(candidates, shown)
 	}

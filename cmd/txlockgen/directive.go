@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"go/token"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/txlock/txlock/dblock"
 )
 
 // directivePrefix starts every txlockgen directive; lockDirective is the
@@ -17,7 +20,7 @@ const (
 
 // keyTerms and optionTerms are the terms a //txlock:lock directive knows,
 // for messages.
-const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), shared, wait, nowait, maxhold, mininterval (options)"
+const knownTerms = "global, method, operation, resource, user (granularities), key (a key function), shared, permits, wait, nowait, maxhold, mininterval (options)"
 
 // A lockSpec is one parsed //txlock:lock directive.
 type lockSpec struct {
@@ -34,6 +37,7 @@ type lockSpec struct {
 	userCtx   bool
 	keyFunc   string
 	shared    bool // the key is taken in shared mode (dblock.Shared)
+	permits   int  // dblock.Permits(permits): one of the key's permits; 0 without
 	wait      time.Duration
 	noWait    bool
 	maxHold   time.Duration
@@ -43,7 +47,7 @@ type lockSpec struct {
 // hasOptions reports whether the directive sets options of the
 // acquisition.
 func (s *lockSpec) hasOptions() bool {
-	return s.shared || s.noWait || s.wait > 0 || s.maxHold > 0 || s.minIntvl > 0
+	return s.shared || s.permits > 0 || s.noWait || s.wait > 0 || s.maxHold > 0 || s.minIntvl > 0
 }
 
 // A template computes a string from the request: literal text and PATH
@@ -138,6 +142,8 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 		case "shared":
 			err = noValue()
 			s.shared = true
+		case "permits":
+			s.permits, err = permitsTerm(value, needValue, pos)
 		default:
 			return fail("unknown term %q in %s: want %s", name, lockDirective, knownTerms)
 		}
@@ -165,17 +171,21 @@ func parseLock(text string, pos token.Position) (*lockSpec, error) {
 		return fail("wait and nowait exclude each other")
 	case s.shared && s.minIntvl > 0:
 		return fail("shared and mininterval exclude each other: mininterval spaces the runs of one job, which runs alone; drop shared to take the key exclusively")
+	case s.permits > 0 && s.shared:
+		return fail("permits and shared exclude each other: permits=%d lets %d calls hold the key's semaphore at once, shared lets any number hold its lock; keep one", s.permits, s.permits)
+	case s.permits > 0 && s.minIntvl > 0:
+		return fail("permits and mininterval exclude each other: mininterval spaces the runs of one job, which runs alone, while permits=%d runs up to %d calls at once; keep one", s.permits, s.permits)
 	}
 	return s, nil
 }
 
 // termNames are the terms of a lock directive, longest first (nowait
 // before wait).
-var termNames = [...]string{"mininterval", "operation", "resource", "maxhold", "global", "method", "nowait", "shared", "user", "wait", "key"}
+var termNames = [...]string{"mininterval", "operation", "resource", "maxhold", "permits", "global", "method", "nowait", "shared", "user", "wait", "key"}
 
 // optionTerms are the terms that set an option of the acquisition, not
 // part of its key.
-var optionTerms = map[string]bool{"shared": true, "wait": true, "nowait": true, "maxhold": true, "mininterval": true}
+var optionTerms = map[string]bool{"shared": true, "permits": true, "wait": true, "nowait": true, "maxhold": true, "mininterval": true}
 
 // durationTerm parses the positive DURATION of term=value (example: a
 // typical value, for the message).
@@ -188,6 +198,19 @@ func durationTerm(term, value, example string, needValue func(string) error, pos
 		return 0, &posError{pos: pos, msg: fmt.Sprintf("%s=%s: want a positive duration such as %s or 250ms", term, value, example)}
 	}
 	return d, nil
+}
+
+// permitsTerm parses the N of permits=N: a whole number from 1 to
+// dblock.MaxPermits, which dblock.Permits would refuse at every call.
+func permitsTerm(value string, needValue func(string) error, pos token.Position) (int, error) {
+	if err := needValue("N, the number of calls that may hold the key at once, e.g. permits=5"); err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil || n < 1 || n > dblock.MaxPermits {
+		return 0, &posError{pos: pos, msg: fmt.Sprintf("permits=%s: want a whole number from 1 to %d (dblock.MaxPermits), such as permits=5", value, dblock.MaxPermits)}
+	}
+	return n, nil
 }
 
 // noEquals rejects an '=' in the value of a key term: it is the mark of a

@@ -97,6 +97,11 @@
 //	                   e.g. //txlock:lock shared resource=doc:{ID} for the
 //	                   readers of a document whose writers lock it without
 //	                   shared
+//	permits=N          dblock.Permits(N): a counting semaphore: at most N
+//	                   calls hold the key at once, across all processes,
+//	                   each one of its N permits (N from 1 to
+//	                   dblock.MaxPermits); e.g. //txlock:lock permits=5
+//	                   operation=export
 //	wait=DURATION      dblock.WaitTimeout, e.g. wait=2s or wait=250ms
 //	nowait             dblock.NoWait: fail at once when the key is held
 //	maxhold=DURATION   dblock.MaxHold: the lock is taken away from a call
@@ -107,9 +112,19 @@
 //	                   dblock.ErrTooSoon), e.g. mininterval=1h
 //
 // shared cannot be combined with mininterval (a scheduled job runs
-// alone). An exclusive method of a key called inside a shared method of
-// the same key (the same ctx, so the same transaction) fails with
-// dblock.ErrUpgrade: lock the outer method without shared.
+// alone), nor permits with shared or mininterval. An exclusive method of
+// a key called inside a shared method of the same key (the same ctx, so
+// the same transaction) fails with dblock.ErrUpgrade: lock the outer
+// method without shared.
+//
+// With permits=N, a call beyond the N holders waits for a permit (wait=,
+// the context's deadline) or, with nowait, fails at once with
+// dblock.ErrNotAcquired. N is the key's: every method (and every other
+// user) of one key must give the same N, or its calls fail with
+// dblock.ErrPermits; generation refuses two methods whose key terms are
+// written alike with different N. A semaphore is apart from the key's lock:
+// a method of the key without permits neither waits for the permit holders
+// nor excludes them.
 //
 // A locked method must take a context.Context first and return an error
 // last. A key that cannot be computed at call time, from an empty string,

@@ -203,6 +203,7 @@ func (g *generator) generate() ([]byte, error) {
 		g.methods = append(g.methods, m)
 	}
 	g.checkNames()
+	g.checkPermits()
 	g.chooseLocals()
 	for _, m := range g.methods {
 		g.prepare(m)

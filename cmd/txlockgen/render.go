@@ -85,6 +85,9 @@ func (g *generator) lockOptions(s *lockSpec) string {
 	if s.shared {
 		opts = append(opts, dblock+".Shared()")
 	}
+	if s.permits > 0 {
+		opts = append(opts, dblock+".Permits("+strconv.Itoa(s.permits)+")")
+	}
 	switch {
 	case s.noWait:
 		opts = append(opts, dblock+".NoWait()")
@@ -169,7 +172,11 @@ func (g *generator) renderLocked(w func(string, ...any), m *method) {
 	}
 	call := fmt.Sprintf("%s.locker, %q, %s", l.recv, g.iface+"."+m.name, l.key)
 	inner := fmt.Sprintf("%s.inner.%s(%s)", l.recv, m.name, args(m))
-	w("%s", comment("%s holds the lock %s for the call, and calls the implementation inside the lock's transaction.", m.name, m.lock.text))
+	held := "the lock"
+	if m.lock.permits > 0 {
+		held = "a permit of the semaphore"
+	}
+	w("%s", comment("%s holds %s %s for the call, and calls the implementation inside the lock's transaction.", m.name, held, m.lock.text))
 	w("func (%s *%s) %s%s {\n", l.recv, g.proxy, m.name, signature(m))
 	g.renderNilInner(w, m)
 	w("%s, %s := %s.%s(%s)\n", l.key, l.err, l.recv, keyMethod(m), args(m))

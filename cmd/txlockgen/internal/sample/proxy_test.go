@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/txlock/txlock/dblock"
 	"github.com/txlock/txlock/decorator"
 	"github.com/txlock/txlock/internal/testdb"
@@ -21,6 +23,8 @@ func TestMain(m *testing.M) { testdb.Main(m) }
 // a fresh transaction.
 type impl struct {
 	t      *testing.T
+	db     *gorm.DB
+	table  string
 	locker *dblock.Locker
 	want   dblock.Key // the key the current call must hold; zero: none
 	calls  int
@@ -46,6 +50,15 @@ func (s *impl) check(ctx context.Context) {
 		s.t.Errorf("%s is not held during the call", s.want)
 	} else if !errors.Is(err, dblock.ErrNotAcquired) {
 		s.t.Error(err)
+	}
+}
+
+// inTx counts a call, and reports one that runs outside a transaction.
+func (s *impl) inTx(ctx context.Context) {
+	s.t.Helper()
+	s.calls++
+	if _, ok := dblock.TxFrom(ctx); !ok {
+		s.t.Error("a locked method runs without the lock's transaction")
 	}
 }
 
@@ -86,6 +99,11 @@ func (s *impl) Put(ctx context.Context, _ Receipt) error      { s.check(ctx); re
 func (s *impl) Ping() bool                                    { s.calls++; return true }
 func (s *impl) Close() error                                  { s.calls++; return nil }
 
+// Export and Archive hold a permit, not the key: check cannot tell it
+// (TestProxySemaphore does).
+func (s *impl) Export(ctx context.Context, _ string) (int64, error) { s.inTx(ctx); return 1, s.err }
+func (s *impl) Archive(ctx context.Context, _ Day) error            { s.inTx(ctx); return s.err }
+
 func setup(t *testing.T) (*impl, *LockedService) {
 	t.Helper()
 	db := testdb.Open(t)
@@ -96,7 +114,7 @@ func setup(t *testing.T) (*impl, *LockedService) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = locker.Close() })
-	s := &impl{t: t, locker: locker}
+	s := &impl{t: t, db: db, table: table, locker: locker}
 	return s, NewLockedService(s, locker)
 }
 

@@ -62,6 +62,16 @@ type Service interface {
 	//txlock:lock shared resource=order:{id} wait=2s
 	Lookup(ctx context.Context, id string) (Receipt, error)
 
+	// Export runs at most 3 calls at once across all processes, one per
+	// permit of the export semaphore: a fourth fails at once.
+	//txlock:lock permits=3 operation=export nowait
+	Export(ctx context.Context, format string) (int64, error)
+
+	// Archive takes a permit of the same semaphore as Export, waiting up
+	// to 5 s for one.
+	//txlock:lock permits=3 operation=export wait=5s
+	Archive(ctx context.Context, day Day) error
+
 	// Get is not locked: the proxy passes it through.
 	Get(ctx context.Context, id string) (Receipt, error)
 

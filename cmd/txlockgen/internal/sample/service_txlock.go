@@ -24,9 +24,11 @@ type LockedServiceInner interface {
 // LockedService implements Service around an implementation, holding a
 // txlock lock for each call of:
 //
+//   - Archive: permits=3 operation=export wait=5s
 //   - Audit: method wait=1500ms
 //   - Book: resource=slot:{At}
 //   - Cancel: user=ctx resource=order:{req.OrderID} nowait
+//   - Export: permits=3 operation=export nowait
 //   - Lookup: shared resource=order:{id} wait=2s
 //   - Nightly: operation=nightly mininterval=1h maxhold=30s
 //   - Put: resource=receipt:{OrderID}
@@ -56,9 +58,13 @@ func NewLockedService(inner LockedServiceInner, locker *dblock.Locker) *LockedSe
 	return &LockedService{inner: inner, locker: locker}
 }
 
+var lockedServiceOptsArchive = []dblock.LockOption{dblock.Permits(3), dblock.WaitTimeout(5 * time.Second)}
+
 var lockedServiceOptsAudit = []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)}
 
 var lockedServiceOptsCancel = []dblock.LockOption{dblock.NoWait()}
+
+var lockedServiceOptsExport = []dblock.LockOption{dblock.Permits(3), dblock.NoWait()}
 
 var lockedServiceOptsLookup = []dblock.LockOption{dblock.Shared(), dblock.WaitTimeout(2 * time.Second)}
 
@@ -67,6 +73,27 @@ var lockedServiceOptsNightly = []dblock.LockOption{dblock.MaxHold(30 * time.Seco
 var lockedServiceOptsRebuild = []dblock.LockOption{dblock.NoWait()}
 
 var lockedServiceOptsRefund = []dblock.LockOption{dblock.WaitTimeout(2 * time.Second)}
+
+// Archive holds a permit of the semaphore permits=3 operation=export
+// wait=5s for the call, and calls the implementation inside the lock's
+// transaction.
+func (p *LockedService) Archive(ctx context.Context, day Day) error {
+	if p.inner == nil {
+		return errors.New("Service.Archive: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyArchive(ctx, day)
+	if err != nil {
+		return err
+	}
+	return decorator.Call(ctx, p.locker, "Service.Archive", key, func(ctx context.Context) error {
+		return p.inner.Archive(ctx, day)
+	}, lockedServiceOptsArchive...)
+}
+
+// lockKeyArchive returns the lock key of Archive: operation=export.
+func (*LockedService) lockKeyArchive(ctx context.Context, day Day) (dblock.Key, error) {
+	return dblock.Key{Operation: "export"}, nil
+}
 
 // Audit holds the lock method wait=1500ms for the call, and calls the
 // implementation inside the lock's transaction.
@@ -154,6 +181,26 @@ func (p *LockedService) Close() error {
 		return errors.New("Service.Close: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
 	}
 	return p.inner.Close()
+}
+
+// Export holds a permit of the semaphore permits=3 operation=export nowait
+// for the call, and calls the implementation inside the lock's transaction.
+func (p *LockedService) Export(ctx context.Context, format string) (int64, error) {
+	if p.inner == nil {
+		return 0, errors.New("Service.Export: no implementation: NewLockedService was given a nil inner; pass it an implementation of Service")
+	}
+	key, err := p.lockKeyExport(ctx, format)
+	if err != nil {
+		return 0, err
+	}
+	return decorator.CallResult(ctx, p.locker, "Service.Export", key, func(ctx context.Context) (int64, error) {
+		return p.inner.Export(ctx, format)
+	}, lockedServiceOptsExport...)
+}
+
+// lockKeyExport returns the lock key of Export: operation=export.
+func (*LockedService) lockKeyExport(ctx context.Context, format string) (dblock.Key, error) {
+	return dblock.Key{Operation: "export"}, nil
 }
 
 // Get calls the implementation: it is not locked.

@@ -172,6 +172,48 @@ type SharedNoKey interface {
 	M(ctx context.Context, r Req) error
 }
 
+type PermitsShared interface {
+	//txlock:lock permits=3 shared operation=export
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsMinInterval interface {
+	//txlock:lock permits=3 operation=export mininterval=1h
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsZero interface {
+	//txlock:lock permits=0 operation=export
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsTooMany interface {
+	//txlock:lock permits=1001 operation=export
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsNotANumber interface {
+	//txlock:lock permits=five operation=export
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsNoValue interface {
+	//txlock:lock permits operation=export
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsMissingSpace interface {
+	//txlock:lock resource=job:{ID}permits=3
+	M(ctx context.Context, r Req) error
+}
+
+type PermitsDiffer interface {
+	//txlock:lock permits=3 operation=export
+	A(ctx context.Context, r Req) error
+	//txlock:lock operation=export permits=4 nowait
+	B(ctx context.Context, r Req) error
+}
+
 type MissingSpaceMaxHold interface {
 	//txlock:lock resource=job:{ID}maxhold=1s
 	M(ctx context.Context, r Req) error
