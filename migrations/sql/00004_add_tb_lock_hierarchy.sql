@@ -26,6 +26,11 @@ EXECUTE txlock_stmt;
 DEALLOCATE PREPARE txlock_stmt;
 
 -- +goose Down
+-- The permit table's exclusive metadata lock first, with a change that
+-- changes nothing: a transaction that holds only a permit does not use the
+-- lock table, and would otherwise let the column go before migration 3's
+-- Down gives up on it.
+ALTER TABLE `tb_lock_permit` COMMENT = '';
 SET @txlock_sql = (SELECT IF(COUNT(*) = 1,
     'ALTER TABLE `tb_lock` DROP COLUMN hierarchy',
     'DO 0')
