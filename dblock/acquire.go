@@ -218,7 +218,7 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	sent := time.Now()
 	var session [3]sql.NullInt64
 	if a.plan != nil {
-		out, _, err := a.lockPlan(ownStmts{h.keeper}, a.plan, true, time.Time{}, false)
+		out, _, _, err := a.lockPlan(ownStmts{h.keeper}, keys[0], a.plan, true, time.Time{}, false)
 		if err != nil {
 			h.abort()
 			if errors.Is(err, errRowGone) {

@@ -116,14 +116,16 @@ func (l *Locker) plan(ctx context.Context, keys []Key, held func(k Key, containe
 // lockPlan takes the rows of nodes in order in the transaction on tx: each
 // run of containers in one locking read (shared), each key of the call
 // with its own (lockKey, lockPermit). It returns the outcome of the first
-// statement, which reads the session's state when session is set, and how
-// many nodes, from the first, it took before it failed (a failed
-// statement may have taken some of its rows too).
+// statement, which reads the session's state when session is set, and on
+// failure how many nodes, from the first, it took before the failed
+// statement (granted) and that statement's nodes when it read a group
+// (partial), some of which it may have locked. A group's wait is measured
+// and reported under the call's key (call).
 //
 // Without waiting (NoWait), the call's own keys come first: a call that
 // waits for nothing cannot deadlock, and the key, the row most likely
 // held, is then refused before any container is taken.
-func (a *acquisition) lockPlan(tx stmtRunner, nodes []node, session bool, leaseEnd time.Time, holdsOthers bool) (first lockOutcome, granted int, err error) {
+func (a *acquisition) lockPlan(tx stmtRunner, call Key, nodes []node, session bool, leaseEnd time.Time, holdsOthers bool) (first lockOutcome, granted int, partial []node, err error) {
 	if a.lc.noWait {
 		slices.SortStableFunc(nodes, func(x, y node) int {
 			switch {
@@ -145,8 +147,17 @@ func (a *acquisition) lockPlan(tx stmtRunner, nodes []node, session bool, leaseE
 			for j < len(nodes) && nodes[j].container {
 				j++
 			}
-			out, err = a.lockKey(tx, n.key, lockTarget{group: nodes[i:j]}, session, leaseEnd, holdsOthers)
+			out, err = a.lockKey(tx, call, lockTarget{group: nodes[i:j]}, session, leaseEnd, holdsOthers)
+			if err != nil {
+				partial = nodes[i:j]
+				err = fmt.Errorf("%w (taking, shared, the keys containing it: %s)", err, nodeList(partial))
+			}
 			i = j
+		case a.lc.permits > 0 && a.permitID != 0:
+			// A permit this transaction locked in a call that was refused:
+			// that one again, granted at once, never a second.
+			out, err = a.lockKey(tx, n.key, lockTarget{ids: []int64{a.permitID}, permit: true}, session, leaseEnd, holdsOthers)
+			i++
 		case a.lc.permits > 0:
 			out, err = a.lockPermit(tx, n.key, a.slots, session, leaseEnd, holdsOthers)
 			i++
@@ -155,14 +166,14 @@ func (a *acquisition) lockPlan(tx stmtRunner, nodes []node, session bool, leaseE
 			i++
 		}
 		if err != nil {
-			return first, start, err
+			return first, start, partial, err
 		}
 		if start == 0 {
 			first, session = out, false
 		}
 		holdsOthers = true
 	}
-	return first, len(nodes), nil
+	return first, len(nodes), nil, nil
 }
 
 // groupExists reports whether every row of group exists (outside any
@@ -215,6 +226,12 @@ func (a *acquisition) hierFlag() int64 {
 func (l *Locker) refreshHierarchy(ctx context.Context) {
 	var def sql.NullString
 	err := l.side.QueryRowContext(ctx, "SELECT COLUMN_DEFAULT FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'hierarchy'", l.cfg.table).Scan(&def)
+	if errors.Is(err, sql.ErrNoRows) {
+		// No setting (a table before migration 4, or none): every locking
+		// read fails and says which migration is missing.
+		l.hierRead.Store(true)
+		return
+	}
 	if err != nil {
 		l.log.WarnContext(ctx, "dblock: cannot read the lock table's hierarchy setting", "error", err)
 		return
@@ -282,6 +299,9 @@ func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys [
 		}
 	}
 	holdsOthers := s.owner != nil || s.holdsAny()
+	if a.lc.permits > 0 {
+		a.permitID, _ = s.permitRow(l.heldKey(keys[0], a.lc)) // taken by a refused call
+	}
 	for attempt := 1; ; attempt++ {
 		nodes, err := l.plan(pctx, keys, held)
 		if err != nil {
@@ -293,24 +313,40 @@ func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys [
 				return err
 			}
 		}
-		out, granted, err := a.lockPlan(tx, nodes, false, leaseEnd, holdsOthers)
-		// What was taken stays taken until the transaction ends (InnoDB
-		// releases no row lock before): the scope records it.
-		for _, n := range nodes[:granted] {
-			if n.container {
-				s.add(heldKey{l.cfg.table, n.key}, true)
-			} else {
-				s.add(l.heldKey(n.key, a.lc), a.lc.shared(n.key))
-			}
-		}
+		out, granted, partial, err := a.lockPlan(tx, keys[0], nodes, false, leaseEnd, holdsOthers)
 		if err == nil {
 			if a.readConn {
 				a.readConn, a.conn = false, out.conn
 			}
+			for _, n := range nodes {
+				if n.container {
+					s.add(heldKey{l.cfg.table, n.key}, true)
+				}
+			}
 			return nil
 		}
-		if granted > 0 && !errors.Is(err, ErrLockLost) {
-			err = fmt.Errorf("%w (the transaction keeps what this call took before, until it ends: %s; roll it back to release them)", err, nodeList(nodes[:granted]))
+		// What a refused call took stays locked until the transaction
+		// ends (InnoDB releases no row lock before): the scope records it
+		// as taken, for no caller, and the error says so.
+		for _, n := range nodes[:granted] {
+			hk := heldKey{l.cfg.table, n.key}
+			if !n.container {
+				hk = l.heldKey(n.key, a.lc)
+				if a.lc.permits > 0 {
+					s.setPermit(hk, a.permitID)
+				}
+			}
+			s.addTaken(hk, n.container || a.lc.shared(n.key))
+		}
+		for _, n := range partial {
+			s.addTaken(heldKey{l.cfg.table, n.key}, true)
+		}
+		if (granted > 0 || len(partial) > 0) && !errors.Is(err, ErrLockLost) {
+			kept := nodeList(nodes[:granted])
+			if len(partial) > 0 {
+				kept = strings.TrimPrefix(kept+", perhaps "+nodeList(partial), ", ")
+			}
+			err = fmt.Errorf("%w (the transaction keeps what this call took before its refusal, until it ends: %s; roll it back to release them)", err, kept)
 		}
 		if !errors.Is(err, errRowGone) || attempt == 3 {
 			return err

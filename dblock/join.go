@@ -42,10 +42,15 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// The connection's id, for its label: a caller's transaction's first
 	// lock, or any in a transaction another Locker (another table) opened.
 	a.readConn = !l.sessions.off.Load() && (s.owner == nil && !s.holdsAny() || s.owner != nil && s.owner.l != l)
+	// A shared key or a permit's stale-snapshot check needs the
+	// connection's id (checkSharedSnapshot): read along, at no round trip.
+	a.readConn = a.readConn || (lc.anyShared() || lc.permits > 0) && !lc.fresh && l.srv.snapshotIsolation
 	// An upgrade is refused before anything is locked, so that a refused
 	// call leaves no key of its own held.
 	for _, key := range keys {
-		if held, shared := s.holds(l.heldKey(key, lc)); held && shared && !lc.shared(key) && lc.permits == 0 {
+		hk := l.heldKey(key, lc)
+		held, shared := s.holds(hk)
+		if (held && shared || !held && s.takenShared(hk)) && !lc.shared(key) && lc.permits == 0 {
 			return upgradeError(key)
 		}
 	}
@@ -80,7 +85,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		}
 		// Recorded at once: should a later key of the call be refused, the
 		// transaction keeps this one until it ends.
-		s.add(l.heldKey(key, lc), lc.shared(key))
+		s.addTaken(l.heldKey(key, lc), lc.shared(key))
 		newKeys = append(newKeys, key)
 	}
 	if len(want) > 0 {
@@ -106,12 +111,18 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// caller promised it has not; fencing takes the tokens either way.
 	check := len(newKeys) > 0 && !lc.fresh && l.srv.snapshotIsolation
 	if check && (lc.anyShared() || lc.permits > 0) {
-		// Shared keys are checked without holding their counters (fencing
-		// is refused with them).
+		// Shared keys and permits are checked on a counter of the
+		// transaction's own (fencing is refused with them).
 		var shared []Key
 		shared, newKeys = splitShared(lc, newKeys)
 		if len(shared) > 0 {
-			if err := l.checkSharedSnapshot(ctx, tx, shared, s.owner != nil || s.holdsAny(), lc.permits > 0); err != nil {
+			conn := a.conn
+			if conn == 0 {
+				if err := tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&conn); err != nil {
+					return s.lossOr(fmt.Errorf("dblock: the stale-snapshot check of %s: reading the connection's id: %w", shared[0], err))
+				}
+			}
+			if err := l.checkSharedSnapshot(ctx, tx, shared[0], conn, s.nextCheck(), s.owner != nil || s.holdsAny()); err != nil {
 				return s.lossOr(err)
 			}
 			for _, k := range shared {

@@ -287,7 +287,7 @@ func (a *acquisition) lockError(key Key, b *waitBound, err error, holdsOthers bo
 		l.cache.clear()
 		return fmt.Errorf("%w: %w", ErrTableMissing, err)
 	case erBadField:
-		return fmt.Errorf("%w: %s predates a migration this txlock needs: %w", ErrTableMissing, l.cfg.table, err)
+		return fmt.Errorf("%w: %s predates migration 4 (the hierarchy setting) that this txlock needs: %w", ErrTableMissing, l.cfg.table, err)
 	case erOptionPreventsStmt:
 		return l.lostIf(holdsOthers, fmt.Errorf("%w: acquiring %s: %w", ErrReadOnly, key, err))
 	}

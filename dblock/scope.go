@@ -37,6 +37,11 @@ type txState struct {
 	tokens map[heldKey]int64 // fencing tokens taken in this transaction
 	runs   map[heldKey]int64 // MinInterval runs this transaction recorded: their numbers
 	permit map[heldKey]int64 // the permit row each semaphore's permit is held on
+	// taken: rows locked by calls that were refused (InnoDB keeps them
+	// until the transaction ends), not held for reentrancy: true if
+	// shared. checks: how many shared stale-snapshot checks it ran.
+	taken  map[heldKey]bool
+	checks int
 	ident  string            // server and schema of a caller's transaction, once asked
 }
 
@@ -115,12 +120,47 @@ func (s *txScope) holdsAny() bool {
 	return st.nheld > 0
 }
 
+// addTaken records that a call that was refused locked hk (shared or not)
+// before its refusal: the transaction keeps it until it ends, but holds
+// it for no caller, so a later acquisition takes it again in full.
+func (s *txScope) addTaken(hk heldKey, shared bool) {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.taken == nil {
+		st.taken = make(map[heldKey]bool, 2)
+	}
+	if was, ok := st.taken[hk]; !ok || was {
+		st.taken[hk] = shared
+	}
+}
+
+// takenShared reports whether a refused call took hk, shared only.
+func (s *txScope) takenShared(hk heldKey) bool {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	shared, ok := st.taken[hk]
+	return ok && shared
+}
+
+// nextCheck returns the number of the next shared stale-snapshot check of
+// the transaction (0, 1, ...).
+func (s *txScope) nextCheck() int {
+	st := s.st.Load()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.checks++
+	return st.checks - 1
+}
+
 // add records that the transaction holds hk, shared or exclusively. A key
 // is never recorded twice: a held key is not taken again (join).
 func (s *txScope) add(hk heldKey, shared bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	delete(st.taken, hk)
 	switch {
 	case st.nheld == 0:
 		st.first, st.shared = hk, shared

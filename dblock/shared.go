@@ -2,9 +2,11 @@ package dblock
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 // Shared locks: a key's row taken with a shared locking read (LOCK IN
@@ -91,50 +93,44 @@ func upgradeError(key Key) error {
 }
 
 // checkSharedSnapshot is the stale-snapshot check of keys a transaction
-// has just taken shared (see takeTokens for the exclusive one). Each key's
-// counter is bumped in autocommit, then read back in the transaction with
-// a plain, consistent read: a transaction whose snapshot predates the bump
-// (it read before its lock) sees an older value. The exclusive check's
-// locking read would hold the counter's row, which the next shared
-// holder's bump then waits for; a consistent read holds nothing. Unlike
-// the exclusive check, the server does not roll the transaction back. A
-// permit's check bumps the counter of its semaphore's queue, not the
-// key's: that one belongs to the key's lock, whose fencing holders hold it.
-func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, keys []Key, holdsOthers, permit bool) error {
-	counter := func(k Key) []byte {
-		if permit {
-			return queueHash(k)
-		}
-		h := k.hash()
-		return h[:]
+// has just taken shared, or permits of (see takeTokens for the exclusive
+// one). It bumps, in autocommit, a counter that belongs to the
+// transaction's connection and to this check (the n-th of the
+// transaction), then reads it back in the transaction with a locking read
+// under innodb_snapshot_isolation: a transaction whose snapshot predates
+// the bump (it read before its lock) fails with 1020, and the server rolls
+// it back (ErrStaleSnapshot). A locking read creates no snapshot, so the
+// transaction's later locks are not made stale by the check; and nobody
+// else ever locks that counter, so the next shared holder's check does not
+// wait for this one, as it would for the key's own counter.
+func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key, conn int64, n int, holdsOthers bool) error {
+	h := checkHash(conn, n)
+	bumped, err := l.bumpCounter(ctx, "the stale-snapshot check of", key, h)
+	if err != nil {
+		return err
 	}
-	bumped := make([]int64, len(keys))
-	hashes := make([][]byte, len(keys))
-	for i, k := range keys {
-		hashes[i] = counter(k)
-		t, err := l.bumpCounter(ctx, "the stale-snapshot check of", k, hashes[i])
-		if err != nil {
-			return err
-		}
-		bumped[i] = t
-	}
-	seen, err := l.scanCounters(ctx, tx, l.q.readFence, keys, hashes, false, holdsOthers, func(i int, token int64) error {
-		if token < bumped[i] {
-			return fmt.Errorf("%w: %s: the transaction had read before this shared lock, so its reads may predate the last exclusive holder's commit; "+
-				"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, keys[i])
+	hashes := [][]byte{h}
+	seen, err := l.scanCounters(ctx, tx, l.q.checkFence, []Key{key}, hashes, true, holdsOthers, func(_ int, token int64) error {
+		if token < bumped {
+			return fmt.Errorf("dblock: the stale-snapshot check of %s: the transaction reads %d after the bump to %d", key, token, bumped)
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if seen != len(keys) {
-		// The bump created a counter that the transaction's snapshot,
-		// older than the bump, cannot see: it had read before the lock.
-		return fmt.Errorf("%w: %s: the transaction had read before this shared lock (its snapshot predates the check's counter), so its reads may predate the last exclusive holder's commit; "+
-			"roll it back and take the lock before reading (the transaction is still open)", ErrStaleSnapshot, keys[0])
+	if seen != 1 {
+		return fmt.Errorf("dblock: the stale-snapshot check of %s: the transaction does not see its counter", key)
 	}
 	return nil
+}
+
+// checkHash is the fence-table counter of the n-th shared stale-snapshot
+// check of a transaction on connection conn: one row per connection id
+// and check number (ids start again with the server, and reuse the rows).
+func checkHash(conn int64, n int) []byte {
+	h := sha256.Sum256([]byte("txlock snapshot check\x00" + strconv.FormatInt(conn, 10) + "\x00" + strconv.Itoa(n)))
+	return h[:]
 }
 
 // splitShared splits keys into those lc takes shared (or a permit of) and
