@@ -42,7 +42,7 @@ type txState struct {
 	// shared. checks: how many shared stale-snapshot checks it ran.
 	taken  map[heldKey]bool
 	checks int
-	ident  string            // server and schema of a caller's transaction, once asked
+	ident  string // server and schema of a caller's transaction, once asked
 }
 
 func newScope(tx *gorm.DB, owner *hold, pool *sql.DB) *txScope {

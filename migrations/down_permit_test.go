@@ -19,7 +19,7 @@ func TestDownRefusesWhileAPermitIsHeld(t *testing.T) {
 	ctx := context.Background()
 	db, name := migrated(t)
 	pt := schema.PermitTable(name)
-	if _, err := db.Exec("INSERT INTO `"+pt+"` (key_hash, slot, permits) VALUES (UNHEX(SHA2('p', 256)), 0, 1)"); err != nil {
+	if _, err := db.Exec("INSERT INTO `" + pt + "` (key_hash, slot, permits) VALUES (UNHEX(SHA2('p', 256)), 0, 1)"); err != nil {
 		t.Fatal(err)
 	}
 	holder, err := db.BeginTx(ctx, nil)
