@@ -52,3 +52,31 @@ func TestBinaryHierarchy(t *testing.T) {
 		t.Errorf("hierarchy sideways: exit %d, %s", code, errOut)
 	}
 }
+
+// TestBinaryReleaseContainerUnderHierarchy: with the hierarchy on, every
+// holder holds the global key shared: release of the global key refuses
+// (it would kill every holder) and kills nothing.
+func TestBinaryReleaseContainerUnderHierarchy(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.ok(t, "hierarchy", "on", "--yes")
+	var held []*dblock.Lock
+	for _, k := range []dblock.Key{dblock.Resource("cli:h1"), dblock.User("cli:h2")} {
+		lk, err := f.locker.Lock(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lk.Rollback()
+		held = append(held, lk)
+	}
+	out, errOut, code := f.exitCode(t, "", "release", "--force", "--key", "global")
+	t.Logf("release --force --key global (exit %d)\nstdout:\n%sstderr:\n%s", code, out, errOut)
+	if code == 0 || !strings.Contains(errOut, "hierarchy is on") || strings.Contains(errOut, "killed connection") {
+		t.Errorf("release of the global key under the hierarchy: exit %d, want a refusal that kills nothing", code)
+	}
+	for _, lk := range held {
+		if err := lk.Commit(); err != nil {
+			t.Errorf("a holder after the refused release: %v", err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/migrations"
 	"github.com/txlock/txlock/internal/lockkey"
 )
 
@@ -291,6 +292,16 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool, perm
 	if err != nil {
 		return fmt.Errorf("looking up %s in %s: %w", key, in.table, err)
 	}
+	// Under the hierarchy the global key and single-field keys are held
+	// shared by every holder of a key they contain: releasing one would
+	// kill all of those.
+	container := key.Global || countFields(key) == 1
+	hierarchy := false
+	if container {
+		if on, err := migrations.Hierarchy(ctx, in.db, migrations.Table(in.table)); err == nil {
+			hierarchy = on
+		}
+	}
 	return r.end(ctx, force, target{name: key.String(), find: func(ctx context.Context, naming int) (holders, error) {
 		hs, err := in.findHolders(ctx, id)
 		hs.where, hs.row = fmt.Sprintf("row %d", id), fmt.Sprintf("row %d of %s", id, in.table)
@@ -301,9 +312,24 @@ func (r *releaser) release(ctx context.Context, key dblock.Key, force bool, perm
 			return hs, r.refuseSemaphore(ctx, key)
 		case hs.unnamedShared:
 			return hs, unnamedSharedError(in.table, key, id, hs)
+		case hierarchy && hs.shared():
+			return hs, fmt.Errorf("%s: %s is held shared, and the table's hierarchy is on (txlock hierarchy): every holder of a key it contains holds it shared, "+
+				"so releasing it would end all of them; release the stuck key itself (txlock locks shows it); nothing killed", in.table, key)
 		}
 		return hs, nil
 	}})
+}
+
+// countFields returns how many of key's fields are set (Global counts as
+// none).
+func countFields(key dblock.Key) int {
+	n := 0
+	for _, f := range []string{key.Resource, key.Operation, key.Method, key.User} {
+		if f != "" {
+			n++
+		}
+	}
+	return n
 }
 
 // A target is what release ends the holders of: a key's lock, or the
