@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/txlock/txlock/dblock"
-	"github.com/txlock/txlock/migrations"
 	"github.com/txlock/txlock/internal/lockkey"
+	"github.com/txlock/txlock/migrations"
 )
 
 // identifyWait bounds how long release waits behind a holder to name it
