@@ -122,7 +122,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 					return s.lossOr(fmt.Errorf("dblock: the stale-snapshot check of %s: reading the connection's id: %w", shared[0], err))
 				}
 			}
-			if err := l.checkSharedSnapshot(ctx, tx, shared[0], conn, s.nextCheck(), s.owner != nil || s.holdsAny()); err != nil {
+			if err := l.checkSharedSnapshot(ctx, tx, shared[0], conn, s.nextCheck, s.owner != nil || s.holdsAny()); err != nil {
 				return s.lossOr(err)
 			}
 			for _, k := range shared {

@@ -65,15 +65,19 @@ func TestSQLPermitStatements(t *testing.T) {
 	)
 	for _, srv := range []mockServer{mockMariaDB, mockMySQL} {
 		t.Run(srv.comment, func(t *testing.T) {
+			wait := ""
+			if srv == mockMariaDB {
+				wait = qInsertWait // at most 1 s behind a gap lock
+			}
 			m, l, key := firstAcquire(t, srv)
 			ctx := context.Background()
 			cols := []string{"id", "slot", "permits"}
 			// The key's row was looked up by firstAcquire's expectations;
 			// then its permits, before BEGIN.
 			m.side.mock.ExpectQuery(qPermits).WillReturnRows(sqlmock.NewRows(cols))
-			m.side.mock.ExpectExec(qSlot0).WillReturnResult(sqlmock.NewResult(21, 1))
+			m.side.mock.ExpectExec(wait + qSlot0).WillReturnResult(sqlmock.NewResult(21, 1))
 			m.side.mock.ExpectQuery(qPermits).WillReturnRows(sqlmock.NewRows(cols).AddRow(21, 0, 3))
-			m.side.mock.ExpectExec(qSlotsRest).WillReturnResult(sqlmock.NewResult(22, 2))
+			m.side.mock.ExpectExec(wait + qSlotsRest).WillReturnResult(sqlmock.NewResult(22, 2))
 			m.side.mock.ExpectQuery(qPermits).WillReturnRows(sqlmock.NewRows(cols).AddRow(21, 0, 3).AddRow(22, 1, 3).AddRow(23, 2, 3))
 			read := regexPrefix + `^SELECT (?:` + reTag + `)?id, hierarchy(?:, @@session\.\w+)* FROM ` + "`tb_lock_permit`" +
 				` FORCE INDEX \(PRIMARY\) WHERE id IN \(21, 22, 23\) AND key_hash = ` + reHash + ` LIMIT 1 FOR UPDATE SKIP LOCKED$`

@@ -123,6 +123,9 @@ func (l *Locker) permitSlots(ctx context.Context, key Key, n int) ([]int64, erro
 		}
 	}
 	switch {
+	case mysqlErrorNumber(err) == erLockWaitTimeout:
+		return nil, fmt.Errorf("%w: creating the permits of %s waited for a lock on the permit table: a transaction that waited for another "+
+			"semaphore's permit holds the gap at the table's end until it ends (SKIP LOCKED under REPEATABLE READ); try again: %w", ErrNotAcquired, key, err)
 	case mysqlErrorNumber(err) == erNoSuchTable:
 		return nil, fmt.Errorf("%w: the permit table %s is missing (run the migrations: txlock migrate up): %w", ErrTableMissing, l.q.permitName, err)
 	case err != nil:

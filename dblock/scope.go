@@ -160,6 +160,9 @@ func (s *txScope) add(hk heldKey, shared bool) {
 	st := s.st.Load()
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if was, ok := st.taken[hk]; ok && !was {
+		shared = false // a refused call took it exclusively: it is held so
+	}
 	delete(st.taken, hk)
 	switch {
 	case st.nheld == 0:

@@ -103,11 +103,26 @@ func upgradeError(key Key) error {
 // transaction's later locks are not made stale by the check; and nobody
 // else ever locks that counter, so the next shared holder's check does not
 // wait for this one, as it would for the key's own counter.
-func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key, conn int64, n int, holdsOthers bool) error {
-	h := checkHash(conn, n)
-	bumped, err := l.bumpCounter(ctx, "the stale-snapshot check of", key, h)
-	if err != nil {
-		return err
+func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key, conn int64, next func() int, holdsOthers bool) error {
+	// The counter a check of this transaction bumped is locked by the
+	// transaction until it ends, and another record of the same
+	// transaction (another Locker, a wrapped pool) may have used the
+	// number: the bump does not wait, and the next number is tried.
+	var h []byte
+	var bumped int64
+	for tries := 1; ; tries++ {
+		h = checkHash(conn, next())
+		res, err := l.side.ExecContext(ctx, l.q.bumpCheck, h)
+		if mysqlErrorNumber(err) == erLockWaitTimeout && tries < checkAttempts {
+			continue
+		}
+		if err == nil {
+			bumped, err = res.LastInsertId()
+		}
+		if err != nil {
+			return fmt.Errorf("dblock: the stale-snapshot check of %s: bumping the transaction's check counter: %w", key, withCause(ctx, err))
+		}
+		break
 	}
 	hashes := [][]byte{h}
 	seen, err := l.scanCounters(ctx, tx, l.q.checkFence, []Key{key}, hashes, true, holdsOthers, func(_ int, token int64) error {
@@ -124,6 +139,10 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key
 	}
 	return nil
 }
+
+// checkAttempts bounds the check numbers a shared stale-snapshot check
+// tries when the transaction holds the counters of the first ones.
+const checkAttempts = 16
 
 // checkHash is the fence-table counter of the n-th shared stale-snapshot
 // check of a transaction on connection conn: one row per connection id

@@ -19,6 +19,7 @@ type queries struct {
 	table     string // "`t`", for the locking read
 	processes string // find a tagged waiting statement
 	bumpFence string // take the next fencing token, autocommit
+	bumpCheck string // bump a stale-snapshot check's counter without waiting (MariaDB)
 	readFence string // confirm tokens in the transaction: "... WHERE key_hash IN ("
 	// checkFence is readFence that also fails if the transaction's
 	// snapshot predates the bumps.
@@ -57,6 +58,7 @@ func buildQueries(table string, srv server) queries {
 		checkFence = "SET STATEMENT innodb_snapshot_isolation = ON FOR " + readFence
 	}
 	permitName, selectPermits, insertPermit := permitQueries(schema.PermitTable(table))
+	insertPermit = insertWait + insertPermit // MariaDB: at most 1 s behind a gap lock
 	return queries{
 		permitName:    permitName,
 		selectPermits: selectPermits,
@@ -71,6 +73,10 @@ func buildQueries(table string, srv server) queries {
 		readFence:     readFence,
 		checkFence:    checkFence,
 		bumpFence: bumpInsert + "`" + schema.FenceTable(table) + "` (key_hash, token) VALUES (?, LAST_INSERT_ID(1))" +
+			" ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
+		// Only MariaDB has the check (innodb_snapshot_isolation); a lock
+		// wait timeout of 0 answers a held row at once.
+		bumpCheck: "SET STATEMENT innodb_lock_wait_timeout = 0 FOR INSERT INTO `" + schema.FenceTable(table) + "` (key_hash, token) VALUES (?, LAST_INSERT_ID(1))" +
 			" ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
 	}
 }
