@@ -61,7 +61,7 @@ func TestSQLPermitStatements(t *testing.T) {
 	const (
 		qPermits   = "SELECT id, slot, permits FROM `tb_lock_permit` WHERE key_hash = ? ORDER BY slot"
 		qSlot0     = "INSERT IGNORE INTO `tb_lock_permit` (key_hash, slot, permits) VALUES (?, ?, ?)"
-		qSlotsRest = "INSERT IGNORE INTO `tb_lock_permit` (key_hash, slot, permits) VALUES (?, ?, ?), (?, ?, ?)"
+		qSlotsRest = "INSERT IGNORE INTO `tb_lock_permit` (key_hash, slot, permits) VALUES (?, ?, ?), (?, ?, ?), (?, ?, ?)" // slots 1, 2 and the spacer
 	)
 	for _, srv := range []mockServer{mockMariaDB, mockMySQL} {
 		t.Run(srv.comment, func(t *testing.T) {
@@ -78,7 +78,7 @@ func TestSQLPermitStatements(t *testing.T) {
 			m.side.mock.ExpectExec(wait + qSlot0).WillReturnResult(sqlmock.NewResult(21, 1))
 			m.side.mock.ExpectQuery(qPermits).WillReturnRows(sqlmock.NewRows(cols).AddRow(21, 0, 3))
 			m.side.mock.ExpectExec(wait + qSlotsRest).WillReturnResult(sqlmock.NewResult(22, 2))
-			m.side.mock.ExpectQuery(qPermits).WillReturnRows(sqlmock.NewRows(cols).AddRow(21, 0, 3).AddRow(22, 1, 3).AddRow(23, 2, 3))
+			m.side.mock.ExpectQuery(qPermits).WillReturnRows(sqlmock.NewRows(cols).AddRow(21, 0, 3).AddRow(22, 1, 3).AddRow(23, 2, 3).AddRow(24, 3, 0))
 			read := regexPrefix + `^SELECT (?:` + reTag + `)?id, hierarchy(?:, @@session\.\w+)* FROM ` + "`tb_lock_permit`" +
 				` FORCE INDEX \(PRIMARY\) WHERE id IN \(21, 22, 23\) AND key_hash = ` + reHash + ` LIMIT 1 FOR UPDATE SKIP LOCKED$`
 			row := ownRow(22)

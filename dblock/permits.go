@@ -106,20 +106,26 @@ func (l *Locker) permitSlots(ctx context.Context, key Key, n int) ([]int64, erro
 		return nil, l.permitsMismatch(key, len(s.slots), n)
 	}
 	h := key.hash()
-	slots, have, err := l.readSlots(ctx, h[:])
+	slots, have, spacer, err := l.readSlots(ctx, h[:])
 	if err == nil && have == 0 {
 		// Slot 0 first: whoever inserts it decides n.
 		if _, err = l.side.ExecContext(ctx, l.q.insertPermits(1), h[:], 0, n); err == nil {
-			slots, have, err = l.readSlots(ctx, h[:])
+			slots, have, spacer, err = l.readSlots(ctx, h[:])
 		}
 	}
-	if err == nil && have == n && len(slots) < n {
-		args := make([]any, 0, 3*(n-1))
+	if err == nil && have == n && (len(slots) < n || !spacer) {
+		// Slots 1 to n-1, then a spacer (slot n, no permit) after them: a
+		// waiter's read that skips the key's held permits locks the gap
+		// after the last one (SKIP LOCKED under REPEATABLE READ), and the
+		// spacer keeps that gap short of the table's end, where the next
+		// semaphore's rows go (TestReview25PermitWaitBlocksNewSemaphores).
+		args := make([]any, 0, 3*n)
 		for i := 1; i < n; i++ {
 			args = append(args, h[:], i, n)
 		}
-		if _, err = l.side.ExecContext(ctx, l.q.insertPermits(n-1), args...); err == nil {
-			slots, have, err = l.readSlots(ctx, h[:])
+		args = append(args, h[:], n, 0)
+		if _, err = l.side.ExecContext(ctx, l.q.insertPermits(n), args...); err == nil {
+			slots, have, _, err = l.readSlots(ctx, h[:])
 		}
 	}
 	switch {
@@ -140,28 +146,32 @@ func (l *Locker) permitSlots(ctx context.Context, key Key, n int) ([]int64, erro
 }
 
 // readSlots reads the permit rows of hash: their ids by slot (the slots
-// below the key's n that exist, in order) and the key's n (slot 0's
-// permits; 0 when the key has no slot 0 yet).
-func (l *Locker) readSlots(ctx context.Context, hash []byte) (slots []int64, n int, err error) {
+// below the key's n that exist, in order), the key's n (slot 0's permits;
+// 0 when the key has no slot 0 yet), and whether its spacer (slot n)
+// exists.
+func (l *Locker) readSlots(ctx context.Context, hash []byte) (slots []int64, n int, spacer bool, err error) {
 	rows, err := l.side.QueryContext(ctx, l.q.selectPermits, hash)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var id int64
 		var slot, permits int
 		if err := rows.Scan(&id, &slot, &permits); err != nil {
-			return nil, 0, err
+			return nil, 0, false, err
 		}
 		if slot == 0 {
 			n = permits
 		}
-		if slot == len(slots) && (n == 0 || slot < n) {
+		switch {
+		case slot == len(slots) && (n == 0 || slot < n):
 			slots = append(slots, id)
+		case n > 0 && slot == n:
+			spacer = true
 		}
 	}
-	return slots, n, rows.Err()
+	return slots, n, spacer, rows.Err()
 }
 
 func (l *Locker) permitsMismatch(key Key, have, want int) error {

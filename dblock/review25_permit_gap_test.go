@@ -2,7 +2,6 @@ package dblock_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -21,12 +20,6 @@ import (
 // anyone: its rows' INSERT waits for that gap and fails (after 50 s,
 // innodb_lock_wait_timeout: the permit rows' INSERT has no 1 s bound).
 func TestReview25PermitWaitBlocksNewSemaphores(t *testing.T) {
-	// An open defect, kept as its reproduction: SKIP LOCKED under
-	// REPEATABLE READ leaves a gap lock behind the skipped row (docs/MODES.md,
-	// "What is not covered"). Run it with TXLOCK_KNOWN_ISSUES=1.
-	if os.Getenv("TXLOCK_KNOWN_ISSUES") == "" {
-		t.Skip("open defect, not fixed: run with TXLOCK_KNOWN_ISSUES=1 to reproduce")
-	}
 	e, l := setupLocker(t)
 	ctx := ctxT(t)
 	a, b := dblock.Resource("r25:sem-a"), dblock.Resource("r25:sem-b")

@@ -11,8 +11,12 @@
 -- first user's Permits(n) is written into slot 0, and a later call that
 -- asks for another n is refused (dblock.ErrPermits), so that two callers
 -- can never hold more permits than the smaller n.
+-- After the permits, the first user inserts a spacer (slot n, permits 0)
+-- that no one locks: a waiter's SKIP LOCKED read of the key's held permits
+-- locks the gap after the last one (REPEATABLE READ), and the spacer keeps
+-- that gap short of the table's end, where new semaphores' rows go.
 --   key_hash   tb_lock.key_hash of the key
---   slot       the permit's number, 0 to permits-1
+--   slot       the permit's number, 0 to permits-1 (n: the spacer)
 --   permits    the key's n (slot 0's is the key's)
 --   hierarchy  the lock table's hierarchy setting, as on tb_lock (00004)
 
