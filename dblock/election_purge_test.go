@@ -132,7 +132,19 @@ func TestElectionHistoryList(t *testing.T) {
 	fctx, stopFollower := context.WithCancel(ctx)
 	follower := campaignAsync(fctx, l.Election(key), "follower")
 	waitForNamedLockWaits(t, e.sqlDB, electionLock(t, e, key), 1)
-	leading := growthUnder(t, ctx, e, table, n, grace)
+	// The history list is the server's: a transaction of another test
+	// process (make test runs three), open during a window, holds purge
+	// back too (seen in CI: 1,494). The leadership is there in every
+	// window: one window that grows little proves it holds nothing back,
+	// and a leadership that did would make every window grow.
+	var leading int64
+	for window := 1; window <= 5; window++ {
+		leading = growthUnder(t, ctx, e, table, n, grace)
+		t.Logf("window %d while leading: the history list grew by %d over %d commits", window, leading, n)
+		if leading <= n/4 {
+			break
+		}
+	}
 	if isClosed(ld.Done()) {
 		t.Fatalf("the leadership ended: %v", ld.Err())
 	}
