@@ -85,7 +85,7 @@ func TestHierarchyExclusion(t *testing.T) {
 			return nil
 		})
 	}()
-	waitingStatement(t, e.db, "FOR UPDATE")
+	waitingStatement(t, e.db, e.table, "FOR UPDATE")
 	select {
 	case <-granted:
 		t.Fatal("the global key was granted while a resource was held")
@@ -140,7 +140,7 @@ func TestHierarchySwitch(t *testing.T) {
 		note("switched")
 		switched <- err
 	}()
-	waitingStatement(t, e.db, "ALTER COLUMN hierarchy")
+	waitingStatement(t, e.db, e.table, "ALTER COLUMN hierarchy")
 	note("old holder commits")
 	if err := before.Commit(); err != nil {
 		t.Fatal(err)

@@ -113,7 +113,7 @@ func TestHolderSharedNamed(t *testing.T) {
 	}
 	openReadOnly(t, e.db, e.table, 2)
 	granted := lockLater(t, ctx, l, key)
-	waitingStatement(t, e.db, "FOR UPDATE")
+	waitingStatement(t, e.db, e.table, "FOR UPDATE")
 
 	named := func(what string, h dblock.Holder) {
 		t.Helper()

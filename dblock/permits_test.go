@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/txlock/txlock/dblock"
+	"github.com/txlock/txlock/schema"
 )
 
 // TestPermitsCount: n holders of a key's semaphore at once, and the next
@@ -49,7 +50,7 @@ func TestPermitsCount(t *testing.T) {
 	go func() {
 		granted <- l.Do(ctx, key, func(context.Context, *gorm.DB) error { return nil }, dblock.Permits(n))
 	}()
-	waitingStatement(t, e.db, "FOR UPDATE")
+	waitingStatement(t, e.db, schema.PermitTable(e.table), "FOR UPDATE")
 	select {
 	case err := <-granted:
 		t.Fatalf("a waiter got a permit while all %d were held: %v", n, err)
@@ -200,7 +201,7 @@ func TestPermitsDeadHolder(t *testing.T) {
 			return nil
 		}, dblock.Permits(1))
 	}()
-	waitingStatement(t, e.db, "FOR UPDATE")
+	waitingStatement(t, e.db, schema.PermitTable(e.table), "FOR UPDATE")
 	killed := time.Now()
 	killConnection(t, e.db, conn)
 	if err := <-waitErr; err != nil {

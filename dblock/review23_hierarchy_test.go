@@ -103,7 +103,7 @@ func TestReview23HierarchySwitchWindowOverlap(t *testing.T) {
 	go func() {
 		switched <- migrations.SetHierarchy(ctx, e.sqlDB, true, migrations.Table(e.table))
 	}()
-	waitingStatement(t, e.db, "ALTER TABLE `"+schema.PermitTable(e.table)+"`")
+	waitingStatement(t, e.db, schema.PermitTable(e.table), "ALTER TABLE")
 
 	off := e.locker(t) // assumes off, and r's row says off
 	defer off.Close()

@@ -47,7 +47,7 @@ func TestReview23bSwitchNewRowBesideGlobal(t *testing.T) {
 	}
 	switched := make(chan error, 1)
 	go func() { switched <- migrations.SetHierarchy(ctx, e.sqlDB, false, migrations.Table(e.table)) }()
-	waitingStatement(t, e.db, "`"+schema.PermitTable(e.table)+"` ALTER COLUMN hierarchy")
+	waitingStatement(t, e.db, schema.PermitTable(e.table), "ALTER COLUMN hierarchy")
 
 	// The global key, exclusively, under the hierarchy (its row says on):
 	// it excludes every other key.
@@ -139,7 +139,7 @@ func TestReview23bSwitchWaitsForItsOwnHolder(t *testing.T) {
 				note("the switch finished")
 				switched <- err
 			}()
-			waitingStatement(t, e.db, "ALTER COLUMN hierarchy")
+			waitingStatement(t, e.db, e.table, "ALTER COLUMN hierarchy")
 			close(proceed)
 			if held != nil {
 				// The other holder goes once the nested acquisition has

@@ -32,7 +32,7 @@ func TestReview24TelemetryWaitingContainer(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitingStatement(t, e.db, "LOCK IN SHARE MODE")
+	waitingStatement(t, e.db, e.table, "LOCK IN SHARE MODE")
 	ms := rec.collect(t)
 	res := sumOf(t, ms, "txlock.waiting", "{acquisition}", map[string]string{"granularity": "resource", "txlock.mode": "exclusive"})
 	glob := sumOf(t, ms, "txlock.waiting", "{acquisition}", map[string]string{"granularity": "global", "txlock.mode": "exclusive"})

@@ -50,14 +50,16 @@ func TestSharedHoldersTogether(t *testing.T) {
 }
 
 // waitingStatement waits until the server runs, for at least 100 ms, a
-// statement of another connection that contains marker (PROCESSLIST is
-// live): a locking read of a held key that has run that long is queued
-// for it.
-func waitingStatement(t *testing.T, db *gorm.DB, marker string) {
+// statement of another connection on table (named `table`) that contains
+// marker (PROCESSLIST is live): a locking read of a held key that has run
+// that long is queued for it. The table keeps other tests' statements
+// (other processes of make test) from counting.
+func waitingStatement(t *testing.T, db *gorm.DB, table, marker string) {
 	t.Helper()
-	waitFor(t, "a statement with "+marker+" waiting", func() bool {
+	waitFor(t, "a statement on "+table+" with "+marker+" waiting", func() bool {
 		var n int
-		err := db.Raw("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND COMMAND = 'Query' AND TIME_MS >= 100 AND INFO LIKE ?", "%"+marker+"%").Row().Scan(&n)
+		err := db.Raw("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND COMMAND = 'Query' AND TIME_MS >= 100 AND INFO LIKE ? AND INFO LIKE ?",
+			"%`"+table+"`%", "%"+marker+"%").Row().Scan(&n)
 		return err == nil && n > 0
 	})
 }
@@ -90,7 +92,7 @@ func TestSharedWriterNotStarved(t *testing.T) {
 			return nil
 		})
 	}()
-	waitingStatement(t, e.db, "FOR UPDATE")
+	waitingStatement(t, e.db, e.table, "FOR UPDATE")
 
 	if r, err := l.TryLock(ctx, key, dblock.Shared()); !errors.Is(err, dblock.ErrNotAcquired) {
 		if err == nil {
@@ -105,7 +107,7 @@ func TestSharedWriterNotStarved(t *testing.T) {
 			return nil
 		}, dblock.Shared())
 	}()
-	waitingStatement(t, e.db, "LOCK IN SHARE MODE")
+	waitingStatement(t, e.db, e.table, "LOCK IN SHARE MODE")
 	// Both wait; the first shared holder leaves.
 	if err := first.Commit(); err != nil {
 		t.Fatal(err)

@@ -54,7 +54,7 @@ func TestTelemetrySemaphore(t *testing.T) {
 		lk, err := l.Lock(ctx, key, dblock.Permits(n), dblock.Lease(time.Second))
 		queued <- granted{lk, err}
 	}()
-	waitingStatement(t, e.db, "`"+schema.PermitTable(e.table)+"` FORCE INDEX (PRIMARY)")
+	waitingStatement(t, e.db, schema.PermitTable(e.table), "FORCE INDEX (PRIMARY)")
 	ms := rec.collect(t)
 	ws, wx := sumOf(t, ms, "txlock.waiting", "{acquisition}", sem), sumOf(t, ms, "txlock.waiting", "{acquisition}", exclusive)
 	t.Logf("waiting while a call queues for a permit: semaphore %d, exclusive %d", ws, wx)

@@ -40,7 +40,7 @@ func TestTelemetryShared(t *testing.T) {
 		lk, err := l.Lock(ctx, key, dblock.Shared(), dblock.Lease(time.Second))
 		queued <- granted{lk, err}
 	}()
-	waitingStatement(t, e.db, "LOCK IN SHARE MODE")
+	waitingStatement(t, e.db, e.table, "LOCK IN SHARE MODE")
 	ms := rec.collect(t)
 	ws, wx := sumOf(t, ms, "txlock.waiting", "{acquisition}", shared), sumOf(t, ms, "txlock.waiting", "{acquisition}", exclusive)
 	t.Logf("waiting while a shared request is queued: shared %d, exclusive %d", ws, wx)
