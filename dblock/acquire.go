@@ -216,38 +216,10 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 	lk.scope = newScope(tx, h, l.sqlDB)
 
 	sent := time.Now()
-	var session [3]sql.NullInt64
-	if a.plan != nil {
-		out, _, _, err := a.lockPlan(ownStmts{h.keeper}, keys[0], a.plan, true, time.Time{}, false)
-		if err != nil {
-			h.abort()
-			if errors.Is(err, errRowGone) {
-				return nil, len(keys), err
-			}
-			return nil, -1, err
-		}
-		session = out.session
-	}
-	for i, key := range keys {
-		if a.plan != nil {
-			break
-		}
-		var out lockOutcome
-		if a.lc.permits > 0 {
-			out, err = a.lockPermit(ownStmts{h.keeper}, key, a.slots, i == 0, time.Time{}, false)
-		} else {
-			out, err = a.lockKey(ownStmts{h.keeper}, key, lockTarget{id: ids[i]}, i == 0, time.Time{}, false)
-		}
-		if err != nil {
-			h.abort()
-			if errors.Is(err, errRowGone) {
-				return nil, i, err
-			}
-			return nil, -1, err
-		}
-		if i == 0 {
-			session = out.session
-		}
+	session, gone, err := a.lockAll(ownStmts{h.keeper}, keys, ids)
+	if err != nil {
+		h.abort()
+		return nil, gone, err
 	}
 	if err := lctx.Err(); err != nil {
 		h.abort()
@@ -261,6 +233,39 @@ func (a *acquisition) open(pctx context.Context, keys []Key, ids []int64) (lk *L
 		return nil, -1, err
 	}
 	return lk, -1, nil
+}
+
+// lockAll takes keys (rows ids) with the first statements of a
+// transaction the Locker opened, and returns the session's idle bounds
+// that the first read returned. On failure gone is the index of a key
+// whose row was missing, len(keys) for a row of the hierarchy's plan, else
+// -1.
+func (a *acquisition) lockAll(tx ownStmts, keys []Key, ids []int64) (session [3]sql.NullInt64, gone int, err error) {
+	if a.plan != nil {
+		out, _, _, err := a.lockPlan(tx, keys[0], a.plan, true, time.Time{}, false)
+		if errors.Is(err, errRowGone) {
+			return session, len(keys), err
+		}
+		return out.session, -1, err
+	}
+	for i, key := range keys {
+		var out lockOutcome
+		if a.lc.permits > 0 {
+			out, err = a.lockPermit(tx, key, a.slots, i == 0, time.Time{}, false)
+		} else {
+			out, err = a.lockKey(tx, key, lockTarget{id: ids[i]}, i == 0, time.Time{}, false)
+		}
+		if errors.Is(err, errRowGone) {
+			return session, i, err
+		}
+		if err != nil {
+			return session, -1, err
+		}
+		if i == 0 {
+			session = out.session
+		}
+	}
+	return session, -1, nil
 }
 
 // granted finishes a transaction whose keys are granted: MaxHold's bound
@@ -295,7 +300,7 @@ func (a *acquisition) granted(lk *Lock, keys []Key, handle bool) error {
 		lk.scope.setRun(l, keys[0], n)
 	}
 	for _, k := range keys {
-		lk.scope.add(l.heldKey(k, a.lc), a.lc.shared(k))
+		lk.scope.add(l.heldKey(k, &a.lc), a.lc.shared(k))
 	}
 	for _, n := range a.plan {
 		if n.container {

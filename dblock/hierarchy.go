@@ -287,7 +287,7 @@ func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys [
 	held := func(k Key, container bool) bool {
 		hk := heldKey{l.cfg.table, k}
 		if !container {
-			hk = l.heldKey(k, a.lc) // a permit is held apart from the key's lock
+			hk = l.heldKey(k, &a.lc) // a permit is held apart from the key's lock
 		}
 		h, _ := s.holds(hk)
 		return h
@@ -300,7 +300,7 @@ func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys [
 	}
 	holdsOthers := s.owner != nil || s.holdsAny()
 	if a.lc.permits > 0 {
-		a.permitID, _ = s.permitRow(l.heldKey(keys[0], a.lc)) // taken by a refused call
+		a.permitID, _ = s.permitRow(l.heldKey(keys[0], &a.lc)) // taken by a refused call
 	}
 	for attempt := 1; ; attempt++ {
 		nodes, err := l.plan(pctx, keys, held)
@@ -331,7 +331,7 @@ func (l *Locker) joinHierarchy(a *acquisition, s *txScope, tx stmtRunner, keys [
 		for _, n := range nodes[:granted] {
 			hk := heldKey{l.cfg.table, n.key}
 			if !n.container {
-				hk = l.heldKey(n.key, a.lc)
+				hk = l.heldKey(n.key, &a.lc)
 				if a.lc.permits > 0 {
 					s.setPermit(hk, a.permitID)
 				}

@@ -48,7 +48,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	// An upgrade is refused before anything is locked, so that a refused
 	// call leaves no key of its own held.
 	for _, key := range keys {
-		hk := l.heldKey(key, lc)
+		hk := l.heldKey(key, &lc)
 		held, shared := s.holds(hk)
 		if (held && shared || !held && s.takenShared(hk)) && !lc.shared(key) && lc.permits == 0 {
 			return upgradeError(key)
@@ -57,7 +57,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 	var newKeys, heldKeys []Key // locked now; held before and without a token yet
 	var want []Key              // under the hierarchy: keys to take with their containers
 	for _, key := range keys {
-		if held, _ := s.holds(l.heldKey(key, lc)); held {
+		if held, _ := s.holds(l.heldKey(key, &lc)); held {
 			if s.owner == nil {
 				// A caller's transaction may have ended behind the
 				// context's back: one locking read (granted at once) tells.
@@ -81,11 +81,11 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			return err
 		}
 		if lc.permits > 0 {
-			s.setPermit(l.heldKey(key, lc), a.permitID)
+			s.setPermit(l.heldKey(key, &lc), a.permitID)
 		}
 		// Recorded at once: should a later key of the call be refused, the
 		// transaction keeps this one until it ends.
-		s.addTaken(l.heldKey(key, lc), lc.shared(key))
+		s.addTaken(l.heldKey(key, &lc), lc.shared(key))
 		newKeys = append(newKeys, key)
 	}
 	if len(want) > 0 {
@@ -96,7 +96,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 			return err
 		}
 		if lc.permits > 0 {
-			s.setPermit(l.heldKey(want[0], lc), a.permitID)
+			s.setPermit(l.heldKey(want[0], &lc), a.permitID)
 		}
 		newKeys = append(newKeys, want...)
 	}
@@ -126,7 +126,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 				return s.lossOr(err)
 			}
 			for _, k := range shared {
-				s.add(l.heldKey(k, lc), true)
+				s.add(l.heldKey(k, &lc), true)
 			}
 		}
 		check = len(newKeys) > 0
@@ -147,7 +147,7 @@ func (l *Locker) join(ctx context.Context, s *txScope, keys []Key, lc lockConfig
 		}
 	}
 	for _, k := range newKeys {
-		s.add(l.heldKey(k, lc), lc.shared(k))
+		s.add(l.heldKey(k, &lc), lc.shared(k))
 	}
 	l.labelConn(a.conn, nil)
 	// A run is judged once per transaction: a key whose run this
@@ -266,7 +266,7 @@ func txPool(tx *gorm.DB) (gorm.ConnPool, error) {
 // granted at once (the key's row, or the permit row it holds).
 func (l *Locker) recheckHeld(a *acquisition, s *txScope, tx stmtRunner, key Key) error {
 	if a.lc.permits > 0 {
-		if id, ok := s.permitRow(l.heldKey(key, a.lc)); ok {
+		if id, ok := s.permitRow(l.heldKey(key, &a.lc)); ok {
 			_, err := a.lockKey(tx, key, lockTarget{ids: []int64{id}, permit: true}, false, time.Time{}, true)
 			return err
 		}

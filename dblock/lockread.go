@@ -58,6 +58,19 @@ func (a *acquisition) bound(leaseEnd time.Time) *waitBound {
 	return &b
 }
 
+// lockTarget is what a locking read locks: the key's row (id), a permit
+// of the key's semaphore (ids): any free one without waiting (any), or the
+// one permit ids[0], waiting at most recheck; or, under the hierarchy, a
+// group of containing keys' rows.
+type lockTarget struct {
+	id      int64
+	ids     []int64
+	permit  bool
+	any     bool
+	recheck time.Duration
+	group   []node // the hierarchy: these containers, all of them, shared
+}
+
 // lockOutcome is what a locking read found.
 type lockOutcome struct {
 	id      int64            // the row granted (a permit's, of several)
@@ -78,7 +91,7 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 	// locking read would then run in autocommit and hold nothing. MariaDB
 	// says whether the session is still in a transaction.
 	_, own := tx.(ownStmts)
-	r := lockRead{id: t.id, ids: t.ids, permit: t.permit, any: t.any, group: t.group, hash: key.hash(), skip: a.lc.noWait || t.any,
+	r := lockRead{lockTarget: t, hash: key.hash(), skip: a.lc.noWait || t.any,
 		shared: t.group != nil || !t.permit && a.lc.shared(key), session: session, inTx: !own && l.srv.mariaDB, connID: a.readConn}
 	var b *waitBound
 	if !r.skip {

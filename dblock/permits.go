@@ -71,7 +71,7 @@ func (l *Locker) checkPermits(lc lockConfig, keys []Key) error {
 // heldKey returns how the scope records key taken with lc: a permit
 // under the permit table's name, so that a key's permit and its lock are
 // held apart.
-func (l *Locker) heldKey(key Key, lc lockConfig) heldKey {
+func (l *Locker) heldKey(key Key, lc *lockConfig) heldKey {
 	if lc.permits > 0 {
 		return heldKey{l.q.permitName, key}
 	}
@@ -81,19 +81,6 @@ func (l *Locker) heldKey(key Key, lc lockConfig) heldKey {
 // semaphore is a key's permits: the ids of its permit rows, by slot.
 type semaphore struct {
 	slots []int64
-}
-
-// lockTarget is what a locking read locks: the key's row (id), a permit
-// of the key's semaphore (ids): any free one without waiting (any), or the
-// one permit ids[0], waiting at most recheck; or, under the hierarchy, a
-// group of containing keys' rows.
-type lockTarget struct {
-	id      int64
-	ids     []int64
-	permit  bool
-	any     bool
-	recheck time.Duration
-	group   []node // the hierarchy: these containers, all of them, shared
 }
 
 // permitSlots returns the ids of key's n permit rows, creating them in

@@ -103,19 +103,15 @@ func (q queries) leaseStatement(secs int) string {
 
 // lockRead describes one locking read of a key's row.
 type lockRead struct {
-	id      int64
-	ids     []int64 // permits: the permit rows, any one of them (any) or ids[0]
-	permit  bool    // a permit row, not the key's row
-	any     bool    // take the first free one of ids (SKIP LOCKED, LIMIT 1)
-	group   []node  // the hierarchy: these rows, all of them, shared (count them)
-	hash    [32]byte
-	tag     uint64        // marks the statement so that it can be found in the process list; 0: none
-	wait    time.Duration // > 0: the server bounds the wait (MariaDB)
-	skip    bool          // do not wait: SKIP LOCKED
-	shared  bool          // a shared lock (LOCK IN SHARE MODE, FOR SHARE), not FOR UPDATE
-	session bool          // also read the session's idle bounds
-	inTx    bool          // also read whether the session is in a transaction (MariaDB)
-	connID  bool          // also read CONNECTION_ID() (a caller's transaction: label.go)
+	lockTarget               // the rows it locks
+	hash       [32]byte      // the key's (not a group's)
+	tag        uint64        // marks the statement so that it can be found in the process list; 0: none
+	wait       time.Duration // > 0: the server bounds the wait (MariaDB)
+	skip       bool          // do not wait: SKIP LOCKED
+	shared     bool          // a shared lock (LOCK IN SHARE MODE, FOR SHARE), not FOR UPDATE
+	session    bool          // also read the session's idle bounds
+	inTx       bool          // also read whether the session is in a transaction (MariaDB)
+	connID     bool          // also read CONNECTION_ID() (a caller's transaction: label.go)
 }
 
 // appendLockRead appends the locking read r to buf: the row by id and key
