@@ -37,14 +37,16 @@ func (l *Locker) presetLease(ctx context.Context, conn *sql.Conn, lease time.Dur
 		return nil
 	}
 	if _, err := conn.ExecContext(ctx, l.q.leaseStatement(secs)); err != nil {
-		return fmt.Errorf("dblock: setting the lease on the lock's connection: %w", err)
+		return fmt.Errorf("dblock: setting the lease on the lock's connection: %w", withCause(ctx, err))
 	}
 	if !ok && !l.sessions.off.Load() {
 		// A connection the Locker has not used yet: its label is written
 		// from the side pool (labelConn), never on the way to the lock.
 		var id int64
 		if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
-			return fmt.Errorf("dblock: reading the lock connection's id: %w", err)
+			// A deadline that cut the statement before can leave the
+			// driver's "bad connection" here: the cause says why.
+			return fmt.Errorf("dblock: reading the lock connection's id: %w", withCause(ctx, err))
 		}
 		l.labelConn(id, dc)
 	}
