@@ -226,10 +226,11 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		// for the lock, and a grant to it would delay live waiters.
 		l.killWaiting(a.ctx, r.tag)
 	}
-	if n := mysqlErrorNumber(err); interrupted != notInterrupted && a.ctx.Err() != nil && (n == 0 || n == erQueryInterrupted) {
+	if n := mysqlErrorNumber(err); a.ctx.Err() != nil && (interrupted != notInterrupted && (n == 0 || n == erQueryInterrupted) || isBrokenConn(err)) {
 		// The statement ended because the context did (not, say, a
 		// server error that ended the transaction and with it the
-		// context).
+		// context): interrupted, or sent on a connection the driver
+		// closed when the context ended during the statement before.
 		return out, a.ended(key, b, err, holdsOthers)
 	}
 	return out, a.lockError(key, b, err, holdsOthers)
