@@ -92,11 +92,16 @@ func hierarchyTorture(t *testing.T, switching bool) {
 	} else {
 		delete(tally.expected, "ErrDeadlock")
 	}
-	covered := func() bool { return tally.has(hierCovered(switching)...) }
+	// Switching, the run goes on past its length (up to opTimeout) until
+	// two switches are done: on a loaded machine one switch can take
+	// seconds (CI saw 2.5 s, and one switch in a 3 s run).
+	covered := func() bool {
+		return tally.has(hierCovered(switching)...) && (!switching || tally.get(hierSwitches) >= 2)
+	}
 	var beside []func()
 	var took []time.Duration // by each switch
 	if switching {
-		beside = append(beside, func() { hierSwitcher(m, tally, &took) })
+		beside = append(beside, func() { hierSwitcher(m, covered, tally, &took) })
 	}
 	ws := m.workers(tally)
 	for _, w := range ws {
@@ -160,16 +165,13 @@ func keyRowIDs(t *testing.T, e env) map[dblock.Key]int64 {
 	return ids
 }
 
-// hierSwitcher switches the setting every 100 to 300 ms until the run
-// stops, counting the switches and appending how long each took to took.
-func hierSwitcher(m *modeRun, tally *modeTally, took *[]time.Duration) {
+// hierSwitcher switches the setting every 100 to 300 ms while the run
+// goes on (m.more(covered)), counting the switches and appending how long each took to took.
+func hierSwitcher(m *modeRun, covered func() bool, tally *modeTally, took *[]time.Duration) {
 	on := true
 	rng := rand.New(rand.NewPCG(m.seed, 1))
-	for {
+	for m.more(covered) {
 		pause := 100*time.Millisecond + time.Duration(rng.IntN(200))*time.Millisecond
-		if time.Until(m.stop) < pause {
-			return
-		}
 		select {
 		case <-m.ctx.Done():
 			return
