@@ -94,20 +94,20 @@ func upgradeError(key Key) error {
 
 // checkSharedSnapshot is the stale-snapshot check of keys a transaction
 // has just taken shared, or permits of (see takeTokens for the exclusive
-// one). It bumps, in autocommit, a counter that belongs to the
-// transaction's connection and to this check (the n-th of the
-// transaction), then reads it back in the transaction with a locking read
+// one). It bumps, in autocommit, a counter of the transaction's
+// connection slot and of this check (the n-th of the transaction), then reads it back in the transaction with a locking read
 // under innodb_snapshot_isolation: a transaction whose snapshot predates
 // the bump (it read before its lock) fails with 1020, and the server rolls
 // it back (ErrStaleSnapshot). A locking read creates no snapshot, so the
-// transaction's later locks are not made stale by the check; and nobody
-// else ever locks that counter, so the next shared holder's check does not
-// wait for this one, as it would for the key's own counter.
+// transaction's later locks are not made stale by the check; and no other
+// key's holders lock that counter, so the next shared holder's check does
+// not wait for this one, as it would for the key's own counter.
 func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key, conn int64, next func() int, holdsOthers bool) error {
 	// The counter a check of this transaction bumped is locked by the
-	// transaction until it ends, and another record of the same
-	// transaction (another Locker, a wrapped pool) may have used the
-	// number: the bump does not wait, and the next number is tried.
+	// transaction until it ends; another record of the same transaction
+	// (another Locker, a wrapped pool) may have used the number, and a
+	// transaction on another connection of the same slot may hold it: the
+	// bump does not wait, and the next number is tried.
 	var h []byte
 	var bumped int64
 	for tries := 1; ; tries++ {
@@ -141,14 +141,24 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key
 }
 
 // checkAttempts bounds the check numbers a shared stale-snapshot check
-// tries when the transaction holds the counters of the first ones.
+// tries when the transaction, or another on its connection slot, holds
+// the counters of the first ones.
 const checkAttempts = 16
 
+// checkSlots is how many connection slots the stale-snapshot checks'
+// counters are spread over: connection ids grow without end while the
+// server runs, and a counter per id would grow the fence table with every
+// new connection. Two live transactions whose connections share a slot
+// meet at a held counter: the bump does not wait, and the next check
+// number is tried (one round trip more).
+const checkSlots = 4096
+
 // checkHash is the fence-table counter of the n-th shared stale-snapshot
-// check of a transaction on connection conn: one row per connection id
-// and check number (ids start again with the server, and reuse the rows).
+// check of a transaction on connection conn: at most checkSlots rows per
+// check number, however many connections the server has had.
 func checkHash(conn int64, n int) []byte {
-	h := sha256.Sum256([]byte("txlock snapshot check\x00" + strconv.FormatInt(conn, 10) + "\x00" + strconv.Itoa(n)))
+	slot := conn % checkSlots
+	h := sha256.Sum256([]byte("txlock snapshot check\x00" + strconv.FormatInt(slot, 10) + "\x00" + strconv.Itoa(n)))
 	return h[:]
 }
 
