@@ -406,3 +406,67 @@ func (s *countingStmt) QueryContext(ctx context.Context, args []driver.NamedValu
 func (s *countingStmt) CheckNamedValue(nv *driver.NamedValue) error {
 	return s.Stmt.(driver.NamedValueChecker).CheckNamedValue(nv)
 }
+
+// BenchmarkTryLockHeld is a refusal: TryLock, and LockTx with NoWait in a
+// caller's transaction, of a key another Locker holds, beside the raw
+// statement (a zero lock-wait timeout on MariaDB) in gorm's transaction.
+func BenchmarkTryLockHeld(b *testing.B) {
+	d := openBench(b)
+	key := dblock.Resource("bench:trylock-held")
+	ctx := context.Background()
+	holder := d.locker(b, d.plain)
+	held, err := holder.Lock(ctx, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = held.Rollback() })
+	var id int64
+	if err := d.plain.Raw("SELECT id FROM `"+d.table+"` WHERE resource = ?", key.Resource).Scan(&id).Error; err != nil || id == 0 {
+		b.Fatalf("row id of %s: %d, %v", key, id, err)
+	}
+	rawSQL := fmt.Sprintf("SET STATEMENT innodb_lock_wait_timeout=0 FOR SELECT id FROM `%s` WHERE id = %d FOR UPDATE", d.table, id)
+	refused := func(err error) error {
+		if errors.Is(err, dblock.ErrNotAcquired) {
+			return nil
+		}
+		return fmt.Errorf("want ErrNotAcquired, got %w", err)
+	}
+	for _, c := range []struct {
+		name string
+		op   func(gdb *gorm.DB, l *dblock.Locker) error
+	}{
+		{"raw-begin-lock-nowait-rollback", func(gdb *gorm.DB, _ *dblock.Locker) error {
+			tx := gdb.WithContext(ctx).Begin()
+			if tx.Error != nil {
+				return tx.Error
+			}
+			defer tx.Rollback()
+			var got int64
+			err := tx.Statement.ConnPool.QueryRowContext(ctx, rawSQL).Scan(&got)
+			if n := (*gomysql.MySQLError)(nil); errors.As(err, &n) && n.Number == 1205 {
+				return nil
+			}
+			return fmt.Errorf("want 1205, got %v", err)
+		}},
+		{"TryLock", func(_ *gorm.DB, l *dblock.Locker) error {
+			k, err := l.TryLock(ctx, key)
+			if err == nil {
+				_ = k.Rollback()
+			}
+			return refused(err)
+		}},
+		{"LockTx-NoWait", func(gdb *gorm.DB, l *dblock.Locker) error {
+			tx := gdb.WithContext(ctx).Begin()
+			if tx.Error != nil {
+				return tx.Error
+			}
+			defer tx.Rollback()
+			return refused(l.LockTx(ctx, tx, key, dblock.NoWait()))
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			bench(b, d.plain, d.locker(b, d.plain), c.op)
+			d.roundTrips(b, c.op)
+		})
+	}
+}

@@ -85,8 +85,10 @@
 // locks. A waiter whose context is cancelled is interrupted on the server
 // (KILL QUERY from the Locker's side pool), so that it leaves the queue at
 // once and its connection stays usable. [NoWait] and [Locker.TryLock] do
-// not wait: a held row is skipped (SKIP LOCKED), never answered with a
-// lock-wait timeout.
+// not wait: on MariaDB a held row is answered at once (a lock-wait timeout
+// of zero, which ends the statement only and leaves no lock); where that
+// answer would end the transaction (innodb_rollback_on_timeout=ON, and
+// MySQL) a held row is skipped with SKIP LOCKED instead.
 //
 // On a server with innodb_rollback_on_timeout=ON, a wait ended by
 // innodb_lock_wait_timeout (error 1205) rolls the whole transaction back:

@@ -172,6 +172,13 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		// A row of the group was not locked: skipped (held), or gone.
 		err = sql.ErrNoRows
 	}
+	atOnce := l.refuseAtOnce(r)
+	if atOnce && mysqlErrorNumber(err) == erLockWaitTimeout {
+		if holdsOthers || !own {
+			return out, a.refusedInTx(tx, key, t, b, err, holdsOthers)
+		}
+		return out, a.heldNow(key, t, b)
+	}
 	switch {
 	case err == nil:
 		out.id = v.got
@@ -188,8 +195,8 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		}
 		return out, nil
 	case errors.Is(err, sql.ErrNoRows):
-		if !r.skip {
-			return out, errRowGone
+		if !r.skip || atOnce {
+			return out, errRowGone // a held row would have been refused
 		}
 		var exists bool
 		var xerr error
@@ -206,14 +213,8 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 			return out, fmt.Errorf("dblock: acquiring %s: telling a held row from a missing one: %w", key, withCause(a.ctx, xerr))
 		case !exists:
 			return out, errRowGone
-		case t.any && !a.lc.noWait:
-			return out, errPermitsBusy
-		case b != nil && !a.lc.noWait:
-			return out, a.notAcquired(key, b, nil)
-		case t.permit:
-			return out, fmt.Errorf("%w: all %d permits of %s are held (NoWait)", ErrNotAcquired, len(t.ids), key)
 		}
-		return out, fmt.Errorf("%w: %s is held (NoWait)", ErrNotAcquired, key)
+		return out, a.heldNow(key, t, b)
 	}
 	switch {
 	case interrupted == cutOff:
@@ -234,6 +235,47 @@ func (a *acquisition) lockKey(tx stmtRunner, key Key, t lockTarget, session bool
 		return out, a.ended(key, b, err, holdsOthers)
 	}
 	return out, a.lockError(key, b, err, holdsOthers)
+}
+
+// heldNow is the error of a read that did not wait and found key's
+// target t held: every permit busy, a wait with no time left (b), or a
+// refusal under NoWait.
+func (a *acquisition) heldNow(key Key, t lockTarget, b *waitBound) error {
+	switch {
+	case t.any && !a.lc.noWait:
+		return errPermitsBusy
+	case b != nil && !a.lc.noWait:
+		return a.notAcquired(key, b, nil)
+	case t.permit:
+		return fmt.Errorf("%w: all %d permits of %s are held (NoWait)", ErrNotAcquired, len(t.ids), key)
+	}
+	return fmt.Errorf("%w: %s is held (NoWait)", ErrNotAcquired, key)
+}
+
+// refusedInTx is heldNow for a transaction with something to lose (locks,
+// holdsOthers, or a caller's writes), whose read of key was refused with
+// 1205 (err): it asks the server whether the transaction is still open,
+// for the Locker chose that read because innodb_rollback_on_timeout was
+// OFF when it was created, and a server that has it ON since (a restart,
+// a failover) rolls the whole transaction back. As for a wait ended by
+// 1205 on such a server, the error matches ErrLockLost when the
+// transaction held locks.
+func (a *acquisition) refusedInTx(tx stmtRunner, key Key, t lockTarget, b *waitBound, err error, holdsOthers bool) error {
+	refused := a.heldNow(key, t, b)
+	var inTx int64
+	qerr := tx.QueryRowContext(a.ctx, "SELECT @@in_transaction").Scan(&inTx)
+	noteErr(tx, qerr)
+	switch {
+	case qerr != nil:
+		return a.l.lostIf(holdsOthers, fmt.Errorf("%w; then asking whether the transaction is still open failed (%w): the server may have rolled it back (%w)", refused, withCause(a.ctx, qerr), err))
+	case inTx == 0:
+		lost := a.l.lostIf(holdsOthers, fmt.Errorf("%w; the server rolled the whole transaction back: its innodb_rollback_on_timeout is ON, though it was OFF when the Locker was created (%w)", refused, err))
+		if o, ok := tx.(ownStmts); ok {
+			o.c.loseWith(lost) // later statements would run in autocommit
+		}
+		return lost
+	}
+	return refused
 }
 
 // notAcquired is the error of a wait that ran out its bound b.

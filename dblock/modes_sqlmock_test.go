@@ -15,21 +15,27 @@ import (
 // modeStmt returns a pattern matching the locking read of key row id in a
 // transaction's first statement, ending with clause.
 func modeStmt(id int64, clause string) string {
-	return regexPrefix + `^SELECT (?:` + reTag + `)?id, hierarchy(?:, @@session\.\w+)* FROM ` + "`tb_lock`" +
+	return modeStmtAfter("", id, clause)
+}
+
+// modeStmtAfter is modeStmt after prefix (a SET STATEMENT).
+func modeStmtAfter(prefix string, id int64, clause string) string {
+	return regexPrefix + `^` + regexp.QuoteMeta(prefix) + `SELECT (?:` + reTag + `)?id, hierarchy(?:, @@session\.\w+)* FROM ` + "`tb_lock`" +
 		` WHERE id = ` + strconv.FormatInt(id, 10) + ` AND key_hash = ` + reHash + regexp.QuoteMeta(clause) + `$`
 }
 
 // TestSQLSharedStatements pins the shared locking read on both dialects:
-// LOCK IN SHARE MODE on MariaDB, FOR SHARE on MySQL, with SKIP LOCKED for
-// TryLock.
+// LOCK IN SHARE MODE on MariaDB, FOR SHARE on MySQL; TryLock with a
+// lock-wait timeout of zero on MariaDB, with SKIP LOCKED on MySQL.
 func TestSQLSharedStatements(t *testing.T) {
 	for _, c := range []struct {
 		srv    mockServer
 		clause string
+		try    string // TryLock's statement
 		row    func(int64) *sqlmock.Rows
 	}{
-		{mockMariaDB, " LOCK IN SHARE MODE", ownRow},
-		{mockMySQL, " FOR SHARE", func(id int64) *sqlmock.Rows { return ownRowMySQL(id, 60) }},
+		{mockMariaDB, " LOCK IN SHARE MODE", modeStmtAfter(qNoWait, 7, " LOCK IN SHARE MODE"), ownRow},
+		{mockMySQL, " FOR SHARE", modeStmt(7, " FOR SHARE SKIP LOCKED"), func(id int64) *sqlmock.Rows { return ownRowMySQL(id, 60) }},
 	} {
 		t.Run(c.srv.comment, func(t *testing.T) {
 			m, l, key := firstAcquire(t, c.srv)
@@ -41,7 +47,7 @@ func TestSQLSharedStatements(t *testing.T) {
 			}
 			m.done(t)
 			m.mock.ExpectBegin()
-			m.mock.ExpectQuery(modeStmt(7, c.clause+" SKIP LOCKED")).WillReturnRows(c.row(7))
+			m.mock.ExpectQuery(c.try).WillReturnRows(c.row(7))
 			m.mock.ExpectRollback()
 			k, err := l.TryLock(ctx, key, dblock.Shared())
 			if err != nil {

@@ -45,6 +45,7 @@ const (
 	qExists     = "SELECT 1 FROM `tb_lock` WHERE id = ? AND key_hash = ?"
 	qInsert     = "INSERT IGNORE INTO `tb_lock` (key_hash, resource, operation, method, user_id, is_global) VALUES (?, ?, ?, ?, ?, ?)"
 	qInsertWait = "SET STATEMENT innodb_lock_wait_timeout = 1 FOR " // MariaDB: the insert waits at most 1 s for a holder
+	qNoWait     = "SET STATEMENT innodb_lock_wait_timeout=0 FOR "   // MariaDB: a locking read that does not wait
 	qProcesses  = "SELECT ID, QUERY_ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
 	qProcMySQL  = "SELECT ID, 0 FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?"
 	reTag       = `/\*txlock:[0-9a-f]{12}-[0-9]+\*/ `
@@ -349,7 +350,7 @@ func TestSQLNestedAcquireSendsNoSQL(t *testing.T) {
 		m.mock.ExpectBegin()
 		m.expectLookup(key, 7)
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(firstCallerRow(7, 31))
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(callerRow(7))
+		m.mock.ExpectQuery(lockStmt(qNoWait, 7, "")).WillReturnRows(callerRow(7))
 		m.mock.ExpectQuery(lockStmt("", 7, "")).WillReturnRows(callerRow(7))
 		m.mock.ExpectCommit()
 
@@ -502,8 +503,8 @@ func TestSQLRowCreation(t *testing.T) {
 }
 
 // TestSQLWaitStatements pins the locking read of each wait mode on MariaDB:
-// SKIP LOCKED for not waiting, and the per-statement timeouts of a bounded
-// wait.
+// a lock-wait timeout of zero for not waiting, and the per-statement
+// timeouts of a bounded wait.
 func TestSQLWaitStatements(t *testing.T) {
 	for _, c := range []struct {
 		name     string
@@ -512,12 +513,12 @@ func TestSQLWaitStatements(t *testing.T) {
 		want     string
 	}{
 		{"default", false, nil, lockStmt("", 7, "")},
-		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
+		{"NoWait", false, []dblock.LockOption{dblock.NoWait()}, lockStmt(qNoWait, 7, "")},
 		{"WaitTimeout(300ms)", false, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
 			regexPrefix + `^SET STATEMENT max_statement_time=0\.[0-9]{6}, innodb_lock_wait_timeout=2 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"WaitTimeout(1.5s)", false, []dblock.LockOption{dblock.WaitTimeout(1500 * time.Millisecond)},
 			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
-		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt("", 7, " SKIP LOCKED")},
+		{"WaitTimeout then NoWait", false, []dblock.LockOption{dblock.WaitTimeout(time.Second), dblock.NoWait()}, lockStmt(qNoWait, 7, "")},
 		{"context deadline", true, nil,
 			regexPrefix + `^SET STATEMENT max_statement_time=1\.[0-9]{6}, innodb_lock_wait_timeout=3 FOR SELECT ` + reTag + "id, hierarchy, @@session\\.idle_transaction_timeout, @@session\\.idle_readonly_transaction_timeout, @@session\\.idle_write_transaction_timeout FROM `tb_lock` WHERE id = 7 AND key_hash = " + reHash + " FOR UPDATE$"},
 		{"context deadline under WaitTimeout(300ms)", true, []dblock.LockOption{dblock.WaitTimeout(300 * time.Millisecond)},
@@ -543,18 +544,38 @@ func TestSQLWaitStatements(t *testing.T) {
 		})
 	}
 	t.Run("TryLock of a held key", func(t *testing.T) {
-		// SKIP LOCKED finds nothing; a look outside the transaction tells
-		// a held row from a missing one.
+		// The server answers a held row with 1205 at once (statement
+		// rolled back, nothing else): no look outside the transaction.
 		m, l, key := firstAcquire(t, mockMariaDB)
-		m.mock.ExpectQuery(lockStmt("", 7, " SKIP LOCKED")).WillReturnRows(sqlmock.NewRows([]string{"id", "hierarchy", "itt", "irtt", "iwtt"}))
-		h := lockkey.Fields(key).Hash()
-		m.side.mock.ExpectQuery(qExists).WithArgs(int64(7), h[:]).WillReturnRows(sqlmock.NewRows([]string{"1"}).AddRow(1))
+		m.mock.ExpectQuery(lockStmt(qNoWait, 7, "")).WillReturnError(&gomysql.MySQLError{Number: 1205, Message: "Lock wait timeout exceeded; try restarting transaction"})
 		m.mock.ExpectRollback()
 		_, err := l.TryLock(context.Background(), key)
 		if !errors.Is(err, dblock.ErrNotAcquired) {
 			t.Fatalf("TryLock = %v, want ErrNotAcquired", err)
 		}
 		mustContain(t, err, "is held")
+		m.done(t)
+	})
+	t.Run("LockTx of a held key in a caller's transaction", func(t *testing.T) {
+		// The refusal's 1205 rolls back the statement only on a server
+		// with innodb_rollback_on_timeout OFF; the caller's transaction
+		// is asked whether it is still open, in case the server has it
+		// ON since the Locker was created: two round trips.
+		m := newMocked(t)
+		l := m.locker(t, mariaVersion, mariaComment, false)
+		defer l.Close()
+		key := dblock.Resource("order:42")
+		m.mock.ExpectBegin()
+		m.expectLookup(key, 7)
+		m.mock.ExpectQuery(lockStmt(qNoWait, 7, "")).WillReturnError(&gomysql.MySQLError{Number: 1205, Message: "Lock wait timeout exceeded; try restarting transaction"})
+		m.mock.ExpectQuery("SELECT @@in_transaction").WillReturnRows(sqlmock.NewRows([]string{"@@in_transaction"}).AddRow(1))
+		m.mock.ExpectRollback()
+		tx := m.db.Begin()
+		err := l.LockTx(context.Background(), tx, key, dblock.NoWait())
+		if !errors.Is(err, dblock.ErrNotAcquired) || errors.Is(err, dblock.ErrLockLost) {
+			t.Fatalf("LockTx = %v, want ErrNotAcquired only", err)
+		}
+		tx.Rollback()
 		m.done(t)
 	})
 }

@@ -107,7 +107,7 @@ type lockRead struct {
 	hash       [32]byte      // the key's (not a group's)
 	tag        uint64        // marks the statement so that it can be found in the process list; 0: none
 	wait       time.Duration // > 0: the server bounds the wait (MariaDB)
-	skip       bool          // do not wait: SKIP LOCKED
+	skip       bool          // do not wait: a zero lock-wait timeout (refuseAtOnce), else SKIP LOCKED
 	shared     bool          // a shared lock (LOCK IN SHARE MODE, FOR SHARE), not FOR UPDATE
 	session    bool          // also read the session's idle bounds
 	inTx       bool          // also read whether the session is in a transaction (MariaDB)
@@ -120,6 +120,14 @@ type lockRead struct {
 // FOR SHARE (MySQL). It reads the row's id and its hierarchy setting; a
 // group read counts its rows and reads the least and greatest setting.
 func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
+	if l.refuseAtOnce(r) {
+		// A held row is answered with 1205 at once (no wait), which rolls
+		// back the statement only (innodb_rollback_on_timeout is OFF) and
+		// leaves no lock behind; SKIP LOCKED would leave a gap lock after
+		// a skipped row, which for the table's newest row blocks every
+		// new key's row until the transaction ends.
+		buf = append(buf, "SET STATEMENT innodb_lock_wait_timeout=0 FOR "...)
+	}
 	if l.srv.mariaDB && r.wait > 0 && !r.skip {
 		// max_statement_time takes fractions of a second (innodb_lock_wait_timeout
 		// and WAIT n take whole seconds only); the lock-wait timeout is set
@@ -213,14 +221,24 @@ func (l *Locker) appendLockRead(buf []byte, r lockRead) []byte {
 	default:
 		buf = append(buf, " FOR SHARE"...)
 	}
-	if r.skip {
+	if r.skip && !l.refuseAtOnce(r) {
 		// Not NOWAIT: MariaDB answers NOWAIT with 1205, which
 		// innodb_rollback_on_timeout turns into a rollback of the whole
-		// transaction. A held row is skipped instead, and told apart from
-		// a missing one afterwards.
+		// transaction (MySQL 8's own NOWAIT error is untested here). A
+		// held row is skipped instead, and told apart from a missing one
+		// afterwards.
 		buf = append(buf, " SKIP LOCKED"...)
 	}
 	return buf
+}
+
+// refuseAtOnce reports whether the read r, which does not wait, finds a
+// held row with a lock-wait timeout of zero rather than SKIP LOCKED: on
+// MariaDB with innodb_rollback_on_timeout OFF, for a key's row or a group
+// (a permit of several, any free one, is found with SKIP LOCKED: its
+// table keeps a spacer row after the permits).
+func (l *Locker) refuseAtOnce(r lockRead) bool {
+	return r.skip && !r.any && l.srv.mariaDB && !l.srv.rollbackOnTimeout
 }
 
 // appendFenceRead appends hashes as hex literals, comma separated, then

@@ -26,7 +26,8 @@ func checkNotAcquired(t *testing.T, what string, err error, number uint16) {
 		t.Fatalf("%s = %v, want ErrNotAcquired", what, err)
 	}
 	if number == 0 {
-		// Not waiting is not a server error (SKIP LOCKED, then a look).
+		// Not waiting is refused in the library's words: the server's
+		// zero-second wait (1205) is not passed on as if a wait ran out.
 		if me := (*gomysql.MySQLError)(nil); errors.As(err, &me) {
 			t.Errorf("%s: server error %d, want none", what, me.Number)
 		}
@@ -183,8 +184,8 @@ func TestTryLockHeld(t *testing.T) {
 			start := time.Now()
 			err := c.try()
 			elapsed := time.Since(start)
-			// No server error: a held row is skipped (SKIP LOCKED); a
-			// WaitTimeout(5s) would end with 1969.
+			// No server error: a held row is refused at once, not after
+			// a wait; a WaitTimeout(5s) would end with 1969.
 			checkNotAcquired(t, c.name, err, 0)
 			within(t, c.name, elapsed, 0, opTimeout)
 		})
