@@ -254,28 +254,37 @@ func (a *acquisition) heldNow(key Key, t lockTarget, b *waitBound) error {
 
 // refusedInTx is heldNow for a transaction with something to lose (locks,
 // holdsOthers, or a caller's writes), whose read of key was refused with
-// 1205 (err): it asks the server whether the transaction is still open,
-// for the Locker chose that read because innodb_rollback_on_timeout was
-// OFF when it was created, and a server that has it ON since (a restart,
-// a failover) rolls the whole transaction back. As for a wait ended by
-// 1205 on such a server, the error matches ErrLockLost when the
-// transaction held locks.
+// 1205 (err). The Locker chose that read because innodb_rollback_on_timeout
+// was OFF when it was created; a server that has it ON since (a restart, a
+// failover) rolls the whole transaction back. So it asks the server, under
+// a context the caller's cancellation does not end (the answer must be
+// true whatever the caller does meanwhile), whether the transaction is
+// still open and what the setting is now. As for a wait ended by 1205 on
+// such a server, the error matches ErrLockLost when the transaction held
+// locks.
 func (a *acquisition) refusedInTx(tx stmtRunner, key Key, t lockTarget, b *waitBound, err error, holdsOthers bool) error {
 	refused := a.heldNow(key, t, b)
-	var inTx int64
-	qerr := tx.QueryRowContext(a.ctx, "SELECT @@in_transaction").Scan(&inTx)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), killTimeout)
+	defer cancel()
+	var inTx, rollbackOnTimeout int64
+	qerr := tx.QueryRowContext(ctx, "SELECT @@in_transaction, @@GLOBAL.innodb_rollback_on_timeout").Scan(&inTx, &rollbackOnTimeout)
 	noteErr(tx, qerr)
 	switch {
 	case qerr != nil:
-		return a.l.lostIf(holdsOthers, fmt.Errorf("%w; then asking whether the transaction is still open failed (%w): the server may have rolled it back (%w)", refused, withCause(a.ctx, qerr), err))
-	case inTx == 0:
-		lost := a.l.lostIf(holdsOthers, fmt.Errorf("%w; the server rolled the whole transaction back: its innodb_rollback_on_timeout is ON, though it was OFF when the Locker was created (%w)", refused, err))
-		if o, ok := tx.(ownStmts); ok {
-			o.c.loseWith(lost) // later statements would run in autocommit
-		}
-		return lost
+		return a.l.lostIf(holdsOthers, fmt.Errorf("%w; then asking whether the transaction is still open failed (%w): the server may have rolled it back (%w)", refused, qerr, err))
+	case inTx != 0:
+		return refused
+	case rollbackOnTimeout == 0:
+		// The transaction had ended before this read (a deadlock the
+		// caller did not report), which then ran in autocommit.
+		return fmt.Errorf("%w: acquiring %s: the transaction had already ended on the server (rolled back: a deadlock or a timeout its statement reported?), so statements now run in autocommit: roll it back and start again (%w)",
+			ErrNoTransaction, key, refused)
 	}
-	return refused
+	lost := a.l.lostIf(holdsOthers, fmt.Errorf("%w; the server rolled the whole transaction back: its innodb_rollback_on_timeout is ON, though it was OFF when the Locker was created (%w)", refused, err))
+	if o, ok := tx.(ownStmts); ok {
+		o.c.loseWith(lost) // later statements would run in autocommit
+	}
+	return lost
 }
 
 // notAcquired is the error of a wait that ran out its bound b.

@@ -29,6 +29,10 @@ import (
 // Expected: B's LockTx(Shared) of a free key succeeds (the docs promise
 // "the bump does not wait, and the next check number is tried"), whatever
 // another connection's transaction holds.
+//
+// Fixed: each connection's checks now follow a pseudo-random sequence of
+// counters of its own (checkHash), so B meets A's counters only by chance,
+// one counter at a time (TestCheckCountersMetByChance).
 func TestReview26CheckSlotExhaustedByOtherConnection(t *testing.T) {
 	e, l := setupLocker(t)
 	if !hasSnapshotIsolation(t, e.db) {
@@ -73,7 +77,8 @@ func TestReview26CheckSlotExhaustedByOtherConnection(t *testing.T) {
 }
 
 // TestReview26GuardStaleSnapshotSharedSlot (a passing guard): sharing a
-// connection slot does not weaken the shared stale-snapshot check. While
+// connection slot (the first design's: ids that differ by a multiple of
+// 4,096) does not weaken the shared stale-snapshot check. While
 // transaction A holds the counters of its first checks (1, then 3 shared
 // keys), a transaction B on a connection of A's slot that read before its
 // shared lock gets ErrStaleSnapshot, and a transaction C of the same slot

@@ -61,6 +61,9 @@ func (w r26Waiting) Add(_ context.Context, delta int64, _ ...metric.AddOption) {
 // the caller's own context ended is not reported as a lost lock (report
 // the refusal, or the context's end; or ask under a context the caller's
 // cancellation does not end, as the library does for KILL QUERY).
+//
+// Fixed: the question is asked under a context the caller's cancellation
+// does not end, bounded by killTimeout.
 func TestReview26RefusalAfterCancelClaimsLockLost(t *testing.T) {
 	e := setup(t)
 	mp := &r26Meters{}
@@ -127,6 +130,9 @@ func TestReview26RefusalAfterCancelClaimsLockLost(t *testing.T) {
 // Expected: ErrNoTransaction, as for the free key, and no claim that the
 // server's innodb_rollback_on_timeout is ON (the library can read it with
 // the same question).
+//
+// Fixed: the question reads the setting too; a transaction gone while
+// the setting is OFF had ended before the read (ErrNoTransaction).
 func TestReview26RefusalInEndedTransactionBlamesServerSetting(t *testing.T) {
 	e, l := setupLocker(t)
 	other := e.locker(t)

@@ -3,6 +3,7 @@ package dblock
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -94,20 +95,21 @@ func upgradeError(key Key) error {
 
 // checkSharedSnapshot is the stale-snapshot check of keys a transaction
 // has just taken shared, or permits of (see takeTokens for the exclusive
-// one). It bumps, in autocommit, a counter of the transaction's
-// connection slot and of this check (the n-th of the transaction), then reads it back in the transaction with a locking read
+// one). It bumps, in autocommit, a counter that no key's holders lock (one
+// of checkSlots, chosen by the transaction's connection and the check's
+// number), then reads it back in the transaction with a locking read
 // under innodb_snapshot_isolation: a transaction whose snapshot predates
 // the bump (it read before its lock) fails with 1020, and the server rolls
 // it back (ErrStaleSnapshot). A locking read creates no snapshot, so the
-// transaction's later locks are not made stale by the check; and no other
-// key's holders lock that counter, so the next shared holder's check does
-// not wait for this one, as it would for the key's own counter.
+// transaction's later locks are not made stale by the check, and the next
+// shared holder's check does not wait for this one, as it would for the
+// key's own counter.
 func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key, conn int64, next func() int, holdsOthers bool) error {
-	// The counter a check of this transaction bumped is locked by the
-	// transaction until it ends; another record of the same transaction
-	// (another Locker, a wrapped pool) may have used the number, and a
-	// transaction on another connection of the same slot may hold it: the
-	// bump does not wait, and the next number is tried.
+	// The counter a check bumped is locked by its transaction until it
+	// ends: this transaction's earlier checks, another record of it
+	// (another Locker, a wrapped pool) that used the number, or another
+	// transaction whose sequence met this one's. The bump does not wait,
+	// and the next number is tried.
 	var h []byte
 	var bumped int64
 	for tries := 1; ; tries++ {
@@ -120,7 +122,7 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key
 			bumped, err = res.LastInsertId()
 		}
 		if err != nil {
-			return fmt.Errorf("dblock: the stale-snapshot check of %s: bumping the transaction's check counter: %w", key, withCause(ctx, err))
+			return fmt.Errorf("dblock: the stale-snapshot check of %s: bumping a check counter (%d tried): %w", key, tries, withCause(ctx, err))
 		}
 		break
 	}
@@ -140,25 +142,25 @@ func (l *Locker) checkSharedSnapshot(ctx context.Context, tx stmtRunner, key Key
 	return nil
 }
 
-// checkAttempts bounds the check numbers a shared stale-snapshot check
-// tries when the transaction, or another on its connection slot, holds
-// the counters of the first ones.
+// checkAttempts bounds the counters a shared stale-snapshot check tries
+// when the first ones are held.
 const checkAttempts = 16
 
-// checkSlots is how many connection slots the stale-snapshot checks'
-// counters are spread over: connection ids grow without end while the
-// server runs, and a counter per id would grow the fence table with every
-// new connection. Two live transactions whose connections share a slot
-// meet at a held counter: the bump does not wait, and the next check
-// number is tried (one round trip more).
-const checkSlots = 4096
+// checkSlots is how many counters the stale-snapshot checks share:
+// connection ids grow without end while the server runs, and a counter
+// per id would grow the fence table with every new connection.
+const checkSlots = 1 << 16
 
 // checkHash is the fence-table counter of the n-th shared stale-snapshot
-// check of a transaction on connection conn: at most checkSlots rows per
-// check number, however many connections the server has had.
+// check of a transaction on connection conn: one of checkSlots, however
+// many connections the server has had. Each connection's checks follow a
+// pseudo-random sequence of its own, so that another transaction holding
+// counters (however many) meets a check only by chance, and the next
+// number is then another chance.
 func checkHash(conn int64, n int) []byte {
-	slot := conn % checkSlots
-	h := sha256.Sum256([]byte("txlock snapshot check\x00" + strconv.FormatInt(slot, 10) + "\x00" + strconv.Itoa(n)))
+	h := sha256.Sum256([]byte("txlock snapshot check slot\x00" + strconv.FormatInt(conn, 10) + "\x00" + strconv.Itoa(n)))
+	slot := binary.BigEndian.Uint64(h[:8]) % checkSlots
+	h = sha256.Sum256([]byte("txlock snapshot check\x00" + strconv.FormatUint(slot, 10)))
 	return h[:]
 }
 

@@ -568,7 +568,7 @@ func TestSQLWaitStatements(t *testing.T) {
 		m.mock.ExpectBegin()
 		m.expectLookup(key, 7)
 		m.mock.ExpectQuery(lockStmt(qNoWait, 7, "")).WillReturnError(&gomysql.MySQLError{Number: 1205, Message: "Lock wait timeout exceeded; try restarting transaction"})
-		m.mock.ExpectQuery("SELECT @@in_transaction").WillReturnRows(sqlmock.NewRows([]string{"@@in_transaction"}).AddRow(1))
+		m.mock.ExpectQuery("SELECT @@in_transaction, @@GLOBAL.innodb_rollback_on_timeout").WillReturnRows(sqlmock.NewRows([]string{"@@in_transaction", "@@GLOBAL.innodb_rollback_on_timeout"}).AddRow(1, 0))
 		m.mock.ExpectRollback()
 		tx := m.db.Begin()
 		err := l.LockTx(context.Background(), tx, key, dblock.NoWait())
