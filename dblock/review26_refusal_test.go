@@ -3,7 +3,6 @@ package dblock_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -139,42 +138,18 @@ func TestReview26RefusalInEndedTransactionBlamesServerSetting(t *testing.T) {
 	defer other.Close()
 	kv := e.kvTable(t)
 	ctx := ctxT(t)
-	for _, k := range []string{"r1", "r2"} {
-		if err := put(e.db, kv, k, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
 	held := dblock.Resource("r26:ended-held")
 	holdKey(t, ctx, other, held)
 
-	// The caller's transaction becomes a deadlock's victim (the third
-	// transaction has written more, so the caller's is the lighter one).
-	heavy := e.businessTable(t, "heavy", "id INT PRIMARY KEY, v INT")
-	if err := e.db.Exec("INSERT INTO `" + heavy + "` SELECT seq, 0 FROM seq_1_to_200").Error; err != nil {
-		t.Fatal(err)
-	}
-	odb := otherPool(t)
-	third := odb.WithContext(ctx).Begin()
-	defer third.Rollback()
-	if err := third.Exec("UPDATE `" + heavy + "` SET v = v + 1").Error; err != nil {
-		t.Fatal(err)
-	}
-	if err := third.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r2'").Error; err != nil {
-		t.Fatal(err)
-	}
+	// The caller's transaction becomes a deadlock's victim (the partner
+	// has written more, so the caller's is the lighter one).
+	third, provoke, thirdDone := deadlockPartner(t, e, ctx, kv)
 	tx := e.db.WithContext(ctx).Begin()
 	defer tx.Rollback()
 	if err := tx.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error; err != nil {
 		t.Fatal(err)
 	}
-	thirdDone := make(chan error, 1)
-	go func() {
-		if err := waitLockWait(odb, kv); err != nil {
-			thirdDone <- fmt.Errorf("waiting for the caller's UPDATE to wait for r2: %w", err)
-			return
-		}
-		thirdDone <- third.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r1'").Error
-	}()
+	go provoke("the caller's UPDATE to wait for r2")
 	upd := tx.Exec("UPDATE `" + kv + "` SET v = v + 1 WHERE k = 'r2'").Error
 	if err := <-thirdDone; err != nil {
 		t.Fatalf("third transaction: %v", err)
